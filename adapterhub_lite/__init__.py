@@ -1,0 +1,68 @@
+"""adapterhub_lite: a plugin-style manager for LoRA adapters on PyTorch models.
+
+Plugins (first-party ones included) import only the names in `__all__`.
+"""
+
+__version__ = "0.1.0"
+
+from .config import ATTENTION_PROJECTIONS, AdapterConfig, LoraConfig
+from .errors import (
+    AdapterhubError,
+    AdapterStateError,
+    ConfigError,
+    IncompatibleAdapterError,
+    MissingDependencyError,
+    PluginError,
+    RefError,
+    UnknownNameError,
+    UnsupportedModuleError,
+    ZooError,
+)
+from .fingerprint import state_fingerprint
+from .hookspecs import hookimpl, hookspec
+from .layer import AdapterLayer
+from .model import AdaptedModel
+from .plugins import PluginManager, load_plugins
+from .refs import AdapterRef, parse_ref
+from .registry import Registry, get_registry
+from .serialization import AdapterFileError, load_adapter, read_adapter_file, save_adapter
+from .specs import AdapterKind, ExportFn, Format, ImportFn, MergeFn, MergeMethod, ModelSpec
+
+__all__ = [
+    "ATTENTION_PROJECTIONS",
+    "AdaptedModel",
+    "AdapterConfig",
+    "AdapterFileError",
+    "AdapterKind",
+    "AdapterLayer",
+    "AdapterRef",
+    "AdapterStateError",
+    "AdapterhubError",
+    "ConfigError",
+    "ExportFn",
+    "Format",
+    "ImportFn",
+    "IncompatibleAdapterError",
+    "LoraConfig",
+    "MergeFn",
+    "MergeMethod",
+    "MissingDependencyError",
+    "ModelSpec",
+    "PluginError",
+    "PluginManager",
+    "RefError",
+    "Registry",
+    "UnknownNameError",
+    "UnsupportedModuleError",
+    "ZooError",
+    "__version__",
+    "get_registry",
+    "hookimpl",
+    "hookspec",
+    "load_adapter",
+    "load_plugins",
+    "parse_ref",
+    "read_adapter_file",
+    "save_adapter",
+    "state_fingerprint",
+]

@@ -1,0 +1,72 @@
+"""The project's exceptions: one small tree, messages that say what to do next.
+
+The CLI catches `AdapterhubError` at one boundary and prints its message as a
+single line; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AdapterhubError(Exception):
+    """Root of every error a user can cause and fix."""
+
+
+class PluginError(AdapterhubError):
+    """A plugin failed to load or registered something invalid; names the plugin."""
+
+    def __init__(self, message: str, plugin: str | None = None) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+
+
+class ConfigError(AdapterhubError, ValueError):
+    """An adapter config field has an invalid value."""
+
+
+class UnknownNameError(AdapterhubError, KeyError):
+    """A name (adapter, module, kind, model...) that does not exist; lists the valid ones."""
+
+    def __init__(self, what: str, name: str, valid: Iterable[str], hint: str = "") -> None:
+        self.what, self.name, self.valid = what, name, sorted(set(valid))
+        message = f"unknown {what} {name!r}"
+        close = difflib.get_close_matches(name, self.valid, n=3, cutoff=0.5)
+        if close:
+            message += f"; did you mean {' or '.join(map(repr, close))}?"
+        if self.valid:
+            shown = ", ".join(self.valid[:12]) + (", ..." if len(self.valid) > 12 else "")
+            message += f" (valid: {shown})"
+        else:
+            message += f" (there are no {what}s)"
+        if hint:
+            message += f". {hint}"
+        super().__init__(message)
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class RefError(AdapterhubError, ValueError):
+    """Bad `MODEL/NAME@vN=W` syntax or a version that does not exist."""
+
+
+class IncompatibleAdapterError(AdapterhubError):
+    """An adapter does not fit this base: fingerprint or shape mismatch."""
+
+
+class UnsupportedModuleError(AdapterhubError, TypeError):
+    """A targeted module has a type no registered adapter kind can wrap."""
+
+
+class AdapterStateError(AdapterhubError):
+    """An operation that the adapter's current state forbids (e.g. changing a merged adapter)."""
+
+
+class ZooError(AdapterhubError):
+    """A corrupt, half-written or conflicting zoo entry."""
+
+
+class MissingDependencyError(AdapterhubError, ImportError):
+    """An optional dependency is not installed; the message says what to pip install."""

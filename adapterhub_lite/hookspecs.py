@@ -1,0 +1,62 @@
+"""Every hook a plugin can implement. All are registration-only.
+
+Each `register_*` hook receives one `register` callback that takes a frozen
+spec from `adapterhub_lite.specs`; the registry records the owning plugin and
+raises `PluginError` on a duplicate name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from .specs import AdapterKind, Format, MergeMethod, ModelSpec
+
+PROJECT = "adapterhub_lite"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_adapter_types(register: Callable[[AdapterKind], None]) -> None:
+    """Register adapter layer classes.
+
+    Example: ``register(AdapterKind(name="lora-linear", layer=LoraLinear, config=LoraConfig))``
+    """
+
+
+@hookspec
+def register_models(register: Callable[[ModelSpec], None]) -> None:
+    """Register base model builders.
+
+    Example: ``register(ModelSpec(name="richboynet", build=RichBoyNet, task="classify"))``
+    """
+
+
+@hookspec
+def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
+    """Register ways to combine adapters.
+
+    Example: ``register(MergeMethod(name="cat", fn=cat_states, description="exact rank concat"))``
+    """
+
+
+@hookspec
+def register_formats(register: Callable[[Format], None]) -> None:
+    """Register adapter file formats for export and import.
+
+    Example: ``register(Format(name="peft", export=to_peft, import_=from_peft))``
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add subcommands to the `adapters` command line.
+
+    Example: ``@cli.command() def hello(): click.echo("hi")``
+    """

@@ -1,0 +1,130 @@
+"""Finding target modules and wrapping them in adapter layers.
+
+Names are the model's own module names (`blocks.0.attn`), before wrapping:
+a wrapped module keeps its name, its original sits at `<name>.base`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from torch import nn
+
+from .config import AdapterConfig
+from .errors import ConfigError, UnknownNameError, UnsupportedModuleError
+from .layer import AdapterLayer
+from .registry import Registry
+from .specs import AdapterKind
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    module: nn.Module  # the base module (inside its AdapterLayer if already wrapped)
+    kind: AdapterKind
+
+
+def named_base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(name, module) for every module, seeing through adapter layers to their base."""
+    def walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
+        for child_name, child in module.named_children():
+            name = f"{prefix}{child_name}"
+            if isinstance(child, AdapterLayer):
+                yield name, child.base
+                yield from walk(child.base, f"{name}.")
+            else:
+                yield name, child
+                yield from walk(child, f"{name}.")
+    yield from walk(model, "")
+
+
+def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLayer)}
+
+
+def pattern_matches(pattern: str, name: str) -> bool:
+    if pattern.startswith("re:"):
+        try:
+            return re.fullmatch(pattern[3:], name) is not None
+        except re.error as exc:
+            raise ConfigError(f"invalid regex in target {pattern!r}: {exc}") from exc
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _inside_attention(name: str, modules: dict[str, nn.Module]) -> str | None:
+    """nn.MultiheadAttention reads its out_proj weight directly: wrapping it would do nothing."""
+    parent, _, child = name.rpartition(".")
+    if child == "out_proj" and isinstance(modules.get(parent), nn.MultiheadAttention):
+        return parent
+    return None
+
+
+def find_targets(model: nn.Module, config: AdapterConfig, registry: Registry) -> list[Target]:
+    """Every module the config selects, each with the kind that will wrap it.
+
+    A pattern that matches no module name, or only modules no kind can wrap,
+    is an error: a typo never silently adapts nothing.
+    """
+    family = config.kind
+    registry.config_class(family)  # the family must be installed
+    modules = dict(named_base_modules(model))
+    type_names = {cls.__name__ for m in modules.values() for cls in type(m).__mro__}
+    for type_name in config.target_types:
+        if type_name not in type_names:
+            raise UnknownNameError("module type", type_name, {type(m).__name__ for m in modules.values()})
+
+    def type_ok(module: nn.Module) -> bool:
+        return not config.target_types or any(c.__name__ in config.target_types for c in type(module).__mro__)
+
+    targets: list[Target] = []
+    hits: dict[str, list[str]] = {p: [] for p in config.targets}
+    for name, module in modules.items():
+        matched = [p for p in config.targets if pattern_matches(p, name)]
+        for p in matched:
+            hits[p].append(name)
+        if (config.targets and not matched) or not type_ok(module):
+            continue
+        if _inside_attention(name, modules) is not None:
+            continue
+        kind = registry.kind_for(module, family)
+        if kind is not None:
+            targets.append(Target(name, module, kind))
+
+    chosen = {t.name for t in targets}
+    for pattern, names in hits.items():
+        if not names:
+            raise UnknownNameError(
+                "module", pattern, modules, "Targets are globs over module names ('re:' for a regex)"
+            )
+        if not any(n in chosen for n in names):
+            attention = [_inside_attention(n, modules) for n in names]
+            if any(attention):
+                raise UnsupportedModuleError(
+                    f"target {pattern!r} selects the out_proj of nn.MultiheadAttention {attention[0]!r}, which "
+                    f"reads its weight directly; target {attention[0]!r} itself with attention_projections"
+                )
+            kinds = ", ".join(sorted({type(modules[n]).__name__ for n in names}))
+            raise UnsupportedModuleError(
+                f"target {pattern!r} selects only modules no {family!r} kind can wrap ({kinds}); "
+                f"{family!r} wraps: {', '.join(registry.wrappable_types(family))}"
+            )
+    if not targets:
+        raise UnsupportedModuleError(
+            f"the config selects no module a {family!r} kind can wrap "
+            f"(target_types={list(config.target_types)}); {family!r} wraps: {', '.join(registry.wrappable_types(family))}"
+        )
+    return targets
+
+
+def wrap(model: nn.Module, name: str, layer: AdapterLayer) -> None:
+    model.set_submodule(name, layer)
+
+
+def unwrap(model: nn.Module, name: str) -> nn.Module:
+    layer = model.get_submodule(name)
+    assert isinstance(layer, AdapterLayer), name
+    model.set_submodule(name, layer.base)
+    return layer.base

@@ -1,0 +1,214 @@
+"""AdapterLayer: one wrapped base module holding any number of named adapters.
+
+The base class owns composition (names, weights, enable/disable, merge
+bookkeeping); a plugin subclass owns the math (`create`, `delta`,
+`delta_weight`). Exactness rules, enforced here once for every kind:
+
+- an adapter that is disabled or at weight 0 is skipped, so with no live
+  adapter the output *is* `base(x)`: bit-identical;
+- `merge` keeps the original weight tensor and swaps in a new merged one;
+  `unmerge` swaps the original back: bit-exact, never a subtraction. The cost
+  is one extra copy of each merged weight while merged (none when unmerged).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .config import AdapterConfig
+from .errors import AdapterStateError, IncompatibleAdapterError, UnknownNameError
+
+
+class AdapterLayer(nn.Module):
+    targets: ClassVar[tuple[type[nn.Module], ...]] = ()
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        base.requires_grad_(False)
+        self.adapters = nn.ModuleDict()
+        self.configs: dict[str, AdapterConfig] = {}
+        self._weights: dict[str, float] = {}
+        self._disabled: set[str] = set()
+        self._merged: dict[str, float] = {}  # name -> weight it was merged at
+        self._originals: dict[str, Tensor] = {}  # base parameter path -> unmerged tensor
+
+    # --- implemented by a plugin ------------------------------------------------------
+    def create(self, name: str, config: AdapterConfig) -> nn.Module:
+        """Build the adapter's parameters so that it starts as a no-op (e.g. B zero)."""
+        raise NotImplementedError
+
+    def delta(self, name: str, x: Tensor) -> Tensor:
+        """The adapter's additive output for input x, not yet scaled by the user weight."""
+        raise NotImplementedError
+
+    def delta_weight(self, name: str) -> Tensor:
+        """The adapter's change to `base.weight`, shaped like it."""
+        raise NotImplementedError
+
+    def delta_weights(self, name: str) -> dict[str, Tensor]:
+        """Changes per base parameter path; override when a layer changes several weights."""
+        return {"weight": self.delta_weight(name)}
+
+    def combine(self, live: list[tuple[str, float]], x: Tensor) -> Tensor:
+        """Sum of `weight * delta` over the live adapters; low-rank kinds fuse this."""
+        total = None
+        for name, weight in live:
+            term = self.delta(name, x) * weight
+            total = term if total is None else total + term
+        assert total is not None  # forward only calls with at least one live adapter
+        return total
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """Per-target hyper-parameters worth recording in file metadata."""
+        return {}
+
+    def invalidate(self) -> None:
+        """Drop caches derived from the adapters (called after every composition change)."""
+
+    # --- composition ----------------------------------------------------------------------
+    def add(self, name: str, config: AdapterConfig) -> None:
+        if name in self.adapters:
+            raise AdapterStateError(f"layer already has an adapter named {name!r}: delete it first or pick another name")
+        self.adapters[name] = self.create(name, config)
+        self.configs[name] = config
+        self._weights[name] = 1.0
+        self.invalidate()
+
+    def remove(self, name: str) -> None:
+        self._require(name, unmerged=True)
+        del self.adapters[name]
+        del self.configs[name], self._weights[name]
+        self._disabled.discard(name)
+        self.invalidate()
+
+    def set_weight(self, name: str, weight: float) -> None:
+        self._require(name, unmerged=True)
+        weight = float(weight)
+        if not math.isfinite(weight):
+            raise AdapterStateError(f"weight for adapter {name!r} must be finite, got {weight}")
+        self._weights[name] = weight
+        self.invalidate()
+
+    def enable(self, *names: str) -> None:
+        for name in names:
+            self._require(name, unmerged=True)
+            self._disabled.discard(name)
+        self.invalidate()
+
+    def disable(self, *names: str) -> None:
+        for name in names:
+            self._require(name, unmerged=True)
+            self._disabled.add(name)
+        self.invalidate()
+
+    def weight(self, name: str) -> float:
+        self._require(name)
+        return self._weights[name]
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        return tuple(n for n in self.adapters if n not in self._disabled)
+
+    def live(self) -> list[tuple[str, float]]:
+        """Adapters the forward must compute: enabled, not merged, non-zero weight."""
+        return [(n, self._weights[n]) for n in self.active if n not in self._merged and self._weights[n] != 0.0]
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        out = self.base(x, *args, **kwargs)
+        live = self.live()
+        if not live:
+            return out
+        return out + self.combine(live, x)
+
+    # --- merge ------------------------------------------------------------------------------
+    @property
+    def merged(self) -> tuple[str, ...]:
+        return tuple(self._merged)
+
+    @torch.no_grad()
+    def merge(self, *names: str) -> None:
+        """Fold adapters (default: the live ones) into the base weights at their weights."""
+        if not names:
+            names = tuple(n for n, _ in self.live())
+        for name in names:
+            self._require(name, unmerged=True)
+            if name in self._disabled:
+                raise AdapterStateError(f"adapter {name!r} is disabled: enable it before merging it")
+        totals: dict[str, Tensor] = {}
+        for name in names:
+            weight = self._weights[name]
+            if weight == 0.0:
+                continue
+            for path, delta in self.delta_weights(name).items():
+                scaled = delta.float() * weight
+                totals[path] = scaled if path not in totals else totals[path] + scaled
+        for path, delta in totals.items():
+            param = self.base.get_parameter(path)
+            self._originals.setdefault(path, param.data)
+            param.data = (param.data.float() + delta).to(param.dtype)
+        for name in names:
+            self._merged[name] = self._weights[name]
+        self.invalidate()
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Put the original base tensors back: bit-exact."""
+        for path, original in self._originals.items():
+            self.base.get_parameter(path).data = original
+        self._originals.clear()
+        self._merged.clear()
+        self.invalidate()
+
+    def bake(self) -> None:
+        """Make merged changes permanent: forget the originals (frees their memory)."""
+        self._originals.clear()
+
+    def base_state(self) -> dict[str, Tensor]:
+        """The base module's parameters as they are unmerged (for fingerprints)."""
+        return {path: self._originals.get(path, p.detach()) for path, p in self.base.named_parameters()}
+
+    # --- state ---------------------------------------------------------------------------------
+    def adapter_state(self, name: str) -> dict[str, Tensor]:
+        self._require(name)
+        return {k: v.detach() for k, v in self.adapters[name].state_dict().items()}
+
+    def check_adapter_state(self, name: str, tensors: dict[str, Tensor]) -> None:
+        """Raise unless `tensors` has exactly this adapter's keys, each with the right shape."""
+        self._require(name, unmerged=True)
+        own = self.adapters[name].state_dict()
+        missing = sorted(set(own) - set(tensors))
+        unexpected = sorted(set(tensors) - set(own))
+        if missing or unexpected:
+            raise IncompatibleAdapterError(
+                f"adapter {name!r} state does not fit this layer: missing {missing}, unexpected {unexpected}"
+            )
+        for key, target in own.items():
+            if tuple(tensors[key].shape) != tuple(target.shape):
+                raise IncompatibleAdapterError(
+                    f"adapter {name!r} tensor {key!r} has shape {tuple(tensors[key].shape)}, "
+                    f"this layer needs {tuple(target.shape)}"
+                )
+
+    @torch.no_grad()
+    def load_adapter_state(self, name: str, tensors: dict[str, Tensor]) -> None:
+        """Copy tensors in; every key must be present and every shape must match."""
+        self.check_adapter_state(name, tensors)
+        for key, target in self.adapters[name].state_dict().items():
+            target.copy_(tensors[key])
+        self.invalidate()
+
+    def _require(self, name: str, unmerged: bool = False) -> None:
+        if name not in self.adapters:
+            raise UnknownNameError("adapter", name, self.adapters)
+        if unmerged and name in self._merged:
+            raise AdapterStateError(f"adapter {name!r} is merged into the base weights: unmerge() first")
+
+    def extra_repr(self) -> str:
+        parts = [f"{n}(w={self._weights[n]:g}{', off' if n in self._disabled else ''}"
+                 f"{', merged' if n in self._merged else ''})" for n in self.adapters]
+        return "adapters=[" + ", ".join(parts) + "]"

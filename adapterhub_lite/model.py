@@ -1,0 +1,268 @@
+"""AdaptedModel: the model-level handle over a base model and its named adapters.
+
+    am = AdaptedModel(model, base_id="richboynet")
+    am.add_adapter("digit9", LoraConfig(rank=1, alpha=1, targets=["linear*"]))
+    am.set_active(["digit9", "style"], weights=[1.0, 0.7])
+    am.merge(); am.unmerge()
+    plain = am.unload()          # the original model, original modules, bit-equal weights
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import AdapterConfig
+from .errors import AdapterStateError, ConfigError, UnknownNameError
+from .fingerprint import combine_fingerprints, state_fingerprint
+from .inject import adapter_layers, find_targets, named_base_modules, unwrap, wrap
+from .layer import AdapterLayer
+from .registry import Registry, get_registry
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class AdapterInfo:
+    """What the handle knows of one adapter besides its tensors."""
+
+    config: AdapterConfig
+    modules: list[str]
+    metadata: dict[str, Any] = field(default_factory=dict)  # e.g. unknown fields from a newer file
+
+
+class AdaptedModel:
+    def __init__(self, model: nn.Module, *, base_id: str | None = None, registry: Registry | None = None) -> None:
+        if adapter_layers(model):
+            raise AdapterStateError("this model already holds adapter layers: use its existing AdaptedModel handle")
+        self.model = model
+        self.base_id = base_id or type(model).__name__
+        self.registry = registry or get_registry()
+        self.adapters: dict[str, AdapterInfo] = {}
+        self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        model.requires_grad_(False)  # the base is frozen; only adapter parameters train
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"AdaptedModel(base_id={self.base_id!r}, adapters={list(self.adapters)}, active={self.active})"
+
+    # --- adding and removing --------------------------------------------------------------
+    def add_adapter(self, name: str, config: AdapterConfig, *, activate: bool = True) -> list[str]:
+        """Create a new adapter on every module the config targets; returns their names."""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(f"invalid adapter name {name!r}: use letters, digits, '_' and '-'")
+        if name in self.adapters:
+            raise AdapterStateError(f"an adapter named {name!r} already exists: delete it first or pick another name")
+        targets = find_targets(self.model, config, self.registry)
+        layers = adapter_layers(self.model)
+        new_layers: dict[str, AdapterLayer] = {}
+        for t in targets:  # build everything before touching the model
+            if t.name not in layers:
+                new_layers[t.name] = t.kind.layer(t.module)
+            layer = layers.get(t.name) or new_layers[t.name]
+            if not isinstance(layer, t.kind.layer):
+                raise AdapterStateError(
+                    f"module {t.name!r} is already wrapped by {type(layer).__name__}; "
+                    f"a {t.kind.name!r} adapter needs {t.kind.layer.__name__}"
+                )
+        self.adapters[name] = AdapterInfo(config, [t.name for t in targets])
+        try:
+            for t in targets:
+                layer = layers.get(t.name) or new_layers[t.name]
+                layer.add(name, config)
+                if not activate:
+                    layer.disable(name)
+        except Exception:
+            self._drop(name, new_layers)
+            raise
+        for layer_name, layer in new_layers.items():
+            wrap(self.model, layer_name, layer)
+        return [t.name for t in targets]
+
+    def _drop(self, name: str, unwrapped: Mapping[str, AdapterLayer]) -> None:
+        for layer in [*adapter_layers(self.model).values(), *unwrapped.values()]:
+            if name in layer.adapters:
+                layer.remove(name)
+        del self.adapters[name]
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove an adapter everywhere; layers left with no adapter are unwrapped."""
+        self._require(name)
+        if any(name in layer.merged for layer in self.layers().values()):
+            raise AdapterStateError(f"adapter {name!r} is merged: unmerge() before deleting it")
+        for layer_name, layer in self.layers().items():
+            if name in layer.adapters:
+                layer.remove(name)
+                if not layer.adapters:
+                    unwrap(self.model, layer_name)
+        del self.adapters[name]
+
+    # --- which adapters run -------------------------------------------------------------------
+    def set_active(self, names: Sequence[str] | str, weights: Sequence[float] | Mapping[str, float] | None = None) -> None:
+        """Run exactly these adapters, each at its weight (default 1.0); all others are disabled."""
+        names = [names] if isinstance(names, str) else list(names)
+        if isinstance(weights, Mapping):
+            weights = [weights.get(n, 1.0) for n in names]
+        weights = [1.0] * len(names) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(names):
+            raise ConfigError(f"{len(names)} adapter names but {len(weights)} weights")
+        for name in names:
+            self._require(name)
+        if self.merged:
+            raise AdapterStateError(f"adapters {list(self.merged)} are merged: unmerge() before changing the active set")
+        for layer in self.layers().values():
+            for adapter in layer.adapters:
+                if adapter in names:
+                    layer.enable(adapter)
+                    layer.set_weight(adapter, weights[names.index(adapter)])
+                elif adapter in layer.active:
+                    layer.disable(adapter)
+
+    def set_weight(self, name: str, weight: float) -> None:
+        self._require(name)
+        for layer in self._layers_of(name):
+            layer.set_weight(name, weight)
+
+    @property
+    def active(self) -> dict[str, float]:
+        """Enabled adapters and their weights."""
+        out: dict[str, float] = {}
+        for layer in self.layers().values():
+            for name in layer.active:
+                out.setdefault(name, layer.weight(name))
+        return {n: out[n] for n in self.adapters if n in out}
+
+    # --- merge and unload -------------------------------------------------------------------------
+    def merge(self, names: Sequence[str] | None = None) -> None:
+        """Fold adapters (default: all active) into the base weights for zero-overhead inference."""
+        names = list(self.active) if names is None else list(names)
+        for name in names:
+            self._require(name)
+        for layer in self.layers().values():
+            mine = [n for n in names if n in layer.adapters]
+            if mine:
+                layer.merge(*mine)
+
+    def unmerge(self) -> None:
+        for layer in self.layers().values():
+            layer.unmerge()
+
+    @property
+    def merged(self) -> tuple[str, ...]:
+        found = {n for layer in self.layers().values() for n in layer.merged}
+        return tuple(n for n in self.adapters if n in found)
+
+    def unload(self, *, merge: bool = False) -> nn.Module:
+        """Remove every adapter layer and return the plain model.
+
+        merge=False gives back the original base weights bit for bit; merge=True
+        folds the active adapters in permanently (a fused model).
+        """
+        for name, layer in self.layers().items():
+            if merge:
+                layer.merge(*[n for n, _ in layer.live()])
+                layer.bake()
+            else:
+                layer.unmerge()
+            unwrap(self.model, name)
+        self.adapters.clear()
+        for param_name, param in self.model.named_parameters():
+            param.requires_grad_(self._requires_grad.get(param_name, False))
+        return self.model
+
+    # --- parameters and state ----------------------------------------------------------------------
+    def layers(self) -> dict[str, AdapterLayer]:
+        return adapter_layers(self.model)
+
+    def adapter_parameters(self, name: str) -> Iterator[tuple[str, nn.Parameter]]:
+        self._require(name)
+        for layer_name, layer in self.layers().items():
+            if name in layer.adapters:
+                for key, param in layer.adapters[name].named_parameters():
+                    yield f"{layer_name}.{key}", param
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def parameter_counts(self) -> dict[str, Any]:
+        adapter_ids = {id(p) for layer in self.layers().values() for p in layer.adapters.parameters()}
+        params = list(self.model.parameters())
+        base = sum(p.numel() for p in params if id(p) not in adapter_ids)
+        per = {n: sum(p.numel() for _, p in self.adapter_parameters(n)) for n in self.adapters}
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        return {
+            "base": base,
+            "adapters": per,
+            "trainable": trainable,
+            "trainable_percent": 100.0 * trainable / base if base else 0.0,
+        }
+
+    def adapter_state(self, name: str) -> dict[str, Tensor]:
+        """Tensors keyed `<module>.<param>` by original module name (the file layout)."""
+        return {key: param.detach() for key, param in self.adapter_parameters(name)}
+
+    def target_configs(self, name: str) -> dict[str, AdapterConfig]:
+        return {n: layer.configs[name] for n, layer in self.layers().items() if name in layer.adapters}
+
+    def base_fingerprints(self, module_names: Sequence[str]) -> dict[str, str]:
+        """Fingerprint of each named base module's unmerged parameters."""
+        layers = self.layers()
+        modules = dict(named_base_modules(self.model))
+        out = {}
+        for name in module_names:
+            if name in layers:
+                state = layers[name].base_state()
+            elif name in modules:
+                state = {k: p.detach() for k, p in modules[name].named_parameters()}
+            else:
+                raise UnknownNameError("module", name, modules)
+            out[name] = state_fingerprint(state)
+        return out
+
+    def base_fingerprint(self, name: str) -> str:
+        """The fingerprint of the base weights an adapter targets."""
+        return combine_fingerprints(self.base_fingerprints(self._require(name).modules))
+
+    def save_adapter(self, name: str, path: str | Path) -> Path:
+        from .serialization import save_adapter
+
+        return save_adapter(self, name, path)
+
+    def load_adapter(self, path: str | Path, name: str | None = None, *, ignore_fingerprint: bool = False,
+                     activate: bool = True) -> str:
+        from .serialization import load_adapter
+
+        return load_adapter(self, path, name, ignore_fingerprint=ignore_fingerprint, activate=activate)
+
+    @torch.no_grad()
+    def load_adapter_state(self, name: str, tensors: Mapping[str, Tensor]) -> None:
+        """Copy a full `adapter_state`-shaped dict in; a key that fits nothing is an error."""
+        self._require(name)
+        per_layer: dict[str, dict[str, Tensor]] = {}
+        layers = self.layers()
+        owners = sorted((n for n, layer in layers.items() if name in layer.adapters), key=len, reverse=True)
+        for key, tensor in tensors.items():
+            owner = next((n for n in owners if key.startswith(n + ".")), None)
+            if owner is None:
+                raise UnknownNameError("adapter tensor", key, self.adapter_state(name))
+            per_layer.setdefault(owner, {})[key[len(owner) + 1:]] = tensor
+        for owner in owners:  # check everything before copying anything
+            layers[owner].check_adapter_state(name, per_layer.get(owner, {}))
+        for owner in owners:
+            layers[owner].load_adapter_state(name, per_layer.get(owner, {}))
+
+    def _require(self, name: str) -> AdapterInfo:
+        if name not in self.adapters:
+            raise UnknownNameError("adapter", name, self.adapters)
+        return self.adapters[name]
+
+    def _layers_of(self, name: str) -> list[AdapterLayer]:
+        return [layer for layer in self.layers().values() if name in layer.adapters]

@@ -1,0 +1,171 @@
+"""The registry: every kind, model, merge method and format, with the plugin that owns it.
+
+Built from a PluginManager (never module-global state), so each test can make
+its own. Lookups follow timm: `create_model(name)`, `list_models(pattern)`,
+`get_kind(name)`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from torch import nn
+
+from .config import AdapterConfig
+from .errors import PluginError, UnknownNameError, UnsupportedModuleError
+from .plugins import PluginManager, load_plugins
+from .specs import AdapterKind, Format, MergeMethod, ModelSpec
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class Owned(Generic[S]):
+    spec: S
+    plugin: str
+
+
+# hook name -> (attribute holding the table, spec type, word used in messages)
+_TABLES: dict[str, tuple[str, type, str]] = {
+    "register_adapter_types": ("kinds", AdapterKind, "adapter kind"),
+    "register_models": ("models", ModelSpec, "model"),
+    "register_merge_methods": ("merges", MergeMethod, "merge method"),
+    "register_formats": ("formats", Format, "format"),
+}
+
+
+class Registry:
+    def __init__(self, pm: PluginManager) -> None:
+        self.pm = pm
+        self.kinds: dict[str, Owned[AdapterKind]] = {}
+        self.models: dict[str, Owned[ModelSpec]] = {}
+        self.merges: dict[str, Owned[MergeMethod]] = {}
+        self.formats: dict[str, Owned[Format]] = {}
+        for hook_name in _TABLES:
+            self._collect(hook_name)
+
+    @classmethod
+    def from_entry_points(cls) -> Registry:
+        return cls(load_plugins())
+
+    def _collect(self, hook_name: str) -> None:
+        attr, spec_type, what = _TABLES[hook_name]
+        table: dict[str, Owned[Any]] = getattr(self, attr)
+        plugins = self.pm.list_name_plugin()
+        for plugin_name, plugin in plugins:
+            others = [p for n, p in plugins if n != plugin_name]
+            caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+
+            def register(spec: Any, _owner: str = plugin_name) -> None:
+                if not isinstance(spec, spec_type):
+                    raise PluginError(
+                        f"plugin {_owner!r} passed {type(spec).__name__} to {hook_name}; "
+                        f"expected adapterhub_lite.{spec_type.__name__}",
+                        plugin=_owner,
+                    )
+                if spec.name in table:
+                    raise PluginError(
+                        f"{what} {spec.name!r} is registered by both {table[spec.name].plugin!r} and "
+                        f"{_owner!r}: uninstall one, or rename it in your plugin",
+                        plugin=_owner,
+                    )
+                table[spec.name] = Owned(spec, _owner)
+
+            caller(register=register)
+
+    # --- adapter kinds ----------------------------------------------------------
+    def get_kind(self, name: str) -> AdapterKind:
+        if name not in self.kinds:
+            raise UnknownNameError("adapter kind", name, self.kinds, "Run `adapters plugins` to see what is installed")
+        return self.kinds[name].spec
+
+    def families(self) -> dict[str, type[AdapterConfig]]:
+        return {o.spec.family: o.spec.config for o in self.kinds.values()}
+
+    def config_class(self, family: str) -> type[AdapterConfig]:
+        families = self.families()
+        if family not in families:
+            raise UnknownNameError("adapter family", family, families, "Install the plugin that provides it")
+        return families[family]
+
+    def kind_for(self, module: nn.Module, family: str) -> AdapterKind | None:
+        """The family's kind for this module: the most specific class in the module's MRO wins."""
+        candidates = [o.spec for o in self.kinds.values() if o.spec.family == family]
+        for cls in type(module).__mro__:
+            for kind in candidates:
+                if cls in kind.targets:
+                    return kind
+        return None
+
+    def require_kind_for(self, module: nn.Module, family: str, module_name: str) -> AdapterKind:
+        kind = self.kind_for(module, family)
+        if kind is None:
+            raise UnsupportedModuleError(
+                f"module {module_name!r} is a {type(module).__name__}, which no {family!r} adapter kind can wrap; "
+                f"{family!r} wraps: {', '.join(self.wrappable_types(family)) or 'nothing'}"
+            )
+        return kind
+
+    def wrappable_types(self, family: str) -> list[str]:
+        return sorted({t.__name__ for o in self.kinds.values() if o.spec.family == family for t in o.spec.targets})
+
+    # --- models, merges, formats ---------------------------------------------------
+    def list_models(self, pattern: str = "*") -> list[str]:
+        return sorted(n for n in self.models if fnmatch.fnmatchcase(n, pattern))
+
+    def get_model(self, name: str) -> ModelSpec:
+        if name not in self.models:
+            raise UnknownNameError("model", name, self.models, "Run `adapters plugins` to see what is installed")
+        return self.models[name].spec
+
+    def create_model(self, name: str, **kwargs: Any) -> nn.Module:
+        spec = self.get_model(name)
+        return spec.build(**{**spec.defaults, **kwargs})
+
+    def get_merge_method(self, name: str) -> MergeMethod:
+        if name not in self.merges:
+            raise UnknownNameError("merge method", name, self.merges)
+        return self.merges[name].spec
+
+    def get_format(self, name: str) -> Format:
+        if name not in self.formats:
+            raise UnknownNameError("format", name, self.formats)
+        return self.formats[name].spec
+
+    # --- listing ---------------------------------------------------------------------
+    def describe(self, commands: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        """One entry per plugin with everything it registered (for `adapters plugins`)."""
+        out = []
+        for name, _ in self.pm.list_name_plugin():
+            info = self.pm.infos.get(name)
+            entry: dict[str, Any] = {
+                "name": name,
+                "distribution": info.distribution if info else None,
+                "version": info.version if info else None,
+            }
+            for attr, _spec, _what in _TABLES.values():
+                table: dict[str, Owned[Any]] = getattr(self, attr)
+                entry[attr] = [_describe_spec(o.spec) for o in table.values() if o.plugin == name]
+            entry["commands"] = sorted((commands or {}).get(name, []))
+            out.append(entry)
+        return out
+
+
+def _describe_spec(spec: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"name": spec.name, "description": spec.description}
+    if isinstance(spec, AdapterKind):
+        data.update(family=spec.family, targets=[t.__name__ for t in spec.targets], layer=spec.layer.__qualname__)
+    elif isinstance(spec, ModelSpec):
+        data.update(task=spec.task)
+    elif isinstance(spec, Format):
+        data.update(export=spec.export is not None, import_=spec.import_ is not None)
+    return data
+
+
+@functools.lru_cache(maxsize=1)
+def get_registry() -> Registry:
+    """The process-wide registry from installed plugins (built once, on first use)."""
+    return Registry.from_entry_points()

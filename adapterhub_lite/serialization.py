@@ -1,0 +1,213 @@
+"""The native adapter file: one safetensors file, metadata as JSON in its header.
+
+Tensor keys are `<module>.<param>` by original module name (`fc1.lora_A`,
+`attn.q.lora_B`). The header holds a JSON document under "adapterhub_lite"
+(kind per target, config, base model id, base fingerprints, library version,
+creation time) and repeats family, rank, alpha and the base fingerprint as
+flat strings so a lone file shared SD-style still describes itself.
+Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import AdapterhubError, IncompatibleAdapterError, UnknownNameError
+from .fingerprint import combine_fingerprints
+from .inject import named_base_modules
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from .model import AdaptedModel
+
+FORMAT = "adapterhub_lite/adapter"
+FORMAT_VERSION = 1
+HEADER_KEY = "adapterhub_lite"
+KNOWN_FIELDS = {
+    "format", "format_version", "name", "family", "config", "targets", "base_model",
+    "base_fingerprint", "base_module_fingerprints", "library_version", "created",
+}
+
+
+class AdapterFileError(AdapterhubError):
+    """A file that is not a readable adapterhub_lite adapter."""
+
+
+@dataclass
+class AdapterFile:
+    """A parsed adapter file: metadata plus a way to read its tensors."""
+
+    path: Path
+    meta: dict[str, Any]
+    keys: list[str]
+    unknown: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    def tensors(self) -> dict[str, Tensor]:
+        with safe_open(str(self.path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in self.keys}
+
+
+def build_metadata(am: AdaptedModel, name: str) -> dict[str, Any]:
+    from . import __version__
+
+    info = am.adapters[name]
+    base_config = info.config.to_dict()
+    targets = {}
+    for module, layer in am.layers().items():
+        if name not in layer.adapters:
+            continue
+        config = layer.configs[name].to_dict()
+        overrides = {k: v for k, v in config.items() if base_config.get(k) != v}
+        kind = next(o.spec.name for o in am.registry.kinds.values() if type(layer) is o.spec.layer)
+        targets[module] = {"kind": kind, **layer.describe(name), **({"config": overrides} if overrides else {})}
+    per_module = am.base_fingerprints(sorted(targets))
+    return {
+        **info.metadata,  # fields from a newer version are kept, not dropped
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "family": info.config.kind,
+        "config": base_config,
+        "targets": targets,
+        "base_model": am.base_id,
+        "base_fingerprint": combine_fingerprints(per_module),
+        "base_module_fingerprints": per_module,
+        "library_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save_adapter(am: AdaptedModel, name: str, path: str | Path) -> Path:
+    """Write one adapter atomically (temp file, then rename)."""
+    path = Path(path)
+    meta = build_metadata(am, name)
+    tensors = {k: t.detach().to("cpu").contiguous() for k, t in am.adapter_state(name).items()}
+    header = {HEADER_KEY: json.dumps(meta, sort_keys=True), "format": FORMAT, "family": meta["family"],
+              "base_fingerprint": meta["base_fingerprint"]}
+    for key in ("rank", "alpha"):
+        if key in meta["config"]:
+            header[key] = str(meta["config"][key])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_adapter_file(path: str | Path) -> AdapterFile:
+    """Parse the header without loading tensors; warn once about fields this version does not know."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterFileError(f"no adapter file at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            keys = list(f.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterFileError(f"{path} is not a readable safetensors file: {exc}") from exc
+    if HEADER_KEY not in header:
+        raise AdapterFileError(
+            f"{path} has no adapterhub_lite metadata: it is not a native adapter file "
+            "(PEFT and kohya files are imported with `adapters import`)"
+        )
+    try:
+        meta = json.loads(header[HEADER_KEY])
+    except json.JSONDecodeError as exc:
+        raise AdapterFileError(f"{path}: its adapterhub_lite metadata is not valid JSON ({exc})") from exc
+    missing = [k for k in ("name", "family", "config", "targets") if k not in meta]
+    if missing:
+        raise AdapterFileError(f"{path}: its metadata lacks {missing}; the file is damaged")
+    if int(meta.get("format_version", 1)) > FORMAT_VERSION:
+        warnings.warn(f"{path} uses adapter format v{meta['format_version']}; this version reads v{FORMAT_VERSION}",
+                      stacklevel=2)
+    unknown = {k: v for k, v in meta.items() if k not in KNOWN_FIELDS}
+    return AdapterFile(path, meta, keys, unknown)
+
+
+def load_adapter(am: AdaptedModel, path: str | Path, name: str | None = None, *,
+                 ignore_fingerprint: bool = False, activate: bool = True) -> str:
+    """Add the file's adapter to the model. Checks shapes and base fingerprints first;
+    on any error the model is left exactly as it was."""
+    file = read_adapter_file(path)
+    meta = file.meta
+    name = name or file.name
+    config_cls = am.registry.config_class(meta["family"])
+    config_unknown = sorted(set(meta["config"]) - config_cls.field_names() - {"kind"})
+    config = config_cls.from_dict(meta["config"], ignore_unknown=True)
+    if file.unknown or config_unknown:
+        fields = sorted(file.unknown) + [f"config.{k}" for k in config_unknown]
+        warnings.warn(
+            f"{file.path} was written by adapterhub_lite {meta.get('library_version', '?')} with fields this "
+            f"version does not know ({', '.join(fields)}); they are kept but not used", stacklevel=2)
+
+    modules = dict(named_base_modules(am.model))
+    for module, target in sorted(meta["targets"].items()):
+        if module not in modules:
+            raise UnknownNameError("module", module, modules, f"{file.path} targets a module this model lacks")
+        kind = am.registry.get_kind(target["kind"])
+        if not isinstance(modules[module], kind.targets):
+            raise IncompatibleAdapterError(
+                f"{file.path}: module {module!r} is a {type(modules[module]).__name__}, "
+                f"but the adapter's {kind.name!r} layer wraps {', '.join(t.__name__ for t in kind.targets)}")
+    if not ignore_fingerprint:
+        _check_fingerprints(am, file)
+
+    # Create the adapter with exactly the file's targets, then fill it; roll back on any failure.
+    targets = sorted(meta["targets"])
+    anchored = config.replace(targets=[_exact(m) for m in targets], target_types=[])
+    am.add_adapter(name, anchored, activate=activate)
+    try:
+        for module, layer in am.layers().items():
+            overrides = meta["targets"].get(module, {}).get("config")
+            if name in layer.adapters and overrides:
+                layer.remove(name)
+                layer.add(name, config.replace(**overrides))
+                if not activate:
+                    layer.disable(name)
+        am.adapters[name].config = config
+        am.adapters[name].metadata = dict(file.unknown)
+        am.load_adapter_state(name, file.tensors())
+    except Exception:
+        am.delete_adapter(name)
+        raise
+    return name
+
+
+def _exact(module_name: str) -> str:
+    return "re:" + re.escape(module_name)
+
+
+def _check_fingerprints(am: AdaptedModel, file: AdapterFile) -> None:
+    expected: dict[str, str] = file.meta.get("base_module_fingerprints") or {}
+    if not expected:
+        raise IncompatibleAdapterError(
+            f"{file.path} records no base fingerprint, so its base cannot be checked; "
+            "pass ignore_fingerprint=True (--force) to load it anyway")
+    actual = am.base_fingerprints(sorted(expected))
+    for module in sorted(expected):
+        if actual[module] != expected[module]:
+            raise IncompatibleAdapterError(
+                f"{file.path} was trained on base {file.meta.get('base_model')!r} "
+                f"(fingerprint {str(file.meta.get('base_fingerprint'))[:12]}), but module {module!r} differs in "
+                f"this model; load it on that base, or pass ignore_fingerprint=True (--force) if you know they fit")

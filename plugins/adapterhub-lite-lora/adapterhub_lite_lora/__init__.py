@@ -1,0 +1,30 @@
+"""First-party LoRA plugin: LoRA for nn.Linear, nn.Conv2d and nn.MultiheadAttention.
+
+Registered through the `adapterhub_lite` entry point, exactly as a
+third-party package would be; imports only adapterhub_lite's public names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from adapterhub_lite import AdapterKind, LoraConfig, hookimpl
+
+from .attention import LoraMultiheadAttention
+from .conv2d import LoraConv2d
+from .linear import LoraLinear
+from .lowrank import LoraFactors, LowRankLayer
+
+__all__ = ["LoraConv2d", "LoraFactors", "LoraLinear", "LoraMultiheadAttention", "LowRankLayer"]
+
+
+@hookimpl
+def register_adapter_types(register: Callable[[AdapterKind], None]) -> None:
+    register(AdapterKind(name="lora-linear", layer=LoraLinear, config=LoraConfig,
+                         description="LoRA on nn.Linear: W + (alpha/r) B A"))
+    register(AdapterKind(name="lora-conv2d", layer=LoraConv2d, config=LoraConfig,
+                         description="LoRA on nn.Conv2d: kxk conv to r channels, then 1x1 conv (any stride, "
+                                     "padding, dilation, groups)"))
+    register(AdapterKind(name="lora-mha", layer=LoraMultiheadAttention, config=LoraConfig,
+                         description="LoRA on nn.MultiheadAttention q/k/v/out projections (cross-attention, "
+                                     "batch_first both ways)"))

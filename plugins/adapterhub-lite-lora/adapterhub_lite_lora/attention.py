@@ -1,0 +1,144 @@
+"""LoRA on nn.MultiheadAttention: a factor pair on any of the q, k, v and out projections.
+
+torch's attention reads its projection weights directly, so with a live
+adapter this layer runs the attention itself: each projection is the base
+projection plus the (fused) low-rank term, with the adapter's dropout on its
+own input. Cross-attention (kdim/vdim != embed_dim), both batch_first
+settings, unbatched input, attention and key-padding masks are supported.
+With no live adapter it calls the base module untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adapterhub_lite import LoraConfig, UnsupportedModuleError
+
+from .lowrank import LoraFactors, LowRankLayer
+
+QKV = ("q", "k", "v")
+
+
+class LoraMultiheadAttention(LowRankLayer):
+    targets = (nn.MultiheadAttention,)
+
+    def __init__(self, base: nn.MultiheadAttention) -> None:
+        if base.bias_k is not None or base.add_zero_attn:
+            raise UnsupportedModuleError(
+                "nn.MultiheadAttention with add_bias_kv or add_zero_attn is not supported by LoRA; "
+                "target its projections in a custom attention module instead"
+            )
+        super().__init__(base)
+
+    def _weight(self, slot: str) -> Tensor:
+        mha = self.base
+        if slot == "out":
+            return mha.out_proj.weight
+        if mha._qkv_same_embed_dim:
+            return mha.in_proj_weight.chunk(3)[QKV.index(slot)]  # (E, E) view
+        return getattr(mha, f"{slot}_proj_weight")  # (E, kdim) / (E, vdim)
+
+    def create(self, name: str, config: LoraConfig) -> nn.ModuleDict:
+        pairs = {}
+        for slot in config.attention_projections:
+            out_features, in_features = self._weight(slot).shape
+            pairs[slot] = LoraFactors((config.rank, in_features), (out_features, config.rank), config,
+                                      like=self._weight(slot))
+        return nn.ModuleDict(pairs)
+
+    def down(self, x: Tensor, a: Tensor) -> Tensor:
+        return F.linear(x, a)
+
+    def up(self, h: Tensor, b: Tensor) -> Tensor:
+        return F.linear(h, b)
+
+    def describe(self, name: str) -> dict[str, object]:
+        return {**super().describe(name), "projections": list(self.adapters[name])}
+
+    def delta_weights(self, name: str) -> dict[str, Tensor]:
+        deltas = {slot: self.factor_weight(f) for slot, f in self.adapters[name].items()}
+        out: dict[str, Tensor] = {}
+        if any(s in deltas for s in QKV):
+            if self.base._qkv_same_embed_dim:
+                parts = [deltas.get(s, torch.zeros_like(self._weight(s))) for s in QKV]
+                out["in_proj_weight"] = torch.cat(parts)
+            else:
+                out.update({f"{s}_proj_weight": deltas[s] for s in QKV if s in deltas})
+        if "out" in deltas:
+            out["out_proj.weight"] = deltas["out"]
+        return out
+
+    def _project(self, x: Tensor, slot: str, bias: Tensor | None, live: list[tuple[str, float]]) -> Tensor:
+        y = F.linear(x, self._weight(slot), bias)
+        mine = [(n, w) for n, w in live if slot in self.adapters[n]]
+        return y + self.low_rank(x, mine, slot) if mine else y
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
+                need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+        live = self.live()
+        if not live:
+            return self.base(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                             attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+        mha = self.base
+        batched = query.dim() == 3
+        if not batched:  # (L, E) -> (L, 1, E)
+            query, key, value = (t.unsqueeze(1) for t in (query, key, value))
+            key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
+        elif mha.batch_first:  # (N, L, E) -> (L, N, E)
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        L, N, E = query.shape
+        S, H = key.shape[0], mha.num_heads
+        head_dim = E // H
+        biases = mha.in_proj_bias.chunk(3) if mha.in_proj_bias is not None else (None, None, None)
+
+        q = self._project(query, "q", biases[0], live)
+        k = self._project(key, "k", biases[1], live)
+        v = self._project(value, "v", biases[2], live)
+        q = q.reshape(L, N * H, head_dim).transpose(0, 1)  # (N*H, L, hd)
+        k = k.reshape(S, N * H, head_dim).transpose(0, 1)  # (N*H, S, hd)
+        v = v.reshape(S, N * H, head_dim).transpose(0, 1)  # (N*H, S, hd)
+
+        mask = self._additive_mask(attn_mask, key_padding_mask, is_causal, N, L, S, q.dtype, q.device)
+        q = q * head_dim**-0.5
+        scores = torch.bmm(q, k.transpose(1, 2)) if mask is None else torch.baddbmm(mask, q, k.transpose(1, 2))
+        attn = scores.softmax(dim=-1)  # (N*H, L, S)
+        if self.training and mha.dropout > 0:
+            attn = F.dropout(attn, p=mha.dropout)
+        out = torch.bmm(attn, v).transpose(0, 1).reshape(L, N, E)
+        out = self._project(out, "out", mha.out_proj.bias, live)
+
+        if not batched:
+            out = out.squeeze(1)
+        elif mha.batch_first:
+            out = out.transpose(0, 1)
+        if not need_weights:
+            return out, None
+        weights = attn.view(N, H, L, S)
+        weights = weights.mean(dim=1) if average_attn_weights else weights
+        return out, (weights.squeeze(0) if not batched else weights)
+
+    def _additive_mask(self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, is_causal: bool,
+                       N: int, L: int, S: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
+        """attn_mask and key_padding_mask as one float mask (N*H or 1, L, S); True means 'masked'."""
+        H = self.base.num_heads
+        if attn_mask is None and is_causal:
+            attn_mask = torch.ones(L, S, dtype=torch.bool, device=device).triu(1)
+        mask = None
+        if attn_mask is not None:
+            mask = _as_float(attn_mask, dtype)
+            mask = mask.unsqueeze(0) if mask.dim() == 2 else mask  # (1 or N*H, L, S)
+        if key_padding_mask is not None:
+            pad = _as_float(key_padding_mask, dtype).view(N, 1, 1, S).expand(N, H, 1, S).reshape(N * H, 1, S)
+            mask = pad if mask is None else mask + pad
+        if mask is not None and mask.shape[0] == 1:
+            mask = mask.expand(N * H, L, S)
+        return mask
+
+
+def _as_float(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+    return mask.to(dtype)

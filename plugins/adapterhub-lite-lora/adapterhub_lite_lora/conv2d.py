@@ -1,0 +1,35 @@
+"""LoRA on nn.Conv2d: a kxk conv into `rank` channels (the base's stride, padding,
+dilation, padding mode and groups), then a 1x1 conv back out; B starts at zero.
+
+With groups g the adapter is rank r per group: A has g*r output channels and
+B is a grouped 1x1 conv, so the merged kernel is again a grouped kernel.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adapterhub_lite import LoraConfig
+
+from .lowrank import LoraFactors, LowRankLayer
+
+
+class LoraConv2d(LowRankLayer):
+    targets = (nn.Conv2d,)
+
+    def __init__(self, base: nn.Conv2d) -> None:
+        super().__init__(base)
+        self.groups = base.groups
+
+    def create(self, name: str, config: LoraConfig) -> LoraFactors:
+        out_channels, in_per_group, kh, kw = self.base.weight.shape
+        # A: (g*r, in/g, kh, kw)  B: (out, r, 1, 1)
+        a_shape = (self.groups * config.rank, in_per_group, kh, kw)
+        return LoraFactors(a_shape, (out_channels, config.rank, 1, 1), config, like=self.base.weight)
+
+    def down(self, x: Tensor, a: Tensor) -> Tensor:
+        return self.base._conv_forward(x, a, None)  # exactly the base's geometry and padding mode
+
+    def up(self, h: Tensor, b: Tensor) -> Tensor:
+        return F.conv2d(h, b, groups=self.groups)

@@ -1,0 +1,25 @@
+"""LoRA on nn.Linear: y = W x + b + scale * B (A dropout(x))."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adapterhub_lite import LoraConfig
+
+from .lowrank import LoraFactors, LowRankLayer
+
+
+class LoraLinear(LowRankLayer):
+    targets = (nn.Linear,)
+
+    def create(self, name: str, config: LoraConfig) -> LoraFactors:
+        out_features, in_features = self.base.weight.shape
+        # A: (r, in)  B: (out, r)
+        return LoraFactors((config.rank, in_features), (out_features, config.rank), config, like=self.base.weight)
+
+    def down(self, x: Tensor, a: Tensor) -> Tensor:
+        return F.linear(x, a)
+
+    def up(self, h: Tensor, b: Tensor) -> Tensor:
+        return F.linear(h, b)

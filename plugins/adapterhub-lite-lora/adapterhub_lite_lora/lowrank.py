@@ -1,0 +1,119 @@
+"""What every LoRA layer shares: the factor pair and the fused stack.
+
+N live adapters on one layer run as one pair of products: their A's are
+concatenated along the rank axis, their B's (each pre-scaled by
+weight * alpha/r) side by side, so (B1 s1 w1) A1 x + (B2 s2 w2) A2 x + ...
+= [B1 s1 w1 | B2 s2 w2 | ...] [A1; A2; ...] x. Grouped convolutions stack
+per group. The stack is cached for inference until the active set, a weight
+or a parameter changes; while autograd records it is rebuilt every call, so
+training never sees a stale copy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from adapterhub_lite import AdapterLayer, LoraConfig
+
+Product = Callable[[Tensor, Tensor], Tensor]
+
+
+class LoraFactors(nn.Module):
+    """One adapter's pair on one weight: down-projection A, up-projection B (zero at start)."""
+
+    def __init__(self, a_shape: tuple[int, ...], b_shape: tuple[int, ...], config: LoraConfig, like: Tensor) -> None:
+        super().__init__()
+        a = torch.empty(a_shape, dtype=torch.float32, device=like.device)  # init in fp32: same draw for every dtype
+        if config.init == "kaiming":
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # nn.Linear's own init
+        else:
+            nn.init.normal_(a, std=1.0 / config.rank)
+        self.lora_A = nn.Parameter(a.to(like.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(b_shape, dtype=like.dtype, device=like.device))
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.scale = config.scale
+
+
+def _stack(pairs: list[tuple[LoraFactors, float]], groups: int) -> tuple[Tensor, Tensor]:
+    """Concatenate factors on the rank axis (per group), B's pre-scaled by weight * scale."""
+    if len(pairs) == 1:
+        f, w = pairs[0]
+        return f.lora_A, f.lora_B * (f.scale * w)
+    a = torch.cat([f.lora_A.unflatten(0, (groups, -1)) for f, _ in pairs], dim=1).flatten(0, 1)
+    b = torch.cat([(f.lora_B * (f.scale * w)).unflatten(0, (groups, -1)) for f, w in pairs], dim=2).flatten(0, 1)
+    return a, b  # a: (groups*R, ...)  b: (out, R, ...) with R the summed rank
+
+
+class LowRankLayer(AdapterLayer):
+    """Base for LoRA layers: subclasses give the shapes (`create`) and the two products."""
+
+    groups = 1
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__(base)
+        self._stacks: dict[str | None, tuple[tuple, Tensor, Tensor]] = {}
+
+    def down(self, x: Tensor, a: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def up(self, h: Tensor, b: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def factors(self, name: str, slot: str | None = None) -> LoraFactors:
+        module = self.adapters[name]
+        return module if slot is None else module[slot]
+
+    def factor_delta(self, f: LoraFactors, x: Tensor) -> Tensor:
+        return self.up(self.down(f.dropout(x), f.lora_A), f.lora_B) * f.scale
+
+    def factor_weight(self, f: LoraFactors) -> Tensor:
+        """scale * B @ A, per group, reshaped like the base weight."""
+        a = f.lora_A.unflatten(0, (self.groups, -1)).flatten(2)  # (g, r, in/g * k...)
+        b = f.lora_B.flatten(1).unflatten(0, (self.groups, -1))  # (g, out/g, r)
+        return (b @ a).reshape(b.shape[0] * b.shape[1], *f.lora_A.shape[1:]) * f.scale
+
+    def delta(self, name: str, x: Tensor) -> Tensor:
+        return self.factor_delta(self.factors(name), x)
+
+    def delta_weight(self, name: str) -> Tensor:
+        return self.factor_weight(self.factors(name))
+
+    def combine(self, live: list[tuple[str, float]], x: Tensor) -> Tensor:
+        return self.low_rank(x, live)
+
+    def describe(self, name: str) -> dict[str, object]:
+        config = self.configs[name]
+        return {"rank": config.rank, "alpha": config.alpha}
+
+    def invalidate(self) -> None:
+        self._stacks.clear()
+
+    def low_rank(self, x: Tensor, live: list[tuple[str, float]], slot: str | None = None) -> Tensor:
+        """Sum of weight * delta over `live` (on one slot of a multi-weight layer), fused."""
+        pairs = [(self.factors(n, slot), w) for n, w in live]
+        if self.training and any(not isinstance(f.dropout, nn.Identity) for f, _ in pairs):
+            # each adapter drops its own input: the A products cannot share one x
+            total = self.factor_delta(pairs[0][0], x) * pairs[0][1]
+            for f, w in pairs[1:]:
+                total = total + self.factor_delta(f, x) * w
+            return total
+        a, b = self._stacked(pairs, slot)
+        return self.up(self.down(x, a), b)
+
+    def _stacked(self, pairs: list[tuple[LoraFactors, float]], slot: str | None) -> tuple[Tensor, Tensor]:
+        params = [p for f, _ in pairs for p in (f.lora_A, f.lora_B)]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return _stack(pairs, self.groups)  # autograd is recording: fresh every call, never stale
+        key = (torch.is_inference_mode_enabled(), tuple(w for _, w in pairs),
+               tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+        hit = self._stacks.get(slot)
+        if hit is not None and hit[0] == key:
+            return hit[1], hit[2]
+        with torch.no_grad():
+            a, b = _stack(pairs, self.groups)
+        self._stacks[slot] = (key, a, b)
+        return a, b

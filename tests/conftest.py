@@ -1,0 +1,61 @@
+"""Shared fixtures: a fresh registry per test with explicit plugin registrations, tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import adapterhub_lite_lora
+from adapterhub_lite import PluginManager, Registry
+
+
+@pytest.fixture
+def registry() -> Registry:
+    """A registry holding only the first-party LoRA plugin, registered explicitly."""
+    pm = PluginManager()
+    pm.add(adapterhub_lite_lora, name="lora")
+    pm.check()
+    return Registry(pm)
+
+
+class TinyNet(nn.Module):
+    """Every module type the LoRA plugin wraps, in a few hundred parameters."""
+
+    def __init__(self, batch_first: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=batch_first)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 4)
+        self.batch_first = batch_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.depthwise(torch.relu(self.conv(x))))
+        tokens = h.flatten(2).transpose(1, 2)  # (N, L, C)
+        if not self.batch_first:
+            tokens = tokens.transpose(0, 1)
+        a, _ = self.attn(tokens, tokens, tokens)
+        pooled = a.mean(1 if self.batch_first else 0)
+        return self.fc2(torch.relu(self.fc1(pooled)))
+
+
+@pytest.fixture
+def tiny_net() -> TinyNet:
+    torch.manual_seed(0)
+    return TinyNet().eval()
+
+
+@pytest.fixture
+def tiny_input() -> torch.Tensor:
+    return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def randomize_adapters(module: nn.Module, seed: int = 0) -> None:
+    """B starts at zero (a no-op); give every factor random values so tests see the adapter."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)

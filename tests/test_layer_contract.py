@@ -1,0 +1,303 @@
+"""The LoRA rules from PRODUCT.md, checked for every installed adapter kind over random shapes.
+
+Parametrized over the registry built from installed entry points (as timm's
+tests run over `list_models()`): a new kind joins these tests by being
+installed, and a kind whose module type has no example here fails loudly.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from adapterhub_lite import AdapterLayer, LoraConfig, get_registry
+
+KINDS = sorted(get_registry().kinds)
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# max |merged - unmerged| relative to (max |output| + 1): a few ulps of each dtype, summed over layers of work
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 6e-2, torch.float16: 1e-2}
+SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@dataclass
+class Case:
+    """A base module and the fixed random inputs to run it (or its wrapper) on."""
+
+    module: nn.Module
+    args: tuple[torch.Tensor, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, module: nn.Module) -> Any:
+        return module(*self.args, **self.kwargs)
+
+
+def _inputs(draw: st.DrawFn, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    seed = draw(st.integers(0, 2**16))
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@st.composite
+def linear_case(draw: st.DrawFn, dtype: torch.dtype) -> Case:
+    fan_in, fan_out = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    module = nn.Linear(fan_in, fan_out, bias=draw(st.booleans()))
+    lead = draw(st.sampled_from([(3,), (2, 5), ()]))
+    x = _inputs(draw, (*lead, fan_in), dtype)
+    return Case(module.to(dtype), (x,))
+
+
+@st.composite
+def conv_case(draw: st.DrawFn, dtype: torch.dtype) -> Case:
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    c_in, c_out = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = draw(st.integers(1, 3))
+    dilation = draw(st.integers(1, 2))
+    padding: Any = draw(st.integers(0, 2))
+    mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "circular"]))
+    if stride == 1 and draw(st.booleans()):
+        padding = "same"
+    module = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                       bias=draw(st.booleans()), padding_mode=mode)
+    size = draw(st.integers(7, 10))
+    x = _inputs(draw, (draw(st.integers(1, 2)), c_in, size, size + 1), dtype)
+    return Case(module.to(dtype), (x,))
+
+
+@st.composite
+def mha_case(draw: st.DrawFn, dtype: torch.dtype) -> Case:
+    heads, head_dim = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    embed = heads * head_dim
+    kdim = draw(st.sampled_from([None, embed, 3, 5]))
+    vdim = draw(st.sampled_from([None, embed, 2, 6])) if kdim is not None else None
+    batch_first = draw(st.booleans())
+    module = nn.MultiheadAttention(embed, heads, bias=draw(st.booleans()), kdim=kdim, vdim=vdim,
+                                   batch_first=batch_first)
+    n, L, S = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    unbatched = draw(st.integers(0, 4)) == 0
+    lead_q, lead_kv = ((L,), (S,)) if unbatched else (((n, L), (n, S)) if batch_first else ((L, n), (S, n)))
+    q = _inputs(draw, (*lead_q, embed), dtype)
+    k = _inputs(draw, (*lead_kv, kdim or embed), dtype)
+    v = _inputs(draw, (*lead_kv, vdim or embed), dtype)
+    self_attention = kdim is None and L == S and draw(st.booleans())
+    if self_attention:
+        k = v = q
+    masks: dict[str, Any] = {"need_weights": draw(st.booleans()), "average_attn_weights": draw(st.booleans())}
+    if draw(st.booleans()):  # mask random keys, never key 0, so no row is fully masked
+        pad = torch.rand(S if unbatched else (n, S), generator=torch.Generator().manual_seed(L)) < 0.4
+        pad[..., 0] = False
+        masks["key_padding_mask"] = pad
+    if draw(st.booleans()):
+        mask = torch.ones(L, S, dtype=torch.bool).triu(1)  # causal-style; column 0 always visible
+        masks["attn_mask"] = mask if draw(st.booleans()) else torch.zeros(L, S).masked_fill(mask, -1e4).to(dtype)
+    return Case(module.to(dtype), (q, k, v), masks)
+
+
+EXAMPLES: dict[type[nn.Module], Callable[[torch.dtype], st.SearchStrategy[Case]]] = {
+    nn.Linear: linear_case,
+    nn.Conv2d: conv_case,
+    nn.MultiheadAttention: mha_case,
+}
+
+
+def case_strategy(kind_name: str) -> st.SearchStrategy[tuple[Case, torch.dtype, list[Any]]]:
+    kind = get_registry().get_kind(kind_name)
+    examples = [EXAMPLES[t] for t in kind.targets if t in EXAMPLES]
+    assert examples, f"kind {kind_name!r} wraps {kind.targets}: add an example module to EXAMPLES"
+
+    @st.composite
+    def strategy(draw: st.DrawFn) -> tuple[Case, torch.dtype, list[Any]]:
+        dtype = draw(st.sampled_from(DTYPES))
+        torch.manual_seed(draw(st.integers(0, 2**16)))
+        case = draw(st.one_of(*[make(dtype) for make in examples]))
+        configs = [_config(kind.config, draw) for _ in range(draw(st.integers(1, 3)))]
+        return case, dtype, configs
+
+    return strategy()
+
+
+def _config(config_cls: type, draw: st.DrawFn) -> Any:
+    if issubclass(config_cls, LoraConfig):
+        projections = draw(st.sets(st.sampled_from(["q", "k", "v", "out"]), min_size=1))
+        return config_cls(targets=("*",), rank=draw(st.integers(1, 5)), alpha=draw(st.floats(0.5, 16)),
+                          rslora=draw(st.booleans()), init=draw(st.sampled_from(["kaiming", "gaussian"])),
+                          attention_projections=tuple(sorted(projections)))
+    return config_cls(targets=("*",))
+
+
+def _build(kind_name: str, case: Case, configs: list[Any], seed: int = 0) -> AdapterLayer:
+    layer = get_registry().get_kind(kind_name).layer(case.module)
+    for i, config in enumerate(configs):
+        layer.add(f"a{i}", config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # B starts at zero; make every adapter do something
+        for p in layer.adapters.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return layer.eval()
+
+
+def _outputs(result: Any) -> list[torch.Tensor]:
+    items = result if isinstance(result, tuple) else (result,)
+    return [t for t in items if t is not None]
+
+
+def _assert_equal(a: Any, b: Any) -> None:
+    for x, y in zip(_outputs(a), _outputs(b), strict=True):
+        assert torch.equal(x, y), (x - y).abs().max()
+
+
+def _assert_close(a: Any, b: Any, dtype: torch.dtype) -> None:
+    for x, y in zip(_outputs(a), _outputs(b), strict=True):
+        x, y = x.double(), y.double()
+        scale = y.abs().max().item() + 1 if y.numel() else 1
+        err = (x - y).abs().max().item() if y.numel() else 0
+        assert err <= TOLERANCE[dtype] * scale, f"max error {err:.3g} vs tolerance {TOLERANCE[dtype] * scale:.3g}"
+
+
+def _base_snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind_name", KINDS)
+def test_off_zero_and_removed_adapters_are_bit_identical_to_base(kind_name: str) -> None:
+    @SETTINGS
+    @given(case_strategy(kind_name))
+    def check(drawn: tuple[Case, torch.dtype, list[Any]]) -> None:
+        case, _dtype, configs = drawn
+        # compare with the frozen base, as adapters see it: torch's attention takes
+        # another kernel (other rounding) when its weights require grad
+        base_out = case.run(case.module.eval().requires_grad_(False))
+        layer = _build(kind_name, case, configs)
+        names = list(layer.adapters)
+        layer.disable(*names)
+        _assert_equal(case.run(layer), base_out)
+        layer.enable(*names)
+        for name in names:
+            layer.set_weight(name, 0.0)
+        _assert_equal(case.run(layer), base_out)
+        for name in names:
+            layer.remove(name)
+        _assert_equal(case.run(layer), base_out)
+
+    check()
+
+
+@pytest.mark.parametrize("kind_name", KINDS)
+def test_merged_equals_unmerged_and_unmerge_is_bit_exact(kind_name: str) -> None:
+    @SETTINGS
+    @given(case_strategy(kind_name), st.lists(st.floats(-1.5, 1.5), min_size=3, max_size=3))
+    def check(drawn: tuple[Case, torch.dtype, list[Any]], weights: list[float]) -> None:
+        case, dtype, configs = drawn
+        before = _base_snapshot(case.module)
+        storage_before = {k: p.data_ptr() for k, p in case.module.named_parameters()}
+        layer = _build(kind_name, case, configs)
+        for name, weight in zip(layer.adapters, weights):
+            layer.set_weight(name, weight)
+        with torch.no_grad():
+            unmerged = case.run(layer)
+            layer.merge()
+            assert set(layer.merged) == {n for n, w in zip(layer.adapters, weights) if w != 0.0}
+            merged = case.run(layer)
+        _assert_close(merged, unmerged, dtype)
+        layer.unmerge()
+        assert layer.merged == ()
+        for key, value in case.module.state_dict().items():
+            assert torch.equal(value, before[key]), key
+        for key, param in case.module.named_parameters():
+            assert param.data_ptr() == storage_before[key], f"{key}: unmerge must restore the original tensor"
+        with torch.no_grad():
+            _assert_equal(case.run(layer), unmerged)
+
+    check()
+
+
+@pytest.mark.parametrize("kind_name", KINDS)
+def test_stack_equals_sum_of_single_adapters(kind_name: str) -> None:
+    """Additive kinds: the stacked delta is the sum of each adapter's delta (checks the fused path)."""
+    @SETTINGS
+    @given(case_strategy(kind_name), st.lists(st.floats(-1.5, 1.5), min_size=3, max_size=3))
+    def check(drawn: tuple[Case, torch.dtype, list[Any]], weights: list[float]) -> None:
+        case, dtype, configs = drawn
+        layer = _build(kind_name, case, configs)
+        if type(layer).forward is not AdapterLayer.forward:
+            return  # non-additive layer (attention): covered by merged == unmerged above
+        names = list(layer.adapters)
+        for name, weight in zip(names, weights):
+            layer.set_weight(name, weight)
+        with torch.no_grad():
+            base_out = case.run(case.module)
+            stacked = case.run(layer)
+            expected = base_out.double()
+            for name, weight in zip(names, weights):
+                expected = expected + layer.delta(name, case.args[0]).double() * weight
+        _assert_close(stacked, expected.to(dtype), dtype)
+
+    check()
+
+
+@pytest.mark.parametrize("kind_name", KINDS)
+def test_only_adapter_parameters_get_gradients(kind_name: str) -> None:
+    @SETTINGS
+    @given(case_strategy(kind_name))
+    def check(drawn: tuple[Case, torch.dtype, list[Any]]) -> None:
+        case, dtype, configs = drawn
+        if dtype != torch.float32:
+            return
+        layer = _build(kind_name, case, configs).train()
+        out = _outputs(case.run(layer))[0]
+        out.float().square().sum().backward()
+        for name, param in layer.base.named_parameters():
+            assert not param.requires_grad and param.grad is None, name
+        for name, param in layer.adapters.named_parameters():
+            assert param.grad is not None, name
+
+    check()
+
+
+@pytest.mark.parametrize("kind_name", KINDS)
+def test_adapter_state_round_trip_is_bit_exact(kind_name: str) -> None:
+    @SETTINGS
+    @given(case_strategy(kind_name))
+    def check(drawn: tuple[Case, torch.dtype, list[Any]]) -> None:
+        case, _dtype, configs = drawn
+        layer = _build(kind_name, case, configs, seed=1)
+        with torch.no_grad():
+            expected = case.run(layer)
+        states = {n: {k: v.clone() for k, v in layer.adapter_state(n).items()} for n in layer.adapters}
+        for name in list(layer.adapters):
+            layer.remove(name)
+        for i, (name, state) in enumerate(states.items()):
+            layer.add(name, configs[i])
+            layer.load_adapter_state(name, state)
+        with torch.no_grad():
+            _assert_equal(case.run(layer), expected)
+
+    check()
+
+
+@pytest.mark.parametrize("kind_name", KINDS)
+def test_removed_adapter_tensors_are_freed(kind_name: str) -> None:
+    kind = get_registry().get_kind(kind_name)
+    module = {nn.Linear: lambda: nn.Linear(4, 4), nn.Conv2d: lambda: nn.Conv2d(2, 2, 3),
+              nn.MultiheadAttention: lambda: nn.MultiheadAttention(4, 2)}[kind.targets[0]]()
+    layer = kind.layer(module)
+    config = kind.config(targets=("*",))
+    layer.add("gone", config)
+    layer.add("kept", config)
+    refs = [weakref.ref(p) for p in layer.adapters["gone"].parameters()]
+    assert refs
+    x = {nn.Linear: lambda: (torch.randn(2, 4),), nn.Conv2d: lambda: (torch.randn(1, 2, 5, 5),),
+         nn.MultiheadAttention: lambda: (torch.randn(3, 1, 4),) * 3}[kind.targets[0]]()
+    with torch.no_grad():
+        layer(*x)  # fills the fused-stack cache, which must not keep "gone" alive
+    layer.remove("gone")
+    gc.collect()
+    assert all(r() is None for r in refs)

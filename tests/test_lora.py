@@ -1,0 +1,174 @@
+"""LoRA-plugin specifics: fused stack vs naive sum, cache freshness, dropout, init, scaling, conv geometry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adapterhub_lite import AdaptedModel, ConfigError, LoraConfig, UnsupportedModuleError
+from adapterhub_lite_lora import LoraConv2d, LoraLinear, LoraMultiheadAttention
+from conftest import randomize_adapters
+
+
+def _linear_with(n: int, seed: int = 0) -> LoraLinear:
+    torch.manual_seed(seed)
+    layer = LoraLinear(nn.Linear(6, 5))
+    for i in range(n):
+        layer.add(f"a{i}", LoraConfig(targets="*", rank=i + 1, alpha=2.0 + i))
+    randomize_adapters(layer, seed)
+    return layer.eval()
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_fused_stack_matches_naive_sum(n: int) -> None:
+    layer = _linear_with(n)
+    weights = [0.5 - i * 0.3 for i in range(n)]
+    for i, w in enumerate(weights):
+        layer.set_weight(f"a{i}", w)
+    x = torch.randn(7, 6)
+    with torch.no_grad():
+        fused = layer.combine(layer.live(), x)
+        naive = sum(layer.delta(f"a{i}", x) * w for i, w in enumerate(weights))
+    torch.testing.assert_close(fused, naive, rtol=1e-5, atol=1e-6)
+
+
+def test_stack_runs_one_pair_of_products_for_many_adapters(monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = _linear_with(8)
+    calls = []
+    original = layer.down
+    monkeypatch.setattr(layer, "down", lambda x, a: calls.append(a.shape) or original(x, a))
+    with torch.no_grad():
+        layer(torch.randn(3, 6))
+    assert calls == [torch.Size([sum(range(1, 9)), 6])]  # one down-product with all ranks stacked
+
+
+def test_cache_follows_weights_parameters_and_active_set() -> None:
+    layer = _linear_with(2)
+    x = torch.randn(4, 6)
+
+    def fresh() -> torch.Tensor:  # reference with no cache involved
+        return layer.base(x) + sum(layer.delta(n, x) * w for n, w in layer.live())
+
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), fresh())
+        layer.set_weight("a0", -2.0)
+        torch.testing.assert_close(layer(x), fresh())
+        layer.adapters["a1"].lora_B.mul_(3.0)  # in-place change, as an optimizer makes
+        torch.testing.assert_close(layer(x), fresh())
+        layer.disable("a0")
+        torch.testing.assert_close(layer(x), fresh())
+
+
+def test_training_never_uses_a_stale_stack() -> None:
+    layer = _linear_with(3).train()
+    opt = torch.optim.SGD(layer.adapters.parameters(), lr=0.1)
+    x, target = torch.randn(8, 6), torch.randn(8, 5)
+    for _ in range(3):
+        with torch.no_grad():
+            layer(x)  # an evaluation between steps fills the cache
+        loss = F.mse_loss(layer(x), target)
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.adapters.parameters())
+        opt.step()
+        with torch.no_grad():
+            expected = layer.base(x) + sum(layer.delta(n, x) * w for n, w in layer.live())
+            torch.testing.assert_close(layer(x), expected)
+
+
+def test_dropout_acts_on_the_adapter_path_in_training_only() -> None:
+    torch.manual_seed(0)
+    layer = LoraLinear(nn.Linear(32, 8))
+    layer.add("d", LoraConfig(targets="*", rank=4, dropout=0.5))
+    randomize_adapters(layer)
+    x = torch.randn(16, 32)
+    layer.train()
+    a, b = layer(x), layer(x)
+    assert not torch.equal(a, b), "dropout must change the training forward"
+    with torch.no_grad():
+        layer.eval()
+        clean = layer(x)
+        assert torch.equal(layer(x), clean)
+        # the base path is never dropped: only the adapter's input is
+        layer.train()
+        base = layer.base(x)
+        no_adapter_input = layer.adapters["d"].dropout(torch.zeros_like(x))
+        assert torch.equal(no_adapter_input, torch.zeros_like(x))
+        assert not torch.equal(layer(x) - base, clean - base)
+
+
+def test_dropout_in_attention_adapters() -> None:
+    torch.manual_seed(0)
+    layer = LoraMultiheadAttention(nn.MultiheadAttention(8, 2))
+    layer.add("d", LoraConfig(targets="*", rank=2, dropout=0.5))
+    randomize_adapters(layer)
+    x = torch.randn(5, 2, 8)
+    layer.train()
+    assert not torch.equal(layer(x, x, x)[0], layer(x, x, x)[0])
+    layer.eval()
+    assert torch.equal(layer(x, x, x)[0], layer(x, x, x)[0])
+
+
+def test_b_starts_at_zero_and_init_choices() -> None:
+    torch.manual_seed(0)
+    layer = LoraLinear(nn.Linear(400, 3))
+    layer.add("k", LoraConfig(targets="*", rank=4, init="kaiming"))
+    layer.add("g", LoraConfig(targets="*", rank=4, init="gaussian"))
+    for name in ("k", "g"):
+        assert torch.count_nonzero(layer.adapters[name].lora_B) == 0
+    bound = 1 / math.sqrt(400)  # kaiming_uniform(a=sqrt(5)) == nn.Linear's init
+    assert layer.adapters["k"].lora_A.abs().max() <= bound
+    assert abs(layer.adapters["g"].lora_A.std().item() - 0.25) < 0.02  # std 1/r
+
+
+def test_scale_and_rslora() -> None:
+    assert LoraConfig(targets="*", rank=4, alpha=8).scale == 2.0
+    assert LoraConfig(targets="*", rank=4, alpha=8, rslora=True).scale == 4.0
+    layer = LoraLinear(nn.Linear(3, 3))
+    layer.add("r", LoraConfig(targets="*", rank=4, alpha=8, rslora=True))
+    randomize_adapters(layer)
+    f = layer.adapters["r"]
+    torch.testing.assert_close(layer.delta_weight("r"), 4.0 * f.lora_B @ f.lora_A)
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups", [(1, 0, 1, 1), (2, 1, 1, 1), (1, 2, 2, 1), (3, 2, 2, 2),
+                                                             (1, "same", 2, 4), (2, 1, 1, 4)])
+def test_conv_lora_equals_conv_with_merged_kernel(stride, padding, dilation, groups) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, (3, 5), stride=stride, padding=padding, dilation=dilation, groups=groups)
+    layer = LoraConv2d(conv)
+    layer.add("c", LoraConfig(targets="*", rank=3, alpha=6))
+    randomize_adapters(layer)
+    x = torch.randn(2, 4, 11, 12)
+    with torch.no_grad():
+        expected = F.conv2d(x, conv.weight + layer.delta_weight("c"), conv.bias, stride, padding, dilation, groups)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
+    assert layer.adapters["c"].lora_A.shape == (3 * groups, 4 // groups, 3, 5)
+    assert layer.adapters["c"].lora_B.shape == (8, 3, 1, 1)
+
+
+def test_attention_out_proj_cannot_be_targeted_alone(registry) -> None:
+    model = nn.Sequential(nn.MultiheadAttention(8, 2), nn.Linear(8, 8))
+    am = AdaptedModel(model, registry=registry)
+    with pytest.raises(UnsupportedModuleError, match="target '0' itself"):
+        am.add_adapter("x", LoraConfig(targets="0.out_proj"))
+    assert am.adapters == {} and not am.layers()
+    # a type match skips the out_proj (torch would never call it) and wraps the real Linear
+    assert am.add_adapter("y", LoraConfig(target_types="Linear")) == ["1"]
+
+
+def test_attention_with_bias_kv_is_refused_clearly() -> None:
+    with pytest.raises(UnsupportedModuleError, match="add_bias_kv"):
+        LoraMultiheadAttention(nn.MultiheadAttention(8, 2, add_bias_kv=True))
+
+
+@pytest.mark.parametrize("bad", [dict(rank=0), dict(rank=1.5), dict(alpha=-1), dict(dropout=1.0),
+                                 dict(init="xavier"), dict(attention_projections=("q", "x")),
+                                 dict(attention_projections=())])
+def test_config_validation(bad: dict) -> None:
+    with pytest.raises(ConfigError):
+        LoraConfig(targets="*", **bad)
