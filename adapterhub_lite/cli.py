@@ -28,16 +28,14 @@ class AdaptersGroup(click.Group):
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
+        from .plugins import call_each_plugin
         from .registry import get_registry
 
         try:
-            pm = get_registry().pm
-            plugins = pm.list_name_plugin()
-            for name, _plugin in plugins:
-                before = set(self.commands)
-                others = [p for n, p in plugins if n != name]
-                pm.subset_hook_caller("register_commands", remove_plugins=others)(cli=self)
+            before = set(self.commands)
+            for name in call_each_plugin(get_registry().pm, "register_commands", cli=self):
                 self.command_owners[name] = sorted(set(self.commands) - before)
+                before = set(self.commands)
         except AdapterhubError as exc:
             raise click.ClickException(str(exc)) from exc
 

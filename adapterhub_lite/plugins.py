@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
+from typing import Any
 
 import pluggy
 
@@ -91,7 +93,15 @@ def load_plugins(pm: PluginManager | None = None) -> PluginManager:
             ) from exc
         pm.add(plugin, name=ep.name, distribution=dist, version=version)
     pm.check()
-    if os.environ.get("ADAPTERS_TRACE_PLUGINS"):
-        pm.trace.root.setwriter(lambda text: sys.stderr.write(str(text)))
-        pm.enable_tracing()
     return pm
+
+
+def call_each_plugin(pm: PluginManager, hook_name: str, **kwargs: Any) -> Iterator[str]:
+    """Call one hook plugin by plugin, yielding each plugin's name right after its call,
+    so the caller can attribute what that plugin registered."""
+    trace = bool(os.environ.get("ADAPTERS_TRACE_PLUGINS"))
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        if trace:
+            sys.stderr.write(f"adapterhub_lite: calling {hook_name} of plugin {impl.plugin_name!r}\n")
+        impl.function(*[kwargs[arg] for arg in impl.argnames])
+        yield impl.plugin_name

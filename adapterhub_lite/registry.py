@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import AdapterConfig
 from .errors import PluginError, UnknownNameError, UnsupportedModuleError
-from .plugins import PluginManager, load_plugins
+from .plugins import PluginManager, call_each_plugin, load_plugins
 from .specs import AdapterKind, Format, MergeMethod, ModelSpec
 
 S = TypeVar("S")
@@ -54,27 +54,23 @@ class Registry:
     def _collect(self, hook_name: str) -> None:
         attr, spec_type, what = _TABLES[hook_name]
         table: dict[str, Owned[Any]] = getattr(self, attr)
-        plugins = self.pm.list_name_plugin()
-        for plugin_name, plugin in plugins:
-            others = [p for n, p in plugins if n != plugin_name]
-            caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
-
-            def register(spec: Any, _owner: str = plugin_name) -> None:
+        pending: list[Any] = []
+        for owner in call_each_plugin(self.pm, hook_name, register=pending.append):
+            for spec in pending:
                 if not isinstance(spec, spec_type):
                     raise PluginError(
-                        f"plugin {_owner!r} passed {type(spec).__name__} to {hook_name}; "
+                        f"plugin {owner!r} passed {type(spec).__name__} to {hook_name}; "
                         f"expected adapterhub_lite.{spec_type.__name__}",
-                        plugin=_owner,
+                        plugin=owner,
                     )
                 if spec.name in table:
                     raise PluginError(
                         f"{what} {spec.name!r} is registered by both {table[spec.name].plugin!r} and "
-                        f"{_owner!r}: uninstall one, or rename it in your plugin",
-                        plugin=_owner,
+                        f"{owner!r}: uninstall one, or rename it in your plugin",
+                        plugin=owner,
                     )
-                table[spec.name] = Owned(spec, _owner)
-
-            caller(register=register)
+                table[spec.name] = Owned(spec, owner)
+            pending.clear()
 
     # --- adapter kinds ----------------------------------------------------------
     def get_kind(self, name: str) -> AdapterKind:

@@ -98,7 +98,7 @@ def save_adapter(am: AdaptedModel, name: str, path: str | Path) -> Path:
     path = Path(path)
     meta = build_metadata(am, name)
     tensors = {k: t.detach().to("cpu").contiguous() for k, t in am.adapter_state(name).items()}
-    header = {HEADER_KEY: json.dumps(meta, sort_keys=True), "format": FORMAT, "family": meta["family"],
+    header = {HEADER_KEY: json.dumps(meta), "format": FORMAT, "family": meta["family"],
               "base_fingerprint": meta["base_fingerprint"]}
     for key in ("rank", "alpha"):
         if key in meta["config"]:

@@ -1,0 +1,200 @@
+"""The model-level handle: injection by pattern and type, active sets, merge, unload, counts, errors."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+from torch import nn
+
+from adapterhub_lite import (
+    AdaptedModel,
+    AdapterStateError,
+    ConfigError,
+    LoraConfig,
+    UnknownNameError,
+    UnsupportedModuleError,
+)
+from adapterhub_lite_lora import LoraConv2d, LoraLinear, LoraMultiheadAttention
+from conftest import TinyNet, randomize_adapters
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_targets_by_glob_regex_and_type(tiny_net, registry) -> None:
+    am = AdaptedModel(tiny_net, registry=registry)
+    assert am.add_adapter("g", LoraConfig(targets=["fc*"])) == ["fc1", "fc2"]
+    assert am.add_adapter("r", LoraConfig(targets=["re:(conv|attn)"])) == ["conv", "attn"]
+    assert am.add_adapter("t", LoraConfig(target_types=["Conv2d"])) == ["conv", "depthwise"]
+    assert am.add_adapter("both", LoraConfig(targets=["*"], target_types=["Linear"])) == ["fc1", "fc2"]
+    assert isinstance(tiny_net.fc1, LoraLinear) and isinstance(tiny_net.conv, LoraConv2d)
+    assert isinstance(tiny_net.attn, LoraMultiheadAttention)
+    assert set(tiny_net.conv.adapters) == {"r", "t"}
+
+
+def test_misspelt_target_is_an_error_with_close_matches(tiny_net, registry) -> None:
+    am = AdaptedModel(tiny_net, registry=registry)
+    before = _state(tiny_net)
+    with pytest.raises(UnknownNameError, match=r"unknown module 'fc_1'.*did you mean 'fc1'"):
+        am.add_adapter("x", LoraConfig(targets=["fc2", "fc_1"]))
+    with pytest.raises(UnknownNameError, match="did you mean 'Linear'"):
+        am.add_adapter("x", LoraConfig(target_types=["Linaer"]))
+    assert am.adapters == {} and not am.layers()
+    assert all(torch.equal(v, before[k]) for k, v in tiny_net.state_dict().items())
+
+
+def test_unwrappable_target_is_an_error(registry) -> None:
+    am = AdaptedModel(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), registry=registry)
+    with pytest.raises(UnsupportedModuleError, match=r"'1' selects only .*\(ReLU\).*wraps: Conv2d, Linear, Multi"):
+        am.add_adapter("x", LoraConfig(targets=["1"]))
+    with pytest.raises(UnsupportedModuleError, match="selects no module"):
+        am.add_adapter("x", LoraConfig(target_types=["ReLU"]))
+    assert am.adapters == {} and not am.layers()
+
+
+def test_adapter_names_are_checked(tiny_net, registry) -> None:
+    am = AdaptedModel(tiny_net, registry=registry)
+    am.add_adapter("a", LoraConfig(targets="fc1"))
+    with pytest.raises(AdapterStateError, match="already exists"):
+        am.add_adapter("a", LoraConfig(targets="fc2"))
+    for bad in ["", "a.b", "x/y", "w=1", "v@2"]:
+        with pytest.raises(ConfigError, match="invalid adapter name"):
+            am.add_adapter(bad, LoraConfig(targets="fc2"))
+    am.add_adapter("digit9", LoraConfig(targets="fc2"))
+    with pytest.raises(UnknownNameError, match=r"unknown adapter 'digit8'; did you mean 'digit9'\? \(valid: a, digit9\)"):
+        am.set_active(["digit8"])
+
+
+def test_base_is_frozen_and_counts(tiny_net, registry) -> None:
+    base_params = sum(p.numel() for p in tiny_net.parameters())
+    am = AdaptedModel(tiny_net, registry=registry)
+    am.add_adapter("a", LoraConfig(targets=["fc1"], rank=2))  # A 2x8, B 16x2
+    counts = am.parameter_counts()
+    assert counts == {"base": base_params, "adapters": {"a": 48}, "trainable": 48,
+                      "trainable_percent": pytest.approx(100 * 48 / base_params)}
+    assert [id(p) for p in am.trainable_parameters()] == [id(p) for _, p in am.adapter_parameters("a")]
+
+
+def test_set_active_weights_and_bit_exact_paths(tiny_net, tiny_input, registry) -> None:
+    with torch.no_grad():
+        base_out = tiny_net.requires_grad_(False)(tiny_input)
+    am = AdaptedModel(tiny_net, registry=registry)
+    am.add_adapter("a", LoraConfig(targets=["*"], rank=2))
+    am.add_adapter("b", LoraConfig(target_types=["Linear", "Conv2d"], rank=3))
+    randomize_adapters(tiny_net)
+    with torch.no_grad():
+        am.set_active(["a", "b"], weights=[0.7, -1.0])
+        assert am.active == {"a": 0.7, "b": -1.0}
+        stacked = am(tiny_input)
+        assert not torch.equal(stacked, base_out)
+        am.set_active([])
+        assert torch.equal(am(tiny_input), base_out)
+        am.set_active(["a"], weights={"a": 0.0})
+        assert torch.equal(am(tiny_input), base_out)
+        am.set_active(["a", "b"], weights=[0.7, -1.0])
+        am.merge()
+        assert am.merged == ("a", "b")
+        torch.testing.assert_close(am(tiny_input), stacked, rtol=1e-5, atol=1e-6)
+        with pytest.raises(AdapterStateError, match="unmerge"):
+            am.set_active(["a"])
+        with pytest.raises(AdapterStateError, match="unmerge"):
+            am.delete_adapter("a")
+        am.unmerge()
+        assert torch.equal(am(tiny_input), stacked)
+
+
+def test_unload_gives_back_the_original_model(tiny_net, tiny_input, registry) -> None:
+    modules = dict(tiny_net.named_modules())
+    before = _state(tiny_net)
+    grads = {n: p.requires_grad for n, p in tiny_net.named_parameters()}
+    am = AdaptedModel(tiny_net, registry=registry)
+    am.add_adapter("a", LoraConfig(targets=["*"]))
+    randomize_adapters(tiny_net)
+    am.merge()
+    plain = am.unload()
+    assert plain is tiny_net
+    assert dict(plain.named_modules()).keys() == modules.keys()
+    assert all(plain.get_submodule(n) is m for n, m in modules.items() if n)
+    assert plain.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in plain.state_dict().items())
+    assert {n: p.requires_grad for n, p in plain.named_parameters()} == grads
+    assert am.adapters == {}
+
+
+def test_unload_with_merge_fuses_the_adapters(tiny_net, tiny_input, registry) -> None:
+    am = AdaptedModel(tiny_net, registry=registry)
+    am.add_adapter("a", LoraConfig(targets=["*"]))
+    randomize_adapters(tiny_net)
+    with torch.no_grad():
+        expected = am(tiny_input)
+        fused = am.unload(merge=True)
+        assert not any(isinstance(m, LoraLinear) for m in fused.modules())
+        torch.testing.assert_close(fused(tiny_input), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_delete_adapter_unwraps_empty_layers_and_frees_tensors(tiny_net, registry) -> None:
+    am = AdaptedModel(tiny_net, registry=registry)
+    am.add_adapter("a", LoraConfig(targets=["fc1", "fc2"]))
+    am.add_adapter("b", LoraConfig(targets=["fc2"]))
+    refs = [weakref.ref(p) for _, p in am.adapter_parameters("a")]
+    am.delete_adapter("a")
+    gc.collect()
+    assert all(r() is None for r in refs)
+    assert isinstance(tiny_net.fc1, nn.Linear) and not isinstance(tiny_net.fc1, LoraLinear)
+    assert isinstance(tiny_net.fc2, LoraLinear) and list(tiny_net.fc2.adapters) == ["b"]
+    with pytest.raises(UnknownNameError):
+        am.delete_adapter("a")
+
+
+def test_unload_frees_adapter_tensors(tiny_net, registry) -> None:
+    am = AdaptedModel(tiny_net, registry=registry)
+    am.add_adapter("a", LoraConfig(targets=["*"]))
+    refs = [weakref.ref(p) for _, p in am.adapter_parameters("a")]
+    with torch.no_grad():
+        am(torch.randn(1, 3, 8, 8))
+    am.unload()
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+def test_a_model_can_have_only_one_handle(tiny_net, registry) -> None:
+    am = AdaptedModel(tiny_net, registry=registry)
+    am.add_adapter("a", LoraConfig(targets="fc1"))
+    with pytest.raises(AdapterStateError, match="already holds adapter layers"):
+        AdaptedModel(tiny_net, registry=registry)
+
+
+def test_training_updates_only_adapters(registry) -> None:
+    torch.manual_seed(0)
+    model = TinyNet().train()
+    before = _state(model)
+    am = AdaptedModel(model, registry=registry)
+    am.add_adapter("a", LoraConfig(targets=["*"], rank=2, dropout=0.1))
+    opt = torch.optim.AdamW(am.trainable_parameters(), lr=1e-2)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))
+    for _ in range(3):
+        loss = nn.functional.cross_entropy(am(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert len(opt.state) == len(list(am.adapter_parameters("a")))
+    plain = am.unload()
+    assert all(torch.equal(v, before[k]) for k, v in plain.state_dict().items())
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_whole_model_merge_in_both_attention_layouts(batch_first, registry) -> None:
+    torch.manual_seed(0)
+    model = TinyNet(batch_first=batch_first).eval()
+    am = AdaptedModel(model, registry=registry)
+    am.add_adapter("a", LoraConfig(targets=["attn"], attention_projections=("q", "v", "out")))
+    randomize_adapters(model)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        unmerged = am(x)
+        am.merge()
+        torch.testing.assert_close(am(x), unmerged, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,163 @@
+"""Plugins are found through installed entry points, first-party and third-party alike."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from adapterhub_lite import AdaptedModel, PluginError, Registry, load_plugins
+
+FIXTURE = Path(__file__).parent / "fixtures" / "toy-plugin"
+ADAPTERS = [sys.executable, "-m", "adapterhub_lite"]
+
+
+def _run(args: list[str], extra_path: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    environ = {**os.environ, **env}
+    if extra_path is not None:
+        environ["PYTHONPATH"] = os.pathsep.join([str(extra_path), environ.get("PYTHONPATH", "")])
+    return subprocess.run(args, capture_output=True, text=True, env=environ, timeout=120)
+
+
+def test_first_party_lora_plugin_is_discovered_through_its_entry_point() -> None:
+    registry = Registry.from_entry_points()
+    assert {"lora-linear", "lora-conv2d", "lora-mha"} <= set(registry.kinds)
+    assert registry.kinds["lora-linear"].plugin == "lora"
+    assert registry.pm.infos["lora"].distribution == "adapterhub-lite-lora"
+
+
+def test_plugins_json_lists_the_lora_kinds() -> None:
+    result = _run([*ADAPTERS, "plugins", "--json"])
+    assert result.returncode == 0, result.stderr
+    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    kinds = {k["name"]: k["targets"] for k in plugins["lora"]["kinds"]}
+    assert kinds == {"lora-linear": ["Linear"], "lora-conv2d": ["Conv2d"], "lora-mha": ["MultiheadAttention"]}
+
+
+def test_load_plugins_env_filter(monkeypatch) -> None:
+    monkeypatch.setenv("ADAPTERS_LOAD_PLUGINS", "")
+    assert Registry(load_plugins()).kinds == {}
+    monkeypatch.setenv("ADAPTERS_LOAD_PLUGINS", "adapterhub-lite-lora")  # a distribution name works too
+    assert "lora-linear" in Registry(load_plugins()).kinds
+
+
+def test_trace_plugins_env_prints_hook_calls() -> None:
+    result = _run([*ADAPTERS, "plugins"], ADAPTERS_TRACE_PLUGINS="1")
+    assert result.returncode == 0
+    assert "register_adapter_types" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def toy_site(tmp_path_factory) -> Path:
+    """The toy plugin pip-installed into its own directory, as any outside package would be."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
+         "--target", str(target), str(FIXTURE)],
+        check=True, capture_output=True, timeout=300,
+    )
+    assert list(target.glob("toy_adapter-0.0.1.dist-info/entry_points.txt"))
+    return target
+
+
+def test_third_party_plugin_end_to_end(toy_site, monkeypatch, tmp_path) -> None:
+    monkeypatch.syspath_prepend(str(toy_site))
+    registry = Registry.from_entry_points()
+    assert registry.kinds["dense-linear"].plugin == "toy"
+    assert registry.models["toy-mlp"].plugin == "toy"
+    assert registry.pm.infos["toy"].distribution == "toy-adapter"
+
+    import toy_adapter  # only now importable: it lives in the pip target directory
+
+    torch.manual_seed(0)
+    model = registry.create_model("toy-mlp", width=5)
+    am = AdaptedModel(model, base_id="toy-mlp", registry=registry)
+    assert am.add_adapter("d", toy_adapter.DenseConfig(target_types=["Linear"])) == ["0", "2"]
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    with torch.no_grad():
+        base_out = am(x)
+    opt = torch.optim.SGD(am.trainable_parameters(), lr=0.5)
+    for _ in range(5):
+        loss = nn.functional.cross_entropy(am(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        trained = am(x)
+        assert not torch.allclose(trained, base_out)
+        am.merge()
+        torch.testing.assert_close(am(x), trained, rtol=1e-5, atol=1e-6)
+        am.unmerge()
+    path = am.save_adapter("d", tmp_path / "d.safetensors")
+    fresh = AdaptedModel(am.unload(), base_id="toy-mlp", registry=registry)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), base_out)  # unload gave back the base exactly
+        fresh.load_adapter(path)
+        assert torch.equal(fresh(x), trained)
+
+    listing = _run([*ADAPTERS, "plugins", "--json"], toy_site)
+    assert listing.returncode == 0, listing.stderr
+    toy = next(p for p in json.loads(listing.stdout) if p["name"] == "toy")
+    assert [k["name"] for k in toy["kinds"]] == ["dense-linear"]
+    assert [m["name"] for m in toy["models"]] == ["toy-mlp"]
+    assert toy["commands"] == ["toy-hello"]
+    hello = _run([*ADAPTERS, "toy-hello"], toy_site)
+    assert (hello.returncode, hello.stdout) == (0, "hello from toy\n")
+    inspected = _run([*ADAPTERS, "inspect", str(path), "--json"], toy_site)
+    assert json.loads(inspected.stdout)["targets"]["0"]["kind"] == "dense-linear"
+
+
+def _fake_dist(root: Path, name: str, module_source: str, entry_name: str) -> None:
+    """A minimal installed distribution: a module plus dist-info with an entry point."""
+    (root / f"{name}.py").write_text(textwrap.dedent(module_source))
+    info = root / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[adapterhub_lite]\n{entry_name} = {name}\n")
+
+
+def test_broken_plugin_import_names_the_plugin(tmp_path, monkeypatch) -> None:
+    _fake_dist(tmp_path, "broken_plugin", "raise RuntimeError('boom')\n", "broken")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match=r"plugin 'broken' \(broken_plugin\) failed to import: RuntimeError: boom"):
+        load_plugins()
+    result = _run([*ADAPTERS, "plugins"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: plugin 'broken' (broken_plugin) failed to import: RuntimeError: boom"]
+
+
+def test_duplicate_kind_from_another_plugin_is_refused(tmp_path, monkeypatch) -> None:
+    _fake_dist(tmp_path, "copycat", """
+        from torch import nn
+        from adapterhub_lite import AdapterKind, LoraConfig, hookimpl
+        from adapterhub_lite_lora import LoraLinear
+
+        @hookimpl
+        def register_adapter_types(register):
+            register(AdapterKind(name="lora-linear", layer=LoraLinear, config=LoraConfig))
+    """, "copycat")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match="'lora-linear' is registered by both 'lora' and 'copycat'|"
+                                          "'lora-linear' is registered by both 'copycat' and 'lora'"):
+        Registry.from_entry_points()
+
+
+def test_misspelt_hook_name_is_refused(tmp_path, monkeypatch) -> None:
+    _fake_dist(tmp_path, "typo_plugin", """
+        from adapterhub_lite import hookimpl
+
+        @hookimpl
+        def register_adapter_typos(register):
+            pass
+    """, "typo")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match="typo.*register_adapter_typos"):
+        load_plugins()

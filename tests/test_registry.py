@@ -1,0 +1,112 @@
+"""The registry: ownership, duplicates, dispatch by module type, helpful unknown-name errors."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+from torch import nn
+
+import adapterhub_lite_lora
+from adapterhub_lite import (
+    AdapterKind,
+    LoraConfig,
+    ModelSpec,
+    PluginError,
+    PluginManager,
+    Registry,
+    UnknownNameError,
+    hookimpl,
+)
+from adapterhub_lite_lora import LoraLinear
+
+
+def _plugin(**hooks) -> types.SimpleNamespace:
+    return types.SimpleNamespace(**{name: hookimpl(fn) for name, fn in hooks.items()})
+
+
+def _registry(*plugins) -> Registry:
+    pm = PluginManager()
+    pm.add(adapterhub_lite_lora, name="lora")
+    for i, plugin in enumerate(plugins):
+        pm.add(plugin, name=f"extra{i}")
+    pm.check()
+    return Registry(pm)
+
+
+def test_owner_is_recorded(registry) -> None:
+    assert {n: o.plugin for n, o in registry.kinds.items()} == {
+        "lora-linear": "lora", "lora-conv2d": "lora", "lora-mha": "lora"}
+    assert registry.families() == {"lora": LoraConfig}
+
+
+def test_duplicate_names_are_refused_naming_both_plugins() -> None:
+    dup = _plugin(register_adapter_types=lambda register: register(
+        AdapterKind(name="lora-linear", layer=LoraLinear, config=LoraConfig)))
+    with pytest.raises(PluginError, match="'lora-linear' is registered by both") as info:
+        _registry(dup)
+    assert info.value.plugin in {"lora", "extra0"}
+
+
+def test_wrong_spec_type_is_refused() -> None:
+    bad = _plugin(register_models=lambda register: register({"name": "m"}))
+    with pytest.raises(PluginError, match="passed dict to register_models; expected adapterhub_lite.ModelSpec"):
+        _registry(bad)
+
+
+def test_invalid_spec_names_are_refused() -> None:
+    with pytest.raises(PluginError, match="invalid model name 'a/b'"):
+        ModelSpec(name="a/b", build=nn.Linear)
+
+
+def test_registering_the_same_plugin_name_twice_is_refused() -> None:
+    pm = PluginManager()
+    pm.add(adapterhub_lite_lora, name="lora")
+    with pytest.raises(PluginError, match="'lora' is registered twice"):
+        pm.add(types.SimpleNamespace(), name="lora")
+
+
+def test_kind_dispatch_walks_the_mro(registry) -> None:
+    class MyLinear(nn.Linear):
+        pass
+
+    assert registry.kind_for(MyLinear(2, 2), "lora").name == "lora-linear"
+    assert registry.kind_for(nn.ReLU(), "lora") is None
+    assert registry.wrappable_types("lora") == ["Conv2d", "Linear", "MultiheadAttention"]
+
+
+def test_a_more_specific_kind_wins() -> None:
+    class Special(nn.Linear):
+        pass
+
+    class SpecialLayer(LoraLinear):
+        targets = (Special,)
+
+    special = _plugin(register_adapter_types=lambda register: register(
+        AdapterKind(name="lora-special", layer=SpecialLayer, config=LoraConfig)))
+    registry = _registry(special)
+    assert registry.kind_for(Special(2, 2), "lora").name == "lora-special"
+    assert registry.kind_for(nn.Linear(2, 2), "lora").name == "lora-linear"
+
+
+def test_models_are_created_by_name_with_defaults() -> None:
+    models = _plugin(register_models=lambda register: register(
+        ModelSpec(name="mlp", build=lambda width=3: nn.Linear(2, width), defaults={"width": 5})))
+    registry = _registry(models)
+    assert registry.list_models("m*") == ["mlp"]
+    assert registry.create_model("mlp").out_features == 5
+    assert registry.create_model("mlp", width=7).out_features == 7
+    with pytest.raises(UnknownNameError, match="unknown model 'mpl'; did you mean 'mlp'"):
+        registry.create_model("mpl")
+
+
+def test_unknown_kind_family_merge_and_format(registry) -> None:
+    with pytest.raises(UnknownNameError, match="did you mean 'lora-linear'"):
+        registry.get_kind("lora-linaer")
+    with pytest.raises(UnknownNameError, match="unknown adapter family 'loha'.*Install the plugin"):
+        registry.config_class("loha")
+    with pytest.raises(UnknownNameError, match="unknown merge method 'ties' \\(there are no merge methods\\)"):
+        registry.get_merge_method("ties")
+    with pytest.raises(UnknownNameError, match="unknown format"):
+        registry.get_format("peft")
+    assert isinstance(UnknownNameError("x", "y", []), KeyError)
