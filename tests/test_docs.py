@@ -1,0 +1,61 @@
+"""Docs cannot fall behind the code: every hook and command is documented, README matches CI."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from adapterhub_lite import hookspecs
+from adapterhub_lite.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+HOOKS = [name for name, fn in vars(hookspecs).items()
+         if callable(fn) and hasattr(fn, f"{hookspecs.PROJECT}_spec")]
+
+
+def _headings(path: Path) -> list[str]:
+    return re.findall(r"^## (.+)$", path.read_text(), flags=re.M)
+
+
+def test_hooks_are_found() -> None:
+    assert {"register_adapter_types", "register_models", "register_merge_methods", "register_formats",
+            "register_commands"} <= set(HOOKS)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_has_a_heading_and_its_signature(hook: str) -> None:
+    text = (DOCS / "plugin-hooks.md").read_text()
+    assert hook in _headings(DOCS / "plugin-hooks.md")
+    params = ", ".join(inspect.signature(getattr(hookspecs, hook)).parameters)
+    assert f"{hook}({params}:" in text
+
+
+@pytest.mark.parametrize("command", cli.list_commands(None))
+def test_every_command_is_documented(command: str) -> None:
+    assert f"adapters {command}" in _headings(DOCS / "cli.md")
+
+
+def _fenced_commands(text: str, after: str) -> list[str]:
+    section = text.split(after, 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S)
+    assert block, f"no bash block after {after!r}"
+    return [line.strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_ci_installs_and_tests_exactly_as_the_readme_says() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    install = [c for c in _fenced_commands(readme, "## Install") if c.startswith("pip install")]
+    assert install and all(c in ci.splitlines() for c in install)
+    test = _fenced_commands(readme, "## Test")
+    assert test == ["python -m pytest"] and "python -m pytest" in ci.splitlines()
+
+
+def test_readme_links_point_at_files() -> None:
+    for link in re.findall(r"\]\(([^)#]+)\)", (ROOT / "README.md").read_text()):
+        if not link.startswith("http"):
+            assert (ROOT / link).exists(), link
