@@ -198,3 +198,33 @@ def test_whole_model_merge_in_both_attention_layouts(batch_first, registry) -> N
         unmerged = am(x)
         am.merge()
         torch.testing.assert_close(am(x), unmerged, rtol=1e-5, atol=1e-6)
+
+
+class SeparateProjections(nn.Module):
+    """Attention written with its own q/k/v/out nn.Linear projections (as in most transformers)."""
+
+    def __init__(self, dim: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = (p(x).view(n, t, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        out = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(out.transpose(1, 2).reshape(n, t, d))
+
+
+def test_separate_projection_attention(registry) -> None:
+    torch.manual_seed(0)
+    model = SeparateProjections().eval()
+    am = AdaptedModel(model, registry=registry)
+    assert am.add_adapter("a", LoraConfig(targets=["*_proj"], rank=2)) == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    am.add_adapter("b", LoraConfig(targets=["re:[qv]_proj"], rank=3))
+    randomize_adapters(model)
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        am.set_active(["a", "b"], [0.5, 1.5])
+        unmerged = am(x)
+        am.merge()
+        torch.testing.assert_close(am(x), unmerged, rtol=1e-4, atol=1e-5)
