@@ -26,7 +26,7 @@ from .plugins import PluginManager, load_plugins
 from .refs import AdapterRef, parse_ref
 from .registry import Registry, get_registry
 from .serialization import AdapterFileError, load_adapter, read_adapter_file, save_adapter
-from .specs import AdapterKind, ExportFn, Format, ImportFn, MergeFn, MergeMethod, ModelSpec
+from .specs import AdapterKind, EvalContext, ExportFn, Format, ImportFn, MergeFn, MergeMethod, ModelSpec, Task
 
 __all__ = [
     "ATTENTION_PROJECTIONS",
@@ -39,6 +39,7 @@ __all__ = [
     "AdapterStateError",
     "AdapterhubError",
     "ConfigError",
+    "EvalContext",
     "ExportFn",
     "Format",
     "ImportFn",
@@ -52,6 +53,7 @@ __all__ = [
     "PluginManager",
     "RefError",
     "Registry",
+    "Task",
     "UnknownNameError",
     "UnsupportedModuleError",
     "ZooError",

@@ -155,7 +155,7 @@ def _describe_spec(spec: Any) -> dict[str, Any]:
     if isinstance(spec, AdapterKind):
         data.update(family=spec.family, targets=[t.__name__ for t in spec.targets], layer=spec.layer.__qualname__)
     elif isinstance(spec, ModelSpec):
-        data.update(task=spec.task)
+        data.update(task=spec.task.name if spec.task else "")
     elif isinstance(spec, Format):
         data.update(export=spec.export is not None, import_=spec.import_ is not None)
     return data

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 import adapterhub_lite_lora
 from adapterhub_lite import PluginManager, Registry
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+if "ADAPTERS_DATA" not in os.environ and (SHARED_DATA / "MNIST" / "raw").is_dir():
+    os.environ["ADAPTERS_DATA"] = str(SHARED_DATA)  # tests never download
 
 
 @pytest.fixture

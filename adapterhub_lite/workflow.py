@@ -1,0 +1,201 @@
+"""What the commands do, as library calls: train a base or an adapter into the zoo,
+stack zoo adapters on their base, evaluate and sample.
+
+Each function takes the registry and zoo explicitly; the CLI is a thin layer
+over them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import AdapterConfig
+from .errors import AdapterhubError, IncompatibleAdapterError, ZooError
+from .fingerprint import state_fingerprint
+from .model import AdaptedModel
+from .refs import AdapterRef, parse_ref
+from .registry import Registry
+from .specs import EvalContext, ModelSpec, Task
+from .training import Distributed, TrainOptions, fit
+from .zoo import BASE, Zoo, ZooEntry
+
+ALL_CLASSES = tuple(range(10))
+CLASSIFIER = "richboynet"  # the zoo's MNIST classifier, used to judge generated digits
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    data_dir: str | Path | None = None
+    classes: tuple[int, ...] | None = None
+    style: str | None = None
+    eval_samples: int = 256  # generated images per evaluation of a generative model
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"classes": list(self.classes) if self.classes else None, "style": self.style}
+
+
+def _task(spec: ModelSpec) -> Task:
+    if spec.task is None:
+        raise AdapterhubError(f"model {spec.name!r} registers no task, so it cannot be trained or evaluated")
+    return spec.task
+
+
+def _parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_base(registry: Registry, entry: ZooEntry) -> nn.Module:
+    """Build a zoo base and load its weights, checking them against the card's fingerprint."""
+    model = registry.create_model(entry.model, **entry.card.get("config", {}))
+    try:
+        state = load_file(str(entry.weights))
+    except (SafetensorError, OSError) as exc:
+        raise ZooError(f"{entry.weights} is not readable ({exc}); restore or delete {entry.path}") from exc
+    if state_fingerprint(state) != entry.card.get("fingerprint"):
+        raise ZooError(f"{entry.weights} does not match the fingerprint in its card: the file was changed; "
+                       f"restore or delete {entry.path}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ZooError(f"{entry.ref} does not fit model {entry.model!r}: {' '.join(str(exc).split())[:300]}") from exc
+    return model.eval()
+
+
+def _context(registry: Registry, zoo: Zoo, seed: int = 0, samples: int = 256) -> EvalContext:
+    def classifier() -> nn.Module | None:
+        try:
+            return load_base(registry, zoo.resolve(CLASSIFIER))
+        except AdapterhubError:
+            return None
+
+    return EvalContext(seed=seed, samples=samples, classifier=classifier)
+
+
+def evaluate(registry: Registry, zoo: Zoo, model_name: str, model: nn.Module, data: DataOptions,
+             seed: int = 0) -> dict[str, Any]:
+    """Test-split metrics (classifiers) or sample metrics (generators: `data.eval_samples` images)."""
+    task = _task(registry.get_model(model_name))
+    inputs, labels = task.load("test", data_dir=data.data_dir, classes=data.classes, style=data.style)
+    return task.evaluate(model, inputs, labels, context=_context(registry, zoo, seed, data.eval_samples))
+
+
+def train_base(registry: Registry, zoo: Zoo, model_name: str, options: TrainOptions, data: DataOptions,
+               model_kwargs: dict[str, Any] | None = None, start: str | None = None) -> ZooEntry | None:
+    """Train a base model into a new `MODEL/base` version (on rank 0 of a DDP job): from scratch,
+    or, with `start`, by fine-tuning every weight of an existing base version."""
+    spec = registry.get_model(model_name)
+    task = _task(spec)
+    kwargs = dict(model_kwargs or {})
+    torch.manual_seed(options.seed)  # a seeded init, not only seeded batches
+    parents: list[str] = []
+    if start is not None:
+        start_entry = zoo.resolve(start)
+        if not start_entry.is_base or start_entry.model != model_name:
+            raise AdapterhubError(f"--from must name a {model_name} base version, e.g. {model_name}/base@v1")
+        model, kwargs, parents = load_base(registry, start_entry), start_entry.card.get("config", {}), [start_entry.ref]
+    else:
+        model = registry.create_model(model_name, **kwargs)
+    inputs, labels = task.load("train", data_dir=data.data_dir, classes=data.classes, style=data.style)
+    summary = fit(model, list(model.parameters()), task, inputs, labels, options, label=f"{model_name} base")
+    dist = Distributed.from_env()
+    entry = None
+    if dist.is_main:
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        fingerprint = state_fingerprint(state)
+        card = {
+            "kind": "base", "config": kwargs, "fingerprint": fingerprint, "task": task.name, "parents": parents,
+            "recipe": {"command": "train-base", **options.to_dict(), **data.to_dict(), "from": start},
+            "training": summary, "parameters": _parameters(model),
+            "metrics": evaluate(registry, zoo, model_name, model, data),
+        }
+        entry = zoo.add_version(model_name, BASE, lambda folder: save_file(
+            state, str(folder / "model.safetensors"), metadata={"fingerprint": fingerprint}), card)
+    dist.barrier()
+    return entry
+
+
+def train_adapter(registry: Registry, zoo: Zoo, model_name: str, name: str, config: AdapterConfig,
+                  options: TrainOptions, data: DataOptions, base: str | None = None) -> ZooEntry | None:
+    """Train a new version of adapter `name` on a zoo base (default: its latest version)."""
+    if name == BASE:
+        raise AdapterhubError("'base' is reserved for base models: pick another adapter name")
+    spec = registry.get_model(model_name)
+    task = _task(spec)
+    base_entry = zoo.resolve(base or model_name)
+    if not base_entry.is_base or base_entry.model != model_name:
+        raise AdapterhubError(f"--base must name a {model_name} base version, e.g. {model_name}/base@v1")
+    model = load_base(registry, base_entry)
+    am = AdaptedModel(model, base_id=base_entry.ref, registry=registry)
+    torch.manual_seed(options.seed)
+    modules = am.add_adapter(name, config)
+    inputs, labels = task.load("train", data_dir=data.data_dir, classes=data.classes, style=data.style)
+    replay = None
+    if options.replay:
+        others = tuple(c for c in ALL_CLASSES if not data.classes or c not in data.classes)
+        replay = task.load("train", data_dir=data.data_dir, classes=others, style=data.style)
+    summary = fit(model, am.trainable_parameters(), task, inputs, labels, options, replay,
+                  label=f"{model_name}/{name}")
+    dist = Distributed.from_env()
+    entry = None
+    if dist.is_main:
+        counts = am.parameter_counts()
+        everything = DataOptions(data.data_dir, None, data.style, data.eval_samples)
+        metrics = {"all": evaluate(registry, zoo, model_name, model, everything)}
+        if data.classes:
+            metrics["trained_classes"] = evaluate(registry, zoo, model_name, model, data)
+        card = {
+            "kind": "adapter", "family": config.kind, "config": config.to_dict(), "modules": modules,
+            "base": {"ref": base_entry.ref, "version": base_entry.version,
+                     "fingerprint": base_entry.card["fingerprint"]},
+            "parents": [base_entry.ref], "task": task.name,
+            "recipe": {"command": "train", **options.to_dict(), **data.to_dict()},
+            "training": summary, "parameters": counts["adapters"][name],
+            "trainable_percent": round(counts["trainable_percent"], 4), "metrics": metrics,
+        }
+        entry = zoo.add_version(model_name, name, lambda folder: am.save_adapter(
+            name, folder / "adapter.safetensors"), card)
+    dist.barrier()
+    return entry
+
+
+def stack(registry: Registry, zoo: Zoo, refs: Sequence[str | AdapterRef]) -> tuple[AdaptedModel, ZooEntry]:
+    """Load the base and every adapter the refs name, active at their weights (default 1)."""
+    parsed = [parse_ref(r) if isinstance(r, str) else r for r in refs]
+    if not parsed:
+        raise AdapterhubError("name at least one ref: MODEL (the base) or MODEL/NAME[@vN][=W]")
+    models = {r.model for r in parsed}
+    if len(models) > 1:
+        raise AdapterhubError(f"refs name different models ({', '.join(sorted(models))}): stack one model at a time")
+    model_name = models.pop()
+    bases = [r for r in parsed if r.is_base]
+    adapters = [(zoo.resolve(r), r.weight if r.weight is not None else 1.0) for r in parsed if not r.is_base]
+    if len(bases) > 1:
+        raise AdapterhubError("name the base at most once")
+    if bases:
+        base_entry = zoo.resolve(AdapterRef(model_name, BASE, bases[0].version))
+    elif adapters:
+        base_entry = zoo.resolve(AdapterRef(model_name, BASE, adapters[0][0].card["base"]["version"]))
+    else:
+        base_entry = zoo.resolve(model_name)
+    for entry, _ in adapters:
+        trained_on = entry.card["base"]
+        if trained_on["fingerprint"] != base_entry.card["fingerprint"]:
+            raise IncompatibleAdapterError(
+                f"{entry.ref} was trained on {trained_on['ref']}, not {base_entry.ref}: "
+                f"apply it with {trained_on['ref']} (or leave the base out to use it)")
+    am = AdaptedModel(load_base(registry, base_entry), base_id=base_entry.ref, registry=registry)
+    names = []
+    for entry, _weight in adapters:
+        label = entry.name if entry.name not in names else f"{entry.name}-v{entry.version}"
+        am.load_adapter(entry.weights, name=label)
+        names.append(label)
+    am.set_active(names, [w for _, w in adapters])
+    return am, base_entry

@@ -1,0 +1,72 @@
+"""`adapters zoo build`: recipes run seed by seed into the zoo, figures aggregated over seeds."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from adapterhub_lite import ConfigError
+from adapterhub_lite.build import load_recipes
+from adapterhub_lite.cli import cli
+from adapterhub_lite.zoo import Zoo
+
+pytestmark = pytest.mark.skipif(not os.environ.get("ADAPTERS_DATA"), reason="needs MNIST in ADAPTERS_DATA")
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = {"profiles": {"tiny": {"seeds": [0, 1], "steps": [
+    {"id": "rb", "command": "train-base", "model": "richboynet", "options": {"steps": 30, "batch_size": 16},
+     "data": {"classes": [0, 1, 2]}},
+    {"id": "nines", "command": "train", "model": "richboynet", "base": "rb",
+     "adapter": {"rank": 1, "alpha": 1, "targets": ["linear*"]}, "options": {"steps": 10, "batch_size": 8},
+     "data": {"classes": [9]}},
+    {"id": "nines-half", "command": "evaluate", "refs": ["nines=0.5"]},
+    {"id": "unet", "command": "train-base", "model": "ddpm-unet", "options": {"steps": 2, "batch_size": 4},
+     "seeds": [0], "eval_samples": 4},
+    {"id": "inv", "command": "train", "model": "ddpm-unet", "base": "unet", "adapter": {"rank": 2},
+     "options": {"steps": 2, "batch_size": 4}, "data": {"style": "inverted"}, "seeds": [0], "eval_samples": 4},
+    {"id": "inv-half", "command": "evaluate", "refs": ["inv=0.5"], "sample": 4, "seeds": [0], "eval_samples": 4},
+]}}}
+
+
+def test_build_runs_every_seed_and_aggregates(tmp_path) -> None:
+    recipes = tmp_path / "recipes.json"
+    recipes.write_text(json.dumps(TINY))
+    zoo_dir = tmp_path / "zoo"
+    result = CliRunner().invoke(cli, ["zoo", "build", "--profile", "tiny", "--recipes", str(recipes),
+                                      "--zoo", str(zoo_dir)])
+    assert result.exit_code == 0, result.output
+    zoo = Zoo(zoo_dir)
+    assert zoo.versions("richboynet", "base") == [1, 2] and zoo.versions("richboynet", "nines") == [1, 2]
+    assert zoo.resolve("richboynet/nines@v2").card["base"]["ref"] == "richboynet/base@v2"
+    assert zoo.versions("ddpm-unet", "inv") == [1]
+    report = json.loads((zoo_dir / "results-tiny.json").read_text())
+    assert report["seeds"] == [0, 1] and set(report["per_seed"]["1"]) == {"rb", "nines", "nines-half"}
+    accuracies = [report["per_seed"][s]["nines"]["metrics"]["all"]["accuracy"] for s in ("0", "1")]
+    summary = report["summary"]["nines"]["all.accuracy"]
+    assert summary == {"mean": pytest.approx(sum(accuracies) / 2), "min": min(accuracies), "max": max(accuracies)}
+    assert report["per_seed"]["0"]["nines-half"]["refs"] == ["richboynet/nines@v1=0.5"]
+    half = report["per_seed"]["0"]["inv-half"]
+    assert Path(half["grid"]).is_file() and 0 <= half["metrics"]["light_background"] <= 1
+    assert "recognisable" in half["metrics"]  # judged by the zoo's richboynet classifier
+    assert "seed 1 nines-half: accuracy" in result.output
+
+
+def test_bad_recipes_are_refused(tmp_path) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"profiles": {"p": {"steps": [{"id": "a", "command": "train", "base": "b"}]}}}))
+    with pytest.raises(ConfigError, match="refers to 'b' before it is built"):
+        load_recipes(path)
+    path.write_text(json.dumps({"profiles": {"p": {"steps": [{"id": "a", "command": "fly"}]}}}))
+    with pytest.raises(ConfigError, match="other than train-base, train, evaluate"):
+        load_recipes(path)
+    result = CliRunner().invoke(cli, ["zoo", "build", "--zoo", str(tmp_path / "empty")])
+    assert result.exit_code == 1 and "no recipe file at" in result.stderr
+
+
+def test_repository_recipes_are_valid() -> None:
+    recipes = load_recipes(ROOT / "zoo" / "recipes.json")
+    assert {"quick", "full"} <= set(recipes["profiles"])

@@ -1,0 +1,123 @@
+"""The zoo on disk: versions, refs, atomic and locked writes, damaged entries."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from adapterhub_lite import RefError, UnknownNameError, ZooError
+from adapterhub_lite.zoo import Zoo
+
+
+def _write(text: str, file: str = "model.safetensors"):
+    def write(folder: Path) -> None:
+        (folder / file).write_text(text)
+    return write
+
+
+def test_versions_refs_and_latest(tmp_path) -> None:
+    zoo = Zoo(tmp_path)
+    assert zoo.models() == [] and list(zoo.entries()) == []
+    for i in range(3):
+        entry = zoo.add_version("net", "base", _write(str(i)), {"kind": "base", "n": i})
+        assert entry.version == i + 1 and entry.ref == f"net/base@v{i + 1}"
+    assert zoo.versions("net", "base") == [1, 2, 3]
+    assert zoo.resolve("net").version == 3
+    assert zoo.resolve("net/base@latest").card["n"] == 2
+    assert zoo.resolve("net/base@v1").card["n"] == 0
+    card = zoo.resolve("net@v2").card
+    assert card["files"] == {"model.safetensors": 1} and card["model"] == "net" and "created" in card
+    with pytest.raises(RefError, match="net/base has no v7; versions: v1, v2, v3"):
+        zoo.resolve("net@v7")
+    with pytest.raises(UnknownNameError, match="unknown zoo model 'nte'; did you mean 'net'"):
+        zoo.resolve("nte")
+    with pytest.raises(UnknownNameError, match="unknown net entry 'bsae'; did you mean 'base'"):
+        zoo.resolve("net/bsae")
+
+
+def test_env_and_default_root(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("ADAPTERS_ZOO", str(tmp_path / "env"))
+    assert Zoo().root == tmp_path / "env"
+    assert Zoo(tmp_path / "flag").root == tmp_path / "flag"
+    monkeypatch.delenv("ADAPTERS_ZOO")
+    assert Zoo().root == Path("zoo")
+
+
+def test_failed_write_leaves_nothing(tmp_path) -> None:
+    zoo = Zoo(tmp_path)
+    zoo.add_version("net", "a", _write("x", "adapter.safetensors"), {})
+
+    def broken(folder: Path) -> None:
+        (folder / "adapter.safetensors").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        zoo.add_version("net", "a", broken, {})
+    assert zoo.versions("net", "a") == [1]
+    assert sorted(p.name for p in (tmp_path / "net" / "a").iterdir()) == ["v1"]
+
+
+def test_killed_writer_leaves_no_visible_version_and_is_cleaned_up(tmp_path) -> None:
+    script = (
+        "import sys, time\n"
+        "from adapterhub_lite.zoo import Zoo\n"
+        "def write(folder):\n"
+        "    (folder / 'adapter.safetensors').write_text('partial')\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+        f"Zoo({str(tmp_path)!r}).add_version('net', 'a', write, {{}})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    zoo = Zoo(tmp_path)
+    assert zoo.versions("net", "a") == [] and zoo.names("net") == [] and list(zoo.entries()) == []
+    assert len(list((tmp_path / "net" / "a").glob(".tmp-*"))) == 1
+    zoo.add_version("net", "a", _write("ok", "adapter.safetensors"), {})
+    assert zoo.versions("net", "a") == [1]
+    assert list((tmp_path / "net" / "a").glob(".tmp-*")) == []
+
+
+def _writer(root: str, count: int) -> None:
+    zoo = Zoo(root)
+    for i in range(count):
+        zoo.add_version("net", "a", _write(f"{os.getpid()}-{i}", "adapter.safetensors"), {"pid": os.getpid()})
+        time.sleep(0.001)
+
+
+def test_concurrent_writers_never_share_a_version(tmp_path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), 8)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    zoo = Zoo(tmp_path)
+    assert zoo.versions("net", "a") == list(range(1, 25))
+    contents = {e.weights.read_text() for e in zoo.entries("net")}
+    assert len(contents) == 24  # every write landed in its own version
+
+
+def test_damaged_entries_are_clear_errors(tmp_path) -> None:
+    zoo = Zoo(tmp_path)
+    entry = zoo.add_version("net", "base", _write("x"), {})
+    (entry.path / "card.json").write_text("{not json")
+    with pytest.raises(ZooError, match="card.json is not valid JSON.*restore or delete"):
+        zoo.resolve("net")
+    (entry.path / "card.json").unlink()
+    with pytest.raises(ZooError, match="has no card.json"):
+        zoo.resolve("net")
+    (entry.path / "card.json").write_text(json.dumps({}))
+    entry.weights.unlink()
+    with pytest.raises(ZooError, match="has no model.safetensors"):
+        zoo.resolve("net")
