@@ -200,8 +200,9 @@ def zoo_list(model: str | None, zoo_dir: Path | None, as_json: bool) -> None:
         from .errors import UnknownNameError
 
         raise UnknownNameError("zoo model", model, zoo.models(), f"The zoo at {zoo.root} has no such model")
+    entries = list(zoo.entries(model))
     rows = []
-    for entry in zoo.entries(model):
+    for entry in entries:
         card = entry.card
         rows.append({"ref": entry.ref, "kind": card.get("kind"), "bytes": sum(card.get("files", {}).values()),
                      "parameters": card.get("parameters"),
@@ -214,7 +215,7 @@ def zoo_list(model: str | None, zoo_dir: Path | None, as_json: bool) -> None:
     if not rows:
         click.echo(f"the zoo at {zoo.root} is empty; `adapters train-base MODEL` adds a base")
         return
-    for row, entry in zip(rows, zoo.entries(model)):
+    for row, entry in zip(rows, entries):
         on = f"on {row['base']}" if row["base"] else f"fp {row['fingerprint'][:12]}"
         click.echo(f"{_summary(entry)}  [{row['kind']}, {row['parameters']:,} params, {row['bytes']:,} bytes, {on}]")
 

@@ -78,3 +78,14 @@ def test_inspect_bad_input_is_one_line(runner, tmp_path) -> None:
 def test_unknown_command_is_a_usage_error(runner) -> None:
     result = runner.invoke(cli, ["plugin"])
     assert result.exit_code == 2 and "No such command 'plugin'" in result.stderr
+
+
+def test_startup_and_listing_never_import_torchvision() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from click.testing import CliRunner; from adapterhub_lite.cli import cli; "
+            "r = CliRunner().invoke(cli, ['plugins', '--json']); assert r.exit_code == 0, r.output; "
+            "print('torchvision' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr

@@ -118,7 +118,7 @@ def test_cli_errors_leave_the_zoo_untouched(zoo_with_base) -> None:
 def test_torchrun_two_processes_write_exactly_one_version(tmp_path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node=2", "--master_port=29517", "-m", "adapterhub_lite", "train-base",
+        [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "adapterhub_lite", "train-base",
          "richboynet", "--steps", "6", "--batch-size", "8", "--classes", "0,1", "--zoo", str(tmp_path)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )

@@ -1,0 +1,85 @@
+"""The first-party MNIST plugin: model shapes and sizes, corruptions, metrics, samplers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from adapterhub_lite import get_registry
+from adapterhub_lite_mnist import MnistCNN, RichBoyNet, UNet
+from adapterhub_lite_mnist.data import invert, noisy, pad32
+from adapterhub_lite_mnist.diffusion import Diffusion
+from adapterhub_lite_mnist.tasks import classification_metrics, light_background, sample_metrics
+
+
+def test_models_are_registered_with_tasks_and_targets() -> None:
+    registry = get_registry()
+    assert {"richboynet", "mnist-cnn", "ddpm-unet"} <= set(registry.models)
+    assert registry.models["richboynet"].plugin == "mnist"
+    assert {n: registry.get_model(n).task.name for n in ("richboynet", "mnist-cnn", "ddpm-unet")} == {
+        "richboynet": "classify", "mnist-cnn": "noisy-classify", "ddpm-unet": "generate"}
+
+
+def test_model_shapes_and_sizes() -> None:
+    assert sum(p.numel() for p in RichBoyNet().parameters()) == 2_807_010
+    assert RichBoyNet()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert MnistCNN()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert MnistCNN().fc1.in_features == 576
+    for channels in (1, 3):
+        unet = UNet(in_channels=channels)
+        assert unet(torch.zeros(2, channels, 32, 32), torch.tensor([0, 999])).shape == (2, channels, 32, 32)
+    unet = UNet()
+    assert sum(p.numel() for p in unet.parameters()) < 3_000_000
+    attention = [n for n, m in unet.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    assert attention == ["down.2.attn.attn", "mid1.attn.attn", "up.0.attn.attn"]
+
+
+def test_corruptions() -> None:
+    x = torch.rand(4, 1, 28, 28)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(4, 1, 1, 1, generator=gen)
+    u = torch.rand(x.shape, generator=gen)
+    torch.testing.assert_close(noisy(x, torch.Generator().manual_seed(0)), x * (1 - a) + u * a)
+    assert torch.equal(invert(invert(x)), x)
+    padded = pad32(x)
+    assert padded.shape == (4, 1, 32, 32) and torch.equal(padded[:, :, 2:30, 2:30], x)
+    assert padded[:, :, :2].abs().sum() == 0
+
+
+def test_classification_metrics() -> None:
+    labels = torch.tensor([0, 0, 1, 9, 9, 9])
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 9, 4, 9]), 10).float()
+    m = classification_metrics(logits, labels)
+    assert m["accuracy"] == pytest.approx(4 / 6) and m["total"] == 6
+    assert m["per_class"] == {"0": {"correct": 1, "total": 2, "errors": 1}, "1": {"correct": 1, "total": 1, "errors": 0},
+                              "9": {"correct": 2, "total": 3, "errors": 1}}
+    assert m["confusion"][9][4] == 1 and m["confusion"][0][1] == 1
+
+
+def test_light_background_and_polarity() -> None:
+    dark = torch.zeros(3, 1, 32, 32)
+    dark[:, :, 10:20, 14:18] = 1.0  # a white stroke on black
+    light = 1 - dark
+    assert light_background(torch.cat([dark, light])).tolist() == [False] * 3 + [True] * 3
+
+    class Oracle(nn.Module):  # confident "1" only for a white stroke on black (normalized input)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            stroke = x[:, 0, 8:18, 12:16].mean(dim=(1, 2)) > 1.0
+            return torch.nn.functional.one_hot(torch.where(stroke, 1, 0), 10).float() * 20
+
+    metrics = sample_metrics(torch.cat([dark, light]), Oracle())
+    assert metrics["light_background"] == 0.5 and metrics["recognisable"] == 1.0
+    assert metrics["class_histogram"][1] == 6  # light samples were re-inverted before judging
+
+
+def test_ddim_is_seeded_and_in_range() -> None:
+    torch.manual_seed(0)
+    unet = UNet(channels=(8, 8, 8)).eval()
+    diffusion = Diffusion()
+    a = diffusion.ddim(unet, (2, 1, 32, 32), steps=3, seed=5)
+    b = diffusion.ddim(unet, (2, 1, 32, 32), steps=3, seed=5)
+    assert torch.equal(a, b) and a.min() >= -1 and a.max() <= 1
+    assert not torch.equal(a, diffusion.ddim(unet, (2, 1, 32, 32), steps=3, seed=6))
+    loss = diffusion.loss(unet, torch.rand(2, 1, 32, 32) * 2 - 1, torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and loss.item() > 0
