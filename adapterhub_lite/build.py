@@ -22,7 +22,7 @@ from .config import LoraConfig
 from .errors import AdapterhubError, ConfigError
 from .registry import Registry
 from .training import TrainOptions
-from .workflow import DataOptions, evaluate, stack, train_adapter, train_base
+from .workflow import DataOptions, evaluate, metric_scopes, stack, train_adapter, train_base
 from .zoo import Zoo
 
 COMMANDS = ("train-base", "train", "evaluate")
@@ -136,7 +136,7 @@ def _evaluate_step(registry: Registry, zoo: Zoo, step: dict[str, Any], seed: int
 def _headline(result: dict[str, Any]) -> str:
     metrics = result["metrics"]
     parts = []
-    for scope, values in (metrics.items() if "all" in metrics else [("", metrics)]):
+    for scope, values in metric_scopes(metrics, single=""):
         for key in ("accuracy", "light_background", "recognisable"):
             if key in values:
                 parts.append(f"{scope + ' ' if scope else ''}{key} {values[key]:.4f}")
@@ -155,7 +155,7 @@ def _aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
 def _scalars(result: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     metrics = result["metrics"]
-    for scope, values in (metrics.items() if "all" in metrics else [("test", metrics)]):
+    for scope, values in metric_scopes(metrics):
         for key in ("accuracy", "light_background", "recognisable", "max_class_share"):
             if key in values:
                 out[f"{scope}.{key}"] = float(values[key])

@@ -172,9 +172,11 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
 
 def _summary(entry: Any) -> str:
     """One line per zoo entry: its ref and headline metrics (on its trained classes too, if any)."""
+    from .workflow import metric_scopes
+
     metrics = entry.card.get("metrics", {})
     shown = []
-    for scope, values in (metrics.items() if "all" in metrics else [("", metrics)]):
+    for scope, values in metric_scopes(metrics, single=""):
         label = "" if scope in ("", "all") else f"{scope.replace('_', ' ')} "
         shown += [f"{label}{k} {values[k]:.4f}" for k in ("accuracy", "light_background", "recognisable")
                   if k in values]
@@ -226,6 +228,7 @@ def zoo_list(model: str | None, zoo_dir: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the card as JSON.")
 def zoo_show(ref: str, zoo_dir: Path | None, as_json: bool) -> None:
     """Show one version's card: config, recipe, data, metrics, fingerprint, parents, sizes."""
+    from .workflow import metric_scopes
     from .zoo import Zoo
 
     entry = Zoo(zoo_dir).resolve(ref)
@@ -241,7 +244,7 @@ def zoo_show(ref: str, zoo_dir: Path | None, as_json: bool) -> None:
     if "config" in card:
         click.echo(f"  config: {json.dumps(card['config'])}")
     metrics = card.get("metrics", {})
-    for scope, values in (metrics.items() if "all" in metrics else [("test", metrics)]):
+    for scope, values in metric_scopes(metrics):
         per_class = values.get("per_class")
         if per_class:
             errors = ", ".join(f"{d}:{v['errors']}" for d, v in per_class.items())

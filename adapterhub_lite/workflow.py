@@ -42,6 +42,11 @@ class DataOptions:
         return {"classes": list(self.classes) if self.classes else None, "style": self.style}
 
 
+def metric_scopes(metrics: dict[str, Any], single: str = "test") -> list[tuple[str, dict[str, Any]]]:
+    """Adapter cards keep metrics per scope ('all', 'trained_classes'); base cards keep one set."""
+    return list(metrics.items()) if "all" in metrics else [(single, metrics)]
+
+
 def _task(spec: ModelSpec) -> Task:
     if spec.task is None:
         raise AdapterhubError(f"model {spec.name!r} registers no task, so it cannot be trained or evaluated")

@@ -55,7 +55,8 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def noisy(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The denoising classifier's corruption x*(1-a) + u*a, with a ~ U(0,1) per sample."""
+    """The denoising classifier's corruption x*(1-a) + u*a, a ~ U(0,1) per sample, u ~ U(0,1) per pixel.
+    Applied to normalized images: the digit keeps its contrast (about 3.2 units) against noise in [0, 1]."""
     a = torch.rand(x.shape[0], 1, 1, 1, generator=generator)
     u = torch.rand(x.shape, generator=generator)
     return x * (1 - a) + u * a

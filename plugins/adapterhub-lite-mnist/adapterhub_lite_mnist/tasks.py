@@ -51,7 +51,9 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
 
 
 class ClassifyTask(Task):
-    """Digit classification; `noisy` corrupts inputs as x*(1-a) + u*a (a fixed draw when testing)."""
+    """Digit classification on normalized images. `noisy` then mixes in uniform noise,
+    x*(1-a) + u*a with a ~ U(0,1) per image (one fixed draw when testing), as the seed
+    notebook did on its normalized tensors."""
 
     def __init__(self, noisy: bool = False) -> None:
         self.noisy = noisy
@@ -65,16 +67,18 @@ class ClassifyTask(Task):
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
              generator: torch.Generator) -> torch.Tensor:
+        inputs = normalize(inputs)
         if self.noisy:
             inputs = noisy(inputs, generator)
-        return F.cross_entropy(model(normalize(inputs)), labels)
+        return F.cross_entropy(model(inputs), labels)
 
     def evaluate(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1000,
                  context: EvalContext | None = None) -> dict[str, Any]:
         context = context or EvalContext()
+        inputs = normalize(inputs)
         if self.noisy:  # one fixed noise draw, so scores compare across models
             inputs = noisy(inputs, torch.Generator().manual_seed(context.seed))
-        metrics = classification_metrics(_predict(model, normalize(inputs), batch_size), labels)
+        metrics = classification_metrics(_predict(model, inputs, batch_size), labels)
         if self.noisy:
             metrics["noise_seed"] = context.seed
         return metrics
