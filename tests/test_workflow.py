@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from adapterhub_lite import IncompatibleAdapterError, LoraConfig, get_registry
