@@ -178,8 +178,8 @@ def _summary(entry: Any) -> str:
     shown = []
     for scope, values in metric_scopes(metrics, single=""):
         label = "" if scope in ("", "all") else f"{scope.replace('_', ' ')} "
-        shown += [f"{label}{k} {values[k]:.4f}" for k in ("accuracy", "light_background", "recognisable")
-                  if k in values]
+        shown += [f"{label}{k} {values[k]:.4f}" for k in ("accuracy", "light_background", "recognisable",
+                                                          "max_class_share") if k in values]
     return f"{entry.ref}  " + ", ".join(shown)
 
 

@@ -36,8 +36,9 @@ def load_mnist(split: str, data_dir: str | Path | None = None,
     try:
         ds = MNIST(str(root), train=(split == "train"), download=download)
     except (RuntimeError, OSError) as exc:
-        hint = "" if download else " (pass --data-dir or set ADAPTERS_DATA to a folder containing MNIST/raw)"
-        raise AdapterhubError(f"MNIST is not readable under {root}{hint}: {' '.join(str(exc).split())}") from exc
+        detail = " ".join(str(exc).split())[:200]
+        raise AdapterhubError(f"MNIST is not readable under {root} ({detail}); pass --data-dir or set "
+                              "ADAPTERS_DATA to a folder containing MNIST/raw") from exc
     images = ds.data.unsqueeze(1).float() / 255.0
     labels = ds.targets.clone()
     if classes is not None:
