@@ -1,0 +1,15 @@
+"""The `adapters` command line: thin commands over the library.
+
+One module per group of commands; each adds itself to the `cli` group on import.
+"""
+
+from __future__ import annotations
+
+from . import applying, inspecting, training  # noqa: F401  (each adds its commands to `cli`)
+from .group import AdaptersGroup, cli
+
+__all__ = ["AdaptersGroup", "cli", "main"]
+
+
+def main() -> None:
+    cli(prog_name="adapters")

@@ -1,0 +1,168 @@
+"""Commands that look: `plugins`, `inspect`, `zoo list|show|build`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..hookspecs import PROJECT
+from .group import AdaptersGroup, cli, echo_json
+from .options import summary_line, zoo_option
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def plugins_command(as_json: bool) -> None:
+    """List installed plugins and everything each registers.
+
+    \b
+    ADAPTERS_LOAD_PLUGINS=a,b loads only those plugins (empty: none);
+    ADAPTERS_TRACE_PLUGINS=1 traces every hook call on stderr.
+    """
+    from ..registry import get_registry
+
+    group = click.get_current_context().find_root().command
+    owners = group.command_owners if isinstance(group, AdaptersGroup) else {}
+    described = get_registry().describe(owners)
+    if as_json:
+        echo_json(described)
+        return
+    if not described:
+        click.echo(f"no plugins found (entry-point group {PROJECT!r}); install one, e.g. plugins/adapterhub-lite-lora")
+        return
+    labels = {"kinds": "adapter kinds", "models": "models", "merges": "merge methods", "formats": "formats"}
+    for entry in described:
+        source = f" ({entry['distribution']} {entry['version']})" if entry["distribution"] else ""
+        click.echo(f"{entry['name']}{source}")
+        for key, label in labels.items():
+            for spec in entry[key]:
+                extra = f" [{', '.join(spec['targets'])}]" if "targets" in spec else ""
+                click.echo(f"  {label[:-1]}: {spec['name']}{extra}  {spec['description']}".rstrip())
+        for command in entry["commands"]:
+            click.echo(f"  command: {command}")
+
+
+@cli.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def inspect_command(path: Path, as_json: bool) -> None:
+    """Describe an adapter file (.safetensors) without loading a model."""
+    from ..serialization import read_adapter_file
+
+    file = read_adapter_file(path)
+    meta = dict(file.meta)
+    meta["file"] = {"path": str(path), "bytes": path.stat().st_size, "tensors": len(file.keys)}
+    if as_json:
+        echo_json(meta)
+        return
+    click.echo(f"{meta['name']}: {meta['family']} adapter for {meta.get('base_model', '?')} "
+               f"(base {str(meta.get('base_fingerprint', '?'))[:12]}), {meta['file']['bytes']:,} bytes")
+    click.echo(f"  written by adapterhub_lite {meta.get('library_version', '?')} at {meta.get('created', '?')}")
+    for module, target in sorted(meta["targets"].items()):
+        details = ", ".join(f"{k}={v}" for k, v in target.items() if k != "kind")
+        click.echo(f"  {module}: {target['kind']}" + (f" ({details})" if details else ""))
+
+
+@cli.group("zoo")
+def zoo_group() -> None:
+    """Browse and build the versioned zoo of bases and adapters."""
+
+
+@zoo_group.command("list")
+@click.argument("model", required=False)
+@zoo_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def zoo_list(model: str | None, zoo_dir: Path | None, as_json: bool) -> None:
+    """List every base and adapter version (of MODEL, or of all models)."""
+    from ..zoo import Zoo
+
+    zoo = Zoo(zoo_dir)
+    if model and model not in zoo.models():
+        from ..errors import UnknownNameError
+
+        raise UnknownNameError("zoo model", model, zoo.models(), f"The zoo at {zoo.root} has no such model")
+    entries = list(zoo.entries(model))
+    rows = []
+    for entry in entries:
+        card = entry.card
+        rows.append({"ref": entry.ref, "kind": card.get("kind"), "bytes": sum(card.get("files", {}).values()),
+                     "parameters": card.get("parameters"),
+                     "fingerprint": card.get("fingerprint") or card.get("base", {}).get("fingerprint"),
+                     "base": card.get("base", {}).get("ref"), "created": card.get("created"),
+                     "metrics": card.get("metrics", {})})
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo(f"the zoo at {zoo.root} is empty; `adapters train-base MODEL` adds a base")
+        return
+    for row, entry in zip(rows, entries):
+        on = f"on {row['base']}" if row["base"] else f"fp {row['fingerprint'][:12]}"
+        click.echo(f"{summary_line(entry)}  [{row['kind']}, {row['parameters']:,} params, {row['bytes']:,} bytes, {on}]")
+
+
+@zoo_group.command("show")
+@click.argument("ref")
+@zoo_option
+@click.option("--json", "as_json", is_flag=True, help="Print the card as JSON.")
+def zoo_show(ref: str, zoo_dir: Path | None, as_json: bool) -> None:
+    """Show one version's card: config, recipe, data, metrics, fingerprint, parents, sizes."""
+    from ..workflow import metric_scopes
+    from ..zoo import Zoo
+
+    entry = Zoo(zoo_dir).resolve(ref)
+    if as_json:
+        echo_json(entry.card)
+        return
+    card = entry.card
+    click.echo(summary_line(entry))
+    for key in ("kind", "created", "task", "fingerprint", "parents", "parameters", "trainable_percent", "files"):
+        if key in card:
+            click.echo(f"  {key}: {card[key]}")
+    click.echo(f"  recipe: {json.dumps(card.get('recipe', {}))}")
+    if "config" in card:
+        click.echo(f"  config: {json.dumps(card['config'])}")
+    metrics = card.get("metrics", {})
+    for scope, values in metric_scopes(metrics):
+        per_class = values.get("per_class")
+        if per_class:
+            errors = ", ".join(f"{d}:{v['errors']}" for d, v in per_class.items())
+            click.echo(f"  {scope}: accuracy {values['accuracy']:.4f}; errors per digit {errors}")
+
+
+@zoo_group.command("build")
+@click.option("--profile", default="quick", show_default=True, help="Recipe profile to run (see the recipe file).")
+@click.option("--quick", is_flag=True, help="Same as --profile quick: a few minutes on 2 cores.")
+@click.option("--recipes", type=click.Path(path_type=Path), default=None,
+              help="Recipe file (default: recipes.json in the zoo directory).")
+@click.option("--seeds", default=None, metavar="LIST", help="Override the profile's seeds, e.g. 0,1,2.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder holding MNIST/raw (default: $ADAPTERS_DATA, else download).")
+@zoo_option
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def zoo_build(profile: str, quick: bool, recipes: Path | None, seeds: str | None, data_dir: Path | None,
+              zoo_dir: Path | None, as_json: bool) -> None:
+    """Build the zoo's experiments from its recipe file, seed by seed.
+
+    \b
+    Writes every base and adapter as new zoo versions and the figures to
+    <zoo>/results-<profile>.json (per seed, and mean/min/max over seeds).
+    Example: adapters zoo build --quick
+    """
+    from ..build import load_recipes, run_profile
+    from ..registry import get_registry
+    from ..zoo import Zoo
+
+    zoo = Zoo(zoo_dir)
+    book = load_recipes(recipes or zoo.root / "recipes.json")
+    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    def log(line: str) -> None:
+        click.echo(line, err=as_json)
+        (sys.stderr if as_json else sys.stdout).flush()  # a long build reports as it goes, even into a file
+
+    report = run_profile(get_registry(), zoo, book, "quick" if quick else profile, data_dir, seed_list, log=log)
+    if as_json:
+        echo_json(report)
