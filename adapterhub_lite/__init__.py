@@ -26,11 +26,25 @@ from .plugins import PluginManager, load_plugins
 from .refs import AdapterRef, parse_ref
 from .registry import Registry, get_registry
 from .serialization import AdapterFileError, load_adapter, read_adapter_file, save_adapter
-from .specs import AdapterKind, EvalContext, ExportFn, Format, ImportFn, MergeFn, MergeMethod, ModelSpec, Task
+from .specs import (
+    AdapterBundle,
+    AdapterKind,
+    EvalContext,
+    ExportFn,
+    Format,
+    ImportFn,
+    MergeFn,
+    MergeInput,
+    MergeMethod,
+    MergeResult,
+    ModelSpec,
+    Task,
+)
 
 __all__ = [
     "ATTENTION_PROJECTIONS",
     "AdaptedModel",
+    "AdapterBundle",
     "AdapterConfig",
     "AdapterFileError",
     "AdapterKind",
@@ -46,7 +60,9 @@ __all__ = [
     "IncompatibleAdapterError",
     "LoraConfig",
     "MergeFn",
+    "MergeInput",
     "MergeMethod",
+    "MergeResult",
     "MissingDependencyError",
     "ModelSpec",
     "PluginError",

@@ -19,11 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from .config import AdapterConfig
-from .errors import AdapterStateError, ConfigError, UnknownNameError
+from .errors import AdapterStateError, ConfigError, IncompatibleAdapterError, UnknownNameError
 from .fingerprint import combine_fingerprints, state_fingerprint
 from .inject import adapter_layers, find_targets, named_base_modules, unwrap, wrap
 from .layer import AdapterLayer
 from .registry import Registry, get_registry
+from .specs import AdapterBundle
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
@@ -86,6 +87,54 @@ class AdaptedModel:
         for layer_name, layer in new_layers.items():
             wrap(self.model, layer_name, layer)
         return [t.name for t in targets]
+
+    def add_bundle(self, bundle: AdapterBundle, name: str | None = None, *, activate: bool = True) -> str:
+        """Create an adapter on exactly the bundle's modules, each with its own config, and load its
+        tensors. Shapes and kinds are checked first; on any error the model is left as it was."""
+        name = name or bundle.name
+        modules = dict(named_base_modules(self.model))
+        for module in sorted(bundle.configs):
+            if module not in modules:
+                raise UnknownNameError("module", module, modules, f"adapter {name!r} targets a module this model lacks")
+            kind = bundle.kinds.get(module)
+            chosen = self.registry.require_kind_for(modules[module], bundle.family, module)
+            if kind is not None and kind != chosen.name:
+                raise IncompatibleAdapterError(
+                    f"adapter {name!r} was built with kind {kind!r} on {module!r}, but this installation wraps "
+                    f"{type(modules[module]).__name__} with {chosen.name!r}: install the plugin that provides {kind!r}")
+        exact = sorted(bundle.configs)
+        first = bundle.configs[exact[0]]
+        anchored = first.replace(targets=["re:" + re.escape(m) for m in exact], target_types=[])
+        self.add_adapter(name, anchored, activate=activate)
+        try:
+            for module, layer in self.layers().items():
+                wanted = bundle.configs.get(module)
+                if name not in layer.adapters or wanted is None:
+                    continue
+                wanted = wanted.replace(targets=anchored.targets, target_types=[])
+                if wanted != anchored:
+                    layer.remove(name)
+                    layer.add(name, wanted)
+                    if not activate:
+                        layer.disable(name)
+            self.adapters[name].config = bundle.config or first
+            self.adapters[name].metadata = dict(bundle.metadata)
+            self.load_adapter_state(name, bundle.state)
+        except Exception:
+            self.delete_adapter(name)
+            raise
+        return name
+
+    def bundle(self, name: str) -> AdapterBundle:
+        """The adapter detached from the model: per-module configs and kinds, and its tensors."""
+        info = self._require(name)
+        configs, kinds = {}, {}
+        for module, layer in self.layers().items():
+            if name in layer.adapters:
+                configs[module] = layer.configs[name]
+                kinds[module] = next(o.spec.name for o in self.registry.kinds.values() if type(layer) is o.spec.layer)
+        return AdapterBundle(name=name, family=info.config.kind, configs=configs, state=self.adapter_state(name),
+                             kinds=kinds, config=info.config, base_model=self.base_id, metadata=dict(info.metadata))
 
     def _drop(self, name: str, unwrapped: Mapping[str, AdapterLayer]) -> None:
         for layer in [*adapter_layers(self.model).values(), *unwrapped.values()]:

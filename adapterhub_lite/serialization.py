@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -26,11 +25,13 @@ from safetensors.torch import save_file
 from .errors import AdapterhubError, IncompatibleAdapterError, UnknownNameError
 from .fingerprint import combine_fingerprints
 from .inject import named_base_modules
+from .specs import AdapterBundle
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from .model import AdaptedModel
+    from .registry import Registry
 
 FORMAT = "adapterhub_lite/adapter"
 FORMAT_VERSION = 1
@@ -61,6 +62,23 @@ class AdapterFile:
     def tensors(self) -> dict[str, Tensor]:
         with safe_open(str(self.path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in self.keys}
+
+    def unknown_config_fields(self, registry: Registry) -> list[str]:
+        known = registry.config_class(self.meta["family"]).field_names() | {"kind"}
+        return sorted(set(self.meta["config"]) - known)
+
+    def bundle(self, registry: Registry, name: str | None = None) -> AdapterBundle:
+        """The file's adapter with one config per target module (the file's overrides applied)."""
+        meta = self.meta
+        config = registry.config_class(meta["family"]).from_dict(meta["config"], ignore_unknown=True)
+        configs = {m: config.replace(**t["config"]) if t.get("config") else config
+                   for m, t in sorted(meta["targets"].items())}
+        kinds = {m: t["kind"] for m, t in meta["targets"].items()}
+        unknown = dict(self.unknown)
+        if self.unknown_config_fields(registry):
+            unknown["config"] = {k: meta["config"][k] for k in self.unknown_config_fields(registry)}
+        return AdapterBundle(name=name or self.name, family=meta["family"], configs=configs, state=self.tensors(),
+                             kinds=kinds, config=config, base_model=meta.get("base_model"), metadata=unknown)
 
 
 def build_metadata(am: AdaptedModel, name: str) -> dict[str, Any]:
@@ -151,10 +169,7 @@ def load_adapter(am: AdaptedModel, path: str | Path, name: str | None = None, *,
     on any error the model is left exactly as it was."""
     file = read_adapter_file(path)
     meta = file.meta
-    name = name or file.name
-    config_cls = am.registry.config_class(meta["family"])
-    config_unknown = sorted(set(meta["config"]) - config_cls.field_names() - {"kind"})
-    config = config_cls.from_dict(meta["config"], ignore_unknown=True)
+    config_unknown = file.unknown_config_fields(am.registry)
     if file.unknown or config_unknown:
         fields = sorted(file.unknown) + [f"config.{k}" for k in config_unknown]
         warnings.warn(
@@ -172,30 +187,7 @@ def load_adapter(am: AdaptedModel, path: str | Path, name: str | None = None, *,
                 f"but the adapter's {kind.name!r} layer wraps {', '.join(t.__name__ for t in kind.targets)}")
     if not ignore_fingerprint:
         _check_fingerprints(am, file)
-
-    # Create the adapter with exactly the file's targets, then fill it; roll back on any failure.
-    targets = sorted(meta["targets"])
-    anchored = config.replace(targets=[_exact(m) for m in targets], target_types=[])
-    am.add_adapter(name, anchored, activate=activate)
-    try:
-        for module, layer in am.layers().items():
-            overrides = meta["targets"].get(module, {}).get("config")
-            if name in layer.adapters and overrides:
-                layer.remove(name)
-                layer.add(name, config.replace(**overrides))
-                if not activate:
-                    layer.disable(name)
-        am.adapters[name].config = config
-        am.adapters[name].metadata = dict(file.unknown)
-        am.load_adapter_state(name, file.tensors())
-    except Exception:
-        am.delete_adapter(name)
-        raise
-    return name
-
-
-def _exact(module_name: str) -> str:
-    return "re:" + re.escape(module_name)
+    return am.add_bundle(file.bundle(am.registry, name), activate=activate)
 
 
 def _check_fingerprints(am: AdaptedModel, file: AdapterFile) -> None:

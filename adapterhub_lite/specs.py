@@ -19,20 +19,56 @@ if TYPE_CHECKING:
     from .layer import AdapterLayer
 
 
-class MergeFn(Protocol):
-    """Combine adapter states (one dict of tensors per adapter) into one state."""
+@dataclass(frozen=True)
+class MergeInput:
+    """One adapter going into a merge: its tensors, its config per target module, its weight."""
 
-    def __call__(
-        self, states: list[Mapping[str, Tensor]], weights: list[float], **options: Any
-    ) -> dict[str, Tensor]: ...
+    label: str  # how messages name it, e.g. "richboynet/digit9@v2"
+    weight: float
+    configs: Mapping[str, AdapterConfig]  # target module -> the config that module was built with
+    state: Mapping[str, Tensor]  # tensors keyed `<module>.<param>`, as in the native file
+
+
+@dataclass
+class MergeResult:
+    """What a merge method returns: a new adapter, per module, and what was lost."""
+
+    configs: dict[str, AdapterConfig]
+    state: dict[str, Tensor]
+    report: dict[str, Any] = field(default_factory=dict)  # e.g. {"energy_kept": 0.998, "exact": False}
+
+
+class MergeFn(Protocol):
+    """Combine weighted adapters into one. Raise IncompatibleAdapterError for inputs it cannot combine
+    correctly; never approximate silently."""
+
+    def __call__(self, inputs: list[MergeInput], *, rank: int | None = None, **options: Any) -> MergeResult: ...
+
+
+@dataclass(frozen=True)
+class AdapterBundle:
+    """An adapter detached from any model: what adapter formats write and read."""
+
+    name: str
+    family: str
+    configs: Mapping[str, AdapterConfig]  # target module -> its config
+    state: Mapping[str, Tensor]  # tensors keyed `<module>.<param>`, as in the native file
+    kinds: Mapping[str, str] = field(default_factory=dict)  # target module -> adapter kind name
+    config: AdapterConfig | None = None  # the adapter's own config (targets as written); default: the first module's
+    base_model: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)  # e.g. the zoo card, written where a format can
 
 
 class ExportFn(Protocol):
-    def __call__(self, adapter: Any, dest: Path, **options: Any) -> Path: ...
+    """Write an AdapterBundle (adapter formats) or a plain state dict (model formats) to `dest`."""
+
+    def __call__(self, source: Any, dest: Path, **options: Any) -> Path: ...
 
 
 class ImportFn(Protocol):
-    def __call__(self, src: Path, **options: Any) -> Any: ...
+    """Read `src` for this base model: an AdapterBundle (adapter formats) or a state dict (model formats)."""
+
+    def __call__(self, src: Path, model: nn.Module, **options: Any) -> Any: ...
 
 
 def _check_name(name: str, what: str) -> None:
@@ -123,9 +159,19 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class MergeMethod:
+    """A way to combine adapters of one family into a new adapter.
+
+    `options` names the extra keyword options `fn` accepts (e.g. density, seed),
+    so the CLI can refuse an option the method would ignore; `takes_rank` says
+    whether `--rank` means anything to it.
+    """
+
     name: str
     fn: MergeFn
+    family: str = "lora"
     description: str = ""
+    options: tuple[str, ...] = ()
+    takes_rank: bool = True
 
     def __post_init__(self) -> None:
         _check_name(self.name, "merge method")
@@ -133,10 +179,21 @@ class MergeMethod:
 
 @dataclass(frozen=True)
 class Format:
+    """A file layout for export and import.
+
+    `holds` is "adapter" (export gets an AdapterBundle, import returns one) or
+    "model" (export gets the fused model's state dict, import returns one).
+    """
+
     name: str
     export: ExportFn | None = None
     import_: ImportFn | None = None
     description: str = ""
+    holds: str = "adapter"
 
     def __post_init__(self) -> None:
         _check_name(self.name, "format")
+        if self.holds not in ("adapter", "model"):
+            from .errors import PluginError
+
+            raise PluginError(f"format {self.name!r}: holds must be 'adapter' or 'model', not {self.holds!r}")

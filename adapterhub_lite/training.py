@@ -22,7 +22,6 @@ from torch import nn
 from .errors import ConfigError
 from .specs import Task
 
-
 SCHEDULES = ("constant", "cosine")
 
 

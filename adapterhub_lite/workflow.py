@@ -132,6 +132,7 @@ def train_adapter(registry: Registry, zoo: Zoo, model_name: str, name: str, conf
     """Train a new version of adapter `name` on a zoo base (default: its latest version)."""
     if name == BASE:
         raise AdapterhubError("'base' is reserved for base models: pick another adapter name")
+    zoo.check_kind(model_name, name, "adapter")
     spec = registry.get_model(model_name)
     task = _task(spec)
     base_entry = zoo.resolve(base or model_name)
@@ -171,23 +172,40 @@ def train_adapter(registry: Registry, zoo: Zoo, model_name: str, name: str, conf
     return entry
 
 
-def stack(registry: Registry, zoo: Zoo, refs: Sequence[str | AdapterRef]) -> tuple[AdaptedModel, ZooEntry]:
-    """Load the base and every adapter the refs name, active at their weights (default 1)."""
-    parsed = [parse_ref(r) if isinstance(r, str) else r for r in refs]
-    if not parsed:
+def parse_refs(refs: Sequence[str | AdapterRef], model: str | None = None) -> list[AdapterRef]:
+    """Parse refs; with `model` given, a bare `NAME[@vN][=W]` means MODEL/NAME."""
+    out = []
+    for r in refs:
+        if isinstance(r, str) and model is not None and "/" not in r and parse_ref(r).model != model:
+            r = f"{model}/{r}"
+        out.append(parse_ref(r) if isinstance(r, str) else r)
+    if not out:
         raise AdapterhubError("name at least one ref: MODEL (the base) or MODEL/NAME[@vN][=W]")
-    models = {r.model for r in parsed}
+    models = {r.model for r in out} | ({model} if model else set())
     if len(models) > 1:
-        raise AdapterhubError(f"refs name different models ({', '.join(sorted(models))}): stack one model at a time")
-    model_name = models.pop()
-    bases = [r for r in parsed if r.is_base]
-    adapters = [(zoo.resolve(r), r.weight if r.weight is not None else 1.0) for r in parsed if not r.is_base]
+        raise AdapterhubError(f"refs name different models ({', '.join(sorted(models))}): use one model at a time")
+    return out
+
+
+def resolve_stack(zoo: Zoo, refs: Sequence[str | AdapterRef], model: str | None = None
+                  ) -> tuple[ZooEntry, list[tuple[ZooEntry, float]]]:
+    """The base and the weighted adapters (compositions expanded) that refs name, checked to share one base.
+
+    Without a base among the refs, the base is the one the first adapter was trained on.
+    """
+    from .composition import expand
+
+    parsed = parse_refs(refs, model)
+    model_name = parsed[0].model
+    named = [(zoo.resolve(r), r.weight if r.weight is not None else 1.0) for r in parsed]
+    bases = [entry for entry, _ in named if entry.is_base]
     if len(bases) > 1:
         raise AdapterhubError("name the base at most once")
+    adapters = [pair for entry, weight in named if not entry.is_base for pair in expand(zoo, entry, weight)]
     if bases:
-        base_entry = zoo.resolve(AdapterRef(model_name, BASE, bases[0].version))
+        base_entry = bases[0]
     elif adapters:
-        base_entry = zoo.resolve(AdapterRef(model_name, BASE, adapters[0][0].card["base"]["version"]))
+        base_entry = zoo.resolve(adapters[0][0].card["base"]["ref"])
     else:
         base_entry = zoo.resolve(model_name)
     for entry, _ in adapters:
@@ -195,11 +213,20 @@ def stack(registry: Registry, zoo: Zoo, refs: Sequence[str | AdapterRef]) -> tup
         if trained_on["fingerprint"] != base_entry.card["fingerprint"]:
             raise IncompatibleAdapterError(
                 f"{entry.ref} was trained on {trained_on['ref']}, not {base_entry.ref}: "
-                f"apply it with {trained_on['ref']} (or leave the base out to use it)")
+                f"use it with {trained_on['ref']} (or leave the base out to use it)")
+    return base_entry, adapters
+
+
+def stack(registry: Registry, zoo: Zoo, refs: Sequence[str | AdapterRef], model: str | None = None
+          ) -> tuple[AdaptedModel, ZooEntry]:
+    """Load the base and every adapter the refs name, active at their weights (default 1)."""
+    base_entry, adapters = resolve_stack(zoo, refs, model)
     am = AdaptedModel(load_base(registry, base_entry), base_id=base_entry.ref, registry=registry)
-    names = []
+    names: list[str] = []
     for entry, _weight in adapters:
         label = entry.name if entry.name not in names else f"{entry.name}-v{entry.version}"
+        while label in names:  # the same version twice (e.g. inside two compositions)
+            label += "-again"
         am.load_adapter(entry.weights, name=label)
         names.append(label)
     am.set_active(names, [w for _, w in adapters])

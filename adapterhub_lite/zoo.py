@@ -1,7 +1,10 @@
 """The zoo: a directory of versioned base models and adapters.
 
-    <root>/<model>/base/v<N>/model.safetensors + card.json
-    <root>/<model>/<name>/v<N>/adapter.safetensors + card.json
+    <root>/<model>/base/v<N>/model.safetensors + card.json         a base (card kind "base")
+    <root>/<model>/<name>/v<N>/adapter.safetensors + card.json     an adapter (kind "adapter")
+    <root>/<model>/<name>/v<N>/composition.json + card.json        a composition (kind "composition"):
+                                                                    exact adapter versions and weights
+A fused base (`adapters merge --into-base --out NAME`) is a base under its own name.
 
 Versions are write-once. A write fills a hidden `.tmp-<pid>-*` folder, then,
 holding the model's file lock, picks the next number and renames the folder
@@ -29,6 +32,7 @@ from .refs import AdapterRef, parse_ref
 
 BASE = "base"
 CARD = "card.json"
+FILES = {"base": "model.safetensors", "adapter": "adapter.safetensors", "composition": "composition.json"}
 _VERSION = re.compile(r"^v([1-9][0-9]*)$")
 
 
@@ -45,12 +49,21 @@ class ZooEntry:
         return f"{self.model}/{self.name}@v{self.version}"
 
     @property
+    def kind(self) -> str:
+        return self.card.get("kind") or ("base" if self.name == BASE else "adapter")
+
+    @property
     def is_base(self) -> bool:
-        return self.name == BASE
+        return self.kind == "base"
+
+    @property
+    def is_composition(self) -> bool:
+        return self.kind == "composition"
 
     @property
     def weights(self) -> Path:
-        return self.path / ("model.safetensors" if self.is_base else "adapter.safetensors")
+        """The entry's one data file: weights, or a composition's parts."""
+        return self.path / FILES.get(self.kind, FILES["adapter"])
 
 
 def default_root(option: str | Path | None = None) -> Path:
@@ -116,6 +129,13 @@ class Zoo:
         if not entry.weights.is_file():
             raise ZooError(f"{path} has no {entry.weights.name}: the entry is damaged; restore or delete it")
         return entry
+
+    def check_kind(self, model: str, name: str, kind: str) -> None:
+        """One name holds one kind of entry: never a base version under an adapter's name, etc."""
+        if self.versions(model, name):
+            existing = self.resolve(f"{model}/{name}").kind
+            if existing != kind:
+                raise ZooError(f"{model}/{name} already holds {existing} versions; pick another name for this {kind}")
 
     # --- writing -------------------------------------------------------------------------
     @contextmanager

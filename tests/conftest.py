@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import adapterhub_lite_lora
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-import adapterhub_lite_lora
-from adapterhub_lite import PluginManager, Registry
-
+from adapterhub_lite import AdaptedModel, LoraConfig, ModelSpec, PluginManager, Registry, hookimpl, state_fingerprint
+from adapterhub_lite.workflow import load_base
+from adapterhub_lite.zoo import Zoo, ZooEntry
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 if "ADAPTERS_DATA" not in os.environ and (SHARED_DATA / "MNIST" / "raw").is_dir():
@@ -67,3 +69,41 @@ def randomize_adapters(module: nn.Module, seed: int = 0) -> None:
         for name, param in module.named_parameters():
             if "lora_" in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+
+
+# --- a zoo without training: random bases and random adapters, for merge/format tests -----------------------
+class TinyModels:
+    """A model plugin registering TinyNet, as a third-party package would."""
+
+    @staticmethod
+    @hookimpl
+    def register_models(register) -> None:
+        register(ModelSpec(name="tiny", build=TinyNet, description="every module type LoRA wraps"))
+
+
+@pytest.fixture
+def tiny_registry() -> Registry:
+    pm = PluginManager()
+    pm.add(adapterhub_lite_lora, name="lora")
+    pm.add(TinyModels(), name="tiny-models")
+    pm.check()
+    return Registry(pm)
+
+
+def seed_base(registry: Registry, zoo: Zoo, model: str, seed: int = 0, name: str = "base") -> ZooEntry:
+    torch.manual_seed(seed)
+    state = {k: v.contiguous() for k, v in registry.create_model(model).state_dict().items()}
+    fingerprint = state_fingerprint(state)
+    return zoo.add_version(model, name, lambda folder: save_file(state, str(folder / "model.safetensors")),
+                           {"kind": "base", "config": {}, "fingerprint": fingerprint, "task": None})
+
+
+def seed_adapter(registry: Registry, zoo: Zoo, base: ZooEntry, name: str, config: LoraConfig,
+                 seed: int = 0) -> ZooEntry:
+    am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
+    am.add_adapter(name, config)
+    randomize_adapters(am.model, seed)
+    card = {"kind": "adapter", "family": "lora", "config": config.to_dict(), "modules": am.adapters[name].modules,
+            "base": {"ref": base.ref, "version": base.version, "fingerprint": base.card["fingerprint"]},
+            "parents": [base.ref], "parameters": am.parameter_counts()["adapters"][name]}
+    return zoo.add_version(base.model, name, lambda folder: am.save_adapter(name, folder / "adapter.safetensors"), card)

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TinyNet, randomize_adapters
 
 from adapterhub_lite import AdaptedModel, LoraConfig
 from adapterhub_lite.cli import cli
-from conftest import TinyNet, randomize_adapters
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from adapterhub_lite_lora import LoraConv2d, LoraLinear, LoraMultiheadAttention
+from conftest import randomize_adapters
 from torch import nn
 
 from adapterhub_lite import AdaptedModel, ConfigError, LoraConfig, UnsupportedModuleError
-from adapterhub_lite_lora import LoraConv2d, LoraLinear, LoraMultiheadAttention
-from conftest import randomize_adapters
 
 
 def _linear_with(n: int, seed: int = 0) -> LoraLinear:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
-from adapterhub_lite import get_registry
 from adapterhub_lite_mnist import MnistCNN, RichBoyNet, UNet
 from adapterhub_lite_mnist.data import invert, noisy, pad32
 from adapterhub_lite_mnist.diffusion import Diffusion
 from adapterhub_lite_mnist.tasks import classification_metrics, light_background, sample_metrics
+from torch import nn
+
+from adapterhub_lite import get_registry
 
 
 def test_models_are_registered_with_tasks_and_targets() -> None:

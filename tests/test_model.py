@@ -7,6 +7,8 @@ import weakref
 
 import pytest
 import torch
+from adapterhub_lite_lora import LoraConv2d, LoraLinear, LoraMultiheadAttention
+from conftest import TinyNet, randomize_adapters
 from torch import nn
 
 from adapterhub_lite import (
@@ -17,8 +19,6 @@ from adapterhub_lite import (
     UnknownNameError,
     UnsupportedModuleError,
 )
-from adapterhub_lite_lora import LoraConv2d, LoraLinear, LoraMultiheadAttention
-from conftest import TinyNet, randomize_adapters
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,10 +10,10 @@ import copy
 import peft
 import pytest
 import torch
+from conftest import TinyNet
 from torch import nn
 
 from adapterhub_lite import AdaptedModel, LoraConfig
-from conftest import TinyNet
 
 
 def _peft_to_ours(peft_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import types
 
+import adapterhub_lite_lora
 import pytest
+from adapterhub_lite_lora import LoraLinear
 from torch import nn
 
-import adapterhub_lite_lora
 from adapterhub_lite import (
     AdapterKind,
     LoraConfig,
@@ -18,7 +19,6 @@ from adapterhub_lite import (
     UnknownNameError,
     hookimpl,
 )
-from adapterhub_lite_lora import LoraLinear
 
 
 def _plugin(**hooks) -> types.SimpleNamespace:
@@ -105,8 +105,9 @@ def test_unknown_kind_family_merge_and_format(registry) -> None:
         registry.get_kind("lora-linaer")
     with pytest.raises(UnknownNameError, match="unknown adapter family 'loha'.*Install the plugin"):
         registry.config_class("loha")
-    with pytest.raises(UnknownNameError, match="unknown merge method 'ties' \\(there are no merge methods\\)"):
-        registry.get_merge_method("ties")
+    with pytest.raises(UnknownNameError, match="unknown merge method 'tie'; did you mean 'ties'"):
+        registry.get_merge_method("tie")
+    assert registry.merges["ties"].plugin == "lora" and registry.get_merge_method("svd").family == "lora"
     with pytest.raises(UnknownNameError, match="unknown format"):
         registry.get_format("peft")
     assert isinstance(UnknownNameError("x", "y", []), KeyError)

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import TinyNet, randomize_adapters
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -20,7 +21,6 @@ from adapterhub_lite import (
     __version__,
     read_adapter_file,
 )
-from conftest import TinyNet, randomize_adapters
 
 
 def _trained(registry, dtype=torch.float32, seed=0) -> tuple[TinyNet, AdaptedModel]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -101,7 +102,8 @@ def zoo_list(model: str | None, zoo_dir: Path | None, as_json: bool) -> None:
         return
     for row, entry in zip(rows, entries):
         on = f"on {row['base']}" if row["base"] else f"fp {row['fingerprint'][:12]}"
-        click.echo(f"{summary_line(entry)}  [{row['kind']}, {row['parameters']:,} params, {row['bytes']:,} bytes, {on}]")
+        click.echo(f"{summary_line(entry)}  [{row['kind']}, {row['parameters'] or 0:,} params, {row['bytes']:,} bytes, "
+                   f"{on}]")
 
 
 @zoo_group.command("show")
@@ -113,12 +115,16 @@ def zoo_show(ref: str, zoo_dir: Path | None, as_json: bool) -> None:
     from ..workflow import metric_scopes
     from ..zoo import Zoo
 
-    entry = Zoo(zoo_dir).resolve(ref)
+    zoo = Zoo(zoo_dir)
+    entry = zoo.resolve(ref)
     if as_json:
         echo_json(entry.card)
         return
     card = entry.card
     click.echo(summary_line(entry))
+    if entry.is_composition:
+        for line in _tree(zoo, entry):
+            click.echo(f"  {line}")
     for key in ("kind", "created", "task", "fingerprint", "parents", "parameters", "trainable_percent", "files"):
         if key in card:
             click.echo(f"  {key}: {card[key]}")
@@ -131,6 +137,26 @@ def zoo_show(ref: str, zoo_dir: Path | None, as_json: bool) -> None:
         if per_class:
             errors = ", ".join(f"{d}:{v['errors']}" for d, v in per_class.items())
             click.echo(f"  {scope}: accuracy {values['accuracy']:.4f}; errors per digit {errors}")
+
+
+def _tree(zoo: Any, entry: Any, weight: float = 1.0) -> list[str]:
+    """A composition's parts as an indented tree, weights as written and as applied."""
+    lines = []
+    parts = entry.card.get("parts", [])
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        branch, indent = ("`-- ", "    ") if last else ("|-- ", "|   ")
+        w = float(part["weight"])
+        try:
+            child = zoo.resolve(part["ref"])
+        except Exception as exc:  # a missing part is shown, not fatal, in a listing
+            lines.append(f"{branch}{w:g} x {part['ref']}  MISSING ({' '.join(str(exc).split())[:80]})")
+            continue
+        applied = f" (applied at {w * weight:g})" if weight != 1.0 else ""
+        lines.append(f"{branch}{w:g} x {child.ref}  [{child.kind}]{applied}")
+        if child.is_composition:
+            lines += [indent + line for line in _tree(zoo, child, w * weight)]
+    return lines
 
 
 @zoo_group.command("build")

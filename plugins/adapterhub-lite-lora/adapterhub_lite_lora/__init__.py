@@ -1,4 +1,5 @@
-"""First-party LoRA plugin: LoRA for nn.Linear, nn.Conv2d and nn.MultiheadAttention.
+"""First-party LoRA plugin: LoRA for nn.Linear, nn.Conv2d and nn.MultiheadAttention, and the
+ways to combine LoRA adapters (cat, linear, svd, ties, dare, magnitude pruning).
 
 Registered through the `adapterhub_lite` entry point, exactly as a
 third-party package would be; imports only adapterhub_lite's public names.
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from adapterhub_lite import AdapterKind, LoraConfig, hookimpl
+from adapterhub_lite import AdapterKind, LoraConfig, MergeMethod, hookimpl
 
 from .attention import LoraMultiheadAttention
 from .conv2d import LoraConv2d
 from .linear import LoraLinear
 from .lowrank import LoraFactors, LowRankLayer
+from .merges import merge_methods
 
 __all__ = ["LoraConv2d", "LoraFactors", "LoraLinear", "LoraMultiheadAttention", "LowRankLayer"]
 
@@ -28,3 +30,9 @@ def register_adapter_types(register: Callable[[AdapterKind], None]) -> None:
     register(AdapterKind(name="lora-mha", layer=LoraMultiheadAttention, config=LoraConfig,
                          description="LoRA on nn.MultiheadAttention q/k/v/out projections (cross-attention, "
                                      "batch_first both ways)"))
+
+
+@hookimpl
+def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
+    for method in merge_methods():
+        register(method)

@@ -1,0 +1,112 @@
+"""Commands that combine: `merge` (into a new adapter or a new base) and `compose`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .group import cli, echo_json
+from .options import data_options, parse_classes, summary_line, zoo_option
+
+
+@cli.command("merge")
+@click.argument("model")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--method", default="linear", show_default=True,
+              help="How to combine (see `adapters plugins`): cat, linear, svd, ties, dare-linear, dare-ties, "
+                   "magnitude-prune.")
+@click.option("--rank", type=int, default=None, help="Rank of the result (svd, ties, dare, magnitude-prune; "
+              "default: the largest input rank). With one input and svd: resize that adapter.")
+@click.option("--density", type=float, default=None, help="Fraction of each delta kept (ties, dare, magnitude-prune; "
+              "default 0.5).")
+@click.option("--seed", type=int, default=None, help="Seed of DARE's random drops (default 0).")
+@click.option("--into-base", is_flag=True, help="Fuse the adapters into the base weights: write a new base.")
+@click.option("--out", "out", required=True, metavar="NAME",
+              help="Name of the new adapter (or, with --into-base, of the new base) in the zoo.")
+@click.option("--dry-run", is_flag=True, help="Check and compute, print the plan, write nothing.")
+@click.option("--eval", "do_eval", is_flag=True, help="Evaluate the result and keep the metrics in its card.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan or the new card as JSON.")
+@data_options
+@zoo_option
+def merge_command(model: str, refs: tuple[str, ...], method: str, rank: int | None, density: float | None,
+                  seed: int | None, into_base: bool, out: str, dry_run: bool, do_eval: bool, as_json: bool,
+                  data_dir: Path | None, classes: str | None, style: str | None, eval_samples: int,
+                  zoo_dir: Path | None) -> None:
+    """Combine adapters of MODEL into a new adapter version, or fuse them into a new base.
+
+    \b
+    REFS: NAME, NAME@v2, NAME=0.5, NAME=-1 (subtract), or MODEL/NAME...; compositions too.
+    Every input must sit on the same base. The new card records parents, weights and method.
+    Examples:
+      adapters merge richboynet digit9=1 digit9-keep=0.5 --method cat --out nines
+      adapters merge richboynet digit9-keep --method svd --rank 1 --out keep-r1   (resize)
+      adapters merge ddpm-unet inverted=0.5 --into-base --out half-inverted
+      adapters merge richboynet digit9 digit9-keep --method ties --density 0.3 --out t --dry-run
+    """
+    from ..merge import fuse, plan_merge, write_merge
+    from ..registry import get_registry
+    from ..workflow import DataOptions
+    from ..zoo import Zoo
+
+    registry, zoo = get_registry(), Zoo(zoo_dir)
+    data = DataOptions(data_dir, parse_classes(classes), style, eval_samples) if do_eval else None
+    if into_base:
+        if method != "linear" or rank is not None or density is not None or seed is not None:
+            raise click.UsageError("--into-base fuses the exact weighted sum: drop --method, --rank, --density, --seed")
+        plan, entry = fuse(registry, zoo, model, list(refs), out, dry_run=dry_run, data=data)
+        if as_json:
+            echo_json(plan if entry is None else entry.card)
+        elif entry is None:
+            fused = " + ".join(f"{f['weight']:g} x {f['ref']}" for f in plan["fused"])
+            click.echo(f"would write {plan['out']} (a base): {plan['base']} with {fused} folded in, "
+                       f"{plan['parameters']:,} parameters, {plan['bytes']:,} bytes; nothing written")
+        else:
+            click.echo(f"wrote {summary_line(entry)}")
+        return
+    options = {"density": density, "seed": seed}
+    plan = plan_merge(registry, zoo, model, list(refs), method, rank, options)
+    described = plan.describe()
+    if dry_run:
+        if as_json:
+            echo_json({**described, "out": f"{model}/{out}", "ranks": plan.result.report.get("ranks")})
+            return
+        inputs = ", ".join(f"{i['weight']:g} x {i['ref']} (rank {i['rank']})" for i in described["inputs"])
+        ranks = described["rank"]
+        rank_text = f"rank {ranks['min']}" if ranks["min"] == ranks["max"] else f"rank {ranks['min']}-{ranks['max']}"
+        click.echo(f"would write {model}/{out}: {method} of {inputs} on {described['base']}")
+        click.echo(f"  {rank_text} over {described['modules']} modules, {described['parameters']:,} parameters, "
+                   f"{described['bytes']:,} bytes; exact: {'yes' if described['exact'] else 'no'}, "
+                   f"energy kept {described['energy_kept']:.4f} (worst weight {described['min_energy_kept']:.4f})")
+        click.echo("  nothing written")
+        return
+    entry = write_merge(registry, zoo, plan, out, data)
+    if as_json:
+        echo_json(entry.card)
+    else:
+        click.echo(f"wrote {summary_line(entry)}  [{method}, {described['parameters']:,} params, "
+                   f"energy kept {described['energy_kept']:.4f}]")
+
+
+@cli.command("compose")
+@click.argument("model")
+@click.argument("name")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the new card as JSON.")
+@zoo_option
+def compose_command(model: str, name: str, refs: tuple[str, ...], as_json: bool, zoo_dir: Path | None) -> None:
+    """Save a named stack of adapters (exact versions and weights, no tensors) as MODEL/NAME@vN.
+
+    \b
+    apply, merge and export accept it wherever they accept an adapter.
+    Example: adapters compose ddpm-unet half-inverted inverted=0.5
+    """
+    from ..composition import compose
+    from ..zoo import Zoo
+
+    entry = compose(Zoo(zoo_dir), model, name, list(refs))
+    if as_json:
+        echo_json(entry.card)
+        return
+    parts = " + ".join(f"{p['weight']:g} x {p['ref']}" for p in entry.card["parts"])
+    click.echo(f"wrote {entry.ref} = {parts}")

@@ -1,0 +1,165 @@
+"""Combining zoo adapters into a new adapter, and fusing adapters into a new base.
+
+Both check before they write anything: every ref resolves, all adapters sit
+on one base (same fingerprint), their family is the method's, the method
+takes the options given, and no input carries fields this version does not
+understand (a newer file's DoRA magnitude, say) that a merge would drop.
+`plan_merge` does all the work but writing, which is what `--dry-run` shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from safetensors.torch import save_file
+
+from .errors import AdapterhubError, ConfigError, IncompatibleAdapterError
+from .fingerprint import state_fingerprint
+from .model import AdaptedModel
+from .registry import Registry
+from .serialization import read_adapter_file
+from .specs import AdapterBundle, MergeInput, MergeMethod, MergeResult
+from .workflow import DataOptions, evaluate, load_base, resolve_stack, stack
+from .zoo import BASE, Zoo, ZooEntry
+
+
+@dataclass
+class MergePlan:
+    """A checked, computed merge, not yet written."""
+
+    model: str
+    base: ZooEntry
+    inputs: list[tuple[ZooEntry, float]]
+    method: MergeMethod
+    rank: int | None
+    options: dict[str, Any]
+    result: MergeResult
+    adapter: AdaptedModel  # the base with the new adapter loaded (named "merged")
+
+    @property
+    def parameters(self) -> int:
+        return sum(t.numel() for t in self.result.state.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.result.state.values())
+
+    def describe(self) -> dict[str, Any]:
+        ranks = self.result.report.get("ranks", {})
+        return {
+            "method": self.method.name, "base": self.base.ref,
+            "inputs": [{"ref": e.ref, "weight": w, "rank": e.card.get("config", {}).get("rank")}
+                       for e, w in self.inputs],
+            "rank": {"min": min(ranks.values()), "max": max(ranks.values())} if ranks else None,
+            "modules": len(ranks), "parameters": self.parameters, "bytes": self.bytes,
+            **{k: v for k, v in self.result.report.items() if k not in ("ranks", "method")},
+        }
+
+
+def _merge_input(registry: Registry, entry: ZooEntry, weight: float, family: str) -> MergeInput:
+    file = read_adapter_file(entry.weights)
+    if file.meta["family"] != family:
+        raise IncompatibleAdapterError(
+            f"{entry.ref} is a {file.meta['family']!r} adapter; this method combines {family!r} adapters only")
+    for target in file.meta["targets"].values():
+        registry.get_kind(target["kind"])  # every kind must be installed
+    unknown = sorted(file.unknown) + [f"config.{k}" for k in file.unknown_config_fields(registry)]
+    if unknown:
+        raise IncompatibleAdapterError(
+            f"{entry.ref} carries fields this version does not understand ({', '.join(unknown)}); merging would "
+            "silently drop them: upgrade adapterhub_lite")
+    bundle = file.bundle(registry)
+    return MergeInput(label=entry.ref, weight=weight, configs=bundle.configs, state=bundle.state)
+
+
+def plan_merge(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str], method: str,
+               rank: int | None = None, options: Mapping[str, Any] | None = None) -> MergePlan:
+    """Resolve, check and compute a merge; nothing is written."""
+    spec = registry.get_merge_method(method)
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    refused = sorted(set(options) - set(spec.options))
+    if refused:
+        takes = ", ".join(f"--{o}" for o in spec.options) or "no options"
+        raise ConfigError(f"method {method!r} does not use {', '.join('--' + o for o in refused)} (it takes {takes})")
+    if rank is not None and not spec.takes_rank:
+        raise ConfigError(f"method {method!r} sets the rank itself; drop --rank (or use svd to choose one)")
+    base, adapters = resolve_stack(zoo, refs, model)
+    if not adapters:
+        raise AdapterhubError("name at least one adapter to merge")
+    inputs = [_merge_input(registry, entry, weight, spec.family) for entry, weight in adapters]
+    result = spec.fn(inputs, rank=rank, **options)
+    am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
+    config = next(iter(result.configs.values()))
+    bundle = AdapterBundle(name="merged", family=spec.family, configs=result.configs, state=result.state,
+                           config=config.replace(targets=sorted(result.configs), target_types=[]))
+    am.add_bundle(bundle)  # proves the result fits the base before anything is written
+    return MergePlan(model, base, adapters, spec, rank, options, result, am)
+
+
+def write_merge(registry: Registry, zoo: Zoo, plan: MergePlan, name: str,
+                data: DataOptions | None = None) -> ZooEntry:
+    """Write a planned merge as a new version of adapter `name`; `data` evaluates it for the card."""
+    recipe = {"command": "merge", "method": plan.method.name, "rank": plan.rank, **plan.options}
+    return add_adapter_version(registry, zoo, plan.base, name, plan.adapter, "merged", recipe,
+                               {"parents": [e.ref for e, _ in plan.inputs], "merge": plan.describe()}, data)
+
+
+def add_adapter_version(registry: Registry, zoo: Zoo, base: ZooEntry, name: str, am: AdaptedModel, adapter: str,
+                        recipe: dict[str, Any], extra: dict[str, Any], data: DataOptions | None = None) -> ZooEntry:
+    """Write adapter `adapter` of `am` (loaded on `base`) as a new version of `base.model/name`, with its card."""
+    if name == BASE:
+        raise AdapterhubError("'base' is reserved for base models: pick another adapter name")
+    zoo.check_kind(base.model, name, "adapter")
+    counts = am.parameter_counts()
+    card: dict[str, Any] = {
+        "kind": "adapter", "family": am.adapters[adapter].config.kind, "config": am.adapters[adapter].config.to_dict(),
+        "modules": sorted(am.target_configs(adapter)),
+        "base": {"ref": base.ref, "version": base.version, "fingerprint": base.card["fingerprint"]},
+        "parents": [base.ref], "task": base.card.get("task"), "recipe": recipe,
+        "parameters": counts["adapters"][adapter], "trainable_percent": round(counts["trainable_percent"], 4),
+        **extra,
+    }
+    if data is not None:
+        am.set_active([adapter])
+        card["metrics"] = {"all": evaluate(registry, zoo, base.model, am.model, data)}
+    return zoo.add_version(base.model, name, lambda folder: am.save_adapter(adapter, folder / "adapter.safetensors"),
+                           card)
+
+
+def fuse(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str], name: str, *, dry_run: bool = False,
+         data: DataOptions | None = None) -> tuple[dict[str, Any], ZooEntry | None]:
+    """Fold weighted adapters into their base and write the result as a new base version `model/name`."""
+    base, adapters = resolve_stack(zoo, refs, model)
+    if not adapters:
+        raise AdapterhubError("name at least one adapter to fuse into the base")
+    zoo.check_kind(model, name, "base")
+    am, _ = stack(registry, zoo, [base.ref, *[f"{e.ref}={w!r}" for e, w in adapters]])
+    plain = am.unload(merge=True)
+    state = {k: v.detach().contiguous() for k, v in plain.state_dict().items()}
+    fingerprint = state_fingerprint(state)
+    fused = [{"ref": e.ref, "weight": w, "fingerprint": state_fingerprint(read_adapter_file(e.weights).tensors())}
+             for e, w in adapters]
+    plan = {"base": base.ref, "fused": fused, "fingerprint": fingerprint, "out": f"{model}/{name}",
+            "parameters": sum(t.numel() for t in state.values()),
+            "bytes": sum(t.numel() * t.element_size() for t in state.values())}
+    if dry_run:
+        return plan, None
+    card: dict[str, Any] = {
+        "kind": "base", "config": base.card.get("config", {}), "fingerprint": fingerprint,
+        "task": base.card.get("task"), "parents": [base.ref, *[f["ref"] for f in fused]],
+        "recipe": {"command": "merge --into-base", "base": base.ref, "fused": fused},
+        "fused": fused, "parameters": plan["parameters"],
+    }
+    if data is not None:
+        card["metrics"] = evaluate(registry, zoo, model, plain.eval(), data)
+    entry = zoo.add_version(model, name, lambda folder: save_file(
+        state, str(folder / "model.safetensors"), metadata={"fingerprint": fingerprint}), card)
+    return plan, entry
+
+
+def fused_model(registry: Registry, zoo: Zoo, refs: Sequence[str], model: str | None = None) -> dict[str, Any]:
+    """The plain state dict of a base with refs fused in (for the `merged` export format)."""
+    am, _ = stack(registry, zoo, refs, model)
+    return {k: v.detach().contiguous() for k, v in am.unload(merge=True).state_dict().items()}
