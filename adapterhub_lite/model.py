@@ -134,7 +134,8 @@ class AdaptedModel:
                 configs[module] = layer.configs[name]
                 kinds[module] = next(o.spec.name for o in self.registry.kinds.values() if type(layer) is o.spec.layer)
         return AdapterBundle(name=name, family=info.config.kind, configs=configs, state=self.adapter_state(name),
-                             kinds=kinds, config=info.config, base_model=self.base_id, metadata=dict(info.metadata))
+                             kinds=kinds, config=info.config, base_model=self.base_id,
+                             base_fingerprints=self.base_fingerprints(sorted(configs)), metadata=dict(info.metadata))
 
     def _drop(self, name: str, unwrapped: Mapping[str, AdapterLayer]) -> None:
         for layer in [*adapter_layers(self.model).values(), *unwrapped.values()]:

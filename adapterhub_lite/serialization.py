@@ -78,7 +78,8 @@ class AdapterFile:
         if self.unknown_config_fields(registry):
             unknown["config"] = {k: meta["config"][k] for k in self.unknown_config_fields(registry)}
         return AdapterBundle(name=name or self.name, family=meta["family"], configs=configs, state=self.tensors(),
-                             kinds=kinds, config=config, base_model=meta.get("base_model"), metadata=unknown)
+                             kinds=kinds, config=config, base_model=meta.get("base_model"),
+                             base_fingerprints=dict(meta.get("base_module_fingerprints") or {}), metadata=unknown)
 
 
 def build_metadata(am: AdaptedModel, name: str) -> dict[str, Any]:

@@ -56,19 +56,22 @@ class AdapterBundle:
     kinds: Mapping[str, str] = field(default_factory=dict)  # target module -> adapter kind name
     config: AdapterConfig | None = None  # the adapter's own config (targets as written); default: the first module's
     base_model: str | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)  # e.g. the zoo card, written where a format can
+    base_fingerprints: Mapping[str, str] = field(default_factory=dict)  # target module -> its base's fingerprint
+    metadata: Mapping[str, Any] = field(default_factory=dict)  # fields kept from a newer writer
 
 
 class ExportFn(Protocol):
-    """Write an AdapterBundle (adapter formats) or a plain state dict (model formats) to `dest`."""
+    """Write to `dest`. Adapter formats get the AdaptedModel holding adapter `name` (at weight 1) on its base;
+    model formats get the fused model's plain state dict and name=None."""
 
-    def __call__(self, source: Any, dest: Path, **options: Any) -> Path: ...
+    def __call__(self, source: Any, dest: Path, *, name: str | None = None, **options: Any) -> Path: ...
 
 
 class ImportFn(Protocol):
-    """Read `src` for this base model: an AdapterBundle (adapter formats) or a state dict (model formats)."""
+    """Read `src` for the base held by `model` (an AdaptedModel): adapter formats return an AdapterBundle,
+    model formats a plain state dict."""
 
-    def __call__(self, src: Path, model: nn.Module, **options: Any) -> Any: ...
+    def __call__(self, src: Path, model: Any, **options: Any) -> Any: ...
 
 
 def _check_name(name: str, what: str) -> None:

@@ -1,0 +1,102 @@
+"""Moving adapters out of and into the zoo through registered formats.
+
+Export takes any ref: one adapter at weight 1 is written as it is; several
+adapters, weights or a composition are first combined exactly (`cat`), and a
+model format gets the base with everything fused. Import builds the adapter
+on the zoo base, checks shapes (and base fingerprints when the file records
+them), and writes a new zoo version; nothing is written on any error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import AdapterhubError, IncompatibleAdapterError, ZooError
+from .fingerprint import state_fingerprint
+from .merge import add_adapter_version, fused_model, plan_merge
+from .model import AdaptedModel
+from .registry import Registry
+from .specs import AdapterBundle, Format
+from .workflow import DataOptions, load_base, resolve_stack
+from .zoo import Zoo
+
+
+def _format(registry: Registry, name: str, direction: str) -> Format:
+    fmt = registry.get_format(name)
+    if (fmt.export if direction == "export" else fmt.import_) is None:
+        raise AdapterhubError(f"format {name!r} cannot {direction}")
+    return fmt
+
+
+def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str], fmt_name: str, dest: Path,
+                model: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Write what refs name in a format; returns the path written and what it holds."""
+    fmt = _format(registry, fmt_name, "export")
+    base, adapters = resolve_stack(zoo, refs, model)
+    info: dict[str, Any] = {"base": base.ref, "format": fmt_name,
+                            "adapters": [{"ref": e.ref, "weight": w} for e, w in adapters]}
+    if fmt.holds == "model":
+        state = fused_model(registry, zoo, [base.ref, *[f"{e.ref}={w!r}" for e, w in adapters]])
+        info["fingerprint"] = state_fingerprint(state)
+        return fmt.export(state, dest, name=None), info
+    if not adapters:
+        raise AdapterhubError(f"name an adapter to export in {fmt_name!r} (a bare base exports with --format merged)")
+    if len(adapters) == 1 and adapters[0][1] == 1.0:
+        entry = adapters[0][0]
+        am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
+        name = am.load_adapter(entry.weights, name=entry.name)
+    else:  # combine exactly first, so every format sees one plain adapter
+        plan = plan_merge(registry, zoo, base.model, [e.ref + f"={w!r}" for e, w in adapters], "cat")
+        am, name = plan.adapter, "merged"
+        info["combined"] = "cat"
+    return fmt.export(am, dest, name=name), info
+
+
+def import_file(registry: Registry, zoo: Zoo, src: Path, fmt_name: str, model: str, name: str,
+                base_ref: str | None = None, force: bool = False, data: DataOptions | None = None) -> Any:
+    """Read `src` in a format and write it into the zoo: an adapter on a base, or (model formats) a new base."""
+    fmt = _format(registry, fmt_name, "import")
+    if not Path(src).exists():
+        raise AdapterhubError(f"nothing at {src}")
+    base = zoo.resolve(base_ref or model)
+    if not base.is_base or base.model != model:
+        raise AdapterhubError(f"--base must name a {model} base version, e.g. {model}/base@v1")
+    am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
+    recipe = {"command": "import", "format": fmt_name, "source": str(src)}
+    if fmt.holds == "model":
+        return _import_model(registry, zoo, fmt, Path(src), am, base.card.get("config", {}), model, name, recipe)
+    bundle: AdapterBundle = fmt.import_(Path(src), am)
+    if bundle.base_fingerprints and not force:
+        actual = am.base_fingerprints(sorted(bundle.base_fingerprints))
+        differs = sorted(m for m, fp in bundle.base_fingerprints.items() if actual[m] != fp)
+        if differs:
+            raise IncompatibleAdapterError(
+                f"{src} was trained on another base ({bundle.base_model}): module {differs[0]!r} differs from "
+                f"{base.ref}; import it onto that base with --base, or pass --force if you know they fit")
+    am.add_bundle(bundle, name)
+    return add_adapter_version(registry, zoo, base, name, am, name, recipe,
+                               {"imported_from": {"format": fmt_name, "path": str(src),
+                                                  "base_model": bundle.base_model}}, data)
+
+
+def _import_model(registry: Registry, zoo: Zoo, fmt: Format, src: Path, am: AdaptedModel, config: dict[str, Any],
+                  model: str, name: str, recipe: dict[str, Any]) -> Any:
+    from safetensors.torch import save_file
+
+    state = fmt.import_(src, am)
+    plain = registry.create_model(model, **config)
+    try:
+        plain.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ZooError(f"{src} does not fit model {model!r}: {' '.join(str(exc).split())[:300]}") from exc
+    state = {k: v.detach().contiguous() for k, v in plain.state_dict().items()}
+    fingerprint = state_fingerprint(state)
+    zoo.check_kind(model, name, "base")
+    card = {"kind": "base", "config": config, "fingerprint": fingerprint, "task": None, "parents": [],
+            "recipe": recipe, "parameters": sum(t.numel() for t in state.values())}
+    spec = registry.get_model(model)
+    card["task"] = spec.task.name if spec.task else None
+    return zoo.add_version(model, name, lambda folder: save_file(
+        state, str(folder / "model.safetensors"), metadata={"fingerprint": fingerprint}), card)

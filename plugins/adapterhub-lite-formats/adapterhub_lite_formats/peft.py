@@ -1,0 +1,116 @@
+"""PEFT's adapter folder: adapter_config.json + adapter_model.safetensors.
+
+Keys are `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`; the
+scale is `lora_alpha / r` (or `/ sqrt(r)` with `use_rslora`), with per-module
+`rank_pattern` / `alpha_pattern`. Only what PEFT and we compute identically
+is accepted: plain LoRA on Linear and Conv2d. DoRA, trained biases,
+modules_to_save, fan_in_fan_out and pickled `.bin` weights are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from adapterhub_lite import AdaptedModel, AdapterBundle, AdapterFileError, IncompatibleAdapterError, LoraConfig
+
+from .common import module_kinds, plain_lora, read_safetensors
+
+CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+PREFIX = "base_model.model."
+_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_-]+)?\.weight$")
+REFUSED = {  # config field -> (value that is fine, why anything else is refused)
+    "use_dora": (False, "DoRA adds a magnitude vector that LoRA here does not have"),
+    "bias": ("none", "it trains biases, which a LoRA adapter here does not hold"),
+    "modules_to_save": (None, "it carries fully trained modules, not LoRA factors"),
+    "fan_in_fan_out": (False, "fan_in_fan_out is for transformers' Conv1D layers"),
+    "layer_replication": (None, "layer replication changes the base model's structure"),
+    "target_parameters": (None, "it adapts raw parameters, not modules"),
+}
+
+
+def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **options: Any) -> Path:
+    modules = plain_lora(source, name, "peft")
+    ranks = {m: c.rank for m, (c, _) in modules.items()}
+    alphas = {m: c.alpha for m, (c, _) in modules.items()}
+    rslora = {c.rslora for c, _ in modules.values()}
+    dropouts = {c.dropout for c, _ in modules.values()}
+    if len(rslora) > 1:
+        raise IncompatibleAdapterError("PEFT has one use_rslora per adapter; this adapter mixes both: "
+                                       "merge it with --method cat first")
+    r, alpha = max(ranks.values()), alphas[max(ranks, key=ranks.get)]
+    longest_first = sorted(modules, key=len, reverse=True)  # PEFT takes the first pattern matching a name's end
+    config = {
+        "peft_type": "LORA", "task_type": None, "base_model_name_or_path": source.base_id,
+        "r": r, "lora_alpha": alpha, "use_rslora": rslora.pop(), "lora_dropout": max(dropouts),
+        "target_modules": "^(" + "|".join(re.escape(m) for m in sorted(modules)) + ")$",  # exact names only
+        "rank_pattern": {m: ranks[m] for m in longest_first if ranks[m] != r},
+        "alpha_pattern": {m: alphas[m] for m in longest_first if alphas[m] != alpha},
+        "bias": "none", "use_dora": False, "fan_in_fan_out": False, "modules_to_save": None,
+        "init_lora_weights": True, "inference_mode": True,
+    }
+    tensors = {}
+    for key, tensor in source.adapter_state(name).items():
+        module, _, factor = key.rpartition(".")
+        tensors[f"{PREFIX}{module}.{factor}.weight"] = tensor.detach().contiguous()
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    save_file(tensors, str(dest / WEIGHTS), metadata={"format": "pt"})
+    return dest
+
+
+def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """PEFT's lookup: the first pattern key that matches the end of the module name."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
+    folder = src if src.is_dir() else src.parent
+    if not (folder / CONFIG).is_file():
+        raise AdapterFileError(f"{folder} has no {CONFIG}: not a PEFT adapter folder")
+    if not (folder / WEIGHTS).is_file():
+        found = "adapter_model.bin (a pickle, which is never loaded here)" if (folder / "adapter_model.bin").exists() \
+            else "no weights"
+        raise AdapterFileError(f"{folder} has {found}; re-save it with safe_serialization=True to get {WEIGHTS}")
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterFileError(f"{folder / CONFIG} is not valid JSON ({exc})") from exc
+    if config.get("peft_type") != "LORA":
+        raise IncompatibleAdapterError(f"{folder} holds a {config.get('peft_type')!r} adapter; only LORA imports")
+    for field_name, (fine, why) in REFUSED.items():
+        value = config.get(field_name, fine)
+        if value not in (fine, [], {}) and not (fine is None and not value):
+            raise IncompatibleAdapterError(f"{folder}: {field_name}={value!r} is not supported: {why}")
+    tensors, _ = read_safetensors(folder / WEIGHTS)
+    state, configs = {}, {}
+    kinds = module_kinds(model.model)
+    for key, tensor in tensors.items():
+        match = _KEY.match(key)
+        if match is None:
+            raise IncompatibleAdapterError(f"{folder / WEIGHTS}: tensor {key!r} is not a LoRA factor "
+                                           "(a DoRA magnitude, a bias or a saved module?)")
+        module = match["module"]
+        if kinds.get(module) not in ("Linear", "Conv2d"):
+            raise IncompatibleAdapterError(
+                f"{folder}: {module!r} is a {kinds.get(module, 'missing module')} in this model; PEFT LoRA imports "
+                "onto Linear and Conv2d modules")
+        state[f"{module}.lora_{match['ab']}"] = tensor
+    for key, tensor in state.items():
+        if key.endswith(".lora_A"):
+            module = key[: -len(".lora_A")]
+            configs[module] = LoraConfig(
+                targets=[module], rank=int(tensor.shape[0]), rslora=bool(config.get("use_rslora", False)),
+                alpha=float(_pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))),
+                dropout=float(config.get("lora_dropout") or 0.0))
+    if not configs:
+        raise AdapterFileError(f"{folder / WEIGHTS} holds no LoRA factors")
+    return AdapterBundle(name=folder.name, family="lora", configs=configs, state=state,
+                         base_model=config.get("base_model_name_or_path"))
