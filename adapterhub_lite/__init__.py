@@ -21,6 +21,7 @@ from .errors import (
 from .fingerprint import state_fingerprint
 from .hookspecs import hookimpl, hookspec
 from .layer import AdapterLayer
+from .merge import add_adapter_version
 from .model import AdaptedModel
 from .plugins import PluginManager, load_plugins
 from .refs import AdapterRef, parse_ref
@@ -40,6 +41,8 @@ from .specs import (
     ModelSpec,
     Task,
 )
+from .workflow import DataOptions, load_base
+from .zoo import Zoo, ZooEntry
 
 __all__ = [
     "ATTENTION_PROJECTIONS",
@@ -53,6 +56,7 @@ __all__ = [
     "AdapterStateError",
     "AdapterhubError",
     "ConfigError",
+    "DataOptions",
     "EvalContext",
     "ExportFn",
     "Format",
@@ -72,12 +76,16 @@ __all__ = [
     "Task",
     "UnknownNameError",
     "UnsupportedModuleError",
+    "Zoo",
+    "ZooEntry",
     "ZooError",
     "__version__",
+    "add_adapter_version",
     "get_registry",
     "hookimpl",
     "hookspec",
     "load_adapter",
+    "load_base",
     "load_plugins",
     "parse_ref",
     "read_adapter_file",

@@ -55,7 +55,8 @@ def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str], fmt_name: str
 
 
 def import_file(registry: Registry, zoo: Zoo, src: Path, fmt_name: str, model: str, name: str,
-                base_ref: str | None = None, force: bool = False, data: DataOptions | None = None) -> Any:
+                base_ref: str | None = None, force: bool = False, data: DataOptions | None = None,
+                origin: dict[str, Any] | None = None) -> Any:
     """Read `src` in a format and write it into the zoo: an adapter on a base, or (model formats) a new base."""
     fmt = _format(registry, fmt_name, "import")
     if not Path(src).exists():
@@ -66,7 +67,8 @@ def import_file(registry: Registry, zoo: Zoo, src: Path, fmt_name: str, model: s
     am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
     recipe = {"command": "import", "format": fmt_name, "source": str(src)}
     if fmt.holds == "model":
-        return _import_model(registry, zoo, fmt, Path(src), am, base.card.get("config", {}), model, name, recipe)
+        return _import_model(registry, zoo, fmt, Path(src), am, base.card.get("config", {}), model, name,
+                             recipe, origin or {"format": fmt_name, "path": str(src)})
     bundle: AdapterBundle = fmt.import_(Path(src), am)
     if bundle.base_fingerprints and not force:
         actual = am.base_fingerprints(sorted(bundle.base_fingerprints))
@@ -77,12 +79,12 @@ def import_file(registry: Registry, zoo: Zoo, src: Path, fmt_name: str, model: s
                 f"{base.ref}; import it onto that base with --base, or pass --force if you know they fit")
     am.add_bundle(bundle, name)
     return add_adapter_version(registry, zoo, base, name, am, name, recipe,
-                               {"imported_from": {"format": fmt_name, "path": str(src),
-                                                  "base_model": bundle.base_model}}, data)
+                               {"imported_from": origin or {"format": fmt_name, "path": str(src),
+                                                            "base_model": bundle.base_model}}, data)
 
 
 def _import_model(registry: Registry, zoo: Zoo, fmt: Format, src: Path, am: AdaptedModel, config: dict[str, Any],
-                  model: str, name: str, recipe: dict[str, Any]) -> Any:
+                  model: str, name: str, recipe: dict[str, Any], origin: dict[str, Any]) -> Any:
     from safetensors.torch import save_file
 
     state = fmt.import_(src, am)
@@ -95,7 +97,7 @@ def _import_model(registry: Registry, zoo: Zoo, fmt: Format, src: Path, am: Adap
     fingerprint = state_fingerprint(state)
     zoo.check_kind(model, name, "base")
     card = {"kind": "base", "config": config, "fingerprint": fingerprint, "task": None, "parents": [],
-            "recipe": recipe, "parameters": sum(t.numel() for t in state.values())}
+            "recipe": recipe, "imported_from": origin, "parameters": sum(t.numel() for t in state.values())}
     spec = registry.get_model(model)
     card["task"] = spec.task.name if spec.task else None
     return zoo.add_version(model, name, lambda folder: save_file(

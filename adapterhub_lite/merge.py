@@ -123,7 +123,8 @@ def add_adapter_version(registry: Registry, zoo: Zoo, base: ZooEntry, name: str,
     }
     if data is not None:
         am.set_active([adapter])
-        card["metrics"] = {"all": evaluate(registry, zoo, base.model, am.model, data)}
+        scope = "all" if not data.classes else "selected_classes"
+        card["metrics"] = {scope: evaluate(registry, zoo, base.model, am.model, data)}
     return zoo.add_version(base.model, name, lambda folder: am.save_adapter(adapter, folder / "adapter.safetensors"),
                            card)
 

@@ -137,6 +137,59 @@ class AdaptedModel:
                              kinds=kinds, config=info.config, base_model=self.base_id,
                              base_fingerprints=self.base_fingerprints(sorted(configs)), metadata=dict(info.metadata))
 
+    def merge_adapters(self, weights: Mapping[str, float], out: str, *, method: str = "linear",
+                       rank: int | None = None, **options: Any) -> dict[str, Any]:
+        """Combine adapters into a new adapter `out` with a registered merge method; returns its report
+        (ranks, exact, energy_kept). The inputs stay as they are."""
+        from .specs import MergeInput
+
+        spec = self.registry.get_merge_method(method)
+        inputs = []
+        for name, weight in weights.items():
+            info = self._require(name)
+            if info.config.kind != spec.family:
+                raise IncompatibleAdapterError(f"adapter {name!r} is {info.config.kind!r}; method {method!r} "
+                                               f"combines {spec.family!r} adapters")
+            inputs.append(MergeInput(label=name, weight=float(weight), configs=self.target_configs(name),
+                                     state=self.adapter_state(name)))
+        result = spec.fn(inputs, rank=rank, **options)
+        self.add_bundle(AdapterBundle(name=out, family=spec.family, configs=result.configs, state=result.state),
+                        activate=False)
+        return result.report
+
+    def fused_state_dict(self) -> dict[str, Tensor]:
+        """The plain model's state dict with the active adapters folded in; the model is left as it was."""
+        was_merged = bool(self.merged)
+        if not was_merged:
+            self.merge()
+        try:
+            layers = sorted(self.layers(), key=len, reverse=True)
+            state = {}
+            for key, value in self.model.state_dict().items():
+                owner = next((n for n in layers if key.startswith(n + ".")), None)
+                if owner is not None:
+                    rest = key[len(owner) + 1:]
+                    if rest.startswith("adapters."):
+                        continue
+                    key = f"{owner}.{rest.removeprefix('base.')}"
+                state[key] = value.detach().contiguous()
+            return state
+        finally:
+            if not was_merged:
+                self.unmerge()
+
+    def export(self, name: str | None = None, *, format: str, dest: str | Path, **options: Any) -> Path:
+        """Write adapter `name` in a registered format, or (model formats, name None) the fused model."""
+        fmt = self.registry.get_format(format)
+        if fmt.export is None:
+            raise ConfigError(f"format {format!r} cannot export")
+        if fmt.holds == "model":
+            return fmt.export(self.fused_state_dict(), Path(dest), name=None, **options)
+        if name is None:
+            raise ConfigError(f"format {format!r} writes one adapter: name it")
+        self._require(name)
+        return fmt.export(self, Path(dest), name=name, **options)
+
     def _drop(self, name: str, unwrapped: Mapping[str, AdapterLayer]) -> None:
         for layer in [*adapter_layers(self.model).values(), *unwrapped.values()]:
             if name in layer.adapters:

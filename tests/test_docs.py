@@ -71,3 +71,17 @@ def test_readme_links_point_at_files() -> None:
     for link in re.findall(r"\]\(([^)#]+)\)", (ROOT / "README.md").read_text()):
         if not link.startswith("http"):
             assert (ROOT / link).exists(), link
+
+
+def test_the_readme_library_snippet_runs_as_written(tmp_path, monkeypatch) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## The library"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert namespace["report"]["exact"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["combo-peft", "combo.safetensors", "fused.safetensors"]
+    assert (tmp_path / "combo-peft" / "adapter_config.json").is_file()
+    plain = namespace["plain"]
+    assert type(plain[0]).__name__ == "Linear" and not any(p.requires_grad is None for p in plain.parameters())

@@ -267,3 +267,57 @@ def zoo_with_adapters(tmp_path) -> Path:
     seed_adapter(get_registry(), zoo, base, "a", LoraConfig(targets=["fc*", "conv*"], rank=2), seed=1)
     seed_adapter(get_registry(), zoo, base, "b", LoraConfig(targets=["fc1", "conv2"], rank=4, alpha=8), seed=2)
     return zoo.root
+
+
+def test_extract_recovers_a_low_rank_fine_tune_and_reports_what_it_cannot_hold(tiny_registry) -> None:
+    from adapterhub_lite_lora import extract_lora
+    from conftest import TinyNet
+
+    from adapterhub_lite import AdaptedModel
+
+    torch.manual_seed(0)
+    base, tuned = TinyNet().eval(), TinyNet().eval()
+    tuned.load_state_dict(base.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a rank-2 change on fc1 and conv, and a bias change no LoRA can hold
+        tuned.fc1.weight += torch.randn(16, 2, generator=gen) @ torch.randn(2, 8, generator=gen)
+        tuned.conv.weight += (torch.randn(8, 2, generator=gen) @ torch.randn(2, 27, generator=gen)).view(8, 3, 3, 3)
+        tuned.fc2.bias += 0.25
+    bundle, report = extract_lora(base, tuned, rank=2)
+    assert sorted(bundle.configs) == ["conv", "fc1"] and report["energy_kept"] == pytest.approx(1.0)
+    assert report["max_abs_change_not_held"] == pytest.approx(0.25)
+    _, lossy = extract_lora(base, tuned, rank=1)
+    assert 0 < lossy["energy_kept"] < 1
+    am = AdaptedModel(base, registry=tiny_registry)
+    am.add_bundle(bundle)
+    for name in ("fc1", "conv"):
+        layer = am.layers()[name]
+        torch.testing.assert_close(layer.base.weight + layer.delta_weight("extracted"),
+                                   tuned.get_submodule(name).weight, rtol=1e-5, atol=1e-5)
+
+
+def test_library_merge_export_and_fused_state(tiny_registry, tmp_path) -> None:
+    from conftest import TinyNet, randomize_adapters
+
+    from adapterhub_lite import AdaptedModel
+
+    torch.manual_seed(0)
+    am = AdaptedModel(TinyNet().eval(), registry=tiny_registry)
+    am.add_adapter("a", LoraConfig(targets=["fc*", "conv"], rank=2, alpha=4))
+    am.add_adapter("b", LoraConfig(targets=["fc1", "attn"], rank=3, rslora=True))
+    randomize_adapters(am.model)
+    am.set_active(["a", "b"], weights=[0.5, -1.0])
+    with torch.no_grad():
+        want = am(X)
+    before = {k: v.clone() for k, v in am.model.state_dict().items()}
+    report = am.merge_adapters({"a": 0.5, "b": -1.0}, out="ab", method="cat")
+    assert report["exact"] and am.active == {"a": 0.5, "b": -1.0}  # the new adapter starts disabled
+    fused = am.fused_state_dict()
+    assert all(torch.equal(v, before[k]) for k, v in am.model.state_dict().items() if k in before)  # untouched
+    am.set_active(["ab"])
+    with torch.no_grad():
+        torch.testing.assert_close(am(X), want, rtol=1e-4, atol=1e-3)
+    plain = TinyNet().eval()
+    plain.load_state_dict(fused, strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(X), want, rtol=1e-4, atol=1e-3)

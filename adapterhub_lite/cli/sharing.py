@@ -1,4 +1,4 @@
-"""Commands that move adapters in and out: `export`, `import`."""
+"""Commands that move adapters in and out: `export`, `import`, `push`, `pull`."""
 
 from __future__ import annotations
 
@@ -69,3 +69,53 @@ def import_command(path: Path, fmt: str, model: str, name: str, base_ref: str | 
         echo_json(entry.card)
     else:
         click.echo(f"wrote {summary_line(entry)}  [imported from {fmt}: {path}]")
+
+
+@cli.command("push")
+@click.argument("ref")
+@click.option("--repo", required=True, metavar="OWNER/NAME", help="Hub model repo (created if missing).")
+@click.option("--private", is_flag=True, help="Create the repo private.")
+@click.option("--dry-run", "stage_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Write what would be uploaded into DIR and stop (no network).")
+@zoo_option
+def push_command(ref: str, repo: str, private: bool, stage_dir: Path | None, zoo_dir: Path | None) -> None:
+    """Upload a zoo entry to the Hugging Face Hub: its safetensors, card.json and a generated README.md.
+
+    \b
+    The token comes from HF_TOKEN (or `huggingface-cli login`).
+    Example: adapters push richboynet/digit9 --repo me/richboynet-digit9
+    """
+    from ..hub import push, stage
+    from ..zoo import Zoo
+
+    zoo = Zoo(zoo_dir)
+    if stage_dir is not None:
+        files = stage(zoo, ref, stage_dir)
+        click.echo(f"would upload to {repo}: {', '.join(files)} (staged in {stage_dir}); nothing uploaded")
+        return
+    click.echo(f"pushed {zoo.resolve(ref).ref} to {repo}: {push(zoo, ref, repo, private=private)}")
+
+
+@cli.command("pull")
+@click.argument("repo", metavar="OWNER/NAME[@REV]")
+@click.option("--name", default=None, help="Zoo name (default: the name it was pushed under).")
+@click.option("--force", is_flag=True, help="Accept an adapter whose base fingerprint this zoo lacks.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new card as JSON.")
+@zoo_option
+def pull_command(repo: str, name: str | None, force: bool, as_json: bool, zoo_dir: Path | None) -> None:
+    """Download an entry pushed with `adapters push` and add it to the zoo as a new version.
+
+    \b
+    An adapter lands on the local base with the fingerprint it was trained on.
+    HF_HUB_OFFLINE=1 pulls from the local Hub cache only.
+    Example: adapters pull me/richboynet-digit9@main
+    """
+    from ..hub import pull
+    from ..registry import get_registry
+    from ..zoo import Zoo
+
+    entry = pull(get_registry(), Zoo(zoo_dir), repo, name=name, force=force)
+    if as_json:
+        echo_json(entry.card)
+    else:
+        click.echo(f"wrote {summary_line(entry)}  [pulled from {repo}]")

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import click
+
 from adapterhub_lite import AdapterKind, LoraConfig, MergeMethod, hookimpl
 
 from .attention import LoraMultiheadAttention
 from .conv2d import LoraConv2d
+from .extract import extract_command, extract_lora
 from .linear import LoraLinear
 from .lowrank import LoraFactors, LowRankLayer
 from .merges import merge_methods
 
-__all__ = ["LoraConv2d", "LoraFactors", "LoraLinear", "LoraMultiheadAttention", "LowRankLayer"]
+__all__ = ["LoraConv2d", "LoraFactors", "LoraLinear", "LoraMultiheadAttention", "LowRankLayer", "extract_lora"]
 
 
 @hookimpl
@@ -36,3 +39,8 @@ def register_adapter_types(register: Callable[[AdapterKind], None]) -> None:
 def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
     for method in merge_methods():
         register(method)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    cli.add_command(extract_command)
