@@ -14,6 +14,8 @@ bookkeeping); a plugin subclass owns the math (`create`, `delta`,
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +23,33 @@ from torch import Tensor, nn
 
 from .config import AdapterConfig
 from .errors import AdapterStateError, IncompatibleAdapterError, UnknownNameError
+
+
+@dataclass(frozen=True)
+class Route:
+    """Per-sample adapter choice for one batch: sample i runs `names[index[i]]` only (-1: the bare base)."""
+
+    names: tuple[str, ...]
+    index: Tensor  # (N,) long
+
+    @classmethod
+    def of(cls, per_sample: Sequence[str | None]) -> Route:
+        names = tuple(dict.fromkeys(n for n in per_sample if n))
+        index = torch.tensor([names.index(n) if n else -1 for n in per_sample], dtype=torch.long)
+        return cls(names, index)
+
+    def sample_mask(self, name: str, like: Tensor, batch_dim: int = 0) -> Tensor:
+        """1.0 for the samples that run `name`, shaped to broadcast over `like` along its batch axis."""
+        self.check_batch(like, batch_dim)
+        mask = (self.index == self.names.index(name)).to(device=like.device, dtype=like.dtype)
+        shape = [1] * like.dim()
+        shape[batch_dim] = -1
+        return mask.view(shape)
+
+    def check_batch(self, like: Tensor, batch_dim: int) -> None:
+        if like.dim() <= batch_dim or like.shape[batch_dim] != len(self.index):
+            raise AdapterStateError(f"the route names an adapter for {len(self.index)} samples, but this batch has "
+                                    f"{like.shape[batch_dim] if like.dim() > batch_dim else 'no batch axis'}")
 
 
 class AdapterLayer(nn.Module):
@@ -36,6 +65,7 @@ class AdapterLayer(nn.Module):
         self._disabled: set[str] = set()
         self._merged: dict[str, float] = {}  # name -> weight it was merged at
         self._originals: dict[str, Tensor] = {}  # base parameter path -> unmerged tensor
+        self.route: Route | None = None  # set only inside AdaptedModel.routing()
 
     # --- implemented by a plugin ------------------------------------------------------
     def create(self, name: str, config: AdapterConfig) -> nn.Module:
@@ -118,8 +148,26 @@ class AdapterLayer(nn.Module):
         """Adapters the forward must compute: enabled, not merged, non-zero weight."""
         return [(n, self._weights[n]) for n in self.active if n not in self._merged and self._weights[n] != 0.0]
 
+    def routed(self) -> list[tuple[str, float]]:
+        """Under a route: the routed adapters this layer holds, at their weights (the active set is ignored)."""
+        assert self.route is not None
+        return [(n, self._weights[n]) for n in self.route.names if n in self.adapters and self._weights[n] != 0.0]
+
+    def combine_routed(self, live: list[tuple[str, float]], x: Tensor, batch_dim: int = 0) -> Tensor:
+        """Each sample gets only its own adapter's delta; low-rank kinds fuse this."""
+        assert self.route is not None
+        total = None
+        for name, weight in live:
+            term = self.delta(name, x) * (self.route.sample_mask(name, x, batch_dim) * weight)
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         out = self.base(x, *args, **kwargs)
+        if self.route is not None:
+            routed = self.routed()
+            return out + self.combine_routed(routed, x) if routed else out
         live = self.live()
         if not live:
             return out

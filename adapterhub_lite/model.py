@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from .config import AdapterConfig
 from .errors import AdapterStateError, ConfigError, IncompatibleAdapterError, UnknownNameError
 from .fingerprint import combine_fingerprints, state_fingerprint
 from .inject import adapter_layers, find_targets, named_base_modules, unwrap, wrap
-from .layer import AdapterLayer
+from .layer import AdapterLayer, Route
 from .registry import Registry, get_registry
 from .specs import AdapterBundle
 
@@ -242,6 +243,27 @@ class AdaptedModel:
             for name in layer.active:
                 out.setdefault(name, layer.weight(name))
         return {n: out[n] for n in self.adapters if n in out}
+
+    @contextmanager
+    def routing(self, per_sample: Sequence[str | None]) -> Iterator[None]:
+        """Inside this block, sample i of a batch runs adapter `per_sample[i]` alone (None: the bare base),
+        at that adapter's weight, in one forward. The route is cleared on exit, even on an exception."""
+        for name in {n for n in per_sample if n}:
+            self._require(name)
+        if self.merged:
+            raise AdapterStateError(f"adapters {list(self.merged)} are merged into every sample: unmerge() first")
+        route = Route.of(per_sample)
+        layers = list(self.layers().values())
+        for layer in layers:
+            if layer.route is not None:
+                raise AdapterStateError("a route is already set: routing() blocks do not nest")
+        try:
+            for layer in layers:
+                layer.route = route
+            yield
+        finally:
+            for layer in layers:
+                layer.route = None
 
     # --- merge and unload -------------------------------------------------------------------------
     def merge(self, names: Sequence[str] | None = None) -> None:

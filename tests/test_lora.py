@@ -172,3 +172,22 @@ def test_attention_with_bias_kv_is_refused_clearly() -> None:
 def test_config_validation(bad: dict) -> None:
     with pytest.raises(ConfigError):
         LoraConfig(targets="*", **bad)
+
+
+def test_adapters_created_under_inference_mode_still_run_and_never_serve_a_stale_stack(registry) -> None:
+    """Inference tensors have no version counter, so the fused-stack cache cannot key on them."""
+    from adapterhub_lite import AdaptedModel, LoraConfig
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 8)
+    with torch.inference_mode():
+        am = AdaptedModel(nn.Sequential(nn.Linear(8, 4)), registry=registry)
+        am.add_adapter("a", LoraConfig(targets=["0"], rank=2))
+        am.add_adapter("b", LoraConfig(targets=["0"], rank=1))
+        layer = am.layers()["0"]
+        first = am(x)
+        layer.adapters["a"].lora_B.fill_(0.5)  # an in-place change the cache cannot see
+        second = am(x)
+    assert not torch.equal(first, second)
+    with torch.no_grad():
+        torch.testing.assert_close(second, layer.base(x) + layer.delta("a", x) + layer.delta("b", x))

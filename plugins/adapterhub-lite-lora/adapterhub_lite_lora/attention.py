@@ -71,14 +71,16 @@ class LoraMultiheadAttention(LowRankLayer):
         return out
 
     def _project(self, x: Tensor, slot: str, bias: Tensor | None, live: list[tuple[str, float]]) -> Tensor:
+        """x is (L, N, E): under a route the batch axis is 1."""
         y = F.linear(x, self._weight(slot), bias)
         mine = [(n, w) for n, w in live if slot in self.adapters[n]]
-        return y + self.low_rank(x, mine, slot) if mine else y
+        routed_dim = 1 if self.route is not None else None
+        return y + self.low_rank(x, mine, slot, routed_dim=routed_dim) if mine else y
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
                 need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
-        live = self.live()
+        live = self.routed() if self.route is not None else self.live()
         if not live:
             return self.base(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
                              attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)

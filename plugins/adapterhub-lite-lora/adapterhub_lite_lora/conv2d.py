@@ -17,6 +17,7 @@ from .lowrank import LoraFactors, LowRankLayer
 
 class LoraConv2d(LowRankLayer):
     targets = (nn.Conv2d,)
+    rank_axis = 1
 
     def __init__(self, base: nn.Conv2d) -> None:
         super().__init__(base)

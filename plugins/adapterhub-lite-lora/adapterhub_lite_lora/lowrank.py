@@ -52,6 +52,7 @@ class LowRankLayer(AdapterLayer):
     """Base for LoRA layers: subclasses give the shapes (`create`) and the two products."""
 
     groups = 1
+    rank_axis = -1  # where the rank lives in down(x, A): last for Linear, 1 (channels) for Conv2d
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__(base)
@@ -85,6 +86,9 @@ class LowRankLayer(AdapterLayer):
     def combine(self, live: list[tuple[str, float]], x: Tensor) -> Tensor:
         return self.low_rank(x, live)
 
+    def combine_routed(self, live: list[tuple[str, float]], x: Tensor, batch_dim: int = 0) -> Tensor:
+        return self.low_rank(x, live, routed_dim=batch_dim)
+
     def describe(self, name: str) -> dict[str, object]:
         config = self.configs[name]
         return {"rank": config.rank, "alpha": config.alpha}
@@ -92,22 +96,48 @@ class LowRankLayer(AdapterLayer):
     def invalidate(self) -> None:
         self._stacks.clear()
 
-    def low_rank(self, x: Tensor, live: list[tuple[str, float]], slot: str | None = None) -> Tensor:
-        """Sum of weight * delta over `live` (on one slot of a multi-weight layer), fused."""
+    def low_rank(self, x: Tensor, live: list[tuple[str, float]], slot: str | None = None,
+                 routed_dim: int | None = None) -> Tensor:
+        """Sum of weight * delta over `live` (on one slot of a multi-weight layer), fused. Under a route
+        (`routed_dim` = the batch axis), each sample keeps only its own adapter's rank columns."""
         pairs = [(self.factors(n, slot), w) for n, w in live]
         if self.training and any(not isinstance(f.dropout, nn.Identity) for f, _ in pairs):
             # each adapter drops its own input: the A products cannot share one x
-            total = self.factor_delta(pairs[0][0], x) * pairs[0][1]
-            for f, w in pairs[1:]:
-                total = total + self.factor_delta(f, x) * w
+            total = None
+            for (name, _), (f, w) in zip(live, pairs):
+                term = self.factor_delta(f, x) * w
+                if routed_dim is not None:
+                    term = term * self.route.sample_mask(name, term, routed_dim)
+                total = term if total is None else total + term
             return total
         a, b = self._stacked(pairs, slot)
-        return self.up(self.down(x, a), b)
+        h = self.down(x, a)
+        if routed_dim is not None:
+            h = h * self._rank_mask(live, pairs, h, routed_dim)
+        return self.up(h, b)
+
+    def _rank_mask(self, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]], h: Tensor,
+                   batch_dim: int) -> Tensor:
+        """(batch x stacked rank) 0/1 mask: sample i keeps the rank columns of its routed adapter only."""
+        route = self.route
+        route.check_batch(h, batch_dim)
+        owner = [route.names.index(name) for (name, _), (f, _) in zip(live, pairs)
+                 for _ in range(f.lora_B.shape[1])] * self.groups
+        owner_t = torch.tensor(owner, device=h.device)
+        mask = (route.index.to(h.device)[:, None] == owner_t[None, :]).to(h.dtype)  # (N, R)
+        shape = [1] * h.dim()
+        shape[batch_dim], shape[self.rank_axis] = mask.shape
+        if batch_dim > self.rank_axis % h.dim():
+            mask = mask.T
+        return mask.reshape(shape)
 
     def _stacked(self, pairs: list[tuple[LoraFactors, float]], slot: str | None) -> tuple[Tensor, Tensor]:
         params = [p for f, _ in pairs for p in (f.lora_A, f.lora_B)]
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return _stack(pairs, self.groups)  # autograd is recording: fresh every call, never stale
+        if any(p.is_inference() for p in params):  # made under inference_mode: no version counter to key on
+            with torch.no_grad():
+                return _stack(pairs, self.groups)
         key = (torch.is_inference_mode_enabled(), tuple(w for _, w in pairs),
                tuple((p.data_ptr(), p._version, p.dtype) for p in params))
         hit = self._stacks.get(slot)

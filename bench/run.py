@@ -1,0 +1,340 @@
+"""adapterhub_lite vs PEFT, side by side in one process: same models, inputs, dtype, threads, LoRA r=8 alpha=16.
+
+    python bench/run.py                 # everything, writes docs/benchmarks.md and bench/results.json
+    python bench/run.py --quick         # fewer repeats (a smoke run)
+    python bench/run.py --only forward  # one group: forward, train, merge, combine, io
+
+Latency is the median of repeated runs after warm-up; "overhead" is adapter
+latency minus base latency. Peak memory of a training step is measured in a
+fresh child process (VmHWM after resetting it through /proc/self/clear_refs).
+Needs peft (the bench extra: pip install -e ".[bench]").
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+RANK, ALPHA, THREADS = 8, 16, 2
+
+
+# --- models ------------------------------------------------------------------------------------------------------
+class WideMLP(nn.Module):
+    """Four 4096x4096 Linear layers: where merge and combination costs show."""
+
+    def __init__(self, width: int = 4096) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3, self.fc4 = (nn.Linear(width, width) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in (self.fc1, self.fc2, self.fc3):
+            x = torch.relu(layer(x))
+        return self.fc4(x)
+
+
+def make_case(name: str) -> dict[str, Any]:
+    """Model, input, the call that runs it, and the module names LoRA targets."""
+    from adapterhub_lite import get_registry
+
+    torch.manual_seed(0)
+    registry = get_registry()
+    if name == "richboynet":
+        model, args = registry.create_model("richboynet"), (torch.randn(64, 1, 28, 28),)
+        targets = ["linear1", "linear2", "linear3"]
+    elif name == "wide-mlp":
+        model, args = WideMLP(), (torch.randn(32, 4096),)
+        targets = ["fc1", "fc2", "fc3", "fc4"]
+    elif name == "mnist-cnn":
+        model, args = registry.create_model("mnist-cnn"), (torch.randn(64, 1, 28, 28),)
+        targets = ["conv1", "conv2", "conv3", "fc1", "fc2", "fc3", "fc4"]
+    elif name == "ddpm-unet":
+        model = registry.create_model("ddpm-unet")
+        args = (torch.randn(16, 1, 32, 32), torch.randint(0, 1000, (16,)))
+        targets = [n for n, m in model.named_modules()
+                   if isinstance(m, nn.MultiheadAttention) or (isinstance(m, nn.Conv2d) and n.endswith((".conv1", ".conv2")))]
+    else:
+        raise SystemExit(f"unknown model {name}")
+    return {"name": name, "model": model.eval(), "args": args, "targets": targets}
+
+
+def ours(model: nn.Module, targets: list[str], n: int, seed: int = 0):
+    from adapterhub_lite import AdaptedModel, LoraConfig
+
+    am = AdaptedModel(model)
+    config = LoraConfig(targets=["re:" + "|".join(t.replace(".", r"\.") for t in targets)], rank=RANK, alpha=ALPHA)
+    names = [f"a{i}" for i in range(n)]
+    for name in names:
+        am.add_adapter(name, config)
+    _randomize_b(am.model, seed)
+    am.set_active(names)
+    return am
+
+
+def theirs(model: nn.Module, targets: list[str], n: int, seed: int = 0):
+    import peft
+
+    config = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=targets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = peft.get_peft_model(model, config, adapter_name="a0")
+        for i in range(1, n):
+            pm.add_adapter(f"a{i}", config)
+        _randomize_b(pm, seed)
+        pm.base_model.set_adapter([f"a{i}" for i in range(n)])
+    return pm
+
+
+def _randomize_b(model: nn.Module, seed: int) -> None:
+    """B starts at zero; real adapters are not (and zeros would flatter nobody)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+
+
+# --- timing ---------------------------------------------------------------------------------------------------
+def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def forward_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    for name in models:
+        case = make_case(name)
+        base_model, args, targets = case["model"], case["args"], case["targets"]
+        with torch.inference_mode():
+            base = median_time(lambda: base_model(*args), repeats)
+        for n in (1, 4, 8):
+            am = ours(copy.deepcopy(base_model), targets, n)
+            pm = theirs(copy.deepcopy(base_model), targets, n)
+            with torch.inference_mode():
+                t_ours = median_time(lambda: am(*args), repeats)
+                t_peft = median_time(lambda: pm(*args), repeats)
+            row = {"group": "forward", "model": name, "adapters": n, "base_ms": base * 1e3,
+                   "ours_ms": t_ours * 1e3, "peft_ms": t_peft * 1e3,
+                   "ours_overhead": t_ours / base - 1, "peft_overhead": t_peft / base - 1}
+            row["overhead_ratio"] = (row["ours_overhead"] / row["peft_overhead"]
+                                     if row["peft_overhead"] > 0 else float("nan"))
+            if n == 1:
+                am.merge()
+                with torch.inference_mode():
+                    row["merged_vs_base"] = median_time(lambda: am(*args), repeats) / base
+                am.unmerge()
+            rows.append(row)
+            print(f"forward {name} x{n}: base {base*1e3:.2f} ms, ours {t_ours*1e3:.2f}, peft {t_peft*1e3:.2f}",
+                  file=sys.stderr, flush=True)
+    return rows
+
+
+# --- training step, in a fresh child for peak memory ---------------------------------------------------------------
+def train_child(model_name: str, variant: str, steps: int) -> dict[str, Any]:
+    torch.set_num_threads(THREADS)
+    case = make_case(model_name)
+    model, args, targets = case["model"], case["args"], case["targets"]
+    if variant == "ours":
+        am = ours(model, targets, 1)
+        params, net = am.trainable_parameters(), am
+    elif variant == "peft":
+        net = theirs(model, targets, 1)
+        params = [p for p in net.parameters() if p.requires_grad]
+    else:  # full fine-tuning
+        model.requires_grad_(True)
+        params, net = list(model.parameters()), model
+    net.train()
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+    def step() -> None:
+        out = net(*args)
+        loss = out.float().pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # optimizer state exists from here on
+    rss_before = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
+    seconds = median_time(step, steps, warmup=1)
+    return {"seconds": seconds, "peak_extra_mb": (_status("VmHWM") - rss_before) / 1024,
+            "peak_mb": _status("VmHWM") / 1024, "trainable": sum(p.numel() for p in params)}
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])  # kB
+    raise RuntimeError(field)
+
+
+def train_group(models: list[str], steps: int) -> list[dict[str, Any]]:
+    rows = []
+    for name in models:
+        row: dict[str, Any] = {"group": "train", "model": name}
+        for variant in ("ours", "peft", "full"):
+            result = subprocess.run([sys.executable, __file__, "--child-train", name, variant, str(steps)],
+                                    capture_output=True, text=True, check=True, env={**os.environ,
+                                                                                    "PYTHONWARNINGS": "ignore"})
+            data = json.loads(result.stdout.strip().splitlines()[-1])
+            row.update({f"{variant}_ms": data["seconds"] * 1e3, f"{variant}_peak_extra_mb": data["peak_extra_mb"],
+                        f"{variant}_trainable": data["trainable"]})
+        rows.append(row)
+        print(f"train {name}: ours {row['ours_ms']:.1f} ms, peft {row['peft_ms']:.1f}, full {row['full_ms']:.1f}",
+              file=sys.stderr, flush=True)
+    return rows
+
+
+# --- merge, combination, save/load on the wide MLP -----------------------------------------------------------------
+def merge_group(repeats: int) -> list[dict[str, Any]]:
+    case = make_case("wide-mlp")
+    base_model, targets = case["model"], case["targets"]
+    am = ours(copy.deepcopy(base_model), targets, 1)
+    pm = theirs(copy.deepcopy(base_model), targets, 1)
+    original = {k: v.clone() for k, v in base_model.state_dict().items()}
+
+    t_ours = median_time(lambda: (am.merge(), am.unmerge()), repeats)
+    t_peft = median_time(lambda: (pm.merge_adapter(), pm.unmerge_adapter()), repeats)
+    am.merge()
+    am.unmerge()
+    exact = all(torch.equal(am.model.get_submodule(n).base.weight, original[f"{n}.weight"]) for n in targets)
+    pm.merge_adapter()
+    pm.unmerge_adapter()
+    peft_exact = all(torch.equal(pm.base_model.model.get_submodule(n).base_layer.weight, original[f"{n}.weight"])
+                     for n in targets)
+    print(f"merge+unmerge wide: ours {t_ours*1e3:.1f} ms, peft {t_peft*1e3:.1f}", file=sys.stderr, flush=True)
+    return [{"group": "merge", "model": "wide-mlp", "ours_ms": t_ours * 1e3, "peft_ms": t_peft * 1e3,
+             "speedup": t_peft / t_ours, "ours_unmerge_bit_exact": exact, "peft_unmerge_bit_exact": peft_exact}]
+
+
+def combine_group() -> list[dict[str, Any]]:
+    case = make_case("wide-mlp")
+    base_model, targets = case["model"], case["targets"]
+    am = ours(copy.deepcopy(base_model), targets, 2)
+    pm = theirs(copy.deepcopy(base_model), targets, 2)
+    start = time.perf_counter()
+    am.merge_adapters({"a0": 1.0, "a1": 1.0}, out="c", method="svd", rank=RANK)
+    t_ours = time.perf_counter() - start
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm.add_weighted_adapter(["a0", "a1"], [1.0, 1.0], "c", combination_type="svd", svd_rank=RANK)
+    t_peft = time.perf_counter() - start
+    worst = 0.0
+    for name in targets:
+        ours_delta = am.layers()[name].delta_weight("c").double()
+        layer = pm.base_model.model.get_submodule(name)
+        peft_delta = layer.get_delta_weight("c").double()
+        worst = max(worst, float((ours_delta - peft_delta).norm() / peft_delta.norm()))
+    print(f"svd combine wide: ours {t_ours:.3f} s, peft {t_peft:.2f} s, rel diff {worst:.2e}", file=sys.stderr)
+    return [{"group": "combine", "model": "wide-mlp", "ours_s": t_ours, "peft_s": t_peft,
+             "speedup": t_peft / t_ours, "max_relative_delta_difference": worst}]
+
+
+def io_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    for name in models:
+        case = make_case(name)
+        base_model, targets = case["model"], case["targets"]
+        am = ours(copy.deepcopy(base_model), targets, 1)
+        pm = theirs(copy.deepcopy(base_model), targets, 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            ours_file, peft_dir = Path(tmp) / "a.safetensors", Path(tmp) / "peft"
+            t_save_ours = median_time(lambda: am.save_adapter("a0", ours_file), repeats, warmup=1)
+            t_save_peft = median_time(lambda: pm.save_pretrained(str(peft_dir)), repeats, warmup=1)
+            fresh = ours(copy.deepcopy(base_model), targets, 0)
+
+            def load_ours() -> None:
+                fresh.load_adapter(ours_file, name="x")
+                fresh.delete_adapter("x")
+
+            t_load_ours = median_time(load_ours, repeats, warmup=1)
+            counter = iter(range(10**6))
+
+            def load_peft() -> None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    pm.load_adapter(str(peft_dir), adapter_name=f"x{next(counter)}")
+
+            t_load_peft = median_time(load_peft, repeats, warmup=1)
+            peft_bytes = sum(p.stat().st_size for p in peft_dir.iterdir())
+            rows.append({"group": "io", "model": name, "ours_save_ms": t_save_ours * 1e3,
+                         "peft_save_ms": t_save_peft * 1e3, "ours_load_ms": t_load_ours * 1e3,
+                         "peft_load_ms": t_load_peft * 1e3, "ours_bytes": ours_file.stat().st_size,
+                         "peft_bytes": peft_bytes})
+    return rows
+
+
+# --- report -----------------------------------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    import peft
+
+    import adapterhub_lite
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": THREADS,
+            "torch": torch.__version__, "peft": peft.__version__, "adapterhub_lite": adapterhub_lite.__version__,
+            "python": platform.python_version()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="adapterhub_lite vs PEFT benchmarks")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats: a smoke run")
+    parser.add_argument("--only", choices=["forward", "train", "merge", "combine", "io"], action="append")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--child-train", nargs=3, metavar=("MODEL", "VARIANT", "STEPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_train:
+        model, variant, steps = args.child_train
+        print(json.dumps(train_child(model, variant, int(steps))))
+        return
+    torch.set_num_threads(THREADS)
+    torch.set_flush_denormal(True)
+    warnings.simplefilter("ignore")
+    models = ["richboynet", "wide-mlp", "mnist-cnn", "ddpm-unet"]
+    repeats = 5 if args.quick else 25
+    groups = args.only or ["forward", "train", "merge", "combine", "io"]
+    started = time.time()
+    rows: list[dict[str, Any]] = []
+    if "forward" in groups:
+        rows += forward_group(models, repeats)
+    if "train" in groups:
+        rows += train_group(models, 3 if args.quick else 10)
+    if "merge" in groups:
+        rows += merge_group(repeats)
+    if "combine" in groups:
+        rows += combine_group()
+    if "io" in groups:
+        rows += io_group(models, 3 if args.quick else 10)
+    result = {"machine": machine(), "command": "python bench/run.py" + (" --quick" if args.quick else ""),
+              "seconds": time.time() - started, "rows": rows}
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    from report import write_markdown
+
+    write_markdown(result, args.markdown)
+    print(f"wrote {args.json} and {args.markdown} in {result['seconds']:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Per-sample routing: every sample of one batch runs its own adapter, in one forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TinyNet, randomize_adapters
+from torch import nn
+
+from adapterhub_lite import AdaptedModel, AdapterStateError, LoraConfig
+
+X = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+ROUTE = ["a", None, "b", "c", "a", "b"]
+
+
+def adapted(registry, batch_first: bool = True) -> AdaptedModel:
+    torch.manual_seed(0)
+    am = AdaptedModel(TinyNet(batch_first=batch_first).eval(), registry=registry)
+    am.add_adapter("a", LoraConfig(targets=["conv", "depthwise", "fc*", "attn"], rank=2, alpha=4))
+    am.add_adapter("b", LoraConfig(targets=["conv", "fc1", "attn"], rank=3, rslora=True,
+                                   attention_projections="q,out"))
+    am.add_adapter("c", LoraConfig(targets=["fc2"], rank=1))  # on one layer only
+    randomize_adapters(am.model)
+    am.set_weight("b", -0.7)
+    return am
+
+
+def one_by_one(am: AdaptedModel, route) -> torch.Tensor:
+    outs = []
+    for i, name in enumerate(route):
+        am.set_active([name] if name else [], [am.layers()["conv"].weight(name)] if name in ("a", "b") else None)
+        if name == "b":
+            am.set_weight("b", -0.7)
+        outs.append(am(X[i:i + 1]))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_routed_batch_equals_each_sample_alone(registry, batch_first) -> None:
+    am = adapted(registry, batch_first)
+    with torch.no_grad():
+        with am.routing(ROUTE):
+            routed = am(X)
+        want = one_by_one(am, ROUTE)
+    torch.testing.assert_close(routed, want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), am.routing([None] * 6):
+        am.set_active([])
+        assert torch.equal(am(X), am.model(X))  # nobody routed: the bare base
+
+
+def test_routing_with_dropout_in_training_mode(registry) -> None:
+    torch.manual_seed(0)
+    am = AdaptedModel(nn.Sequential(nn.Linear(8, 4)), registry=registry)
+    am.add_adapter("a", LoraConfig(targets=["0"], rank=2, dropout=0.5))
+    am.add_adapter("b", LoraConfig(targets=["0"], rank=2))
+    randomize_adapters(am.model)
+    x = torch.randn(4, 8)
+    am.model.train()
+    with am.routing(["b", "b", None, "b"]):  # a is never routed: its dropout never runs
+        out = am(x)
+    am.model.eval()
+    am.set_active(["b"])
+    torch.testing.assert_close(out[[0, 1, 3]], am(x)[[0, 1, 3]])
+
+
+def test_an_exception_mid_forward_leaves_no_route_behind(registry) -> None:
+    am = adapted(registry)
+    with torch.no_grad():
+        am.set_active(["a"])
+        before = am(X)
+        with pytest.raises(AdapterStateError, match="names an adapter for 5 samples, but this batch has 6"):
+            with am.routing(ROUTE[:5]):
+                am(X)
+        assert all(layer.route is None for layer in am.layers().values())
+        assert torch.equal(am(X), before)  # later plain forwards are exactly as before
+
+        class Boom(RuntimeError):
+            pass
+
+        def explode(module, inputs, output):
+            raise Boom
+
+        handle = am.model.fc1.register_forward_hook(explode)
+        with pytest.raises(Boom), am.routing(ROUTE):
+            am(X)
+        handle.remove()
+        assert all(layer.route is None for layer in am.layers().values())
+        assert torch.equal(am(X), before)
+
+
+def test_routing_refuses_unknown_merged_and_nested(registry) -> None:
+    am = adapted(registry)
+    with pytest.raises(KeyError, match="unknown adapter 'z'"):
+        with am.routing(["a", "z"]):
+            pass
+    with am.routing(["a"] * 6):
+        with pytest.raises(AdapterStateError, match="do not nest"):
+            with am.routing(["b"] * 6):
+                pass
+    am.set_active(["a"])
+    am.merge()
+    with pytest.raises(AdapterStateError, match="merged into every sample"):
+        with am.routing(["a"] * 6):
+            pass
