@@ -54,18 +54,24 @@ class Route:
 
 class AdapterLayer(nn.Module):
     targets: ClassVar[tuple[type[nn.Module], ...]] = ()
+    # Inference (no autograd, eval mode) on a layer this small runs on a cached merged copy of its weights:
+    # one base-sized op instead of base + adapter ops. Bigger layers keep the low-rank path (their relative
+    # overhead is small, and a copy would not be).
+    inference_merge_limit: ClassVar[int] = 1 << 22  # parameter elements of the base module
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
         self.base = base
         base.requires_grad_(False)
-        self.adapters = nn.ModuleDict()
+        self.adapters = nn.ModuleDict().train(base.training)
         self.configs: dict[str, AdapterConfig] = {}
         self._weights: dict[str, float] = {}
         self._disabled: set[str] = set()
         self._merged: dict[str, float] = {}  # name -> weight it was merged at
         self._originals: dict[str, Tensor] = {}  # base parameter path -> unmerged tensor
         self.route: Route | None = None  # set only inside AdaptedModel.routing()
+        self._inference_weights: tuple[tuple, dict[str, Tensor]] | None = None  # (key, merged tensors)
+        self.train(base.training)  # a wrapper made on an eval-mode model stays in eval mode (no adapter dropout)
 
     # --- implemented by a plugin ------------------------------------------------------
     def create(self, name: str, config: AdapterConfig) -> nn.Module:
@@ -84,6 +90,27 @@ class AdapterLayer(nn.Module):
         """Changes per base parameter path; override when a layer changes several weights."""
         return {"weight": self.delta_weight(name)}
 
+    def merged_tensors(self, weighted: list[tuple[str, float]]) -> dict[str, Tensor]:
+        """Fresh base tensors with these adapters folded in at these weights (the current ones untouched)."""
+        fast = self.merged_weights(weighted)
+        if fast is not None:
+            return fast
+        totals: dict[str, Tensor] = {}  # the generic path: W + sum(weight * delta), accumulated in float32
+        for name, weight in weighted:
+            for path, delta in self.delta_weights(name).items():
+                scaled = delta.float() * weight
+                totals[path] = scaled if path not in totals else totals[path] + scaled
+        out = {}
+        for path, delta in totals.items():
+            param = self.base.get_parameter(path)
+            out[path] = (param.data.float() + delta).to(param.dtype)
+        return out
+
+    def merged_weights(self, weighted: list[tuple[str, float]]) -> dict[str, Tensor] | None:
+        """New base tensors with these adapters folded in, computed fast; None: use the generic path.
+        Must return fresh tensors (the current ones are kept for a bit-exact unmerge)."""
+        return None
+
     def combine(self, live: list[tuple[str, float]], x: Tensor) -> Tensor:
         """Sum of `weight * delta` over the live adapters; low-rank kinds fuse this."""
         total = None
@@ -99,12 +126,13 @@ class AdapterLayer(nn.Module):
 
     def invalidate(self) -> None:
         """Drop caches derived from the adapters (called after every composition change)."""
+        self._inference_weights = None
 
     # --- composition ----------------------------------------------------------------------
     def add(self, name: str, config: AdapterConfig) -> None:
         if name in self.adapters:
             raise AdapterStateError(f"layer already has an adapter named {name!r}: delete it first or pick another name")
-        self.adapters[name] = self.create(name, config)
+        self.adapters[name] = self.create(name, config).train(self.training)  # follows the model's mode
         self.configs[name] = config
         self._weights[name] = 1.0
         self.invalidate()
@@ -164,6 +192,11 @@ class AdapterLayer(nn.Module):
         return total
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if self.route is None:
+            live = self.live()
+            merged = self.inference_weights(live) if live else None
+            if merged is not None:
+                return self.forward_with(merged, x, *args, **kwargs)
         out = self.base(x, *args, **kwargs)
         if self.route is not None:
             routed = self.routed()
@@ -172,6 +205,30 @@ class AdapterLayer(nn.Module):
         if not live:
             return out
         return out + self.combine(live, x)
+
+    def forward_with(self, weights: dict[str, Tensor], *args: Any, **kwargs: Any) -> Any:
+        """The base module's forward with some of its parameters replaced (kinds override with a direct call)."""
+        return torch.func.functional_call(self.base, weights, args, kwargs, strict=False)
+
+    def inference_weights(self, live: list[tuple[str, float]]) -> dict[str, Tensor] | None:
+        """Merged base tensors for these live adapters, cached until anything they depend on changes;
+        None when the low-rank path must run (autograd recording, training mode, a big layer)."""
+        if torch.is_grad_enabled() or self.training:
+            return None
+        base_params = list(self.base.parameters())
+        if sum(p.numel() for p in base_params) > self.inference_merge_limit:
+            return None
+        tensors = base_params + [p for name, _ in live for p in self.adapters[name].parameters()]
+        if any(p.is_inference() for p in tensors):
+            return None  # no version counter: a cache could go stale
+        key = (torch.is_inference_mode_enabled(), tuple(live),
+               tuple((p.data_ptr(), p._version, p.dtype) for p in tensors))
+        if self._inference_weights is not None and self._inference_weights[0] == key:
+            return self._inference_weights[1]
+        with torch.no_grad():
+            merged = self.merged_tensors(live)
+        self._inference_weights = (key, merged)
+        return merged
 
     # --- merge ------------------------------------------------------------------------------
     @property
@@ -187,18 +244,12 @@ class AdapterLayer(nn.Module):
             self._require(name, unmerged=True)
             if name in self._disabled:
                 raise AdapterStateError(f"adapter {name!r} is disabled: enable it before merging it")
-        totals: dict[str, Tensor] = {}
-        for name in names:
-            weight = self._weights[name]
-            if weight == 0.0:
-                continue
-            for path, delta in self.delta_weights(name).items():
-                scaled = delta.float() * weight
-                totals[path] = scaled if path not in totals else totals[path] + scaled
-        for path, delta in totals.items():
+        weighted = [(n, self._weights[n]) for n in names if self._weights[n] != 0.0]
+        merged = self.merged_tensors(weighted) if weighted else {}
+        for path, tensor in merged.items():
             param = self.base.get_parameter(path)
             self._originals.setdefault(path, param.data)
-            param.data = (param.data.float() + delta).to(param.dtype)
+            param.data = tensor
         for name in names:
             self._merged[name] = self._weights[name]
         self.invalidate()

@@ -53,6 +53,15 @@ class AdaptedModel:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
 
+    def train(self, mode: bool = True) -> AdaptedModel:
+        """Like nn.Module.train: adapter dropout runs only in training mode."""
+        self.model.train(mode)
+        return self
+
+    def eval(self) -> AdaptedModel:
+        self.model.eval()
+        return self
+
     def __repr__(self) -> str:
         return f"AdaptedModel(base_id={self.base_id!r}, adapters={list(self.adapters)}, active={self.active})"
 

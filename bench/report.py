@@ -73,6 +73,21 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
                 f"({r['speedup']:.0f}x); largest relative difference of the resulting deltas "
                 f"{r['max_relative_delta_difference']:.1e}. Target >= 100x faster, same delta to 1e-3: "
                 f"{_verdict(r['speedup'] >= 100 and r['max_relative_delta_difference'] <= 1e-3)}.", ""]
+    routing = _rows(result, "routing")
+    if routing:
+        out += ["## Per-sample routing (8 adapters, batch 64, every sample names its adapter)", "",
+                "ours: `with am.routing(names): am(x)`; loop: 8 sub-batches, one adapter each; peft: "
+                "`model(x, adapter_names=names)`. Target: >= 2x faster than the loop and faster than peft.", "",
+                "| model | routed ms | loop ms | peft ms | vs loop | vs peft | target |", "|---|---|---|---|---|---|---|"]
+        for r in routing:
+            if r["peft_ms"] is None:
+                peft_ms, vs_peft, ok = f"fails: {r['peft_note']}", "-", r["vs_loop"] >= 2
+            else:
+                peft_ms, vs_peft = f"{r['peft_ms']:.1f}", f"{r['vs_peft']:.2f}x"
+                ok = r["vs_loop"] >= 2 and r["vs_peft"] > 1
+            out.append(f"| {r['model']} | {r['routed_ms']:.1f} | {r['loop_ms']:.1f} | {peft_ms} | "
+                       f"{r['vs_loop']:.2f}x | {vs_peft} | {_verdict(ok)} |")
+        out.append("")
     io = _rows(result, "io")
     if io:
         out += ["## Save and load one adapter", "", "| model | ours save ms | peft save ms | ours load ms | "

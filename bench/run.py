@@ -2,7 +2,7 @@
 
     python bench/run.py                 # everything, writes docs/benchmarks.md and bench/results.json
     python bench/run.py --quick         # fewer repeats (a smoke run)
-    python bench/run.py --only forward  # one group: forward, train, merge, combine, io
+    python bench/run.py --only forward  # one group: forward, train, merge, combine, routing, io
 
 Latency is the median of repeated runs after warm-up; "overhead" is adapter
 latency minus base latency. Peak memory of a training step is measured in a
@@ -97,7 +97,17 @@ def theirs(model: nn.Module, targets: list[str], n: int, seed: int = 0):
             pm.add_adapter(f"a{i}", config)
         _randomize_b(pm, seed)
         pm.base_model.set_adapter([f"a{i}" for i in range(n)])
-    return pm
+    return pm.eval()
+
+
+def sync(am, pm, targets: list[str], names: list[str]) -> None:
+    """Give PEFT's adapters exactly our factors, so results can be compared, not only timed."""
+    with torch.no_grad():
+        for module in targets:
+            ours_layer, peft_layer = am.layers()[module], pm.base_model.model.get_submodule(module)
+            for name in names:
+                peft_layer.lora_A[name].weight.copy_(ours_layer.adapters[name].lora_A)
+                peft_layer.lora_B[name].weight.copy_(ours_layer.adapters[name].lora_B)
 
 
 def _randomize_b(model: nn.Module, seed: int) -> None:
@@ -233,6 +243,7 @@ def combine_group() -> list[dict[str, Any]]:
     base_model, targets = case["model"], case["targets"]
     am = ours(copy.deepcopy(base_model), targets, 2)
     pm = theirs(copy.deepcopy(base_model), targets, 2)
+    sync(am, pm, targets, ["a0", "a1"])
     start = time.perf_counter()
     am.merge_adapters({"a0": 1.0, "a1": 1.0}, out="c", method="svd", rank=RANK)
     t_ours = time.perf_counter() - start
@@ -250,6 +261,44 @@ def combine_group() -> list[dict[str, Any]]:
     print(f"svd combine wide: ours {t_ours:.3f} s, peft {t_peft:.2f} s, rel diff {worst:.2e}", file=sys.stderr)
     return [{"group": "combine", "model": "wide-mlp", "ours_s": t_ours, "peft_s": t_peft,
              "speedup": t_peft / t_ours, "max_relative_delta_difference": worst}]
+
+
+def routing_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
+    """8 adapters, batch 64, every sample names its adapter: one routed forward vs 8 sub-batches vs peft."""
+    rows = []
+    for name in models:
+        case = make_case(name)
+        base_model, targets = case["model"], case["targets"]
+        args = tuple(a[:64] if a.shape[0] >= 64 else a.repeat(64 // a.shape[0], *[1] * (a.dim() - 1))
+                     for a in case["args"])
+        names = [f"a{i % 8}" for i in range(64)]
+        am = ours(copy.deepcopy(base_model), targets, 8)
+        pm = theirs(copy.deepcopy(base_model), targets, 8)
+
+        def routed() -> None:
+            with am.routing(names):
+                am(*args)
+
+        def loop() -> None:
+            for i in range(8):
+                am.set_active([f"a{i}"])
+                am(*(a[i::8] for a in args))
+
+        with torch.inference_mode():
+            t_routed = median_time(routed, repeats)
+            t_loop = median_time(loop, repeats)
+            try:
+                t_peft: float | None = median_time(lambda: pm(*args, adapter_names=names), repeats)
+                peft_note = ""
+            except (TypeError, ValueError) as exc:  # e.g. no mixed batches through nn.MultiheadAttention
+                t_peft, peft_note = None, " ".join(str(exc).split())
+        rows.append({"group": "routing", "model": name, "routed_ms": t_routed * 1e3, "loop_ms": t_loop * 1e3,
+                     "peft_ms": t_peft * 1e3 if t_peft else None, "peft_note": peft_note,
+                     "vs_loop": t_loop / t_routed, "vs_peft": t_peft / t_routed if t_peft else None})
+        print(f"routing {name}: routed {t_routed*1e3:.1f} ms, loop {t_loop*1e3:.1f}, "
+              f"peft {t_peft * 1e3 if t_peft else peft_note}",
+              file=sys.stderr, flush=True)
+    return rows
 
 
 def io_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
@@ -274,11 +323,11 @@ def io_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
 
             def load_peft() -> None:
                 with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    pm.load_adapter(str(peft_dir), adapter_name=f"x{next(counter)}")
+                    warnings.simplefilter("ignore")  # a non-default adapter is saved in a subfolder of its name
+                    pm.load_adapter(str(peft_dir / "a0"), adapter_name=f"x{next(counter)}")
 
             t_load_peft = median_time(load_peft, repeats, warmup=1)
-            peft_bytes = sum(p.stat().st_size for p in peft_dir.iterdir())
+            peft_bytes = sum(p.stat().st_size for p in (peft_dir / "a0").iterdir())
             rows.append({"group": "io", "model": name, "ours_save_ms": t_save_ours * 1e3,
                          "peft_save_ms": t_save_peft * 1e3, "ours_load_ms": t_load_ours * 1e3,
                          "peft_load_ms": t_load_peft * 1e3, "ours_bytes": ours_file.stat().st_size,
@@ -300,7 +349,7 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="adapterhub_lite vs PEFT benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer repeats: a smoke run")
-    parser.add_argument("--only", choices=["forward", "train", "merge", "combine", "io"], action="append")
+    parser.add_argument("--only", choices=["forward", "train", "merge", "combine", "routing", "io"], action="append")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--child-train", nargs=3, metavar=("MODEL", "VARIANT", "STEPS"), help=argparse.SUPPRESS)
@@ -314,7 +363,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     models = ["richboynet", "wide-mlp", "mnist-cnn", "ddpm-unet"]
     repeats = 5 if args.quick else 25
-    groups = args.only or ["forward", "train", "merge", "combine", "io"]
+    groups = args.only or ["forward", "train", "merge", "combine", "routing", "io"]
     started = time.time()
     rows: list[dict[str, Any]] = []
     if "forward" in groups:
@@ -325,6 +374,8 @@ def main() -> None:
         rows += merge_group(repeats)
     if "combine" in groups:
         rows += combine_group()
+    if "routing" in groups:
+        rows += routing_group(["richboynet", "mnist-cnn", "ddpm-unet"], repeats)
     if "io" in groups:
         rows += io_group(models, 3 if args.quick else 10)
     result = {"machine": machine(), "command": "python bench/run.py" + (" --quick" if args.quick else ""),

@@ -65,7 +65,8 @@ def test_our_peft_export_loads_in_peft_with_the_same_outputs(zoo, tmp_path, refs
     base = ours(zoo, ["mnist-cnn"])
     want = ours(zoo, refs)
     assert not torch.allclose(want, base)  # the adapter does something
-    torch.testing.assert_close(peft_outputs(zoo, folder), want, rtol=1e-5, atol=1e-4)
+    # ours runs small layers on merged weights at inference: float rounding, relative to the output's size
+    torch.testing.assert_close(peft_outputs(zoo, folder), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
 
 
 def test_an_adapter_trained_and_saved_by_peft_imports_with_the_same_outputs(zoo, tmp_path) -> None:
@@ -87,7 +88,7 @@ def test_an_adapter_trained_and_saved_by_peft_imports_with_the_same_outputs(zoo,
     entry = import_file(get_registry(), zoo, folder, "peft", "mnist-cnn", "from-peft")
     assert entry.card["imported_from"]["format"] == "peft"
     assert {m: c["rank"] for m, c in _module_configs(entry).items()} == {"conv2": 3, "fc1": 2, "fc2": 2}
-    torch.testing.assert_close(ours(zoo, [entry.ref]), want, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(ours(zoo, [entry.ref]), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
 
 
 def _module_configs(entry) -> dict[str, dict]:

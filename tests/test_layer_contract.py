@@ -30,6 +30,16 @@ TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 6e-2, torch.float16: 1e-2}
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.fixture(scope="module", autouse=True, params=[0, AdapterLayer.inference_merge_limit],
+                ids=["low-rank-path", "merged-weights-path"])
+def inference_path(request):
+    """Every rule holds on both inference paths: the low-rank stack, and small layers' cached merged weights."""
+    saved = AdapterLayer.inference_merge_limit
+    AdapterLayer.inference_merge_limit = request.param
+    yield request.param
+    AdapterLayer.inference_merge_limit = saved
+
+
 @dataclass
 class Case:
     """A base module and the fixed random inputs to run it (or its wrapper) on."""

@@ -38,6 +38,7 @@ def test_fused_stack_matches_naive_sum(n: int) -> None:
 
 def test_stack_runs_one_pair_of_products_for_many_adapters(monkeypatch: pytest.MonkeyPatch) -> None:
     layer = _linear_with(8)
+    layer.inference_merge_limit = 0  # the low-rank path, not the small-layer merged cache
     calls = []
     original = layer.down
     monkeypatch.setattr(layer, "down", lambda x, a: calls.append(a.shape) or original(x, a))
@@ -46,8 +47,10 @@ def test_stack_runs_one_pair_of_products_for_many_adapters(monkeypatch: pytest.M
     assert calls == [torch.Size([sum(range(1, 9)), 6])]  # one down-product with all ranks stacked
 
 
-def test_cache_follows_weights_parameters_and_active_set() -> None:
-    layer = _linear_with(2)
+@pytest.mark.parametrize("limit", [0, 1 << 22], ids=["low-rank-stack", "merged-weights"])
+def test_cache_follows_weights_parameters_and_active_set(limit: int) -> None:
+    layer = _linear_with(2).eval()
+    layer.inference_merge_limit = limit
     x = torch.randn(4, 6)
 
     def fresh() -> torch.Tensor:  # reference with no cache involved
@@ -61,6 +64,28 @@ def test_cache_follows_weights_parameters_and_active_set() -> None:
         torch.testing.assert_close(layer(x), fresh())
         layer.disable("a0")
         torch.testing.assert_close(layer(x), fresh())
+        layer.base.weight.add_(0.5)  # even the base changing in place
+        torch.testing.assert_close(layer(x), fresh())
+    merged = layer._inference_weights
+    assert (merged is None) == (limit == 0)
+
+
+def test_small_layers_run_inference_on_merged_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One base-sized product instead of base + adapters; training and big layers keep the low-rank path."""
+    layer = _linear_with(3).eval()
+    calls = []
+    original = layer.down
+    monkeypatch.setattr(layer, "down", lambda x, a: calls.append(a.shape) or original(x, a))
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        first = layer(x)
+        second = layer(x)
+    assert calls == [] and layer._inference_weights is not None
+    assert torch.equal(first, second)
+    layer.train()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), first)  # training mode (dropout possible): the low-rank path
+    assert len(calls) == 1
 
 
 def test_training_never_uses_a_stale_stack() -> None:

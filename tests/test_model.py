@@ -228,3 +228,15 @@ def test_separate_projection_attention(registry) -> None:
         unmerged = am(x)
         am.merge()
         torch.testing.assert_close(am(x), unmerged, rtol=1e-4, atol=1e-5)
+
+
+def test_wrapping_keeps_the_models_mode(registry) -> None:
+    """Adapters added to a model already in eval mode must not run their dropout."""
+    from adapterhub_lite import AdaptedModel, LoraConfig
+
+    model = nn.Sequential(nn.Linear(4, 4)).eval()
+    am = AdaptedModel(model, registry=registry)
+    am.add_adapter("a", LoraConfig(targets=["0"], rank=2, dropout=0.9))
+    assert not any(m.training for m in am.model.modules())
+    am.train()
+    assert all(m.training for m in am.model.modules())

@@ -17,11 +17,15 @@ from .options import data_options, parse_classes, zoo_option
 @click.option("--sample", type=int, default=0, help="Generate N samples (generative models).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Where --sample writes its PNG grid.")
 @click.option("--sample-steps", type=int, default=25, show_default=True, help="DDIM steps for --sample.")
+@click.option("--route", default=None, metavar="LIST",
+              help="With --sample: sample i runs only the i-th adapter of LIST (cycling), all in one batch; "
+                   "names as in REFS, 'base' for none. E.g. --route inverted,base")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds test noise and sampling.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @data_options
 @zoo_option
 def apply_command(refs: tuple[str, ...], do_eval: bool, sample: int, out: Path | None, sample_steps: int,
+                  route: str | None,
                   seed: int, as_json: bool, data_dir: Path | None, classes: str | None, style: str | None,
                   eval_samples: int, zoo_dir: Path | None) -> None:
     """Stack adapters on their base, each at its weight, then evaluate or sample.
@@ -31,6 +35,7 @@ def apply_command(refs: tuple[str, ...], do_eval: bool, sample: int, out: Path |
     Examples:
       adapters apply richboynet/digit9 --eval --json
       adapters apply ddpm-unet/inverted=0.5 --sample 64 --out grid.png
+      adapters apply ddpm-unet/inverted --sample 16 --route inverted,base --out mixed.png
     """
     from ..registry import get_registry
     from ..workflow import DataOptions, evaluate, stack
@@ -40,12 +45,23 @@ def apply_command(refs: tuple[str, ...], do_eval: bool, sample: int, out: Path |
         raise click.UsageError("say what to do: --eval and/or --sample N --out FILE")
     if sample and out is None:
         raise click.UsageError("--sample needs --out FILE.png")
+    if route is not None and not sample:
+        raise click.UsageError("--route applies to --sample (evaluation batches have no fixed size)")
     registry, zoo = get_registry(), Zoo(zoo_dir)
     am, base = stack(registry, zoo, list(refs))
     result: dict[str, Any] = {"base": base.ref, "adapters": am.active}
     if sample:
         task = registry.get_model(base.model).task
-        images = task.sample(am.model, sample, seed=seed, steps=sample_steps)
+        if route is not None:
+            names = [n.strip() for n in route.split(",") if n.strip()]
+            if not names:
+                raise click.BadParameter("name at least one adapter (or 'base')", param_hint="--route")
+            per_sample = [None if n == "base" else n for n in (names * sample)[:sample]]
+            with am.routing(per_sample):
+                images = task.sample(am.model, sample, seed=seed, steps=sample_steps)
+            result["route"] = [n or "base" for n in per_sample]
+        else:
+            images = task.sample(am.model, sample, seed=seed, steps=sample_steps)
         from torchvision.utils import save_image
 
         out.parent.mkdir(parents=True, exist_ok=True)

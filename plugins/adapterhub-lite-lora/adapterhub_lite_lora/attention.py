@@ -23,6 +23,7 @@ QKV = ("q", "k", "v")
 
 class LoraMultiheadAttention(LowRankLayer):
     targets = (nn.MultiheadAttention,)
+    fast_merge = False
 
     def __init__(self, base: nn.MultiheadAttention) -> None:
         if base.bias_k is not None or base.add_zero_attn:
@@ -81,6 +82,11 @@ class LoraMultiheadAttention(LowRankLayer):
                 need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
         live = self.routed() if self.route is not None else self.live()
+        merged = self.inference_weights(live) if live and self.route is None else None
+        if merged is not None:  # inference: torch's own attention on the merged projections
+            return self.forward_with(merged, query, key, value, key_padding_mask=key_padding_mask,
+                                     need_weights=need_weights, attn_mask=attn_mask,
+                                     average_attn_weights=average_attn_weights, is_causal=is_causal)
         if not live:
             return self.base(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
                              attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)

@@ -18,6 +18,7 @@ from .lowrank import LoraFactors, LowRankLayer
 class LoraConv2d(LowRankLayer):
     targets = (nn.Conv2d,)
     rank_axis = 1
+    route_by_gather = True
 
     def __init__(self, base: nn.Conv2d) -> None:
         super().__init__(base)
@@ -28,6 +29,9 @@ class LoraConv2d(LowRankLayer):
         # A: (g*r, in/g, kh, kw)  B: (out, r, 1, 1)
         a_shape = (self.groups * config.rank, in_per_group, kh, kw)
         return LoraFactors(a_shape, (out_channels, config.rank, 1, 1), config, like=self.base.weight)
+
+    def forward_with(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
+        return self.base._conv_forward(x, weights["weight"], self.base.bias)
 
     def down(self, x: Tensor, a: Tensor) -> Tensor:
         return self.base._conv_forward(x, a, None)  # exactly the base's geometry and padding mode

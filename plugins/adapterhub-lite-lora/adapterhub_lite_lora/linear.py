@@ -18,6 +18,9 @@ class LoraLinear(LowRankLayer):
         # A: (r, in)  B: (out, r)
         return LoraFactors((config.rank, in_features), (out_features, config.rank), config, like=self.base.weight)
 
+    def forward_with(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
+        return F.linear(x, weights["weight"], self.base.bias)
+
     def down(self, x: Tensor, a: Tensor) -> Tensor:
         return F.linear(x, a)
 

@@ -53,6 +53,8 @@ class LowRankLayer(AdapterLayer):
 
     groups = 1
     rank_axis = -1  # where the rank lives in down(x, A): last for Linear, 1 (channels) for Conv2d
+    route_by_gather = False  # routed batches: mask the fused stack (cheap downs) or gather per adapter (convs)
+    fast_merge = True  # one weight, W + B A: merge with addmm (attention, with several weights, opts out)
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__(base)
@@ -89,11 +91,23 @@ class LowRankLayer(AdapterLayer):
     def combine_routed(self, live: list[tuple[str, float]], x: Tensor, batch_dim: int = 0) -> Tensor:
         return self.low_rank(x, live, routed_dim=batch_dim)
 
+    def merged_weights(self, weighted: list[tuple[str, float]]) -> dict[str, Tensor] | None:
+        """W + B' A in one addmm (B' = B x weight x scale, stacked): one new tensor, no full-size temporaries."""
+        weight = getattr(self.base, "weight", None)
+        if not self.fast_merge or self.groups != 1 or weight is None or weight.dtype != torch.float32:
+            return None
+        with torch.no_grad():
+            a, b = _stack([(self.factors(n), w) for n, w in weighted], 1)
+            flat = weight.data.reshape(weight.shape[0], -1)
+            merged = torch.addmm(flat, b.reshape(b.shape[0], -1), a.reshape(a.shape[0], -1))
+        return {"weight": merged.view(weight.shape)}
+
     def describe(self, name: str) -> dict[str, object]:
         config = self.configs[name]
         return {"rank": config.rank, "alpha": config.alpha}
 
     def invalidate(self) -> None:
+        super().invalidate()
         self._stacks.clear()
 
     def low_rank(self, x: Tensor, live: list[tuple[str, float]], slot: str | None = None,
@@ -110,11 +124,35 @@ class LowRankLayer(AdapterLayer):
                     term = term * self.route.sample_mask(name, term, routed_dim)
                 total = term if total is None else total + term
             return total
+        if routed_dim is not None and self.route_by_gather:
+            return self._routed_gather(x, live, pairs, routed_dim)
         a, b = self._stacked(pairs, slot)
         h = self.down(x, a)
         if routed_dim is not None:
             h = h * self._rank_mask(live, pairs, h, routed_dim)
         return self.up(h, b)
+
+    def _routed_gather(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
+                       batch_dim: int) -> Tensor:
+        """Each adapter on its own samples only, scattered back: for convs, where a down-projection over
+        every sample at the summed rank would cost more than the base layer itself."""
+        route = self.route
+        route.check_batch(x, batch_dim)
+        index = route.index.to(x.device)
+        total = None
+        for (name, _), (f, w) in zip(live, pairs):
+            rows = (index == route.names.index(name)).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            part = self.factor_delta(f, x.index_select(batch_dim, rows)) * w
+            if total is None:
+                shape = list(part.shape)
+                shape[batch_dim] = x.shape[batch_dim]
+                total = part.new_zeros(shape)
+            total.index_add_(batch_dim, rows, part)
+        if total is None:  # no sample routed to an adapter of this layer
+            return self.factor_delta(pairs[0][0], x) * 0.0
+        return total
 
     def _rank_mask(self, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]], h: Tensor,
                    batch_dim: int) -> Tensor:
