@@ -58,6 +58,10 @@ class AdapterLayer(nn.Module):
     # one base-sized op instead of base + adapter ops. Bigger layers keep the low-rank path (their relative
     # overhead is small, and a copy would not be).
     inference_merge_limit: ClassVar[int] = 1 << 22  # parameter elements of the base module
+    # Opt-in: unmerge keeps the merged tensor and the next merge writes into it (no allocation, ~2x faster
+    # merges of big layers). Only safe when nothing outside keeps a merged weight (e.g. a state_dict taken
+    # while merged), since the next merge overwrites that memory.
+    keep_merge_buffers: ClassVar[bool] = False
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
@@ -69,6 +73,7 @@ class AdapterLayer(nn.Module):
         self._disabled: set[str] = set()
         self._merged: dict[str, float] = {}  # name -> weight it was merged at
         self._originals: dict[str, Tensor] = {}  # base parameter path -> unmerged tensor
+        self._spares: dict[str, Tensor] = {}  # base parameter path -> buffer a merge may write into
         self.route: Route | None = None  # set only inside AdaptedModel.routing()
         self._inference_weights: tuple[tuple, dict[str, Tensor]] | None = None  # (key, merged tensors)
         self.train(base.training)  # a wrapper made on an eval-mode model stays in eval mode (no adapter dropout)
@@ -90,9 +95,11 @@ class AdapterLayer(nn.Module):
         """Changes per base parameter path; override when a layer changes several weights."""
         return {"weight": self.delta_weight(name)}
 
-    def merged_tensors(self, weighted: list[tuple[str, float]]) -> dict[str, Tensor]:
-        """Fresh base tensors with these adapters folded in at these weights (the current ones untouched)."""
-        fast = self.merged_weights(weighted)
+    def merged_tensors(self, weighted: list[tuple[str, float]],
+                       buffers: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Base tensors with these adapters folded in at these weights, written into `buffers` where the fast
+        path can (never into the current tensors, which stay untouched)."""
+        fast = self.merged_weights(weighted, buffers or {})
         if fast is not None:
             return fast
         totals: dict[str, Tensor] = {}  # the generic path: W + sum(weight * delta), accumulated in float32
@@ -106,9 +113,10 @@ class AdapterLayer(nn.Module):
             out[path] = (param.data.float() + delta).to(param.dtype)
         return out
 
-    def merged_weights(self, weighted: list[tuple[str, float]]) -> dict[str, Tensor] | None:
-        """New base tensors with these adapters folded in, computed fast; None: use the generic path.
-        Must return fresh tensors (the current ones are kept for a bit-exact unmerge)."""
+    def merged_weights(self, weighted: list[tuple[str, float]], buffers: dict[str, Tensor]
+                       ) -> dict[str, Tensor] | None:
+        """Base tensors with these adapters folded in, computed fast (into `buffers[path]` when it fits);
+        None: use the generic path. Never writes the current tensors (kept for a bit-exact unmerge)."""
         return None
 
     def combine(self, live: list[tuple[str, float]], x: Tensor) -> Tensor:
@@ -245,7 +253,9 @@ class AdapterLayer(nn.Module):
             if name in self._disabled:
                 raise AdapterStateError(f"adapter {name!r} is disabled: enable it before merging it")
         weighted = [(n, self._weights[n]) for n in names if self._weights[n] != 0.0]
-        merged = self.merged_tensors(weighted) if weighted else {}
+        merged = self.merged_tensors(weighted, self._spares) if weighted else {}
+        for path in merged:
+            self._spares.pop(path, None)
         for path, tensor in merged.items():
             param = self.base.get_parameter(path)
             self._originals.setdefault(path, param.data)
@@ -256,9 +266,13 @@ class AdapterLayer(nn.Module):
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Put the original base tensors back: bit-exact."""
+        """Put the original base tensors back: bit-exact. The merged tensor is kept as the buffer the next
+        merge writes into (no fresh allocation); `release_buffers()` frees it."""
         for path, original in self._originals.items():
-            self.base.get_parameter(path).data = original
+            param = self.base.get_parameter(path)
+            if self.keep_merge_buffers:
+                self._spares[path] = param.data
+            param.data = original
         self._originals.clear()
         self._merged.clear()
         self.invalidate()
@@ -266,6 +280,11 @@ class AdapterLayer(nn.Module):
     def bake(self) -> None:
         """Make merged changes permanent: forget the originals (frees their memory)."""
         self._originals.clear()
+        self._spares.clear()
+
+    def release_buffers(self) -> None:
+        """Free the buffers kept from the last merge (one weight-sized tensor per merged weight)."""
+        self._spares.clear()
 
     def base_state(self) -> dict[str, Tensor]:
         """The base module's parameters as they are unmerged (for fingerprints)."""

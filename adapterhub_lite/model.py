@@ -187,6 +187,7 @@ class AdaptedModel:
         finally:
             if not was_merged:
                 self.unmerge()
+                self.release_buffers()  # the returned tensors must never be reused as merge buffers
 
     def export(self, name: str | None = None, *, format: str, dest: str | Path, **options: Any) -> Path:
         """Write adapter `name` in a registered format, or (model formats, name None) the fused model."""
@@ -288,6 +289,11 @@ class AdaptedModel:
     def unmerge(self) -> None:
         for layer in self.layers().values():
             layer.unmerge()
+
+    def release_buffers(self) -> None:
+        """Free the weight-sized buffers unmerge keeps so the next merge allocates nothing."""
+        for layer in self.layers().values():
+            layer.release_buffers()
 
     @property
     def merged(self) -> tuple[str, ...]:

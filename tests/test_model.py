@@ -240,3 +240,33 @@ def test_wrapping_keeps_the_models_mode(registry) -> None:
     assert not any(m.training for m in am.model.modules())
     am.train()
     assert all(m.training for m in am.model.modules())
+
+
+def test_kept_merge_buffers_are_reused_and_unmerge_stays_bit_exact(registry, monkeypatch) -> None:
+    from adapterhub_lite import AdaptedModel, AdapterLayer, LoraConfig
+    from conftest import randomize_adapters
+
+    monkeypatch.setattr(AdapterLayer, "keep_merge_buffers", True)
+    torch.manual_seed(0)
+    am = AdaptedModel(nn.Sequential(nn.Linear(16, 16)), registry=registry)
+    am.add_adapter("a", LoraConfig(targets=["0"], rank=2))
+    randomize_adapters(am.model)
+    layer = am.layers()["0"]
+    original = layer.base.weight.data.clone()
+    am.merge()
+    first = layer.base.weight.data
+    first_values = first.clone()
+    am.unmerge()
+    assert torch.equal(layer.base.weight.data, original)  # bit-exact
+    assert layer.base.weight.data_ptr() != first.data_ptr()
+    am.merge()
+    assert layer.base.weight.data.data_ptr() == first.data_ptr()  # written into the kept buffer
+    assert torch.equal(layer.base.weight.data, first_values)
+    am.unmerge()
+    fused = am.fused_state_dict()["0.weight"]  # must not be overwritten by a later merge
+    kept = fused.clone()
+    am.merge()
+    am.unmerge()
+    assert torch.equal(fused, kept)
+    am.release_buffers()
+    assert not layer._spares

@@ -91,16 +91,23 @@ class LowRankLayer(AdapterLayer):
     def combine_routed(self, live: list[tuple[str, float]], x: Tensor, batch_dim: int = 0) -> Tensor:
         return self.low_rank(x, live, routed_dim=batch_dim)
 
-    def merged_weights(self, weighted: list[tuple[str, float]]) -> dict[str, Tensor] | None:
-        """W + B' A in one addmm (B' = B x weight x scale, stacked): one new tensor, no full-size temporaries."""
+    def merged_weights(self, weighted: list[tuple[str, float]], buffers: dict[str, Tensor]
+                       ) -> dict[str, Tensor] | None:
+        """W + B' A in one addmm (B' = B x weight x scale, stacked), into the kept buffer when there is one:
+        no full-size temporaries, and no fresh allocation on a re-merge."""
         weight = getattr(self.base, "weight", None)
         if not self.fast_merge or self.groups != 1 or weight is None or weight.dtype != torch.float32:
             return None
+        buffer = buffers.get("weight")
+        usable = (buffer is not None and buffer.shape == weight.shape and buffer.dtype == weight.dtype
+                  and buffer.device == weight.device and buffer.is_contiguous()
+                  and buffer.data_ptr() != weight.data.data_ptr())
         with torch.no_grad():
             a, b = _stack([(self.factors(n), w) for n, w in weighted], 1)
             flat = weight.data.reshape(weight.shape[0], -1)
-            merged = torch.addmm(flat, b.reshape(b.shape[0], -1), a.reshape(a.shape[0], -1))
-        return {"weight": merged.view(weight.shape)}
+            out = buffer.view(flat.shape) if usable else torch.empty_like(flat)
+            torch.addmm(flat, b.reshape(b.shape[0], -1), a.reshape(a.shape[0], -1), out=out)
+        return {"weight": out.view(weight.shape)}
 
     def describe(self, name: str) -> dict[str, object]:
         config = self.configs[name]
