@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 
 from .config import ATTENTION_PROJECTIONS, AdapterConfig, LoraConfig
 from .errors import (
+    AdapterFileError,
     AdapterhubError,
     AdapterStateError,
     ConfigError,
@@ -26,7 +27,7 @@ from .model import AdaptedModel
 from .plugins import PluginManager, load_plugins
 from .refs import AdapterRef, parse_ref
 from .registry import Registry, get_registry
-from .serialization import AdapterFileError, load_adapter, read_adapter_file, save_adapter
+from .serialization import load_adapter, read_adapter_file, save_adapter
 from .specs import (
     AdapterBundle,
     AdapterKind,

@@ -64,6 +64,10 @@ class AdapterStateError(AdapterhubError):
     """An operation that the adapter's current state forbids (e.g. changing a merged adapter)."""
 
 
+class AdapterFileError(AdapterhubError):
+    """A file that is not a readable adapter or checkpoint in the expected layout."""
+
+
 class ZooError(AdapterhubError):
     """A corrupt, half-written or conflicting zoo entry."""
 

@@ -62,6 +62,8 @@ class AdapterLayer(nn.Module):
     # merges of big layers). Only safe when nothing outside keeps a merged weight (e.g. a state_dict taken
     # while merged), since the next merge overwrites that memory.
     keep_merge_buffers: ClassVar[bool] = False
+    # Under a route, small layers run each sample group on its adapter's merged weights (batch axis 0 only).
+    routed_by_merged_weights: ClassVar[bool] = True
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
@@ -75,7 +77,7 @@ class AdapterLayer(nn.Module):
         self._originals: dict[str, Tensor] = {}  # base parameter path -> unmerged tensor
         self._spares: dict[str, Tensor] = {}  # base parameter path -> buffer a merge may write into
         self.route: Route | None = None  # set only inside AdaptedModel.routing()
-        self._inference_weights: tuple[tuple, dict[str, Tensor]] | None = None  # (key, merged tensors)
+        self._inference_cache: dict[str, tuple[tuple, dict[str, Tensor]]] = {}  # slot -> (key, merged tensors)
         self.train(base.training)  # a wrapper made on an eval-mode model stays in eval mode (no adapter dropout)
 
     # --- implemented by a plugin ------------------------------------------------------
@@ -134,7 +136,7 @@ class AdapterLayer(nn.Module):
 
     def invalidate(self) -> None:
         """Drop caches derived from the adapters (called after every composition change)."""
-        self._inference_weights = None
+        self._inference_cache.clear()
 
     # --- composition ----------------------------------------------------------------------
     def add(self, name: str, config: AdapterConfig) -> None:
@@ -205,6 +207,10 @@ class AdapterLayer(nn.Module):
             merged = self.inference_weights(live) if live else None
             if merged is not None:
                 return self.forward_with(merged, x, *args, **kwargs)
+        if self.route is not None and self.routed_by_merged_weights:
+            routed = self.routed()
+            if routed and self._small_for_inference():
+                return self._forward_routed_merged(routed, x, *args, **kwargs)
         out = self.base(x, *args, **kwargs)
         if self.route is not None:
             routed = self.routed()
@@ -218,25 +224,55 @@ class AdapterLayer(nn.Module):
         """The base module's forward with some of its parameters replaced (kinds override with a direct call)."""
         return torch.func.functional_call(self.base, weights, args, kwargs, strict=False)
 
-    def inference_weights(self, live: list[tuple[str, float]]) -> dict[str, Tensor] | None:
-        """Merged base tensors for these live adapters, cached until anything they depend on changes;
-        None when the low-rank path must run (autograd recording, training mode, a big layer)."""
+    def _small_for_inference(self) -> bool:
         if torch.is_grad_enabled() or self.training:
+            return False
+        return sum(p.numel() for p in self.base.parameters()) <= self.inference_merge_limit
+
+    def inference_weights(self, live: list[tuple[str, float]], slot: str = "") -> dict[str, Tensor] | None:
+        """Merged base tensors for these live adapters, cached (one entry per `slot`) until anything they
+        depend on changes; None when the low-rank path must run (autograd, training mode, a big layer)."""
+        if not self._small_for_inference():
             return None
-        base_params = list(self.base.parameters())
-        if sum(p.numel() for p in base_params) > self.inference_merge_limit:
-            return None
-        tensors = base_params + [p for name, _ in live for p in self.adapters[name].parameters()]
+        tensors = list(self.base.parameters()) + [p for name, _ in live for p in self.adapters[name].parameters()]
         if any(p.is_inference() for p in tensors):
             return None  # no version counter: a cache could go stale
         key = (torch.is_inference_mode_enabled(), tuple(live),
                tuple((p.data_ptr(), p._version, p.dtype) for p in tensors))
-        if self._inference_weights is not None and self._inference_weights[0] == key:
-            return self._inference_weights[1]
+        hit = self._inference_cache.get(slot)
+        if hit is not None and hit[0] == key:
+            return hit[1]
         with torch.no_grad():
             merged = self.merged_tensors(live)
-        self._inference_weights = (key, merged)
+        self._inference_cache[slot] = (key, merged)
         return merged
+
+    def _forward_routed_merged(self, routed: list[tuple[str, float]], x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """Inference under a route on a small layer: each sample group runs the base op once, on its own
+        adapter's merged weights (batch axis 0); samples with no adapter here run the bare base."""
+        assert self.route is not None
+        self.route.check_batch(x, 0)
+        index = self.route.index.to(x.device)
+        groups = [((index == self.route.names.index(n)).nonzero().squeeze(1), n, w) for n, w in routed]
+        covered = torch.zeros(len(index), dtype=torch.bool, device=x.device)
+        out = None
+        for rows, name, weight in groups:
+            merged = self.inference_weights([(name, weight)], slot=f"route:{name}")
+            if merged is None or rows.numel() == 0:
+                continue
+            part = self.forward_with(merged, x.index_select(0, rows), *args, **kwargs)
+            if out is None:
+                out = part.new_empty((len(index), *part.shape[1:]))
+            out.index_copy_(0, rows, part)
+            covered[rows] = True
+        rest = (~covered).nonzero().squeeze(1)
+        if rest.numel():
+            part = self.base(x.index_select(0, rest), *args, **kwargs)
+            if out is None:
+                out = part.new_empty((len(index), *part.shape[1:]))
+            out.index_copy_(0, rest, part)
+        assert out is not None
+        return out
 
     # --- merge ------------------------------------------------------------------------------
     @property

@@ -48,6 +48,7 @@ class AdaptedModel:
         self.registry = registry or get_registry()
         self.adapters: dict[str, AdapterInfo] = {}
         self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        self._fingerprints: dict[str, tuple[tuple, str]] = {}  # module -> (tensor identity key, fingerprint)
         model.requires_grad_(False)  # the base is frozen; only adapter parameters train
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -364,7 +365,18 @@ class AdaptedModel:
                 state = {k: p.detach() for k, p in modules[name].named_parameters()}
             else:
                 raise UnknownNameError("module", name, modules)
+            # hashing a big base costs ~0.5 s/GB: remember it until any of its tensors changes
+            # (identity + version + a strided sample of values, so a new tensor at a reused address is not taken
+            # for the old one)
+            key = tuple((k, t.data_ptr(), t._version, t.dtype, tuple(t.shape),
+                         tuple(t.reshape(-1)[:: max(1, t.numel() // 32)].tolist()))
+                        for k, t in sorted(state.items()) if not t.is_inference())
+            cached = self._fingerprints.get(name)
+            if cached is not None and cached[0] == key and len(key) == len(state):
+                out[name] = cached[1]
+                continue
             out[name] = state_fingerprint(state)
+            self._fingerprints[name] = (key, out[name])
         return out
 
     def base_fingerprint(self, name: str) -> str:

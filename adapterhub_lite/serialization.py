@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import AdapterhubError, IncompatibleAdapterError, UnknownNameError
+from .errors import AdapterFileError, IncompatibleAdapterError, UnknownNameError
 from .fingerprint import combine_fingerprints
 from .inject import named_base_modules
 from .specs import AdapterBundle
@@ -40,10 +40,6 @@ KNOWN_FIELDS = {
     "format", "format_version", "name", "family", "config", "targets", "base_model",
     "base_fingerprint", "base_module_fingerprints", "library_version", "created",
 }
-
-
-class AdapterFileError(AdapterhubError):
-    """A file that is not a readable adapterhub_lite adapter."""
 
 
 @dataclass

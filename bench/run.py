@@ -2,7 +2,7 @@
 
     python bench/run.py                 # everything, writes docs/benchmarks.md and bench/results.json
     python bench/run.py --quick         # fewer repeats (a smoke run)
-    python bench/run.py --only forward  # one group: forward, train, merge, combine, routing, io
+    python bench/run.py --only forward  # one group: forward, train, merge, combine, routing, io, stream
 
 Latency is the median of repeated runs after warm-up; "overhead" is adapter
 latency minus base latency. Peak memory of a training step is measured in a
@@ -131,19 +131,31 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int = 2) -> list[float]:
+    """Median time of each function, measured round-robin."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def forward_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
     rows = []
     for name in models:
         case = make_case(name)
         base_model, args, targets = case["model"], case["args"], case["targets"]
-        with torch.inference_mode():
-            base = median_time(lambda: base_model(*args), repeats)
         for n in (1, 4, 8):
             am = ours(copy.deepcopy(base_model), targets, n)
             pm = theirs(copy.deepcopy(base_model), targets, n)
-            with torch.inference_mode():
-                t_ours = median_time(lambda: am(*args), repeats)
-                t_peft = median_time(lambda: pm(*args), repeats)
+            with torch.inference_mode():  # interleaved, so drift in the machine hits all three alike
+                base, t_ours, t_peft = interleaved([lambda: base_model(*args), lambda: am(*args),
+                                                    lambda: pm(*args)], repeats)
             row = {"group": "forward", "model": name, "adapters": n, "base_ms": base * 1e3,
                    "ours_ms": t_ours * 1e3, "peft_ms": t_peft * 1e3,
                    "ours_overhead": t_ours / base - 1, "peft_overhead": t_peft / base - 1}
@@ -152,7 +164,8 @@ def forward_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
             if n == 1:
                 am.merge()
                 with torch.inference_mode():
-                    row["merged_vs_base"] = median_time(lambda: am(*args), repeats) / base
+                    plain, merged = interleaved([lambda: base_model(*args), lambda: am(*args)], repeats)
+                row["merged_vs_base"] = merged / plain
                 am.unmerge()
             rows.append(row)
             print(f"forward {name} x{n}: base {base*1e3:.2f} ms, ours {t_ours*1e3:.2f}, peft {t_peft*1e3:.2f}",
@@ -184,8 +197,7 @@ def train_child(model_name: str, variant: str, steps: int) -> dict[str, Any]:
         loss.backward()
         optimizer.step()
 
-    step()  # optimizer state exists from here on
-    rss_before = _status("VmRSS")
+    rss_before = _status("VmRSS")  # the model is built; gradients and optimizer state are counted below
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
     seconds = median_time(step, steps, warmup=1)
     return {"seconds": seconds, "peak_extra_mb": (_status("VmHWM") - rss_before) / 1024,
@@ -308,8 +320,7 @@ def routing_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
                 am(*(a[i::8] for a in args))
 
         with torch.inference_mode():
-            t_routed = median_time(routed, repeats)
-            t_loop = median_time(loop, repeats)
+            t_routed, t_loop = interleaved([routed, loop], repeats)
             try:
                 t_peft: float | None = median_time(lambda: pm(*args, adapter_names=names), repeats)
                 peft_note = ""
@@ -322,6 +333,61 @@ def routing_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
               f"peft {t_peft * 1e3 if t_peft else peft_note}",
               file=sys.stderr, flush=True)
     return rows
+
+
+def stream_child(mode: str, src: str, dst: str) -> dict[str, Any]:
+    """In a fresh process: a plain read of the file, or the streamed fuse; time and peak RSS."""
+    torch.set_num_threads(THREADS)
+    from adapterhub_lite.streaming import fuse_file, read_header
+
+    start_rss = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    started = time.perf_counter()
+    if mode in ("read", "copy"):
+        buffer = memoryview(bytearray(64 << 20))
+        with open(src, "rb", buffering=0) as f, open(dst if mode == "copy" else os.devnull, "wb") as out:
+            while n := f.readinto(buffer):
+                if mode == "copy":
+                    out.write(buffer[:n])
+        extra: dict[str, Any] = {}
+    else:
+        header, _ = read_header(src)
+        gen = torch.Generator().manual_seed(0)
+        terms = {name: [(torch.randn(info["shape"][0], RANK, generator=gen) * 0.01,
+                         torch.randn(RANK, *info["shape"][1:], generator=gen) * 0.01, ALPHA / RANK)]
+                 for name, info in header.items() if name != "__metadata__" and len(info["shape"]) == 2}
+        extra = fuse_file(src, dst, terms)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "bytes": Path(src).stat().st_size, "peak_mb": _status("VmHWM") / 1024,
+            "start_mb": start_rss / 1024, **extra}
+
+
+def stream_group() -> list[dict[str, Any]]:
+    """Out-of-core fuse of a synthetic 2.1 GB checkpoint (16 x 8192x4096 float32 + small tensors)."""
+    from adapterhub_lite.streaming import write_streamed
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        src, dst = Path(tmp) / "big.safetensors", Path(tmp) / "fused.safetensors"
+        specs = [(f"layers.{i}.weight", torch.float32, (8192, 4096)) for i in range(16)]
+        specs += [(f"layers.{i}.bias", torch.float32, (8192,)) for i in range(16)]
+        gen = torch.Generator().manual_seed(0)
+        write_streamed(src, specs, lambda name, t: t.normal_(generator=gen))
+        results = {}
+        for mode in ("read", "copy", "fuse"):
+            out = subprocess.run([sys.executable, __file__, "--child-stream", mode, str(src), str(dst)],
+                                 capture_output=True, text=True, check=True)
+            results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    largest_mb = 8192 * 4096 * 4 / 2**20
+    read, copy_, fuse = results["read"], results["copy"], results["fuse"]
+    row = {"group": "stream", "bytes": read["bytes"], "largest_tensor_mb": largest_mb,
+           "read_s": read["seconds"], "copy_s": copy_["seconds"], "fuse_s": fuse["seconds"],
+           "read_gb_s": read["bytes"] / read["seconds"] / 1e9, "copy_gb_s": copy_["bytes"] / copy_["seconds"] / 1e9,
+           "fuse_gb_s": fuse["bytes"] / fuse["seconds"] / 1e9, "fuse_peak_mb": fuse["peak_mb"],
+           "fuse_start_mb": fuse["start_mb"], "read_peak_mb": read["peak_mb"], "copy_peak_mb": copy_["peak_mb"],
+           "fused_tensors": fuse["fused"]}
+    print(f"stream: {row['bytes']/1e9:.2f} GB, read {row['read_gb_s']:.2f} GB/s, fuse {row['fuse_gb_s']:.2f} GB/s, "
+          f"peak {row['fuse_peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+    return [row]
 
 
 def io_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
@@ -372,11 +438,15 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="adapterhub_lite vs PEFT benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer repeats: a smoke run")
-    parser.add_argument("--only", choices=["forward", "train", "merge", "combine", "routing", "io"], action="append")
+    parser.add_argument("--only", choices=["forward", "train", "merge", "combine", "routing", "io", "stream"], action="append")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--child-train", nargs=3, metavar=("MODEL", "VARIANT", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-stream", nargs=3, metavar=("MODE", "SRC", "DST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_stream:
+        print(json.dumps(stream_child(*args.child_stream)))
+        return
     if args.child_train:
         model, variant, steps = args.child_train
         print(json.dumps(train_child(model, variant, int(steps))))
@@ -386,7 +456,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     models = ["richboynet", "wide-mlp", "mnist-cnn", "ddpm-unet"]
     repeats = 5 if args.quick else 25
-    groups = args.only or ["forward", "train", "merge", "combine", "routing", "io"]
+    groups = args.only or ["forward", "train", "merge", "combine", "routing", "io", "stream"]
     started = time.time()
     rows: list[dict[str, Any]] = []
     if "forward" in groups:
@@ -399,6 +469,8 @@ def main() -> None:
         rows += combine_group()
     if "routing" in groups:
         rows += routing_group(["richboynet", "mnist-cnn", "ddpm-unet"], repeats)
+    if "stream" in groups:
+        rows += stream_group()
     if "io" in groups:
         rows += io_group(models, 3 if args.quick else 10)
     result = {"machine": machine(), "command": "python bench/run.py" + (" --quick" if args.quick else ""),

@@ -66,8 +66,7 @@ def test_cache_follows_weights_parameters_and_active_set(limit: int) -> None:
         torch.testing.assert_close(layer(x), fresh())
         layer.base.weight.add_(0.5)  # even the base changing in place
         torch.testing.assert_close(layer(x), fresh())
-    merged = layer._inference_weights
-    assert (merged is None) == (limit == 0)
+    assert (not layer._inference_cache) == (limit == 0)
 
 
 def test_small_layers_run_inference_on_merged_weights(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,7 +79,7 @@ def test_small_layers_run_inference_on_merged_weights(monkeypatch: pytest.Monkey
     with torch.no_grad():
         first = layer(x)
         second = layer(x)
-    assert calls == [] and layer._inference_weights is not None
+    assert calls == [] and layer._inference_cache
     assert torch.equal(first, second)
     layer.train()
     with torch.no_grad():

@@ -243,8 +243,9 @@ def test_wrapping_keeps_the_models_mode(registry) -> None:
 
 
 def test_kept_merge_buffers_are_reused_and_unmerge_stays_bit_exact(registry, monkeypatch) -> None:
-    from adapterhub_lite import AdaptedModel, AdapterLayer, LoraConfig
     from conftest import randomize_adapters
+
+    from adapterhub_lite import AdaptedModel, AdapterLayer, LoraConfig
 
     monkeypatch.setattr(AdapterLayer, "keep_merge_buffers", True)
     torch.manual_seed(0)

@@ -35,8 +35,16 @@ def one_by_one(am: AdaptedModel, route) -> torch.Tensor:
     return torch.cat(outs)
 
 
+@pytest.fixture(params=[0, 1 << 22], ids=["low-rank-route", "merged-weights-route"])
+def merge_limit(request, monkeypatch):
+    from adapterhub_lite import AdapterLayer
+
+    monkeypatch.setattr(AdapterLayer, "inference_merge_limit", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_routed_batch_equals_each_sample_alone(registry, batch_first) -> None:
+def test_routed_batch_equals_each_sample_alone(registry, batch_first, merge_limit) -> None:
     am = adapted(registry, batch_first)
     with torch.no_grad():
         with am.routing(ROUTE):

@@ -204,3 +204,18 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, registry, monkeypatch
         am.save_adapter("style", target)
     assert target.read_bytes() == original
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
+
+
+def test_base_fingerprints_are_cached_until_the_base_changes(registry) -> None:
+    from adapterhub_lite import AdaptedModel, LoraConfig, state_fingerprint
+
+    am = AdaptedModel(nn.Sequential(nn.Linear(8, 8)), registry=registry)
+    am.add_adapter("a", LoraConfig(targets=["0"], rank=2))
+    first = am.base_fingerprints(["0"])
+    assert am.base_fingerprints(["0"]) == first and "0" in am._fingerprints
+    with torch.no_grad():
+        am.layers()["0"].base.weight.add_(1.0)  # in place: a new version
+    assert am.base_fingerprints(["0"]) != first
+    am.layers()["0"].base.weight.data = torch.zeros(8, 8)  # swapped: another tensor
+    assert am.base_fingerprints(["0"])["0"] == state_fingerprint(
+        {k: v for k, v in am.layers()["0"].base.named_parameters()})
