@@ -14,6 +14,7 @@ bookkeeping); a plugin subclass owns the math (`create`, `delta`,
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -62,8 +63,10 @@ class AdapterLayer(nn.Module):
     # merges of big layers). Only safe when nothing outside keeps a merged weight (e.g. a state_dict taken
     # while merged), since the next merge overwrites that memory.
     keep_merge_buffers: ClassVar[bool] = False
-    # Under a route, small layers run each sample group on its adapter's merged weights (batch axis 0 only).
-    routed_by_merged_weights: ClassVar[bool] = True
+    # Under a route, run each sample group on its adapter's merged weights (kinds whose op is compute-bound per
+    # sample, like convs, turn this on; weight-bound GEMMs are cheaper with one masked low-rank pass).
+    routed_by_merged_weights: ClassVar[bool] = False
+    inference_cache_entries: ClassVar[int] = 8  # merged-weight sets kept per layer (one per active set / route)
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
@@ -77,7 +80,7 @@ class AdapterLayer(nn.Module):
         self._originals: dict[str, Tensor] = {}  # base parameter path -> unmerged tensor
         self._spares: dict[str, Tensor] = {}  # base parameter path -> buffer a merge may write into
         self.route: Route | None = None  # set only inside AdaptedModel.routing()
-        self._inference_cache: dict[str, tuple[tuple, dict[str, Tensor]]] = {}  # slot -> (key, merged tensors)
+        self._inference_cache: OrderedDict[tuple, dict[str, Tensor]] = OrderedDict()  # key -> merged tensors
         self.train(base.training)  # a wrapper made on an eval-mode model stays in eval mode (no adapter dropout)
 
     # --- implemented by a plugin ------------------------------------------------------
@@ -159,20 +162,17 @@ class AdapterLayer(nn.Module):
         weight = float(weight)
         if not math.isfinite(weight):
             raise AdapterStateError(f"weight for adapter {name!r} must be finite, got {weight}")
-        self._weights[name] = weight
-        self.invalidate()
+        self._weights[name] = weight  # caches are keyed by the live set and its weights: nothing to drop
 
     def enable(self, *names: str) -> None:
         for name in names:
             self._require(name, unmerged=True)
             self._disabled.discard(name)
-        self.invalidate()
 
     def disable(self, *names: str) -> None:
         for name in names:
             self._require(name, unmerged=True)
             self._disabled.add(name)
-        self.invalidate()
 
     def weight(self, name: str) -> float:
         self._require(name)
@@ -229,9 +229,9 @@ class AdapterLayer(nn.Module):
             return False
         return sum(p.numel() for p in self.base.parameters()) <= self.inference_merge_limit
 
-    def inference_weights(self, live: list[tuple[str, float]], slot: str = "") -> dict[str, Tensor] | None:
-        """Merged base tensors for these live adapters, cached (one entry per `slot`) until anything they
-        depend on changes; None when the low-rank path must run (autograd, training mode, a big layer)."""
+    def inference_weights(self, live: list[tuple[str, float]]) -> dict[str, Tensor] | None:
+        """Merged base tensors for these live adapters at these weights, from a small LRU cache keyed by
+        everything they depend on; None when the low-rank path must run (autograd, training, a big layer)."""
         if not self._small_for_inference():
             return None
         tensors = list(self.base.parameters()) + [p for name, _ in live for p in self.adapters[name].parameters()]
@@ -239,12 +239,15 @@ class AdapterLayer(nn.Module):
             return None  # no version counter: a cache could go stale
         key = (torch.is_inference_mode_enabled(), tuple(live),
                tuple((p.data_ptr(), p._version, p.dtype) for p in tensors))
-        hit = self._inference_cache.get(slot)
-        if hit is not None and hit[0] == key:
-            return hit[1]
+        hit = self._inference_cache.get(key)
+        if hit is not None:
+            self._inference_cache.move_to_end(key)
+            return hit
         with torch.no_grad():
             merged = self.merged_tensors(live)
-        self._inference_cache[slot] = (key, merged)
+        self._inference_cache[key] = merged
+        while len(self._inference_cache) > self.inference_cache_entries:
+            self._inference_cache.popitem(last=False)  # least recently used
         return merged
 
     def _forward_routed_merged(self, routed: list[tuple[str, float]], x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
@@ -257,7 +260,7 @@ class AdapterLayer(nn.Module):
         covered = torch.zeros(len(index), dtype=torch.bool, device=x.device)
         out = None
         for rows, name, weight in groups:
-            merged = self.inference_weights([(name, weight)], slot=f"route:{name}")
+            merged = self.inference_weights([(name, weight)])
             if merged is None or rows.numel() == 0:
                 continue
             part = self.forward_with(merged, x.index_select(0, rows), *args, **kwargs)

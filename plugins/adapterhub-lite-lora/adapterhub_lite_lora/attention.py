@@ -24,7 +24,6 @@ QKV = ("q", "k", "v")
 class LoraMultiheadAttention(LowRankLayer):
     targets = (nn.MultiheadAttention,)
     fast_merge = False
-    routed_by_merged_weights = False  # its own forward handles routes (the batch axis may be 1)
 
     def __init__(self, base: nn.MultiheadAttention) -> None:
         if base.bias_k is not None or base.add_zero_attn:

@@ -19,6 +19,7 @@ class LoraConv2d(LowRankLayer):
     targets = (nn.Conv2d,)
     rank_axis = 1
     route_by_gather = True
+    routed_by_merged_weights = True
 
     def __init__(self, base: nn.Conv2d) -> None:
         super().__init__(base)
