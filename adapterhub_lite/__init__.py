@@ -21,7 +21,7 @@ from .errors import (
 )
 from .fingerprint import state_fingerprint
 from .hookspecs import hookimpl, hookspec
-from .layer import AdapterLayer
+from .layer import AdapterLayer, sole_owner
 from .merge import add_adapter_version
 from .model import AdaptedModel
 from .plugins import PluginManager, load_plugins
@@ -91,5 +91,6 @@ __all__ = [
     "parse_ref",
     "read_adapter_file",
     "save_adapter",
+    "sole_owner",
     "state_fingerprint",
 ]

@@ -255,13 +255,13 @@ def test_kept_merge_buffers_are_reused_and_unmerge_stays_bit_exact(registry, mon
     layer = am.layers()["0"]
     original = layer.base.weight.data.clone()
     am.merge()
-    first = layer.base.weight.data
-    first_values = first.clone()
+    first_ptr = layer.base.weight.data_ptr()  # an address, not a reference: the buffer stays ours alone
+    first_values = layer.base.weight.detach().clone()
     am.unmerge()
     assert torch.equal(layer.base.weight.data, original)  # bit-exact
-    assert layer.base.weight.data_ptr() != first.data_ptr()
+    assert layer.base.weight.data_ptr() != first_ptr
     am.merge()
-    assert layer.base.weight.data.data_ptr() == first.data_ptr()  # written into the kept buffer
+    assert layer.base.weight.data_ptr() == first_ptr  # written into the kept buffer
     assert torch.equal(layer.base.weight.data, first_values)
     am.unmerge()
     fused = am.fused_state_dict()["0.weight"]  # must not be overwritten by a later merge
@@ -269,5 +269,13 @@ def test_kept_merge_buffers_are_reused_and_unmerge_stays_bit_exact(registry, mon
     am.merge()
     am.unmerge()
     assert torch.equal(fused, kept)
+    # a merged weight someone still holds is never written into
+    am.merge()
+    held = am.model.state_dict()["0.base.weight"]
+    held_values = held.clone()
+    am.unmerge()
+    am.merge()
+    assert layer.base.weight.data_ptr() != held.data_ptr() and torch.equal(held, held_values)
+    am.unmerge()
     am.release_buffers()
     assert not layer._spares

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from adapterhub_lite import AdapterLayer, LoraConfig
+from adapterhub_lite import AdapterLayer, LoraConfig, sole_owner
 
 Product = Callable[[Tensor, Tensor], Tensor]
 
@@ -101,7 +101,7 @@ class LowRankLayer(AdapterLayer):
         buffer = buffers.get("weight")
         usable = (buffer is not None and buffer.shape == weight.shape and buffer.dtype == weight.dtype
                   and buffer.device == weight.device and buffer.is_contiguous()
-                  and buffer.data_ptr() != weight.data.data_ptr())
+                  and buffer.data_ptr() != weight.data.data_ptr() and sole_owner(buffer))
         with torch.no_grad():
             a, b = _stack([(self.factors(n), w) for n, w in weighted], 1)
             flat = weight.data.reshape(weight.shape[0], -1)
