@@ -78,6 +78,9 @@ class AdapterLayer(nn.Module):
     # sample, like convs, turn this on; weight-bound GEMMs are cheaper with one masked low-rank pass).
     routed_by_merged_weights: ClassVar[bool] = False
     inference_cache_entries: ClassVar[int] = 8  # merged-weight sets kept per layer (one per active set / route)
+    # Training on small layers through W + delta built inside autograd (kinds whose adapter activations cost
+    # more than the base weight gradient, like convs, may opt in; LoraConv2d.train_on_merged_weights = True).
+    train_on_merged_weights: ClassVar[bool] = False
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
@@ -216,6 +219,8 @@ class AdapterLayer(nn.Module):
         if self.route is None:
             live = self.live()
             merged = self.inference_weights(live) if live else None
+            if merged is None and live and self._trains_on_merged_weights(live):
+                merged = self._differentiable_merged(live)
             if merged is not None:
                 return self.forward_with(merged, x, *args, **kwargs)
         if self.route is not None and self.routed_by_merged_weights:
@@ -239,6 +244,25 @@ class AdapterLayer(nn.Module):
         if torch.is_grad_enabled() or self.training:
             return False
         return sum(p.numel() for p in self.base.parameters()) <= self.inference_merge_limit
+
+    def _trains_on_merged_weights(self, live: list[tuple[str, float]]) -> bool:
+        """While autograd records: small layers of kinds that opt in run one op on W + sum(w * delta), built
+        inside autograd, instead of base plus adapter ops (no rank-sized activations kept for backward).
+        Not with a live dropout: each adapter must drop its own input."""
+        if not (self.train_on_merged_weights and torch.is_grad_enabled()):
+            return False
+        if sum(p.numel() for p in self.base.parameters()) > self.inference_merge_limit:
+            return False
+        return not (self.training and any(isinstance(m, nn.Dropout) and m.p > 0
+                                          for n, _ in live for m in self.adapters[n].modules()))
+
+    def _differentiable_merged(self, live: list[tuple[str, float]]) -> dict[str, Tensor]:
+        totals: dict[str, Tensor] = {}
+        for name, weight in live:
+            for path, delta in self.delta_weights(name).items():
+                totals[path] = delta * weight if path not in totals else totals[path] + delta * weight
+        return {path: self.base.get_parameter(path).detach() + delta.to(self.base.get_parameter(path).dtype)
+                for path, delta in totals.items()}
 
     def inference_weights(self, live: list[tuple[str, float]]) -> dict[str, Tensor] | None:
         """Merged base tensors for these live adapters at these weights, from a small LRU cache keyed by

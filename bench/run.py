@@ -178,7 +178,11 @@ def train_child(model_name: str, variant: str, steps: int) -> dict[str, Any]:
     torch.set_num_threads(THREADS)
     case = make_case(model_name)
     model, args, targets = case["model"], case["args"], case["targets"]
-    if variant == "ours":
+    if variant in ("ours", "ours-merged"):
+        if variant == "ours-merged":  # small convs train through W + delta inside autograd (opt-in)
+            from adapterhub_lite_lora import LoraConv2d
+
+            LoraConv2d.train_on_merged_weights = True
         am = ours(model, targets, 1)
         params, net = am.trainable_parameters(), am
     elif variant == "peft":
@@ -215,7 +219,7 @@ def train_group(models: list[str], steps: int) -> list[dict[str, Any]]:
     rows = []
     for name in models:
         row: dict[str, Any] = {"group": "train", "model": name}
-        for variant in ("ours", "peft", "full"):
+        for variant in ("ours", "ours-merged", "peft", "full"):
             result = subprocess.run([sys.executable, __file__, "--child-train", name, variant, str(steps)],
                                     capture_output=True, text=True, check=True, env={**os.environ,
                                                                                     "PYTHONWARNINGS": "ignore"})

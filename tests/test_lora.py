@@ -215,3 +215,31 @@ def test_adapters_created_under_inference_mode_still_run_and_never_serve_a_stale
     assert not torch.equal(first, second)
     with torch.no_grad():
         torch.testing.assert_close(second, layer.base(x) + layer.delta("a", x) + layer.delta("b", x))
+
+
+def test_conv_training_on_merged_weights_gives_the_low_rank_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small convs train through W + delta built inside autograd: same loss and gradients as base + B(A x)."""
+    from adapterhub_lite import AdapterLayer
+
+    torch.manual_seed(0)
+    layer = LoraConv2d(nn.Conv2d(3, 6, 3, padding=1))
+    layer.add("a", LoraConfig(targets="*", rank=2, alpha=4))
+    layer.add("b", LoraConfig(targets="*", rank=3, rslora=True))
+    randomize_adapters(layer)
+    layer.set_weight("b", -0.5)
+    x = torch.randn(2, 3, 8, 8)
+
+    def grads(merged: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        monkeypatch.setattr(LoraConv2d, "train_on_merged_weights", merged)
+        layer.zero_grad()
+        out = layer.train()(x)
+        out.square().mean().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in layer.adapters.named_parameters()}
+
+    out_merged, g_merged = grads(True)
+    out_low, g_low = grads(False)
+    torch.testing.assert_close(out_merged, out_low, rtol=1e-5, atol=1e-5)
+    for name in g_low:
+        torch.testing.assert_close(g_merged[name], g_low[name], rtol=1e-4, atol=1e-5)
+    assert all(p.grad is None for p in layer.base.parameters())
+    assert AdapterLayer.train_on_merged_weights is False  # kinds opt in; the core default is off

@@ -20,6 +20,8 @@ class LoraConv2d(LowRankLayer):
     rank_axis = 1
     route_by_gather = True
     routed_by_merged_weights = True
+    # Opt-in for now (the same gradients, other rounding): the zoo's recorded results were trained without it.
+    train_on_merged_weights = False
 
     def __init__(self, base: nn.Conv2d) -> None:
         super().__init__(base)
