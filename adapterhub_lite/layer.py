@@ -74,9 +74,10 @@ class AdapterLayer(nn.Module):
     # big layers). A kept buffer is reused only while nothing else references its memory (a state_dict taken
     # while merged, say): see `sole_owner`. `release_buffers()` frees them.
     keep_merge_buffers: ClassVar[bool] = True
-    # Under a route, run each sample group on its adapter's merged weights (kinds whose op is compute-bound per
-    # sample, like convs, turn this on; weight-bound GEMMs are cheaper with one masked low-rank pass).
-    routed_by_merged_weights: ClassVar[bool] = False
+    # Under a route, run each sample group separately (kinds whose op is compute-bound per sample, like convs,
+    # turn this on: on merged weights for small layers at inference, else each adapter's delta on its own
+    # samples); weight-bound GEMMs are cheaper with one masked pass over the whole batch.
+    route_per_group: ClassVar[bool] = False
     inference_cache_entries: ClassVar[int] = 8  # merged-weight sets kept per layer (one per active set / route)
     # Training on small layers through W + delta built inside autograd (kinds whose adapter activations cost
     # more than the base weight gradient, like convs, may opt in; LoraConv2d.train_on_merged_weights = True).
@@ -95,6 +96,7 @@ class AdapterLayer(nn.Module):
         self._spares: dict[str, Tensor] = {}  # base parameter path -> buffer a merge may write into
         self.route: Route | None = None  # set only inside AdaptedModel.routing()
         self._inference_cache: OrderedDict[tuple, dict[str, Tensor]] = OrderedDict()  # key -> merged tensors
+        self._base_numel = sum(p.numel() for p in base.parameters())  # merging swaps tensors, never shapes
         self.train(base.training)  # a wrapper made on an eval-mode model stays in eval mode (no adapter dropout)
 
     # --- implemented by a plugin ------------------------------------------------------
@@ -119,9 +121,12 @@ class AdapterLayer(nn.Module):
         """Base tensors with these adapters folded in at these weights, written into `buffers` where the fast
         path can (never into the current tensors, which stay untouched)."""
         fast = self.merged_weights(weighted, buffers or {})
-        if fast is not None:
-            return fast
-        totals: dict[str, Tensor] = {}  # the generic path: W + sum(weight * delta), accumulated in float32
+        return fast if fast is not None else self._summed(weighted)
+
+    def _summed(self, weighted: list[tuple[str, float]]) -> dict[str, Tensor]:
+        """W + sum(weight * delta), accumulated in float32; differentiable in the adapters when autograd records
+        (the base is read detached: it stays frozen)."""
+        totals: dict[str, Tensor] = {}
         for name, weight in weighted:
             for path, delta in self.delta_weights(name).items():
                 scaled = delta.float() * weight
@@ -129,7 +134,7 @@ class AdapterLayer(nn.Module):
         out = {}
         for path, delta in totals.items():
             param = self.base.get_parameter(path)
-            out[path] = (param.data.float() + delta).to(param.dtype)
+            out[path] = (param.detach().float() + delta).to(param.dtype)
         return out
 
     def merged_weights(self, weighted: list[tuple[str, float]], buffers: dict[str, Tensor]
@@ -216,34 +221,31 @@ class AdapterLayer(nn.Module):
         return total
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        if self.route is None:
-            live = self.live()
-            merged = self.inference_weights(live) if live else None
-            if merged is None and live and self._trains_on_merged_weights(live):
-                merged = self._differentiable_merged(live)
-            if merged is not None:
-                return self.forward_with(merged, x, *args, **kwargs)
-        if self.route is not None and self.routed_by_merged_weights:
-            routed = self.routed()
-            if routed and self._small_for_inference():
-                return self._forward_routed_merged(routed, x, *args, **kwargs)
-        out = self.base(x, *args, **kwargs)
         if self.route is not None:
-            routed = self.routed()
-            return out + self.combine_routed(routed, x) if routed else out
+            return self._forward_routed(x, *args, **kwargs)
         live = self.live()
         if not live:
-            return out
-        return out + self.combine(live, x)
+            return self.base(x, *args, **kwargs)
+        merged = self.inference_weights(live)
+        if merged is None and self._trains_on_merged_weights(live):
+            merged = self._summed(live)
+        if merged is not None:
+            return self.forward_with(merged, x, *args, **kwargs)
+        return self.base(x, *args, **kwargs) + self.combine(live, x)
+
+    def _forward_routed(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        routed = self.routed()
+        if routed and self.route_per_group and self._small_for_inference():
+            return self._forward_routed_merged(routed, x, *args, **kwargs)
+        out = self.base(x, *args, **kwargs)
+        return out + self.combine_routed(routed, x) if routed else out
 
     def forward_with(self, weights: dict[str, Tensor], *args: Any, **kwargs: Any) -> Any:
         """The base module's forward with some of its parameters replaced (kinds override with a direct call)."""
         return torch.func.functional_call(self.base, weights, args, kwargs, strict=False)
 
     def _small_for_inference(self) -> bool:
-        if torch.is_grad_enabled() or self.training:
-            return False
-        return sum(p.numel() for p in self.base.parameters()) <= self.inference_merge_limit
+        return not (torch.is_grad_enabled() or self.training) and self._base_numel <= self.inference_merge_limit
 
     def _trains_on_merged_weights(self, live: list[tuple[str, float]]) -> bool:
         """While autograd records: small layers of kinds that opt in run one op on W + sum(w * delta), built
@@ -251,18 +253,10 @@ class AdapterLayer(nn.Module):
         Not with a live dropout: each adapter must drop its own input."""
         if not (self.train_on_merged_weights and torch.is_grad_enabled()):
             return False
-        if sum(p.numel() for p in self.base.parameters()) > self.inference_merge_limit:
+        if self._base_numel > self.inference_merge_limit:
             return False
         return not (self.training and any(isinstance(m, nn.Dropout) and m.p > 0
                                           for n, _ in live for m in self.adapters[n].modules()))
-
-    def _differentiable_merged(self, live: list[tuple[str, float]]) -> dict[str, Tensor]:
-        totals: dict[str, Tensor] = {}
-        for name, weight in live:
-            for path, delta in self.delta_weights(name).items():
-                totals[path] = delta * weight if path not in totals else totals[path] + delta * weight
-        return {path: self.base.get_parameter(path).detach() + delta.to(self.base.get_parameter(path).dtype)
-                for path, delta in totals.items()}
 
     def inference_weights(self, live: list[tuple[str, float]]) -> dict[str, Tensor] | None:
         """Merged base tensors for these live adapters at these weights, from a small LRU cache keyed by
@@ -291,13 +285,12 @@ class AdapterLayer(nn.Module):
         assert self.route is not None
         self.route.check_batch(x, 0)
         index = self.route.index.to(x.device)
-        groups = [((index == self.route.names.index(n)).nonzero().squeeze(1), n, w) for n, w in routed]
         covered = torch.zeros(len(index), dtype=torch.bool, device=x.device)
         out = None
-        for rows, name, weight in groups:
+        for name, weight in routed:  # a routed name always has samples: the route is built from them
+            rows = (index == self.route.names.index(name)).nonzero().squeeze(1)
             merged = self.inference_weights([(name, weight)])
-            if merged is None or rows.numel() == 0:
-                continue
+            assert merged is not None  # _forward_routed checked the layer is small and in inference
             part = self.forward_with(merged, x.index_select(0, rows), *args, **kwargs)
             if out is None:
                 out = part.new_empty((len(index), *part.shape[1:]))

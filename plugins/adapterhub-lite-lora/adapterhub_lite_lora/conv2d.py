@@ -18,8 +18,7 @@ from .lowrank import LoraFactors, LowRankLayer
 class LoraConv2d(LowRankLayer):
     targets = (nn.Conv2d,)
     rank_axis = 1
-    route_by_gather = True
-    routed_by_merged_weights = True
+    route_per_group = True
     # Opt-in for now (the same gradients, other rounding): the zoo's recorded results were trained without it.
     train_on_merged_weights = False
 

@@ -53,7 +53,6 @@ class LowRankLayer(AdapterLayer):
 
     groups = 1
     rank_axis = -1  # where the rank lives in down(x, A): last for Linear, 1 (channels) for Conv2d
-    route_by_gather = False  # routed batches: mask the fused stack (cheap downs) or gather per adapter (convs)
     fast_merge = True  # one weight, W + B A: merge with addmm (attention, with several weights, opts out)
 
     def __init__(self, base: nn.Module) -> None:
@@ -131,7 +130,7 @@ class LowRankLayer(AdapterLayer):
                     term = term * self.route.sample_mask(name, term, routed_dim)
                 total = term if total is None else total + term
             return total
-        if routed_dim is not None and self.route_by_gather:
+        if routed_dim is not None and self.route_per_group:
             return self._routed_gather(x, live, pairs, routed_dim)
         a, b = self._stacked(pairs, slot)
         h = self.down(x, a)
@@ -147,18 +146,15 @@ class LowRankLayer(AdapterLayer):
         route.check_batch(x, batch_dim)
         index = route.index.to(x.device)
         total = None
-        for (name, _), (f, w) in zip(live, pairs):
+        for (name, _), (f, w) in zip(live, pairs):  # a routed name always has samples: the route is built from them
             rows = (index == route.names.index(name)).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                continue
             part = self.factor_delta(f, x.index_select(batch_dim, rows)) * w
             if total is None:
                 shape = list(part.shape)
                 shape[batch_dim] = x.shape[batch_dim]
                 total = part.new_zeros(shape)
             total.index_add_(batch_dim, rows, part)
-        if total is None:  # no sample routed to an adapter of this layer
-            return self.factor_delta(pairs[0][0], x) * 0.0
+        assert total is not None  # called with at least one routed adapter
         return total
 
     def _rank_mask(self, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]], h: Tensor,
