@@ -22,7 +22,6 @@ from .errors import (
 from .fingerprint import state_fingerprint
 from .hookspecs import hookimpl, hookspec
 from .layer import AdapterLayer, sole_owner
-from .merge import add_adapter_version
 from .model import AdaptedModel
 from .plugins import PluginManager, load_plugins
 from .refs import AdapterRef, parse_ref
@@ -42,7 +41,7 @@ from .specs import (
     ModelSpec,
     Task,
 )
-from .workflow import DataOptions, load_base
+from .workflow import DataOptions, add_adapter_version, load_base
 from .zoo import Zoo, ZooEntry
 
 __all__ = [

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import AdapterhubError, IncompatibleAdapterError, ZooError
+from .errors import AdapterhubError, IncompatibleAdapterError
 from .fingerprint import state_fingerprint
-from .merge import add_adapter_version, fused_model, plan_merge
+from .merge import fused_model, plan_merge
 from .model import AdaptedModel
 from .registry import Registry
 from .specs import AdapterBundle, Format
-from .workflow import DataOptions, load_base, resolve_stack
+from .workflow import DataOptions, add_adapter_version, add_base_version, fitting_state, load_base, resolve_stack
 from .zoo import Zoo
 
 
@@ -38,7 +38,8 @@ def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str], fmt_name: str
     info: dict[str, Any] = {"base": base.ref, "format": fmt_name,
                             "adapters": [{"ref": e.ref, "weight": w} for e, w in adapters]}
     if fmt.holds == "model":
-        state = fused_model(registry, zoo, [base.ref, *[f"{e.ref}={w!r}" for e, w in adapters]])
+        plain = fused_model(registry, zoo, [base.ref, *[f"{e.ref}={w!r}" for e, w in adapters]])
+        state = {k: v.detach().contiguous() for k, v in plain.state_dict().items()}
         info["fingerprint"] = state_fingerprint(state)
         return fmt.export(state, dest, name=None), info
     if not adapters:
@@ -85,20 +86,8 @@ def import_file(registry: Registry, zoo: Zoo, src: Path, fmt_name: str, model: s
 
 def _import_model(registry: Registry, zoo: Zoo, fmt: Format, src: Path, am: AdaptedModel, config: dict[str, Any],
                   model: str, name: str, recipe: dict[str, Any], origin: dict[str, Any]) -> Any:
-    from safetensors.torch import save_file
-
-    state = fmt.import_(src, am)
-    plain = registry.create_model(model, **config)
-    try:
-        plain.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ZooError(f"{src} does not fit model {model!r}: {' '.join(str(exc).split())[:300]}") from exc
-    state = {k: v.detach().contiguous() for k, v in plain.state_dict().items()}
-    fingerprint = state_fingerprint(state)
-    zoo.check_kind(model, name, "base")
-    card = {"kind": "base", "config": config, "fingerprint": fingerprint, "task": None, "parents": [],
-            "recipe": recipe, "imported_from": origin, "parameters": sum(t.numel() for t in state.values())}
+    state = fitting_state(registry, model, config, fmt.import_(src, am), str(src))
     spec = registry.get_model(model)
-    card["task"] = spec.task.name if spec.task else None
-    return zoo.add_version(model, name, lambda folder: save_file(
-        state, str(folder / "model.safetensors"), metadata={"fingerprint": fingerprint}), card)
+    card = {"config": config, "task": spec.task.name if spec.task else None, "parents": [], "recipe": recipe,
+            "imported_from": origin}
+    return add_base_version(zoo, model, name, state, card)

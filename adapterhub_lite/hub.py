@@ -116,16 +116,14 @@ def pull(registry: Registry, zoo: Zoo, spec: str, *, name: str | None = None, fo
 def _pull_base(registry: Registry, zoo: Zoo, folder: Path, model: str, name: str, card: dict[str, Any],
                origin: dict[str, Any]) -> ZooEntry:
     """A base needs no local base: it is checked against its own card's fingerprint, then written."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from .fingerprint import state_fingerprint
+    from .workflow import add_base_version, fitting_state
 
     state = load_file(str(folder / "model.safetensors"))
     if state_fingerprint(state) != card.get("fingerprint"):
         raise ZooError(f"{origin['repo']}: model.safetensors does not match the fingerprint in its card.json")
-    registry.create_model(model, **card.get("config", {})).load_state_dict(state, strict=True)
-    zoo.check_kind(model, name, "base")
-    keep = {k: card[k] for k in ("config", "fingerprint", "task", "parameters", "metrics", "recipe") if k in card}
-    return zoo.add_version(model, name, lambda f: save_file(state, str(f / "model.safetensors"),
-                                                            metadata={"fingerprint": card["fingerprint"]}),
-                           {"kind": "base", **keep, "parents": [], "imported_from": origin})
+    state = fitting_state(registry, model, card.get("config", {}), state, origin["repo"])
+    keep = {k: card[k] for k in ("config", "task", "metrics", "recipe") if k in card}
+    return add_base_version(zoo, model, name, state, {**keep, "parents": [], "imported_from": origin})

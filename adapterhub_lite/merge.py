@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from safetensors.torch import save_file
+from torch import nn
 
 from .errors import AdapterhubError, ConfigError, IncompatibleAdapterError
 from .fingerprint import state_fingerprint
@@ -21,8 +21,8 @@ from .model import AdaptedModel
 from .registry import Registry
 from .serialization import read_adapter_file
 from .specs import AdapterBundle, MergeInput, MergeMethod, MergeResult
-from .workflow import DataOptions, evaluate, load_base, resolve_stack, stack
-from .zoo import BASE, Zoo, ZooEntry
+from .workflow import DataOptions, add_adapter_version, add_base_version, evaluate, load_base, resolve_stack, stack
+from .zoo import Zoo, ZooEntry
 
 
 @dataclass
@@ -106,29 +106,6 @@ def write_merge(registry: Registry, zoo: Zoo, plan: MergePlan, name: str,
                                {"parents": [e.ref for e, _ in plan.inputs], "merge": plan.describe()}, data)
 
 
-def add_adapter_version(registry: Registry, zoo: Zoo, base: ZooEntry, name: str, am: AdaptedModel, adapter: str,
-                        recipe: dict[str, Any], extra: dict[str, Any], data: DataOptions | None = None) -> ZooEntry:
-    """Write adapter `adapter` of `am` (loaded on `base`) as a new version of `base.model/name`, with its card."""
-    if name == BASE:
-        raise AdapterhubError("'base' is reserved for base models: pick another adapter name")
-    zoo.check_kind(base.model, name, "adapter")
-    counts = am.parameter_counts()
-    card: dict[str, Any] = {
-        "kind": "adapter", "family": am.adapters[adapter].config.kind, "config": am.adapters[adapter].config.to_dict(),
-        "modules": sorted(am.target_configs(adapter)),
-        "base": {"ref": base.ref, "version": base.version, "fingerprint": base.card["fingerprint"]},
-        "parents": [base.ref], "task": base.card.get("task"), "recipe": recipe,
-        "parameters": counts["adapters"][adapter], "trainable_percent": round(counts["trainable_percent"], 4),
-        **extra,
-    }
-    if data is not None:
-        am.set_active([adapter])
-        scope = "all" if not data.classes else "selected_classes"
-        card["metrics"] = {scope: evaluate(registry, zoo, base.model, am.model, data)}
-    return zoo.add_version(base.model, name, lambda folder: am.save_adapter(adapter, folder / "adapter.safetensors"),
-                           card)
-
-
 def fuse(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str], name: str, *, dry_run: bool = False,
          data: DataOptions | None = None) -> tuple[dict[str, Any], ZooEntry | None]:
     """Fold weighted adapters into their base and write the result as a new base version `model/name`."""
@@ -136,8 +113,7 @@ def fuse(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str], name: st
     if not adapters:
         raise AdapterhubError("name at least one adapter to fuse into the base")
     zoo.check_kind(model, name, "base")
-    am, _ = stack(registry, zoo, [base.ref, *[f"{e.ref}={w!r}" for e, w in adapters]])
-    plain = am.unload(merge=True)
+    plain = fused_model(registry, zoo, [base.ref, *[f"{e.ref}={w!r}" for e, w in adapters]])
     state = {k: v.detach().contiguous() for k, v in plain.state_dict().items()}
     fingerprint = state_fingerprint(state)
     fused = [{"ref": e.ref, "weight": w, "fingerprint": state_fingerprint(read_adapter_file(e.weights).tensors())}
@@ -148,19 +124,16 @@ def fuse(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str], name: st
     if dry_run:
         return plan, None
     card: dict[str, Any] = {
-        "kind": "base", "config": base.card.get("config", {}), "fingerprint": fingerprint,
-        "task": base.card.get("task"), "parents": [base.ref, *[f["ref"] for f in fused]],
-        "recipe": {"command": "merge --into-base", "base": base.ref, "fused": fused},
-        "fused": fused, "parameters": plan["parameters"],
+        "config": base.card.get("config", {}), "task": base.card.get("task"),
+        "parents": [base.ref, *[f["ref"] for f in fused]],
+        "recipe": {"command": "merge --into-base", "base": base.ref, "fused": fused}, "fused": fused,
     }
     if data is not None:
         card["metrics"] = evaluate(registry, zoo, model, plain.eval(), data)
-    entry = zoo.add_version(model, name, lambda folder: save_file(
-        state, str(folder / "model.safetensors"), metadata={"fingerprint": fingerprint}), card)
-    return plan, entry
+    return plan, add_base_version(zoo, model, name, state, card)
 
 
-def fused_model(registry: Registry, zoo: Zoo, refs: Sequence[str], model: str | None = None) -> dict[str, Any]:
-    """The plain state dict of a base with refs fused in (for the `merged` export format)."""
+def fused_model(registry: Registry, zoo: Zoo, refs: Sequence[str], model: str | None = None) -> nn.Module:
+    """The plain base model with the refs' adapters folded in at their weights."""
     am, _ = stack(registry, zoo, refs, model)
-    return {k: v.detach().contiguous() for k, v in am.unload(merge=True).state_dict().items()}
+    return am.unload(merge=True)

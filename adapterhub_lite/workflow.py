@@ -53,10 +53,6 @@ def _task(spec: ModelSpec) -> Task:
     return spec.task
 
 
-def _parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def load_base(registry: Registry, entry: ZooEntry) -> nn.Module:
     """Build a zoo base and load its weights, checking them against the card's fingerprint."""
     model = registry.create_model(entry.model, **entry.card.get("config", {}))
@@ -72,6 +68,50 @@ def load_base(registry: Registry, entry: ZooEntry) -> nn.Module:
     except RuntimeError as exc:
         raise ZooError(f"{entry.ref} does not fit model {entry.model!r}: {' '.join(str(exc).split())[:300]}") from exc
     return model.eval()
+
+
+def fitting_state(registry: Registry, model: str, config: dict[str, Any], state: dict[str, Any],
+                  source: str) -> dict[str, Any]:
+    """`state` loaded strictly into a fresh `model`: a checkpoint that does not fit is a clear error."""
+    plain = registry.create_model(model, **config)
+    try:
+        plain.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ZooError(f"{source} does not fit model {model!r}: {' '.join(str(exc).split())[:300]}") from exc
+    return plain.state_dict()
+
+
+def add_base_version(zoo: Zoo, model: str, name: str, state: dict[str, Any], card: dict[str, Any]) -> ZooEntry:
+    """Write a base state dict as a new version of `model/name`; the card gets kind, fingerprint, size."""
+    zoo.check_kind(model, name, "base")
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    fingerprint = state_fingerprint(state)
+    card = {"kind": "base", **card, "fingerprint": fingerprint, "parameters": sum(t.numel() for t in state.values())}
+    return zoo.add_version(model, name, lambda folder: save_file(
+        state, str(folder / "model.safetensors"), metadata={"fingerprint": fingerprint}), card)
+
+
+def add_adapter_version(registry: Registry, zoo: Zoo, base: ZooEntry, name: str, am: AdaptedModel, adapter: str,
+                        recipe: dict[str, Any], extra: dict[str, Any], data: DataOptions | None = None) -> ZooEntry:
+    """Write adapter `adapter` of `am` (loaded on `base`) as a new version of `base.model/name`, with its card."""
+    if name == BASE:
+        raise AdapterhubError("'base' is reserved for base models: pick another adapter name")
+    zoo.check_kind(base.model, name, "adapter")
+    counts = am.parameter_counts()
+    card: dict[str, Any] = {
+        "kind": "adapter", "family": am.adapters[adapter].config.kind, "config": am.adapters[adapter].config.to_dict(),
+        "modules": sorted(am.target_configs(adapter)),
+        "base": {"ref": base.ref, "version": base.version, "fingerprint": base.card["fingerprint"]},
+        "parents": [base.ref], "task": base.card.get("task"), "recipe": recipe,
+        "parameters": counts["adapters"][adapter], "trainable_percent": round(counts["trainable_percent"], 4),
+        **extra,
+    }
+    if data is not None:
+        am.set_active([adapter])
+        scope = "all" if not data.classes else "selected_classes"
+        card["metrics"] = {scope: evaluate(registry, zoo, base.model, am.model, data)}
+    return zoo.add_version(base.model, name, lambda folder: am.save_adapter(adapter, folder / "adapter.safetensors"),
+                           card)
 
 
 def _context(registry: Registry, zoo: Zoo, seed: int = 0, samples: int = 256) -> EvalContext:
@@ -113,16 +153,12 @@ def train_base(registry: Registry, zoo: Zoo, model_name: str, options: TrainOpti
     dist = Distributed.from_env()
     entry = None
     if dist.is_main:
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        fingerprint = state_fingerprint(state)
         card = {
-            "kind": "base", "config": kwargs, "fingerprint": fingerprint, "task": task.name, "parents": parents,
+            "config": kwargs, "task": task.name, "parents": parents,
             "recipe": {"command": "train-base", **options.to_dict(), **data.to_dict(), "from": start},
-            "training": summary, "parameters": _parameters(model),
-            "metrics": evaluate(registry, zoo, model_name, model, data),
+            "training": summary, "metrics": evaluate(registry, zoo, model_name, model, data),
         }
-        entry = zoo.add_version(model_name, BASE, lambda folder: save_file(
-            state, str(folder / "model.safetensors"), metadata={"fingerprint": fingerprint}), card)
+        entry = add_base_version(zoo, model_name, BASE, model.state_dict(), card)
     dist.barrier()
     return entry
 
@@ -141,7 +177,7 @@ def train_adapter(registry: Registry, zoo: Zoo, model_name: str, name: str, conf
     model = load_base(registry, base_entry)
     am = AdaptedModel(model, base_id=base_entry.ref, registry=registry)
     torch.manual_seed(options.seed)
-    modules = am.add_adapter(name, config)
+    am.add_adapter(name, config)
     inputs, labels = task.load("train", data_dir=data.data_dir, classes=data.classes, style=data.style)
     replay = None
     if options.replay:
@@ -152,22 +188,13 @@ def train_adapter(registry: Registry, zoo: Zoo, model_name: str, name: str, conf
     dist = Distributed.from_env()
     entry = None
     if dist.is_main:
-        counts = am.parameter_counts()
         everything = DataOptions(data.data_dir, None, data.style, data.eval_samples)
         metrics = {"all": evaluate(registry, zoo, model_name, model, everything)}
         if data.classes:
             metrics["trained_classes"] = evaluate(registry, zoo, model_name, model, data)
-        card = {
-            "kind": "adapter", "family": config.kind, "config": config.to_dict(), "modules": modules,
-            "base": {"ref": base_entry.ref, "version": base_entry.version,
-                     "fingerprint": base_entry.card["fingerprint"]},
-            "parents": [base_entry.ref], "task": task.name,
-            "recipe": {"command": "train", **options.to_dict(), **data.to_dict()},
-            "training": summary, "parameters": counts["adapters"][name],
-            "trainable_percent": round(counts["trainable_percent"], 4), "metrics": metrics,
-        }
-        entry = zoo.add_version(model_name, name, lambda folder: am.save_adapter(
-            name, folder / "adapter.safetensors"), card)
+        recipe = {"command": "train", **options.to_dict(), **data.to_dict()}
+        entry = add_adapter_version(registry, zoo, base_entry, name, am, name, recipe,
+                                    {"training": summary, "metrics": metrics})
     dist.barrier()
     return entry
 
