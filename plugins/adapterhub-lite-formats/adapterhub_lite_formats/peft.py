@@ -87,7 +87,7 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
         raise IncompatibleAdapterError(f"{folder} holds a {config.get('peft_type')!r} adapter; only LORA imports")
     for field_name, (fine, why) in REFUSED.items():
         value = config.get(field_name, fine)
-        if value not in (fine, [], {}) and not (fine is None and not value):
+        if value and value != fine:  # absent, empty, False, None or the fine value all pass
             raise IncompatibleAdapterError(f"{folder}: {field_name}={value!r} is not supported: {why}")
     tensors, _ = read_safetensors(folder / WEIGHTS)
     state, configs = {}, {}
