@@ -143,9 +143,10 @@ class AdapterLayer(nn.Module):
         None: use the generic path. Never writes the current tensors (kept for a bit-exact unmerge)."""
         return None
 
-    def combine(self, live: list[tuple[str, float]], x: Tensor) -> Tensor:
-        """Sum of `weight * delta` over the live adapters; low-rank kinds fuse this."""
-        total = None
+    def combine(self, live: list[tuple[str, float]], x: Tensor, out: Tensor | None = None) -> Tensor:
+        """`out` (the base output) plus `weight * delta` over the live adapters (out None: the sum alone);
+        low-rank kinds fuse this."""
+        total = out
         for name, weight in live:
             term = self.delta(name, x) * weight
             total = term if total is None else total + term
@@ -210,10 +211,11 @@ class AdapterLayer(nn.Module):
         assert self.route is not None
         return [(n, self._weights[n]) for n in self.route.names if n in self.adapters and self._weights[n] != 0.0]
 
-    def combine_routed(self, live: list[tuple[str, float]], x: Tensor, batch_dim: int = 0) -> Tensor:
-        """Each sample gets only its own adapter's delta; low-rank kinds fuse this."""
+    def combine_routed(self, live: list[tuple[str, float]], x: Tensor, batch_dim: int = 0,
+                       out: Tensor | None = None) -> Tensor:
+        """Like `combine`, but each sample gets only its own adapter's delta; low-rank kinds fuse this."""
         assert self.route is not None
-        total = None
+        total = out
         for name, weight in live:
             term = self.delta(name, x) * (self.route.sample_mask(name, x, batch_dim) * weight)
             total = term if total is None else total + term
@@ -231,14 +233,14 @@ class AdapterLayer(nn.Module):
             merged = self._summed(live)
         if merged is not None:
             return self.forward_with(merged, x, *args, **kwargs)
-        return self.base(x, *args, **kwargs) + self.combine(live, x)
+        return self.combine(live, x, out=self.base(x, *args, **kwargs))
 
     def _forward_routed(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         routed = self.routed()
         if routed and self.route_per_group and self._small_for_inference():
             return self._forward_routed_merged(routed, x, *args, **kwargs)
         out = self.base(x, *args, **kwargs)
-        return out + self.combine_routed(routed, x) if routed else out
+        return self.combine_routed(routed, x, out=out) if routed else out
 
     def forward_with(self, weights: dict[str, Tensor], *args: Any, **kwargs: Any) -> Any:
         """The base module's forward with some of its parameters replaced (kinds override with a direct call)."""

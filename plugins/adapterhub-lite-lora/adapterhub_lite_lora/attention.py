@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from adapterhub_lite import LoraConfig, UnsupportedModuleError
 
-from .lowrank import LoraFactors, LowRankLayer
+from .lowrank import LoraFactors, LowRankLayer, addmm_up
 
 QKV = ("q", "k", "v")
 
@@ -55,6 +55,8 @@ class LoraMultiheadAttention(LowRankLayer):
     def up(self, h: Tensor, b: Tensor) -> Tensor:
         return F.linear(h, b)
 
+    up_add = staticmethod(addmm_up)
+
     def describe(self, name: str) -> dict[str, object]:
         return {**super().describe(name), "projections": list(self.adapters[name])}
 
@@ -76,7 +78,7 @@ class LoraMultiheadAttention(LowRankLayer):
         y = F.linear(x, self._weight(slot), bias)
         mine = [(n, w) for n, w in live if slot in self.adapters[n]]
         routed_dim = 1 if self.route is not None else None
-        return y + self.low_rank(x, mine, slot, routed_dim=routed_dim) if mine else y
+        return self.low_rank(x, mine, slot, routed_dim=routed_dim, out=y) if mine else y
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
                 need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,

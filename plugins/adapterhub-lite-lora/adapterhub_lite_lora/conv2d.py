@@ -19,8 +19,9 @@ class LoraConv2d(LowRankLayer):
     targets = (nn.Conv2d,)
     rank_axis = 1
     route_per_group = True
-    # Opt-in for now (the same gradients, other rounding): the zoo's recorded results were trained without it.
-    train_on_merged_weights = False
+    # Small convs train through W + delta built inside autograd: the adapter's rank-channel activations cost
+    # more (time and memory) than the base weight's gradient (docs/benchmarks.md, training step).
+    train_on_merged_weights = True
 
     def __init__(self, base: nn.Conv2d) -> None:
         super().__init__(base)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from adapterhub_lite import LoraConfig
 
-from .lowrank import LoraFactors, LowRankLayer
+from .lowrank import LoraFactors, LowRankLayer, addmm_up
 
 
 class LoraLinear(LowRankLayer):
@@ -26,3 +26,5 @@ class LoraLinear(LowRankLayer):
 
     def up(self, h: Tensor, b: Tensor) -> Tensor:
         return F.linear(h, b)
+
+    up_add = staticmethod(addmm_up)

@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adapterhub_lite import AdapterLayer, LoraConfig, sole_owner
@@ -38,14 +39,25 @@ class LoraFactors(nn.Module):
         self.scale = config.scale
 
 
-def _stack(pairs: list[tuple[LoraFactors, float]], groups: int) -> tuple[Tensor, Tensor]:
-    """Concatenate factors on the rank axis (per group), B's pre-scaled by weight * scale."""
+def _stack(pairs: list[tuple[LoraFactors, float]], groups: int) -> tuple[Tensor, Tensor, float]:
+    """Concatenate factors on the rank axis (per group), B's pre-scaled by weight * scale. One adapter is
+    returned as it is, with its factor (`alpha`) apart: no scaled copy of B, and no op on it to backprop."""
     if len(pairs) == 1:
         f, w = pairs[0]
-        return f.lora_A, f.lora_B * (f.scale * w)
+        return f.lora_A, f.lora_B, f.scale * w
     a = torch.cat([f.lora_A.unflatten(0, (groups, -1)) for f, _ in pairs], dim=1).flatten(0, 1)
     b = torch.cat([(f.lora_B * (f.scale * w)).unflatten(0, (groups, -1)) for f, w in pairs], dim=2).flatten(0, 1)
-    return a, b  # a: (groups*R, ...)  b: (out, R, ...) with R the summed rank
+    return a, b, 1.0  # a: (groups*R, ...)  b: (out, R, ...) with R the summed rank
+
+
+def addmm_up(out: Tensor | None, h: Tensor, b: Tensor, alpha: float) -> Tensor:
+    """out + alpha * h B^T for Linear-like up-projections, as one addmm when the shapes allow: the add and
+    the scaling ride inside the GEMM (no delta-sized temporary, no extra pass over the output)."""
+    if out is None or not out.is_contiguous():
+        delta = F.linear(h, b if alpha == 1.0 else b * alpha)
+        return delta if out is None else out + delta
+    flat = torch.addmm(out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1]), b.t(), alpha=alpha)
+    return flat.view(out.shape)
 
 
 class LowRankLayer(AdapterLayer):
@@ -57,13 +69,18 @@ class LowRankLayer(AdapterLayer):
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__(base)
-        self._stacks: dict[str | None, tuple[tuple, Tensor, Tensor]] = {}
+        self._stacks: dict[str | None, tuple[tuple, tuple[Tensor, Tensor, float]]] = {}
 
     def down(self, x: Tensor, a: Tensor) -> Tensor:
         raise NotImplementedError
 
     def up(self, h: Tensor, b: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def up_add(self, out: Tensor | None, h: Tensor, b: Tensor, alpha: float) -> Tensor:
+        """out + alpha * up(h, b) (out None: the product alone); Linear-like kinds fuse it (`addmm_up`)."""
+        delta = self.up(h, b if alpha == 1.0 else b * alpha)  # B is smaller than the output: scale it
+        return delta if out is None else out + delta
 
     def factors(self, name: str, slot: str | None = None) -> LoraFactors:
         module = self.adapters[name]
@@ -84,11 +101,12 @@ class LowRankLayer(AdapterLayer):
     def delta_weight(self, name: str) -> Tensor:
         return self.factor_weight(self.factors(name))
 
-    def combine(self, live: list[tuple[str, float]], x: Tensor) -> Tensor:
-        return self.low_rank(x, live)
+    def combine(self, live: list[tuple[str, float]], x: Tensor, out: Tensor | None = None) -> Tensor:
+        return self.low_rank(x, live, out=out)
 
-    def combine_routed(self, live: list[tuple[str, float]], x: Tensor, batch_dim: int = 0) -> Tensor:
-        return self.low_rank(x, live, routed_dim=batch_dim)
+    def combine_routed(self, live: list[tuple[str, float]], x: Tensor, batch_dim: int = 0,
+                       out: Tensor | None = None) -> Tensor:
+        return self.low_rank(x, live, routed_dim=batch_dim, out=out)
 
     def merged_weights(self, weighted: list[tuple[str, float]], buffers: dict[str, Tensor]
                        ) -> dict[str, Tensor] | None:
@@ -102,10 +120,10 @@ class LowRankLayer(AdapterLayer):
                   and buffer.device == weight.device and buffer.is_contiguous()
                   and buffer.data_ptr() != weight.data.data_ptr() and sole_owner(buffer))
         with torch.no_grad():
-            a, b = _stack([(self.factors(n), w) for n, w in weighted], 1)
+            a, b, alpha = _stack([(self.factors(n), w) for n, w in weighted], 1)
             flat = weight.data.reshape(weight.shape[0], -1)
             out = buffer.view(flat.shape) if usable else torch.empty_like(flat)
-            torch.addmm(flat, b.reshape(b.shape[0], -1), a.reshape(a.shape[0], -1), out=out)
+            torch.addmm(flat, b.reshape(b.shape[0], -1), a.reshape(a.shape[0], -1), alpha=alpha, out=out)
         return {"weight": out.view(weight.shape)}
 
     def describe(self, name: str) -> dict[str, object]:
@@ -117,13 +135,13 @@ class LowRankLayer(AdapterLayer):
         self._stacks.clear()
 
     def low_rank(self, x: Tensor, live: list[tuple[str, float]], slot: str | None = None,
-                 routed_dim: int | None = None) -> Tensor:
-        """Sum of weight * delta over `live` (on one slot of a multi-weight layer), fused. Under a route
-        (`routed_dim` = the batch axis), each sample keeps only its own adapter's rank columns."""
+                 routed_dim: int | None = None, out: Tensor | None = None) -> Tensor:
+        """`out` plus the sum of weight * delta over `live` (on one slot of a multi-weight layer), fused.
+        Under a route (`routed_dim` = the batch axis), each sample keeps only its own adapter's rank columns."""
         pairs = [(self.factors(n, slot), w) for n, w in live]
         if self.training and any(not isinstance(f.dropout, nn.Identity) for f, _ in pairs):
             # each adapter drops its own input: the A products cannot share one x
-            total = None
+            total = out
             for (name, _), (f, w) in zip(live, pairs):
                 term = self.factor_delta(f, x) * w
                 if routed_dim is not None:
@@ -131,12 +149,13 @@ class LowRankLayer(AdapterLayer):
                 total = term if total is None else total + term
             return total
         if routed_dim is not None and self.route_per_group:
-            return self._routed_gather(x, live, pairs, routed_dim)
-        a, b = self._stacked(pairs, slot)
+            delta = self._routed_gather(x, live, pairs, routed_dim)
+            return delta if out is None else out + delta
+        a, b, alpha = self._stacked(pairs, slot)
         h = self.down(x, a)
         if routed_dim is not None:
             h = h * self._rank_mask(live, pairs, h, routed_dim)
-        return self.up(h, b)
+        return self.up_add(out, h, b, alpha)
 
     def _routed_gather(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
                        batch_dim: int) -> Tensor:
@@ -172,7 +191,7 @@ class LowRankLayer(AdapterLayer):
             mask = mask.T
         return mask.reshape(shape)
 
-    def _stacked(self, pairs: list[tuple[LoraFactors, float]], slot: str | None) -> tuple[Tensor, Tensor]:
+    def _stacked(self, pairs: list[tuple[LoraFactors, float]], slot: str | None) -> tuple[Tensor, Tensor, float]:
         params = [p for f, _ in pairs for p in (f.lora_A, f.lora_B)]
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return _stack(pairs, self.groups)  # autograd is recording: fresh every call, never stale
@@ -183,8 +202,8 @@ class LowRankLayer(AdapterLayer):
                tuple((p.data_ptr(), p._version, p.dtype) for p in params))
         hit = self._stacks.get(slot)
         if hit is not None and hit[0] == key:
-            return hit[1], hit[2]
+            return hit[1]
         with torch.no_grad():
-            a, b = _stack(pairs, self.groups)
-        self._stacks[slot] = (key, a, b)
-        return a, b
+            stacked = _stack(pairs, self.groups)
+        self._stacks[slot] = (key, stacked)
+        return stacked
