@@ -178,11 +178,11 @@ def train_child(model_name: str, variant: str, steps: int) -> dict[str, Any]:
     torch.set_num_threads(THREADS)
     case = make_case(model_name)
     model, args, targets = case["model"], case["args"], case["targets"]
-    if variant in ("ours", "ours-merged"):
-        if variant == "ours-merged":  # small convs train through W + delta inside autograd (opt-in)
+    if variant in ("ours", "ours-lowrank"):
+        if variant == "ours-lowrank":  # small convs through base + low-rank ops, as before merged training
             from adapterhub_lite_lora import LoraConv2d
 
-            LoraConv2d.train_on_merged_weights = True
+            LoraConv2d.train_on_merged_weights = False
         am = ours(model, targets, 1)
         params, net = am.trainable_parameters(), am
     elif variant == "peft":
@@ -215,17 +215,23 @@ def _status(field: str) -> int:
     raise RuntimeError(field)
 
 
-def train_group(models: list[str], steps: int) -> list[dict[str, Any]]:
+def train_group(models: list[str], steps: int, rounds: int) -> list[dict[str, Any]]:
+    """Each variant in its own fresh child, round-robin `rounds` times (drift hits all alike); medians."""
     rows = []
+    variants = ("ours", "ours-lowrank", "peft", "full")
     for name in models:
-        row: dict[str, Any] = {"group": "train", "model": name}
-        for variant in ("ours", "ours-merged", "peft", "full"):
-            result = subprocess.run([sys.executable, __file__, "--child-train", name, variant, str(steps)],
-                                    capture_output=True, text=True, check=True, env={**os.environ,
-                                                                                    "PYTHONWARNINGS": "ignore"})
-            data = json.loads(result.stdout.strip().splitlines()[-1])
-            row.update({f"{variant}_ms": data["seconds"] * 1e3, f"{variant}_peak_extra_mb": data["peak_extra_mb"],
-                        f"{variant}_trainable": data["trainable"]})
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        for _ in range(rounds):
+            for variant in variants:
+                result = subprocess.run([sys.executable, __file__, "--child-train", name, variant, str(steps)],
+                                        capture_output=True, text=True, check=True,
+                                        env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                runs[variant].append(json.loads(result.stdout.strip().splitlines()[-1]))
+        row: dict[str, Any] = {"group": "train", "model": name, "rounds": rounds, "steps": steps}
+        for variant, data in runs.items():
+            row.update({f"{variant}_ms": statistics.median(d["seconds"] for d in data) * 1e3,
+                        f"{variant}_peak_extra_mb": statistics.median(d["peak_extra_mb"] for d in data),
+                        f"{variant}_trainable": data[0]["trainable"]})
         rows.append(row)
         print(f"train {name}: ours {row['ours_ms']:.1f} ms, peft {row['peft_ms']:.1f}, full {row['full_ms']:.1f}",
               file=sys.stderr, flush=True)
@@ -325,13 +331,14 @@ def routing_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
                 am(*(a[i::8] for a in args))
 
         with torch.inference_mode():
-            t_routed, t_loop = interleaved([routed, loop], repeats)
+            t_base, t_routed, t_loop = interleaved([lambda: base_model(*args), routed, loop], repeats)
             try:
                 t_peft: float | None = median_time(lambda: pm(*args, adapter_names=names), repeats)
                 peft_note = ""
             except (TypeError, ValueError) as exc:  # e.g. no mixed batches through nn.MultiheadAttention
                 t_peft, peft_note = None, " ".join(str(exc).split())
-        rows.append({"group": "routing", "model": name, "routed_ms": t_routed * 1e3, "loop_ms": t_loop * 1e3,
+        rows.append({"group": "routing", "model": name, "base_ms": t_base * 1e3, "routed_ms": t_routed * 1e3,
+                     "loop_ms": t_loop * 1e3,
                      "peft_ms": t_peft * 1e3 if t_peft else None, "peft_note": peft_note,
                      "vs_loop": t_loop / t_routed, "vs_peft": t_peft / t_routed if t_peft else None})
         print(f"routing {name}: routed {t_routed*1e3:.1f} ms, loop {t_loop*1e3:.1f}, "
@@ -467,7 +474,7 @@ def main() -> None:
     if "forward" in groups:
         rows += forward_group(models, repeats)
     if "train" in groups:
-        rows += train_group(models, 3 if args.quick else 10)
+        rows += train_group(models, 3 if args.quick else 20, 1 if args.quick else 3)
     if "merge" in groups:
         rows += merge_group(repeats)
     if "combine" in groups:

@@ -73,11 +73,12 @@ class LoraMultiheadAttention(LowRankLayer):
             out["out_proj.weight"] = deltas["out"]
         return out
 
-    def _project(self, x: Tensor, slot: str, bias: Tensor | None, live: list[tuple[str, float]]) -> Tensor:
-        """x is (L, N, E): under a route the batch axis is 1."""
+    def _project(self, x: Tensor, slot: str, bias: Tensor | None, live: list[tuple[str, float]],
+                 batch_dim: int) -> Tensor:
+        """One projection (plus its adapters) in the caller's own layout: no transposed copy goes into a GEMM."""
         y = F.linear(x, self._weight(slot), bias)
         mine = [(n, w) for n, w in live if slot in self.adapters[n]]
-        routed_dim = 1 if self.route is not None else None
+        routed_dim = batch_dim if self.route is not None else None
         return self.low_rank(x, mine, slot, routed_dim=routed_dim, out=y) if mine else y
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
@@ -97,38 +98,32 @@ class LoraMultiheadAttention(LowRankLayer):
         if not batched:  # (L, E) -> (L, 1, E)
             query, key, value = (t.unsqueeze(1) for t in (query, key, value))
             key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
-        elif mha.batch_first:  # (N, L, E) -> (L, N, E)
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        L, N, E = query.shape
-        S, H = key.shape[0], mha.num_heads
-        head_dim = E // H
+        batch_dim = 0 if batched and mha.batch_first else 1  # (N, L, E) or (L, N, E)
+        N, L, S, H = query.shape[batch_dim], query.shape[1 - batch_dim], key.shape[1 - batch_dim], mha.num_heads
+        head_dim = mha.embed_dim // H
         biases = mha.in_proj_bias.chunk(3) if mha.in_proj_bias is not None else (None, None, None)
 
-        q = self._project(query, "q", biases[0], live)
-        k = self._project(key, "k", biases[1], live)
-        v = self._project(value, "v", biases[2], live)
-        q = q.reshape(L, N * H, head_dim).transpose(0, 1)  # (N*H, L, hd)
-        k = k.reshape(S, N * H, head_dim).transpose(0, 1)  # (N*H, S, hd)
-        v = v.reshape(S, N * H, head_dim).transpose(0, 1)  # (N*H, S, hd)
+        def split_heads(t: Tensor) -> Tensor:  # -> (N, H, length, hd), contiguous for the attention kernels
+            t = t.unflatten(-1, (H, head_dim))
+            return (t.transpose(1, 2) if batch_dim == 0 else t.permute(1, 2, 0, 3)).contiguous()
 
+        q, k, v = (split_heads(self._project(t, slot, bias, live, batch_dim))
+                   for t, slot, bias in zip((query, key, value), QKV, biases))
         mask = self._additive_mask(attn_mask, key_padding_mask, is_causal, N, L, S, q.dtype, q.device)
-        q = q * head_dim**-0.5
-        scores = torch.bmm(q, k.transpose(1, 2)) if mask is None else torch.baddbmm(mask, q, k.transpose(1, 2))
-        attn = scores.softmax(dim=-1)  # (N*H, L, S)
-        if self.training and mha.dropout > 0:
-            attn = F.dropout(attn, p=mha.dropout)
-        out = torch.bmm(attn, v).transpose(0, 1).reshape(L, N, E)
-        out = self._project(out, "out", mha.out_proj.bias, live)
-
-        if not batched:
-            out = out.squeeze(1)
-        elif mha.batch_first:
-            out = out.transpose(0, 1)
-        if not need_weights:
-            return out, None
-        weights = attn.view(N, H, L, S)
-        weights = weights.mean(dim=1) if average_attn_weights else weights
-        return out, (weights.squeeze(0) if not batched else weights)
+        mask = None if mask is None else mask.reshape(N, H, -1, S)
+        dropout = mha.dropout if self.training else 0.0
+        weights = None
+        if need_weights:  # the attention matrix is asked for: build it
+            scores = (q * head_dim**-0.5) @ k.transpose(-2, -1)
+            attn = (scores if mask is None else scores + mask).softmax(dim=-1)  # (N, H, L, S)
+            weights = attn.mean(dim=1) if average_attn_weights else attn
+            weights = weights.squeeze(0) if not batched else weights
+            heads = (F.dropout(attn, p=dropout) if dropout else attn) @ v
+        else:  # torch's fused kernel: no (N, H, L, S) score tensor
+            heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        heads = heads.transpose(1, 2) if batch_dim == 0 else heads.permute(2, 0, 1, 3)  # back to the input layout
+        out = self._project(heads.flatten(-2), "out", mha.out_proj.bias, live, batch_dim)
+        return (out.squeeze(1) if not batched else out), weights
 
     def _additive_mask(self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, is_causal: bool,
                        N: int, L: int, S: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
