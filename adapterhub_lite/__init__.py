@@ -21,7 +21,8 @@ from .errors import (
 )
 from .fingerprint import state_fingerprint
 from .hookspecs import hookimpl, hookspec
-from .layer import AdapterLayer, sole_owner
+from .buffers import empty_weight_like, sole_owner
+from .layer import AdapterLayer
 from .model import AdaptedModel
 from .plugins import PluginManager, load_plugins
 from .refs import AdapterRef, parse_ref
@@ -81,6 +82,7 @@ __all__ = [
     "ZooError",
     "__version__",
     "add_adapter_version",
+    "empty_weight_like",
     "get_registry",
     "hookimpl",
     "hookspec",

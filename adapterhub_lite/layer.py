@@ -26,17 +26,6 @@ from .config import AdapterConfig
 from .errors import AdapterStateError, IncompatibleAdapterError, UnknownNameError
 
 
-def sole_owner(tensor: Tensor) -> bool:
-    """True when no other tensor (view, detach, state_dict entry...) shares this tensor's memory.
-
-    Uses torch's storage use count; where that is unavailable, answers False (never reuse)."""
-    use_count = getattr(torch._C, "_storage_Use_Count", None)
-    if use_count is None:
-        return False
-    storage = tensor.untyped_storage()
-    return use_count(storage._cdata) <= 2  # this tensor and the `storage` object just made
-
-
 @dataclass(frozen=True)
 class Route:
     """Per-sample adapter choice for one batch: sample i runs `names[index[i]]` only (-1: the bare base)."""
@@ -70,9 +59,9 @@ class AdapterLayer(nn.Module):
     # one base-sized op instead of base + adapter ops. Bigger layers keep the low-rank path (their relative
     # overhead is small, and a copy would not be).
     inference_merge_limit: ClassVar[int] = 1 << 22  # parameter elements of the base module
-    # Unmerge keeps the merged tensor and the next merge writes into it (no allocation: ~2x faster merges of
-    # big layers). A kept buffer is reused only while nothing else references its memory (a state_dict taken
-    # while merged, say): see `sole_owner`. `release_buffers()` frees them.
+    # Unmerge keeps the merged tensor and the next merge writes into it (no allocation at all; a fresh buffer
+    # is mapped on huge pages, see buffers.py). A kept buffer is reused only while nothing else references its memory (a state_dict taken
+    # while merged, say): see `buffers.sole_owner`. `release_buffers()` frees them.
     keep_merge_buffers: ClassVar[bool] = True
     # Under a route, run each sample group separately (kinds whose op is compute-bound per sample, like convs,
     # turn this on: on merged weights for small layers at inference, else each adapter's delta on its own

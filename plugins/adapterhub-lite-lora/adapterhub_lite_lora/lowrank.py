@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapterhub_lite import AdapterLayer, LoraConfig, sole_owner
+from adapterhub_lite import AdapterLayer, LoraConfig, empty_weight_like, sole_owner
 
 Product = Callable[[Tensor, Tensor], Tensor]
 
@@ -122,7 +122,7 @@ class LowRankLayer(AdapterLayer):
         with torch.no_grad():
             a, b, alpha = _stack([(self.factors(n), w) for n, w in weighted], 1)
             flat = weight.data.reshape(weight.shape[0], -1)
-            out = buffer.view(flat.shape) if usable else torch.empty_like(flat)
+            out = buffer.view(flat.shape) if usable else empty_weight_like(flat)
             torch.addmm(flat, b.reshape(b.shape[0], -1), a.reshape(a.shape[0], -1), alpha=alpha, out=out)
         return {"weight": out.view(weight.shape)}
 

@@ -1,0 +1,47 @@
+"""Weight-sized buffers for merges: where to allocate them, and when one may be reused.
+
+A fresh 64 MB tensor is paid for in page faults: on 4 KB pages, 16,384 of them,
+which take about as long as the merge that fills it. Buffers of merge size are
+therefore mapped on 2 MB transparent huge pages where Linux offers them
+(`madvise`), which brings a first merge close to a re-merge into a kept buffer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+
+import torch
+from torch import Tensor
+
+HUGE_PAGE = 2 << 20
+HUGE_PAGES_FROM = 8 << 20  # bytes; smaller tensors come from torch's allocator as usual
+
+
+def sole_owner(tensor: Tensor) -> bool:
+    """True when no other tensor (view, detach, state_dict entry...) shares this tensor's memory.
+
+    Uses torch's storage use count; where that is unavailable, answers False (never reuse)."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:
+        return False
+    storage = tensor.untyped_storage()
+    return use_count(storage._cdata) <= 2  # this tensor and the `storage` object just made
+
+
+def empty_weight_like(tensor: Tensor) -> Tensor:
+    """A contiguous uninitialised tensor shaped like `tensor`; big CPU ones on huge pages where available.
+
+    The memory is an anonymous mapping owned by the returned tensor (freed with it)."""
+    nbytes = tensor.numel() * tensor.element_size()
+    if tensor.device.type != "cpu" or nbytes < HUGE_PAGES_FROM or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
+    region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        region.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:  # huge pages switched off: ordinary pages, still correct
+        pass
+    view = ctypes.c_char.from_buffer(region)
+    offset = -ctypes.addressof(view) % HUGE_PAGE  # start on a 2 MB boundary so every page can be huge
+    del view  # release the buffer export
+    return torch.frombuffer(region, dtype=tensor.dtype, count=tensor.numel(), offset=offset).view(tensor.shape)
