@@ -31,7 +31,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     forward = _rows(result, "forward")
     if forward:
         out += ["## Forward latency", "",
-                "Overhead = adapter latency / base latency - 1. Targets: 1 adapter, ours <= 0.7x PEFT's overhead; "
+                "Overhead = adapter latency / base latency - 1, the median over rounds of that ratio (base, ours and "
+                "peft run round-robin, so drift of the machine cancels). Targets: 1 adapter, ours <= 0.7x PEFT's overhead; "
                 "8 adapters, <= 0.4x; merged forward <= 1.02x base.", "",
                 "| model | adapters | base ms | ours ms | peft ms | ours overhead | peft overhead | ratio | target |",
                 "|---|---|---|---|---|---|---|---|---|"]

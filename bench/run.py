@@ -131,8 +131,8 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int = 2) -> list[float]:
-    """Median time of each function, measured round-robin."""
+def interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int = 2) -> list[list[float]]:
+    """Times of each function, measured round-robin: round i of every function ran side by side."""
     for fn in fns:
         for _ in range(warmup):
             fn()
@@ -142,7 +142,16 @@ def interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int = 2) -> 
             start = time.perf_counter()
             fn()
             bucket.append(time.perf_counter() - start)
+    return times
+
+
+def medians(times: list[list[float]]) -> list[float]:
     return [statistics.median(t) for t in times]
+
+
+def paired_ratio(times: list[float], reference: list[float]) -> float:
+    """Median over rounds of time / reference time in the same round: drift of the machine cancels out."""
+    return statistics.median(t / r for t, r in zip(times, reference))
 
 
 def forward_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
@@ -154,18 +163,19 @@ def forward_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
             am = ours(copy.deepcopy(base_model), targets, n)
             pm = theirs(copy.deepcopy(base_model), targets, n)
             with torch.inference_mode():  # interleaved, so drift in the machine hits all three alike
-                base, t_ours, t_peft = interleaved([lambda: base_model(*args), lambda: am(*args),
-                                                    lambda: pm(*args)], repeats)
+                times = interleaved([lambda: base_model(*args), lambda: am(*args), lambda: pm(*args)], repeats)
+            base, t_ours, t_peft = medians(times)
             row = {"group": "forward", "model": name, "adapters": n, "base_ms": base * 1e3,
                    "ours_ms": t_ours * 1e3, "peft_ms": t_peft * 1e3,
-                   "ours_overhead": t_ours / base - 1, "peft_overhead": t_peft / base - 1}
+                   "ours_overhead": paired_ratio(times[1], times[0]) - 1,
+                   "peft_overhead": paired_ratio(times[2], times[0]) - 1}
             row["overhead_ratio"] = (row["ours_overhead"] / row["peft_overhead"]
                                      if row["peft_overhead"] > 0 else float("nan"))
             if n == 1:
                 am.merge()
                 with torch.inference_mode():
                     plain, merged = interleaved([lambda: base_model(*args), lambda: am(*args)], repeats)
-                row["merged_vs_base"] = merged / plain
+                row["merged_vs_base"] = paired_ratio(merged, plain)
                 am.unmerge()
             rows.append(row)
             print(f"forward {name} x{n}: base {base*1e3:.2f} ms, ours {t_ours*1e3:.2f}, peft {t_peft*1e3:.2f}",
@@ -330,19 +340,23 @@ def routing_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
                 am.set_active([f"a{i}"])
                 am(*(a[i::8] for a in args))
 
+        def peft_routed() -> None:
+            pm(*args, adapter_names=names)
+
         with torch.inference_mode():
-            t_base, t_routed, t_loop = interleaved([lambda: base_model(*args), routed, loop], repeats)
             try:
-                t_peft: float | None = median_time(lambda: pm(*args, adapter_names=names), repeats)
-                peft_note = ""
+                peft_routed()
+                fns, peft_note = [lambda: base_model(*args), routed, loop, peft_routed], ""
             except (TypeError, ValueError) as exc:  # e.g. no mixed batches through nn.MultiheadAttention
-                t_peft, peft_note = None, " ".join(str(exc).split())
+                fns, peft_note = [lambda: base_model(*args), routed, loop], " ".join(str(exc).split())
+            times = interleaved(fns, repeats)
+        t_base, t_routed, t_loop, *t_peft = medians(times)
         rows.append({"group": "routing", "model": name, "base_ms": t_base * 1e3, "routed_ms": t_routed * 1e3,
-                     "loop_ms": t_loop * 1e3,
-                     "peft_ms": t_peft * 1e3 if t_peft else None, "peft_note": peft_note,
-                     "vs_loop": t_loop / t_routed, "vs_peft": t_peft / t_routed if t_peft else None})
+                     "loop_ms": t_loop * 1e3, "peft_ms": t_peft[0] * 1e3 if t_peft else None, "peft_note": peft_note,
+                     "vs_loop": paired_ratio(times[2], times[1]),
+                     "vs_peft": paired_ratio(times[3], times[1]) if t_peft else None})
         print(f"routing {name}: routed {t_routed*1e3:.1f} ms, loop {t_loop*1e3:.1f}, "
-              f"peft {t_peft * 1e3 if t_peft else peft_note}",
+              f"peft {t_peft[0] * 1e3 if t_peft else peft_note}",
               file=sys.stderr, flush=True)
     return rows
 
@@ -467,7 +481,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     warnings.simplefilter("ignore")
     models = ["richboynet", "wide-mlp", "mnist-cnn", "ddpm-unet"]
-    repeats = 5 if args.quick else 25
+    repeats = 5 if args.quick else 50
     groups = args.only or ["forward", "train", "merge", "combine", "routing", "io", "stream"]
     started = time.time()
     rows: list[dict[str, Any]] = []
