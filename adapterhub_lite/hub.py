@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import AdapterhubError, MissingDependencyError, ZooError
 from .registry import Registry
+from .workflow import metric_scopes
 from .zoo import CARD, Zoo, ZooEntry
 
 
@@ -42,8 +43,7 @@ def model_card(entry: ZooEntry) -> str:
     if card.get("config"):
         lines += ["", "Config:", "", "```json", json.dumps(card["config"], indent=2), "```"]
     metrics = card.get("metrics") or {}
-    scopes = metrics.items() if "all" in metrics or "selected_classes" in metrics else [("test", metrics)]
-    for scope, values in scopes:
+    for scope, values in metric_scopes(metrics):
         shown = {k: v for k, v in values.items() if isinstance(v, (int, float))}
         if shown:
             lines += ["", f"Metrics ({scope}): " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())]

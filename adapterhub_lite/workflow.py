@@ -43,8 +43,9 @@ class DataOptions:
 
 
 def metric_scopes(metrics: dict[str, Any], single: str = "test") -> list[tuple[str, dict[str, Any]]]:
-    """Adapter cards keep metrics per scope ('all', 'trained_classes'); base cards keep one set."""
-    return list(metrics.items()) if "all" in metrics else [(single, metrics)]
+    """Adapter cards keep metrics per scope ('all' or 'selected_classes', then 'trained_classes'); base cards
+    keep one set."""
+    return list(metrics.items()) if "all" in metrics or "selected_classes" in metrics else [(single, metrics)]
 
 
 def _task(spec: ModelSpec) -> Task:

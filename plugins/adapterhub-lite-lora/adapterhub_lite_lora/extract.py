@@ -102,7 +102,8 @@ def extract_command(model: str, tuned: str, base_ref: str | None, rank: int, out
     if as_json:
         click.echo(json.dumps(entry.card, indent=2))
         return
-    metrics = entry.card.get("metrics", {}).get("all", {})
+    scopes = entry.card.get("metrics", {})
+    metrics = scopes.get("all") or scopes.get("selected_classes") or {}
     shown = f", accuracy {metrics['accuracy']:.4f}" if "accuracy" in metrics else ""
     click.echo(f"wrote {entry.ref}: rank {rank}, energy kept {report['energy_kept']:.4f}{shown}"
                + (f"; biases etc. not held (max change {report['max_abs_change_not_held']:.3g})"
