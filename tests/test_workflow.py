@@ -167,3 +167,13 @@ def test_unet_sampling_grid(tmp_path) -> None:
     assert "needs --out" in runner.invoke(cli, ["apply", "ddpm-unet", "--sample", "2", "--zoo", zoo]).stderr
     no_samples = runner.invoke(cli, ["apply", "richboynet", "--sample", "2", "--out", str(out), "--zoo", zoo])
     assert no_samples.exit_code == 1
+
+
+def test_summary_line_shows_metrics_measured_on_selected_classes() -> None:
+    """An adapter evaluated with --classes (extract --eval --classes 5-9) keeps 'selected_classes': list it."""
+    from types import SimpleNamespace
+
+    from adapterhub_lite.cli.options import summary_line
+
+    entry = SimpleNamespace(ref="m/x@v1", card={"metrics": {"selected_classes": {"accuracy": 0.93211}}})
+    assert summary_line(entry) == "m/x@v1  selected classes accuracy 0.9321"
