@@ -32,7 +32,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     if forward:
         out += ["## Forward latency", "",
                 "Overhead = adapter latency / base latency - 1, the median over rounds of that ratio (base, ours and "
-                "peft run round-robin, so drift of the machine cancels). Targets: 1 adapter, ours <= 0.7x PEFT's overhead; "
+                "peft run round-robin in shuffled order, so drift of the machine cancels). "
+                "Targets: 1 adapter, ours <= 0.7x PEFT's overhead; "
                 "8 adapters, <= 0.4x; merged forward <= 1.02x base.", "",
                 "| model | adapters | base ms | ours ms | peft ms | ours overhead | peft overhead | ratio | target |",
                 "|---|---|---|---|---|---|---|---|---|"]
@@ -55,8 +56,9 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
                 "Targets: ours <= PEFT in time and memory on every model; on the CNN below full fine-tuning in both.",
                 "`ours` is the default: small convs train through W + delta built inside autograd "
                 "(`LoraConv2d.train_on_merged_weights`); the last columns turn that off (base + low-rank ops). "
-                f"Each variant runs in its own fresh process, round-robin, {train[0]['rounds']} round(s) of "
-                f"{train[0]['steps']} steps; medians.",
+                f"Time: the four variants side by side in one process, one step each per round in shuffled order, "
+                f"{train[0]['steps']} rounds; medians. Memory: each variant alone in a fresh process over 5 steps, "
+                f"median of {train[0]['memory_runs']} processes.",
                 "", "| model | ours ms | peft ms | full FT ms | ours MB | peft MB | full FT MB | target "
                 "| ours, low-rank convs: ms / MB |", "|---|---|---|---|---|---|---|---|---|"]
         for r in train:
@@ -117,7 +119,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
                 f"delta fused into each of its {r['fused_tensors']} weight matrices, streamed tensor by tensor "
                 f"(`adapterhub_lite.streaming.fuse_file`), in a fresh process:", "",
                 "| | seconds | GB/s | peak RSS MB |", "|---|---|---|---|",
-                f"| plain read of the same bytes | {r['read_s']:.2f} | {r['read_gb_s']:.2f} | {r['read_peak_mb']:.0f} |",
+                f"| plain read of the same bytes | {r['read_s']:.2f} | {r['read_gb_s']:.2f} "
+                f"| {r['read_peak_mb']:.0f} |",
                 f"| plain copy (read + write) | {r['copy_s']:.2f} | {r['copy_gb_s']:.2f} | {r['copy_peak_mb']:.0f} |",
                 f"| read + fuse + write | {r['fuse_s']:.2f} | {r['fuse_gb_s']:.2f} | {r['fuse_peak_mb']:.0f} |", "",
                 f"The process holds {r['fuse_start_mb']:.0f} MB before the fuse begins (Python and this torch "

@@ -17,6 +17,7 @@ import copy
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -67,7 +68,8 @@ def make_case(name: str) -> dict[str, Any]:
         model = registry.create_model("ddpm-unet")
         args = (torch.randn(16, 1, 32, 32), torch.randint(0, 1000, (16,)))
         targets = [n for n, m in model.named_modules()
-                   if isinstance(m, nn.MultiheadAttention) or (isinstance(m, nn.Conv2d) and n.endswith((".conv1", ".conv2")))]
+                   if isinstance(m, nn.MultiheadAttention)
+                   or (isinstance(m, nn.Conv2d) and n.endswith((".conv1", ".conv2")))]
     else:
         raise SystemExit(f"unknown model {name}")
     return {"name": name, "model": model.eval(), "args": args, "targets": targets}
@@ -132,16 +134,21 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
 
 
 def interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int = 2) -> list[list[float]]:
-    """Times of each function, measured round-robin: round i of every function ran side by side."""
+    """Times of each function, measured round-robin: round i of every function ran side by side, in a fresh
+    random order (seeded), so no function always follows the same neighbour (whose cache and allocator
+    footprint it would inherit)."""
     for fn in fns:
         for _ in range(warmup):
             fn()
+    order = list(range(len(fns)))
+    rng = random.Random(0)
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, bucket in zip(fns, times):
+        rng.shuffle(order)
+        for i in order:
             start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
+            fns[i]()
+            times[i].append(time.perf_counter() - start)
     return times
 
 
@@ -184,16 +191,17 @@ def forward_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
 
 
 # --- training step, in a fresh child for peak memory ---------------------------------------------------------------
-def train_child(model_name: str, variant: str, steps: int) -> dict[str, Any]:
-    torch.set_num_threads(THREADS)
-    case = make_case(model_name)
-    model, args, targets = case["model"], case["args"], case["targets"]
-    if variant in ("ours", "ours-lowrank"):
-        if variant == "ours-lowrank":  # small convs through base + low-rank ops, as before merged training
-            from adapterhub_lite_lora import LoraConv2d
+TRAIN_VARIANTS = ("ours", "ours-lowrank", "peft", "full")
 
-            LoraConv2d.train_on_merged_weights = False
+
+def training_step(case: dict[str, Any], variant: str) -> tuple[Callable[[], None], list[nn.Parameter]]:
+    """One forward, backward and AdamW step of `variant` on its own copy of the case's model."""
+    model, args, targets = copy.deepcopy(case["model"]), case["args"], case["targets"]
+    if variant in ("ours", "ours-lowrank"):
         am = ours(model, targets, 1)
+        if variant == "ours-lowrank":  # small convs through base + low-rank ops (merged-weights training off)
+            for layer in am.layers().values():
+                layer.train_on_merged_weights = False
         params, net = am.trainable_parameters(), am
     elif variant == "peft":
         net = theirs(model, targets, 1)
@@ -211,11 +219,19 @@ def train_child(model_name: str, variant: str, steps: int) -> dict[str, Any]:
         loss.backward()
         optimizer.step()
 
+    return step, params
+
+
+def train_child(model_name: str, variant: str, steps: int) -> dict[str, Any]:
+    """Peak memory of `steps` training steps, in a fresh process."""
+    torch.set_num_threads(THREADS)
+    step, params = training_step(make_case(model_name), variant)
     rss_before = _status("VmRSS")  # the model is built; gradients and optimizer state are counted below
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
-    seconds = median_time(step, steps, warmup=1)
-    return {"seconds": seconds, "peak_extra_mb": (_status("VmHWM") - rss_before) / 1024,
-            "peak_mb": _status("VmHWM") / 1024, "trainable": sum(p.numel() for p in params)}
+    for _ in range(steps):
+        step()
+    return {"peak_extra_mb": (_status("VmHWM") - rss_before) / 1024, "peak_mb": _status("VmHWM") / 1024,
+            "trainable": sum(p.numel() for p in params)}
 
 
 def _status(field: str) -> int:
@@ -225,23 +241,23 @@ def _status(field: str) -> int:
     raise RuntimeError(field)
 
 
-def train_group(models: list[str], steps: int, rounds: int) -> list[dict[str, Any]]:
-    """Each variant in its own fresh child, round-robin `rounds` times (drift hits all alike); medians."""
+def train_group(models: list[str], steps: int, memory_runs: int) -> list[dict[str, Any]]:
+    """Time: the four variants side by side in this process, one step each per round, in shuffled order (drift
+    and neighbours hit all alike). Memory: each variant alone in a fresh child, median of `memory_runs`."""
     rows = []
-    variants = ("ours", "ours-lowrank", "peft", "full")
     for name in models:
-        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-        for _ in range(rounds):
-            for variant in variants:
-                result = subprocess.run([sys.executable, __file__, "--child-train", name, variant, str(steps)],
-                                        capture_output=True, text=True, check=True,
-                                        env={**os.environ, "PYTHONWARNINGS": "ignore"})
-                runs[variant].append(json.loads(result.stdout.strip().splitlines()[-1]))
-        row: dict[str, Any] = {"group": "train", "model": name, "rounds": rounds, "steps": steps}
-        for variant, data in runs.items():
-            row.update({f"{variant}_ms": statistics.median(d["seconds"] for d in data) * 1e3,
-                        f"{variant}_peak_extra_mb": statistics.median(d["peak_extra_mb"] for d in data),
-                        f"{variant}_trainable": data[0]["trainable"]})
+        case = make_case(name)
+        steps_by_variant = [training_step(case, variant)[0] for variant in TRAIN_VARIANTS]
+        times = medians(interleaved(steps_by_variant, steps))
+        row: dict[str, Any] = {"group": "train", "model": name, "steps": steps, "memory_runs": memory_runs}
+        for variant, seconds in zip(TRAIN_VARIANTS, times):
+            runs = [json.loads(subprocess.run([sys.executable, __file__, "--child-train", name, variant, "5"],
+                                              capture_output=True, text=True, check=True,
+                                              env={**os.environ, "PYTHONWARNINGS": "ignore"}
+                                              ).stdout.strip().splitlines()[-1]) for _ in range(memory_runs)]
+            row.update({f"{variant}_ms": seconds * 1e3,
+                        f"{variant}_peak_extra_mb": statistics.median(r["peak_extra_mb"] for r in runs),
+                        f"{variant}_trainable": runs[0]["trainable"]})
         rows.append(row)
         print(f"train {name}: ours {row['ours_ms']:.1f} ms, peft {row['peft_ms']:.1f}, full {row['full_ms']:.1f}",
               file=sys.stderr, flush=True)
@@ -464,7 +480,8 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="adapterhub_lite vs PEFT benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer repeats: a smoke run")
-    parser.add_argument("--only", choices=["forward", "train", "merge", "combine", "routing", "io", "stream"], action="append")
+    parser.add_argument("--only", action="append",
+                        choices=["forward", "train", "merge", "combine", "routing", "io", "stream"])
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--child-train", nargs=3, metavar=("MODEL", "VARIANT", "STEPS"), help=argparse.SUPPRESS)
@@ -488,7 +505,7 @@ def main() -> None:
     if "forward" in groups:
         rows += forward_group(models, repeats)
     if "train" in groups:
-        rows += train_group(models, 3 if args.quick else 20, 1 if args.quick else 3)
+        rows += train_group(models, 3 if args.quick else 60, 1 if args.quick else 3)
     if "merge" in groups:
         rows += merge_group(repeats)
     if "combine" in groups:
