@@ -60,8 +60,8 @@ class AdapterLayer(nn.Module):
     # overhead is small, and a copy would not be).
     inference_merge_limit: ClassVar[int] = 1 << 22  # parameter elements of the base module
     # Unmerge keeps the merged tensor and the next merge writes into it (no allocation at all; a fresh buffer
-    # is mapped on huge pages, see buffers.py). A kept buffer is reused only while nothing else references its memory (a state_dict taken
-    # while merged, say): see `buffers.sole_owner`. `release_buffers()` frees them.
+    # is mapped on huge pages, see buffers.py). A kept buffer is reused only while nothing else references its
+    # memory (a state_dict taken while merged, say): see `buffers.sole_owner`. `release_buffers()` frees them.
     keep_merge_buffers: ClassVar[bool] = True
     # Under a route, run each sample group separately (kinds whose op is compute-bound per sample, like convs,
     # turn this on: on merged weights for small layers at inference, else each adapter's delta on its own
