@@ -243,3 +243,29 @@ def test_conv_training_on_merged_weights_gives_the_low_rank_gradients(monkeypatc
         torch.testing.assert_close(g_merged[name], g_low[name], rtol=1e-4, atol=1e-5)
     assert all(p.grad is None for p in layer.base.parameters())
     assert AdapterLayer.train_on_merged_weights is False  # kinds opt in; the core default is off
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_attention_per_head_mask_and_padding_match_torch_on_merged_weights(batch_first, need_weights) -> None:
+    """A 3-D (N*H, L, S) attn_mask plus a key_padding_mask: our attention equals torch's on the merged weights."""
+    torch.manual_seed(0)
+    n, heads, L, embed = 3, 2, 4, 8  # n != heads: a mask read in the wrong (H, N) order fails
+    mha = nn.MultiheadAttention(embed, heads, batch_first=batch_first).eval()
+    am = AdaptedModel(nn.Sequential(mha))
+    am.add_adapter("a", LoraConfig(targets=["0"], rank=2, alpha=4))
+    randomize_adapters(am.model)
+    x = torch.randn((n, L, embed) if batch_first else (L, n, embed))
+    per_head = torch.randn(n * heads, L, L)
+    pad = torch.tensor([[False, False, True, False], [False, True, False, False], [False, False, False, True]])
+    layer = am.layers()["0"]
+    layer.inference_merge_limit = 0  # our attention code
+    with torch.no_grad():
+        ours, ours_weights = layer(x, x, x, attn_mask=per_head, key_padding_mask=pad, need_weights=need_weights)
+        layer.inference_merge_limit = 1 << 22  # torch's own attention on merged projections
+        want, want_weights = layer(x, x, x, attn_mask=per_head, key_padding_mask=pad, need_weights=need_weights)
+    torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-5)
+    if need_weights:
+        torch.testing.assert_close(ours_weights, want_weights, rtol=1e-5, atol=1e-5)
+    else:
+        assert ours_weights is None and want_weights is None

@@ -110,7 +110,6 @@ class LoraMultiheadAttention(LowRankLayer):
         q, k, v = (split_heads(self._project(t, slot, bias, live, batch_dim))
                    for t, slot, bias in zip((query, key, value), QKV, biases))
         mask = self._additive_mask(attn_mask, key_padding_mask, is_causal, N, L, S, q.dtype, q.device)
-        mask = None if mask is None else mask.reshape(N, H, -1, S)
         dropout = mha.dropout if self.training else 0.0
         weights = None
         if need_weights:  # the attention matrix is asked for: build it
@@ -127,19 +126,17 @@ class LoraMultiheadAttention(LowRankLayer):
 
     def _additive_mask(self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, is_causal: bool,
                        N: int, L: int, S: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
-        """attn_mask and key_padding_mask as one float mask (N*H or 1, L, S); True means 'masked'."""
-        H = self.base.num_heads
+        """attn_mask and key_padding_mask as one float mask that broadcasts over (N, H, L, S); True means
+        'masked'."""
         if attn_mask is None and is_causal:
             attn_mask = torch.ones(L, S, dtype=torch.bool, device=device).triu(1)
         mask = None
-        if attn_mask is not None:
-            mask = _as_float(attn_mask, dtype)
-            mask = mask.unsqueeze(0) if mask.dim() == 2 else mask  # (1 or N*H, L, S)
+        if attn_mask is not None:  # (L, S) or (N*H, L, S)
+            shape = (1, 1, L, S) if attn_mask.dim() == 2 else (-1, self.base.num_heads, L, S)
+            mask = _as_float(attn_mask, dtype).reshape(shape)
         if key_padding_mask is not None:
-            pad = _as_float(key_padding_mask, dtype).view(N, 1, 1, S).expand(N, H, 1, S).reshape(N * H, 1, S)
+            pad = _as_float(key_padding_mask, dtype).reshape(N, 1, 1, S)
             mask = pad if mask is None else mask + pad
-        if mask is not None and mask.shape[0] == 1:
-            mask = mask.expand(N * H, L, S)
         return mask
 
 

@@ -12,15 +12,12 @@ training never sees a stale copy.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adapterhub_lite import AdapterLayer, LoraConfig, empty_weight_like, sole_owner
-
-Product = Callable[[Tensor, Tensor], Tensor]
 
 
 class LoraFactors(nn.Module):
