@@ -12,11 +12,15 @@ from .errors import (
     AdapterStateError,
     ConfigError,
     IncompatibleAdapterError,
+    HubError,
     MissingDependencyError,
+    NameRuleError,
     PluginError,
     RefError,
     UnknownNameError,
+    TrainingError,
     UnsupportedModuleError,
+    WriteError,
     ZooError,
 )
 from .fingerprint import state_fingerprint
@@ -28,6 +32,7 @@ from .plugins import PluginManager, load_plugins
 from .refs import AdapterRef, parse_ref
 from .registry import Registry, get_registry
 from .serialization import load_adapter, read_adapter_file, save_adapter
+from .tensorfile import load_tensors, read_header
 from .specs import (
     AdapterBundle,
     AdapterKind,
@@ -62,6 +67,7 @@ __all__ = [
     "ExportFn",
     "Format",
     "ImportFn",
+    "HubError",
     "IncompatibleAdapterError",
     "LoraConfig",
     "MergeFn",
@@ -69,14 +75,17 @@ __all__ = [
     "MergeMethod",
     "MergeResult",
     "MissingDependencyError",
+    "NameRuleError",
     "ModelSpec",
     "PluginError",
     "PluginManager",
     "RefError",
     "Registry",
     "Task",
+    "TrainingError",
     "UnknownNameError",
     "UnsupportedModuleError",
+    "WriteError",
     "Zoo",
     "ZooEntry",
     "ZooError",
@@ -89,8 +98,10 @@ __all__ = [
     "load_adapter",
     "load_base",
     "load_plugins",
+    "load_tensors",
     "parse_ref",
     "read_adapter_file",
+    "read_header",
     "save_adapter",
     "sole_owner",
     "state_fingerprint",

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .atomic import make_dirs_under, publish, write_text
 from .config import LoraConfig
 from .errors import AdapterhubError, ConfigError
 from .registry import Registry
@@ -88,8 +89,7 @@ def run_profile(registry: Registry, zoo: Zoo, recipes: dict[str, Any], profile: 
                for step in spec["steps"]}
     report = {"profile": profile, "seeds": seeds, "seconds": round(time.perf_counter() - started, 1),
               "summary": summary, "per_seed": per_seed}
-    out = zoo.root / f"results-{profile}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_text(zoo.root / f"results-{profile}.json", json.dumps(report, indent=2) + "\n")
     log(f"wrote {out} ({report['seconds']}s)")
     return report
 
@@ -125,9 +125,9 @@ def _evaluate_step(registry: Registry, zoo: Zoo, step: dict[str, Any], seed: int
         images = task.sample(am.model, step["sample"], seed=seed)
         from torchvision.utils import save_image
 
-        out = zoo.root / "grids" / f"{step['id']}-seed{seed}.png"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images, str(out), nrow=int(round(step["sample"] ** 0.5)), padding=1)
+        folder, _ = make_dirs_under(zoo.root, "grids")
+        out = publish(folder / f"{step['id']}-seed{seed}.png", lambda target: save_image(
+            images, str(target), nrow=int(round(step["sample"] ** 0.5)), padding=1))
         result["grid"] = str(out)
     result["metrics"] = evaluate(registry, zoo, base.model, am.model, _data(step, data_dir), seed=seed)
     return result

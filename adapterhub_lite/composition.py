@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AdapterhubError, ZooError
-from .zoo import BASE, Zoo, ZooEntry
+from .zoo import Zoo, ZooEntry
 
 
 def expand(zoo: Zoo, entry: ZooEntry, weight: float = 1.0) -> list[tuple[ZooEntry, float]]:
@@ -35,9 +35,7 @@ def compose(zoo: Zoo, model: str, name: str, refs: Sequence[str]) -> ZooEntry:
     """Save refs (exact versions, with weights) as a new version of composition `model/name`."""
     from .workflow import parse_refs, resolve_stack
 
-    if name == BASE:
-        raise AdapterhubError("'base' is reserved for base models: pick another composition name")
-    zoo.check_kind(model, name, "composition")
+    zoo.check_new(model, name, "composition")
     base, adapters = resolve_stack(zoo, refs, model)
     if not adapters:
         raise AdapterhubError("a composition needs at least one adapter ref")

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from .errors import ConfigError
+from .errors import ConfigError, shorten
 
 ATTENTION_PROJECTIONS = ("q", "k", "v", "out")
 
@@ -46,6 +46,8 @@ class AdapterConfig:
             value = getattr(self, name)
             if isinstance(value, str):
                 value = (value,)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name} must be a list of strings, got {shorten(value, 60)}")
             object.__setattr__(self, name, tuple(value))
         if not self.targets and not self.target_types:
             raise ConfigError(
@@ -67,6 +69,8 @@ class AdapterConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, ignore_unknown: bool = False) -> AdapterConfig:
         """Build from `to_dict()` output. Unknown keys are an error unless `ignore_unknown`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a {cls.__name__} is a JSON object, got {shorten(data, 60)}")
         data = dict(data)
         kind = data.pop("kind", cls.kind)
         if kind != cls.kind:
@@ -107,16 +111,21 @@ class LoraConfig(AdapterConfig):
         projections = self.attention_projections
         if isinstance(projections, str):
             projections = tuple(p.strip() for p in projections.split(",") if p.strip())
+        if not isinstance(projections, (list, tuple)):
+            raise ConfigError(f"attention_projections must be a list, got {shorten(projections, 40)}")
         object.__setattr__(self, "attention_projections", tuple(projections))
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ConfigError(f"rank must be a positive integer, got {self.rank!r}")
-        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha <= 0:
-            raise ConfigError(f"alpha must be a positive number, got {self.alpha!r}")
+            raise ConfigError(f"rank must be a positive integer, got {shorten(self.rank, 40)}")
+        if (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha)
+                or self.alpha <= 0):
+            raise ConfigError(f"alpha must be a positive number, got {shorten(self.alpha, 40)}")
         object.__setattr__(self, "alpha", float(self.alpha))
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {shorten(self.dropout, 40)}")
+        if not isinstance(self.rslora, bool):
+            raise ConfigError(f"rslora must be true or false, got {shorten(self.rslora, 40)}")
         if self.init not in self.INITS:
-            raise ConfigError(f"init must be one of {', '.join(self.INITS)}, got {self.init!r}")
+            raise ConfigError(f"init must be one of {', '.join(self.INITS)}, got {shorten(self.init, 40)}")
         bad = [p for p in self.attention_projections if p not in ATTENTION_PROJECTIONS]
         if bad or not self.attention_projections or len(set(self.attention_projections)) != len(self.attention_projections):
             raise ConfigError(

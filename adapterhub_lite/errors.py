@@ -8,6 +8,18 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
+
+MESSAGE_LIMIT = 160  # characters of a user-supplied value shown in a message
+
+
+def shorten(value: Any, limit: int = MESSAGE_LIMIT) -> str:
+    """`repr(value)` cut to `limit` characters, saying how much was cut: a hostile 10 MB field never reaches
+    stderr whole."""
+    text = value if isinstance(value, str) and value.startswith(("'", '"')) else repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
 
 
 class AdapterhubError(Exception):
@@ -31,8 +43,8 @@ class UnknownNameError(AdapterhubError, KeyError):
 
     def __init__(self, what: str, name: str, valid: Iterable[str], hint: str = "") -> None:
         self.what, self.name, self.valid = what, name, sorted(set(valid))
-        message = f"unknown {what} {name!r}"
-        close = difflib.get_close_matches(name, self.valid, n=3, cutoff=0.5)
+        message = f"unknown {what} {shorten(name)}"
+        close = difflib.get_close_matches(name, self.valid, n=3, cutoff=0.5) if isinstance(name, str) else []
         if close:
             message += f"; did you mean {' or '.join(map(repr, close))}?"
         if self.valid:
@@ -74,3 +86,24 @@ class ZooError(AdapterhubError):
 
 class MissingDependencyError(AdapterhubError, ImportError):
     """An optional dependency is not installed; the message says what to pip install."""
+
+
+class NameRuleError(AdapterhubError, ValueError):
+    """A zoo name (model, adapter, base, composition) that breaks the one name rule; the message states it."""
+
+
+class WriteError(AdapterhubError):
+    """Writing a file or folder failed (read-only, permission, no space, a link where none may be); nothing
+    partial was left behind. Names the path and the reason."""
+
+    def __init__(self, message: str, path: Any = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class TrainingError(AdapterhubError):
+    """Training produced something unusable (a loss or weights that went to NaN or infinity)."""
+
+
+class HubError(AdapterhubError):
+    """A Hugging Face Hub call failed: network, token, offline mode or a missing repo."""

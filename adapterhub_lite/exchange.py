@@ -2,9 +2,12 @@
 
 Export takes any ref: one adapter at weight 1 is written as it is; several
 adapters, weights or a composition are first combined exactly (`cat`), and a
-model format gets the base with everything fused. Import builds the adapter
-on the zoo base, checks shapes (and base fingerprints when the file records
-them), and writes a new zoo version; nothing is written on any error.
+model format gets the base with everything fused. The format writes into a
+temp path beside the destination, which is moved into place only when
+complete (`atomic.publish`): a failed export leaves nothing behind. Import
+builds the adapter on the zoo base, checks shapes, dtypes, finiteness (and
+base fingerprints when the file records them), and writes a new zoo version;
+nothing is written on any error.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import AdapterhubError, IncompatibleAdapterError
+from .atomic import publish
+from .errors import AdapterFileError, AdapterhubError, IncompatibleAdapterError
 from .fingerprint import state_fingerprint
 from .merge import fused_model, plan_merge
 from .model import AdaptedModel
@@ -41,7 +45,7 @@ def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str], fmt_name: str
         plain = fused_model(registry, zoo, [base.ref, *[f"{e.ref}={w!r}" for e, w in adapters]])
         state = {k: v.detach().contiguous() for k, v in plain.state_dict().items()}
         info["fingerprint"] = state_fingerprint(state)
-        return fmt.export(state, dest, name=None), info
+        return publish(dest, lambda target: fmt.export(state, target, name=None)), info
     if not adapters:
         raise AdapterhubError(f"name an adapter to export in {fmt_name!r} (a bare base exports with --format merged)")
     if len(adapters) == 1 and adapters[0][1] == 1.0:
@@ -52,7 +56,7 @@ def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str], fmt_name: str
         plan = plan_merge(registry, zoo, base.model, [e.ref + f"={w!r}" for e, w in adapters], "cat")
         am, name = plan.adapter, "merged"
         info["combined"] = "cat"
-    return fmt.export(am, dest, name=name), info
+    return publish(dest, lambda target: fmt.export(am, target, name=name)), info
 
 
 def import_file(registry: Registry, zoo: Zoo, src: Path, fmt_name: str, model: str, name: str,
@@ -60,11 +64,10 @@ def import_file(registry: Registry, zoo: Zoo, src: Path, fmt_name: str, model: s
                 origin: dict[str, Any] | None = None) -> Any:
     """Read `src` in a format and write it into the zoo: an adapter on a base, or (model formats) a new base."""
     fmt = _format(registry, fmt_name, "import")
+    zoo.check_new(model, name, "base" if fmt.holds == "model" else "adapter")
     if not Path(src).exists():
-        raise AdapterhubError(f"nothing at {src}")
-    base = zoo.resolve(base_ref or model)
-    if not base.is_base or base.model != model:
-        raise AdapterhubError(f"--base must name a {model} base version, e.g. {model}/base@v1")
+        raise AdapterFileError(f"nothing at {src}")
+    base = zoo.require_base(base_ref or model, model)
     am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
     recipe = {"command": "import", "format": fmt_name, "source": str(src)}
     if fmt.holds == "model":

@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import AdapterhubError, MissingDependencyError, ZooError
+from .atomic import publish
+from .errors import AdapterhubError, HubError, MissingDependencyError, ZooError, shorten
 from .registry import Registry
 from .workflow import metric_scopes
 from .zoo import CARD, Zoo, ZooEntry
@@ -61,11 +62,16 @@ def stage(zoo: Zoo, ref: str, folder: Path) -> list[str]:
     if entry.is_composition:
         raise AdapterhubError(f"{entry.ref} is a composition (references only): push its parts, or merge it first "
                               f"(adapters merge {entry.model} {entry.name} --method cat --out NAME)")
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(entry.weights, folder / entry.weights.name)
-    shutil.copy2(entry.path / CARD, folder / CARD)
-    (folder / "README.md").write_text(model_card(entry))
-    return sorted(p.name for p in folder.iterdir())
+    readme = model_card(entry)
+
+    def write(target: Path) -> None:
+        target.mkdir(exist_ok=True)  # an existing destination folder is handed over as an empty temp folder
+        shutil.copyfile(entry.weights, target / entry.weights.name)
+        shutil.copyfile(entry.path / CARD, target / CARD)
+        (target / "README.md").write_text(readme)
+
+    publish(folder, write)
+    return sorted([entry.weights.name, CARD, "README.md"])
 
 
 def push(zoo: Zoo, ref: str, repo: str, *, private: bool = False) -> str:
@@ -73,55 +79,113 @@ def push(zoo: Zoo, ref: str, repo: str, *, private: bool = False) -> str:
     import tempfile
 
     hub = _hub()
+    _check_repo(repo)
     with tempfile.TemporaryDirectory() as tmp:
-        stage(zoo, ref, Path(tmp))
-        api = hub.HfApi(token=os.environ.get("HF_TOKEN"))
-        api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo, folder_path=tmp, commit_message=f"adapterhub_lite: {ref}")
+        stage(zoo, ref, Path(tmp) / "staged")
+        try:
+            api = hub.HfApi(token=os.environ.get("HF_TOKEN"))
+            api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+            info = api.upload_folder(repo_id=repo, folder_path=Path(tmp) / "staged",
+                                     commit_message=f"adapterhub_lite: {ref}")
+        except Exception as exc:  # the network boundary: every failure of the Hub call is one line
+            raise hub_failure("push to", repo, exc) from exc
     return str(getattr(info, "commit_url", info))
+
+
+_OFFLINE_VALUES = {"1", "true", "yes", "on"}
+
+
+def hub_failure(action: str, repo: str, exc: BaseException) -> HubError:
+    """One line for a failed Hub call: what failed, whether the network, the token or offline mode is the
+    cause, and how to retry."""
+    kind = type(exc).__name__
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _OFFLINE_VALUES
+    if kind == "OfflineModeIsEnabled" or (offline and action.startswith("push")):
+        why = f"HF_HUB_OFFLINE is set, so the Hub is not contacted: unset it to {action.split()[0]}"
+    elif kind == "LocalEntryNotFoundError" and offline:
+        why = "it is not in the local Hub cache and HF_HUB_OFFLINE is set: unset it to download"
+    elif kind in ("LocalTokenNotFoundError",) or status in (401, 403):
+        why = ("the Hub refused the credentials: set HF_TOKEN (or run `hf auth login`) to a token with "
+               f"{'write' if action.startswith('push') else 'read'} access, then retry")
+    elif kind in ("RepositoryNotFoundError", "GatedRepoError") or status == 404:
+        why = "no such repo, or your token cannot see it: check OWNER/NAME and HF_TOKEN"
+    elif kind == "RevisionNotFoundError":
+        why = "no such revision in that repo: check the @REVISION"
+    elif status is not None and status >= 500 or kind in ("LocalEntryNotFoundError",) or _is_network(exc):
+        why = "the Hub could not be reached (no network, a proxy, or a wrong HF_ENDPOINT): check the connection " \
+              "and retry"
+    else:
+        why = "the Hub call failed"
+    detail = " ".join(str(exc).split())
+    return HubError(f"could not {action} {repo}: {why} ({kind}: {shorten(detail, 160)})")
+
+
+def _is_network(exc: BaseException) -> bool:
+    """A connection, timeout or proxy failure, from any HTTP client huggingface_hub uses."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        names = {c.__name__ for c in type(exc).__mro__}
+        if names & {"ConnectionError", "ConnectError", "TimeoutException", "Timeout", "ProxyError",
+                    "NetworkError", "TransportError", "ConnectTimeout", "ReadTimeout"}:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _check_repo(spec: str) -> str:
+    repo = spec.partition("@")[0]
+    owner, _, name = repo.partition("/")
+    if not owner or not name or "/" in name or any(c.isspace() for c in repo) or len(repo) > 200:
+        raise HubError(f"bad repo {shorten(spec, 80)}: expected OWNER/NAME[@REVISION]")
+    return repo
 
 
 def pull(registry: Registry, zoo: Zoo, spec: str, *, name: str | None = None, force: bool = False) -> ZooEntry:
     """Download OWNER/NAME[@REV] and add it to the zoo as a new version of its model/name (or `name`)."""
     from .exchange import import_file
 
-    repo, _, revision = spec.partition("@")
-    if repo.count("/") != 1:
-        raise AdapterhubError(f"bad repo {spec!r}: expected OWNER/NAME[@REVISION]")
+    repo, revision = _check_repo(spec), spec.partition("@")[2]
     hub = _hub()
     try:
         folder = Path(hub.snapshot_download(repo_id=repo, revision=revision or None, repo_type="model"))
-    except Exception as exc:  # network, auth, offline cache miss: one clear line
-        raise AdapterhubError(f"could not download {spec}: {' '.join(str(exc).split())[:200]}") from None
+    except Exception as exc:  # the network boundary: network, auth, offline cache miss are one line each
+        raise hub_failure("download", spec, exc) from exc
     card_path = folder / CARD
     if not card_path.is_file():
         raise ZooError(f"{spec} has no {CARD}: it was not pushed by adapterhub_lite")
-    card = json.loads(card_path.read_text())
-    model, kind = card.get("model"), card.get("kind")
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ZooError(f"{spec}: its {CARD} is not valid JSON ({shorten(str(exc), 80)})") from exc
+    if not isinstance(card, dict) or not all(isinstance(card.get(k), str) for k in ("model", "name", "kind")):
+        raise ZooError(f"{spec}: its {CARD} lacks model, name or kind: it was not pushed by adapterhub_lite")
+    model, kind = card["model"], card["kind"]
     origin = {"repo": spec, "ref": f"{model}/{card.get('name')}@v{card.get('version')}",
               "metrics": card.get("metrics")}
     if kind == "adapter":
-        wanted = card.get("base", {}).get("fingerprint")
+        link = card.get("base") if isinstance(card.get("base"), dict) else {}
+        wanted = link.get("fingerprint")
         bases = [e for e in zoo.entries(model) if e.is_base and e.card.get("fingerprint") == wanted]
         if not bases and not force:
-            raise ZooError(f"{spec} was trained on {card.get('base', {}).get('ref')} (fingerprint {str(wanted)[:12]}), "
+            raise ZooError(f"{spec} was trained on {shorten(link.get('ref'), 80)} (fingerprint {str(wanted)[:12]}), "
                            f"which this zoo lacks: pull or build that base first, or pass --force")
         return import_file(registry, zoo, folder / "adapter.safetensors", "native", model, name or card["name"],
                            base_ref=bases[-1].ref if bases else None, force=force, origin=origin)
     if kind == "base":
         return _pull_base(registry, zoo, folder, model, name or card["name"], card, origin)
-    raise ZooError(f"{spec} holds a {kind!r} entry, which pull does not know")
+    raise ZooError(f"{spec} holds a {shorten(kind, 40)} entry, which pull does not know")
 
 
 def _pull_base(registry: Registry, zoo: Zoo, folder: Path, model: str, name: str, card: dict[str, Any],
                origin: dict[str, Any]) -> ZooEntry:
     """A base needs no local base: it is checked against its own card's fingerprint, then written."""
-    from safetensors.torch import load_file
-
     from .fingerprint import state_fingerprint
+    from .tensorfile import load_tensors
     from .workflow import add_base_version, fitting_state
 
-    state = load_file(str(folder / "model.safetensors"))
+    state, _ = load_tensors(folder / "model.safetensors")
     if state_fingerprint(state) != card.get("fingerprint"):
         raise ZooError(f"{origin['repo']}: model.safetensors does not match the fingerprint in its card.json")
     state = fitting_state(registry, model, card.get("config", {}), state, origin["repo"])

@@ -109,10 +109,10 @@ def write_merge(registry: Registry, zoo: Zoo, plan: MergePlan, name: str,
 def fuse(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str], name: str, *, dry_run: bool = False,
          data: DataOptions | None = None) -> tuple[dict[str, Any], ZooEntry | None]:
     """Fold weighted adapters into their base and write the result as a new base version `model/name`."""
+    zoo.check_new(model, name, "base", writable=not dry_run)
     base, adapters = resolve_stack(zoo, refs, model)
     if not adapters:
         raise AdapterhubError("name at least one adapter to fuse into the base")
-    zoo.check_kind(model, name, "base")
     plain = fused_model(registry, zoo, [base.ref, *[f"{e.ref}={w!r}" for e, w in adapters]])
     state = {k: v.detach().contiguous() for k, v in plain.state_dict().items()}
     fingerprint = state_fingerprint(state)

@@ -26,6 +26,7 @@ from .inject import adapter_layers, find_targets, named_base_modules, unwrap, wr
 from .layer import AdapterLayer, Route
 from .registry import Registry, get_registry
 from .specs import AdapterBundle
+from .tensorfile import check_finite_floats
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
@@ -92,8 +93,11 @@ class AdaptedModel:
                 layer.add(name, config)
                 if not activate:
                     layer.disable(name)
-        except Exception:
+        except Exception as exc:
             self._drop(name, new_layers)
+            if isinstance(exc, MemoryError) or "allocate" in str(exc):
+                raise ConfigError(f"adapter {name!r} asks for more memory than there is: check its config "
+                                  f"(rank, shapes) against the model") from exc
             raise
         for layer_name, layer in new_layers.items():
             wrap(self.model, layer_name, layer)
@@ -103,6 +107,7 @@ class AdaptedModel:
         """Create an adapter on exactly the bundle's modules, each with its own config, and load its
         tensors. Shapes and kinds are checked first; on any error the model is left as it was."""
         name = name or bundle.name
+        check_finite_floats(bundle.state, f"adapter {name!r}")
         modules = dict(named_base_modules(self.model))
         for module in sorted(bundle.configs):
             if module not in modules:
@@ -195,12 +200,15 @@ class AdaptedModel:
         fmt = self.registry.get_format(format)
         if fmt.export is None:
             raise ConfigError(f"format {format!r} cannot export")
+        from .atomic import publish
+
         if fmt.holds == "model":
-            return fmt.export(self.fused_state_dict(), Path(dest), name=None, **options)
+            state = self.fused_state_dict()
+            return publish(dest, lambda target: fmt.export(state, target, name=None, **options))
         if name is None:
             raise ConfigError(f"format {format!r} writes one adapter: name it")
         self._require(name)
-        return fmt.export(self, Path(dest), name=name, **options)
+        return publish(dest, lambda target: fmt.export(self, target, name=name, **options))
 
     def _drop(self, name: str, unwrapped: Mapping[str, AdapterLayer]) -> None:
         for layer in [*adapter_layers(self.model).values(), *unwrapped.values()]:

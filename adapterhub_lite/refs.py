@@ -1,7 +1,9 @@
-"""The one parser for references: `MODEL[/NAME][@vN|@latest][=WEIGHT]`.
+"""The one grammar for names and references: `MODEL[/NAME][@vN|@latest][=WEIGHT]`.
 
 A bare name means `@latest`; `MODEL` alone means the model's base. Used by
-both the library and the CLI, so the grammar lives only here.
+both the library and the CLI, so the grammar lives only here. Every name the
+zoo stores follows `NAME_RULE` (the zoo checks it on every write), so every
+stored entry can be named by a ref.
 """
 
 from __future__ import annotations
@@ -10,13 +12,24 @@ import math
 import re
 from dataclasses import dataclass
 
-from .errors import RefError
+from .errors import NameRuleError, RefError, shorten
 
-_WORD = r"[A-Za-z0-9_][A-Za-z0-9_-]*"
+NAME_MAX = 64
+_WORD = rf"[A-Za-z0-9_][A-Za-z0-9_-]{{0,{NAME_MAX - 1}}}"
+_NAME = re.compile(_WORD)
+NAME_RULE = (f"1 to {NAME_MAX} characters from letters, digits, '_' and '-', not starting with '-' "
+             "(no '.', '/', spaces or other characters)")
 _REF = re.compile(
-    rf"^(?P<model>{_WORD})(?:/(?P<name>{_WORD}))?(?:@(?P<version>v[0-9]+|latest))?(?:=(?P<weight>[^=]+))?$"
+    rf"(?P<model>{_WORD})(?:/(?P<name>{_WORD}))?(?:@(?P<version>v[0-9]+|latest))?(?:=(?P<weight>[^=]+))?"
 )
-GRAMMAR = "MODEL[/NAME][@vN|@latest][=WEIGHT], e.g. richboynet/digit9@v2=0.7"
+GRAMMAR = "MODEL[/NAME][@vN|@latest][=WEIGHT], e.g. mymodel/style@v2=0.7"
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """Return `name` if it follows NAME_RULE, else raise NameRuleError saying the rule."""
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        raise NameRuleError(f"invalid {what} {shorten(name)}: a zoo name is {NAME_RULE}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -37,20 +50,21 @@ class AdapterRef:
 
 
 def parse_ref(text: str) -> AdapterRef:
-    match = _REF.match(text.strip()) if isinstance(text, str) else None
+    match = _REF.fullmatch(text.strip()) if isinstance(text, str) else None
     if match is None:
-        raise RefError(f"bad reference {text!r}: expected {GRAMMAR}")
+        raise RefError(f"bad reference {shorten(text)}: expected {GRAMMAR}")
     version = match["version"]
     weight = None
     if match["weight"] is not None:
         try:
             weight = float(match["weight"])
         except ValueError:
-            raise RefError(f"bad weight {match['weight']!r} in {text!r}: expected a number such as 0.7 or -1") from None
+            raise RefError(f"bad weight {shorten(match['weight'])} in {shorten(text)}: expected a number such as "
+                           "0.7 or -1") from None
         if not math.isfinite(weight):
-            raise RefError(f"weight in {text!r} must be finite")
-    if version == "v0":
-        raise RefError(f"bad version in {text!r}: versions start at v1")
+            raise RefError(f"weight in {shorten(text)} must be finite")
+    if version == "v0" or (version or "").startswith("v0"):
+        raise RefError(f"bad version in {shorten(text)}: versions start at v1 and have no leading zeros")
     return AdapterRef(
         model=match["model"],
         name=match["name"],

@@ -11,21 +11,20 @@ Nothing is ever unpickled.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import AdapterFileError, IncompatibleAdapterError, UnknownNameError
+from .atomic import publish
+from .errors import AdapterFileError, IncompatibleAdapterError, UnknownNameError, shorten
 from .fingerprint import combine_fingerprints
 from .inject import named_base_modules
 from .specs import AdapterBundle
+from .tensorfile import load_tensors, read_header
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -56,8 +55,7 @@ class AdapterFile:
         return self.meta["name"]
 
     def tensors(self) -> dict[str, Tensor]:
-        with safe_open(str(self.path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in self.keys}
+        return load_tensors(self.path, self.keys)[0]
 
     def unknown_config_fields(self, registry: Registry) -> list[str]:
         known = registry.config_class(self.meta["family"]).field_names() | {"kind"}
@@ -118,16 +116,7 @@ def save_adapter(am: AdaptedModel, name: str, path: str | Path) -> Path:
     for key in ("rank", "alpha"):
         if key in meta["config"]:
             header[key] = str(meta["config"][key])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return publish(path, lambda target: save_file(tensors, str(target), metadata=header))
 
 
 def read_adapter_file(path: str | Path) -> AdapterFile:
@@ -135,12 +124,8 @@ def read_adapter_file(path: str | Path) -> AdapterFile:
     path = Path(path)
     if not path.is_file():
         raise AdapterFileError(f"no adapter file at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            keys = list(f.keys())
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise AdapterFileError(f"{path} is not a readable safetensors file: {exc}") from exc
+    found = read_header(path)
+    keys, header = list(found.tensors), found.metadata
     if HEADER_KEY not in header:
         raise AdapterFileError(
             f"{path} has no adapterhub_lite metadata: it is not a native adapter file "
@@ -148,16 +133,46 @@ def read_adapter_file(path: str | Path) -> AdapterFile:
         )
     try:
         meta = json.loads(header[HEADER_KEY])
-    except json.JSONDecodeError as exc:
-        raise AdapterFileError(f"{path}: its adapterhub_lite metadata is not valid JSON ({exc})") from exc
-    missing = [k for k in ("name", "family", "config", "targets") if k not in meta]
-    if missing:
-        raise AdapterFileError(f"{path}: its metadata lacks {missing}; the file is damaged")
-    if int(meta.get("format_version", 1)) > FORMAT_VERSION:
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise AdapterFileError(f"{path}: its adapterhub_lite metadata is not valid JSON "
+                               f"({shorten(str(exc), 80)})") from exc
+    problem = _metadata_problem(meta)
+    if problem:
+        raise AdapterFileError(f"{path}: its adapterhub_lite metadata is damaged: {problem}")
+    if meta.get("format_version", 1) > FORMAT_VERSION:
         warnings.warn(f"{path} uses adapter format v{meta['format_version']}; this version reads v{FORMAT_VERSION}",
                       stacklevel=2)
     unknown = {k: v for k, v in meta.items() if k not in KNOWN_FIELDS}
     return AdapterFile(path, meta, keys, unknown)
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {  # field -> accepted types (the first four are required)
+    "name": (str,), "family": (str,), "config": (dict,), "targets": (dict,), "format_version": (int,),
+    "base_model": (str, type(None)), "base_fingerprint": (str, type(None)),
+    "base_module_fingerprints": (dict, type(None)), "library_version": (str,), "created": (str,),
+}
+
+
+def _metadata_problem(meta: Any) -> str | None:
+    """What is wrong with a file's metadata document, or None."""
+    if not isinstance(meta, dict):
+        return "it is not a JSON object"
+    missing = [k for k in ("name", "family", "config", "targets") if k not in meta]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    for key, types in _FIELD_TYPES.items():
+        value = meta.get(key)
+        if key in meta and (not isinstance(value, types) or isinstance(value, bool)):
+            return f"field {key!r} is {shorten(value, 40)}, expected {' or '.join(t.__name__ for t in types)}"
+    for module, target in meta["targets"].items():
+        if not isinstance(target, dict) or not isinstance(target.get("kind"), str):
+            return f"target {shorten(module, 60)} has no adapter kind"
+        if not isinstance(target.get("config", {}), dict):
+            return f"target {shorten(module, 60)} has a config that is not an object"
+    prints = meta.get("base_module_fingerprints") or {}
+    if any(not isinstance(v, str) for v in prints.values()):
+        return "field 'base_module_fingerprints' must map module names to strings"
+    return None
 
 
 def load_adapter(am: AdaptedModel, path: str | Path, name: str | None = None, *,

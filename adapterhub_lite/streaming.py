@@ -12,7 +12,6 @@ precision, whose work copy is float32) whatever the file size.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,29 +20,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .atomic import publish
 from .errors import AdapterFileError
+from .tensorfile import read_header
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
           "BOOL": torch.bool}
 NAMES = {v: k for k, v in DTYPES.items()}
 LowRank = tuple[Tensor, Tensor, float]  # (B: (out, r), A: (r, in...)), multiplier: delta = m * B @ A
-
-
-def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
-    """The header (without loading any tensor) and the byte offset where tensor data starts."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise AdapterFileError(f"{path} is not a safetensors file (too short)")
-        (size,) = struct.unpack("<Q", raw)
-        if size > 100_000_000:
-            raise AdapterFileError(f"{path} is not a safetensors file (header of {size} bytes)")
-        try:
-            header = json.loads(f.read(size))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise AdapterFileError(f"{path} is not a safetensors file ({exc})") from exc
-    return header, 8 + size
 
 
 def write_streamed(dst: str | Path, specs: Sequence[tuple[str, torch.dtype, tuple[int, ...]]],
@@ -63,9 +48,9 @@ def write_streamed(dst: str | Path, specs: Sequence[tuple[str, torch.dtype, tupl
     encoded += b" " * (-len(encoded) % 8)  # keep tensor data 8-byte aligned
     largest = max((torch.Size(s).numel() * torch.empty((), dtype=d).element_size() for _, d, s in specs), default=0)
     buffer = torch.empty(largest, dtype=torch.uint8)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
+
+    def write(target: Path) -> None:
+        with open(target, "wb") as f:
             f.write(struct.pack("<Q", len(encoded)))
             f.write(encoded)
             for name, dtype, shape in specs:
@@ -73,32 +58,29 @@ def write_streamed(dst: str | Path, specs: Sequence[tuple[str, torch.dtype, tupl
                 tensor = buffer[:size].view(dtype).view(shape)
                 fill(name, tensor)
                 f.write(memoryview(buffer[:size].numpy()))
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return dst
+
+    return publish(dst, write)
 
 
 def fuse_file(src: str | Path, dst: str | Path, deltas: Mapping[str, Sequence[LowRank]],
               metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Copy checkpoint `src` to `dst` with `W += m * B @ A` applied to every tensor named in `deltas`."""
-    header, start = read_header(src)
-    names = [k for k in header if k != "__metadata__"]
-    names.sort(key=lambda k: header[k]["data_offsets"][0])
+    header = read_header(src)
+    start, infos = header.data_start, header.tensors
+    names = sorted(infos, key=lambda k: infos[k].begin)
     unknown = sorted(set(deltas) - set(names))
     if unknown:
         raise AdapterFileError(f"{src} has no tensor {unknown[0]!r} to fuse into")
     specs = []
     for name in names:
-        if header[name]["dtype"] not in DTYPES:
-            raise AdapterFileError(f"{src}: tensor {name!r} has dtype {header[name]['dtype']}, which is not supported")
-        specs.append((name, DTYPES[header[name]["dtype"]], tuple(header[name]["shape"])))
+        if infos[name].dtype not in DTYPES:
+            raise AdapterFileError(f"{src}: tensor {name!r} has dtype {infos[name].dtype}, which is not supported")
+        specs.append((name, DTYPES[infos[name].dtype], infos[name].shape))
     fused = 0
     with open(src, "rb") as f:
         def fill(name: str, tensor: Tensor) -> None:
             nonlocal fused
-            begin, end = header[name]["data_offsets"]
+            begin, end = infos[name].begin, infos[name].end
             f.seek(start + begin)
             view = tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor.view(torch.uint8)
             if f.readinto(memoryview(view.numpy())) != end - begin:
@@ -114,7 +96,7 @@ def fuse_file(src: str | Path, dst: str | Path, deltas: Mapping[str, Sequence[Lo
                 tensor.copy_(work)
             fused += 1
 
-        out_meta = dict(header.get("__metadata__") or {})
+        out_meta = dict(header.metadata)
         out_meta.update(metadata or {})
         write_streamed(dst, specs, fill, out_meta)
     return {"tensors": len(names), "fused": fused, "bytes": Path(dst).stat().st_size}

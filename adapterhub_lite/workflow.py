@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .config import AdapterConfig
-from .errors import AdapterhubError, IncompatibleAdapterError, ZooError
+from .errors import AdapterFileError, AdapterhubError, IncompatibleAdapterError, TrainingError, ZooError, shorten
 from .fingerprint import state_fingerprint
 from .model import AdaptedModel
 from .refs import AdapterRef, parse_ref
 from .registry import Registry
 from .specs import EvalContext, ModelSpec, Task
+from .tensorfile import check_finite_floats, load_tensors
 from .training import Distributed, TrainOptions, fit
 from .zoo import BASE, Zoo, ZooEntry
 
@@ -56,35 +56,53 @@ def _task(spec: ModelSpec) -> Task:
 
 def load_base(registry: Registry, entry: ZooEntry) -> nn.Module:
     """Build a zoo base and load its weights, checking them against the card's fingerprint."""
-    model = registry.create_model(entry.model, **entry.card.get("config", {}))
     try:
-        state = load_file(str(entry.weights))
-    except (SafetensorError, OSError) as exc:
-        raise ZooError(f"{entry.weights} is not readable ({exc}); restore or delete {entry.path}") from exc
+        model = registry.create_model(entry.model, **entry.card.get("config", {}))
+    except TypeError as exc:
+        raise ZooError(f"{entry.ref}: its card's config does not build model {entry.model!r} "
+                       f"({shorten(str(exc), 120)}); restore or delete {entry.path}") from exc
+    try:
+        state, _ = load_tensors(entry.weights)
+    except AdapterFileError as exc:
+        raise ZooError(f"{exc}; restore or delete {entry.path}") from exc
     if state_fingerprint(state) != entry.card.get("fingerprint"):
         raise ZooError(f"{entry.weights} does not match the fingerprint in its card: the file was changed; "
                        f"restore or delete {entry.path}")
+    _load_checked(model, state, f"{entry.ref}")
+    return model.eval()
+
+
+def _load_checked(model: nn.Module, state: dict[str, Any], source: str) -> None:
+    """Load `state` strictly into `model`, refusing a tensor whose kind (floating or not) differs from the
+    model's and non-finite parameters (buffers such as masks may hold infinities)."""
+    own = model.state_dict()
+    parameters = {name for name, _ in model.named_parameters()}
+    for key, tensor in state.items():
+        if key in own and own[key].is_floating_point() != tensor.is_floating_point():
+            raise ZooError(f"{source}: tensor {shorten(key, 80)} is {str(tensor.dtype).removeprefix('torch.')}, "
+                           f"the model's is {str(own[key].dtype).removeprefix('torch.')}")
+    try:
+        check_finite_floats({k: v for k, v in state.items() if k in parameters}, source, "parameter")
+    except AdapterFileError as exc:
+        raise ZooError(str(exc)) from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ZooError(f"{entry.ref} does not fit model {entry.model!r}: {' '.join(str(exc).split())[:300]}") from exc
-    return model.eval()
+        raise ZooError(f"{source} does not fit model {model.__class__.__name__!r}: "
+                       f"{shorten(' '.join(str(exc).split()), 300)}") from exc
 
 
 def fitting_state(registry: Registry, model: str, config: dict[str, Any], state: dict[str, Any],
                   source: str) -> dict[str, Any]:
     """`state` loaded strictly into a fresh `model`: a checkpoint that does not fit is a clear error."""
     plain = registry.create_model(model, **config)
-    try:
-        plain.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ZooError(f"{source} does not fit model {model!r}: {' '.join(str(exc).split())[:300]}") from exc
+    _load_checked(plain, state, source)
     return plain.state_dict()
 
 
 def add_base_version(zoo: Zoo, model: str, name: str, state: dict[str, Any], card: dict[str, Any]) -> ZooEntry:
     """Write a base state dict as a new version of `model/name`; the card gets kind, fingerprint, size."""
-    zoo.check_kind(model, name, "base")
+    zoo.check_new(model, name, "base")
     state = {k: v.detach().contiguous() for k, v in state.items()}
     fingerprint = state_fingerprint(state)
     card = {"kind": "base", **card, "fingerprint": fingerprint, "parameters": sum(t.numel() for t in state.values())}
@@ -92,12 +110,19 @@ def add_base_version(zoo: Zoo, model: str, name: str, state: dict[str, Any], car
         state, str(folder / "model.safetensors"), metadata={"fingerprint": fingerprint}), card)
 
 
+def _require_finite(tensors: dict[str, Any], label: str) -> None:
+    """Refuse to write weights that went to NaN or infinity (a diverged run): nothing is written."""
+    try:
+        check_finite_floats(tensors, label, "tensor")
+    except AdapterFileError as exc:
+        raise TrainingError(f"{exc}; nothing was written (a diverged run? try a lower learning rate)") from None
+
+
 def add_adapter_version(registry: Registry, zoo: Zoo, base: ZooEntry, name: str, am: AdaptedModel, adapter: str,
                         recipe: dict[str, Any], extra: dict[str, Any], data: DataOptions | None = None) -> ZooEntry:
     """Write adapter `adapter` of `am` (loaded on `base`) as a new version of `base.model/name`, with its card."""
-    if name == BASE:
-        raise AdapterhubError("'base' is reserved for base models: pick another adapter name")
-    zoo.check_kind(base.model, name, "adapter")
+    zoo.check_new(base.model, name, "adapter")
+    _require_finite(am.adapter_state(adapter), f"{base.model}/{name}")
     counts = am.parameter_counts()
     card: dict[str, Any] = {
         "kind": "adapter", "family": am.adapters[adapter].config.kind, "config": am.adapters[adapter].config.to_dict(),
@@ -139,13 +164,12 @@ def train_base(registry: Registry, zoo: Zoo, model_name: str, options: TrainOpti
     or, with `start`, by fine-tuning every weight of an existing base version."""
     spec = registry.get_model(model_name)
     task = _task(spec)
+    zoo.check_new(model_name, BASE, "base")
     kwargs = dict(model_kwargs or {})
     torch.manual_seed(options.seed)  # a seeded init, not only seeded batches
     parents: list[str] = []
     if start is not None:
-        start_entry = zoo.resolve(start)
-        if not start_entry.is_base or start_entry.model != model_name:
-            raise AdapterhubError(f"--from must name a {model_name} base version, e.g. {model_name}/base@v1")
+        start_entry = zoo.require_base(start, model_name, "the starting point")
         model, kwargs, parents = load_base(registry, start_entry), start_entry.card.get("config", {}), [start_entry.ref]
     else:
         model = registry.create_model(model_name, **kwargs)
@@ -154,6 +178,7 @@ def train_base(registry: Registry, zoo: Zoo, model_name: str, options: TrainOpti
     dist = Distributed.from_env()
     entry = None
     if dist.is_main:
+        _require_finite({n: p.detach() for n, p in model.named_parameters()}, f"{model_name}/base")
         card = {
             "config": kwargs, "task": task.name, "parents": parents,
             "recipe": {"command": "train-base", **options.to_dict(), **data.to_dict(), "from": start},
@@ -167,14 +192,10 @@ def train_base(registry: Registry, zoo: Zoo, model_name: str, options: TrainOpti
 def train_adapter(registry: Registry, zoo: Zoo, model_name: str, name: str, config: AdapterConfig,
                   options: TrainOptions, data: DataOptions, base: str | None = None) -> ZooEntry | None:
     """Train a new version of adapter `name` on a zoo base (default: its latest version)."""
-    if name == BASE:
-        raise AdapterhubError("'base' is reserved for base models: pick another adapter name")
-    zoo.check_kind(model_name, name, "adapter")
+    zoo.check_new(model_name, name, "adapter")
     spec = registry.get_model(model_name)
     task = _task(spec)
-    base_entry = zoo.resolve(base or model_name)
-    if not base_entry.is_base or base_entry.model != model_name:
-        raise AdapterhubError(f"--base must name a {model_name} base version, e.g. {model_name}/base@v1")
+    base_entry = zoo.require_base(base or model_name, model_name)
     model = load_base(registry, base_entry)
     am = AdaptedModel(model, base_id=base_entry.ref, registry=registry)
     torch.manual_seed(options.seed)

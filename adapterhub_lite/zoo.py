@@ -6,10 +6,17 @@
                                                                     exact adapter versions and weights
 A fused base (`adapters merge --into-base --out NAME`) is a base under its own name.
 
-Versions are write-once. A write fills a hidden `.tmp-<pid>-*` folder, then,
-holding the model's file lock, picks the next number and renames the folder
-into place, so a killed run never leaves a visible half version and two
-writers never take the same number. `latest` is always computed, never stored.
+Versions are write-once. A write fills a hidden `.tmp-<pid>-*` folder, flushes
+it to disk, then, holding a lock on the model's folder, picks the next number
+and renames the folder into place, so a killed run never leaves a visible half
+version and two writers never take the same number. `latest` is always
+computed, never stored.
+
+Trust: every model and entry name follows `refs.NAME_RULE` (checked here, on
+every write); the zoo never follows a symbolic link below its root, neither
+writing nor reading; a failed write removes what it made (the tree is as it
+was) and says why in one line; a card that breaks `cards.py`'s schema marks
+its entry as damaged.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,13 +35,30 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import RefError, UnknownNameError, ZooError
-from .refs import AdapterRef, parse_ref
+from .atomic import as_os_error, fsync_dir, fsync_tree, make_dirs_under, remove_made, write_error
+from .cards import card_problem
+from .errors import NameRuleError, RefError, UnknownNameError, WriteError, ZooError, shorten
+from .refs import AdapterRef, check_name, parse_ref
 
 BASE = "base"
 CARD = "card.json"
 FILES = {"base": "model.safetensors", "adapter": "adapter.safetensors", "composition": "composition.json"}
 _VERSION = re.compile(r"^v([1-9][0-9]*)$")
+
+
+@dataclass(frozen=True)
+class DamagedEntry:
+    """A version folder whose card or data file cannot be trusted; `problem` says why."""
+
+    model: str
+    name: str
+    version: int
+    path: Path
+    problem: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}/{self.name}@v{self.version}"
 
 
 @dataclass(frozen=True)
@@ -75,30 +100,36 @@ class Zoo:
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = default_root(root)
 
-    # --- reading -------------------------------------------------------------------------
+    # --- reading (symbolic links below the root are never followed) ------------------------
     def models(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return [p.name for p in _real_dirs(self.root)]
 
     def names(self, model: str) -> list[str]:
-        folder = self.root / model
-        if not folder.is_dir():
+        if not _is_real_dir(self.root / model):
             return []
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-                      and self.versions(model, p.name))
+        return [p.name for p in _real_dirs(self.root / model) if self.versions(model, p.name)]
 
     def versions(self, model: str, name: str) -> list[int]:
         folder = self.root / model / name
-        if not folder.is_dir():
+        if not (_is_real_dir(self.root / model) and _is_real_dir(folder)):
             return []
-        return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir())
+        return sorted(int(m.group(1)) for p in _real_dirs(folder) if (m := _VERSION.match(p.name)))
 
     def entries(self, model: str | None = None) -> Iterator[ZooEntry]:
+        """Every sound entry (of `model`, or of all); damaged ones are skipped: `scan` shows them."""
+        for found in self.scan(model):
+            if isinstance(found, ZooEntry):
+                yield found
+
+    def scan(self, model: str | None = None) -> Iterator[ZooEntry | DamagedEntry]:
+        """Every version folder as an entry, or as a DamagedEntry saying what is wrong with it."""
         for m in [model] if model else self.models():
             for name in self.names(m):
                 for version in self.versions(m, name):
-                    yield self._entry(m, name, version)
+                    try:
+                        yield self._entry(m, name, version)
+                    except ZooError as exc:
+                        yield DamagedEntry(m, name, version, self.root / m / name / f"v{version}", str(exc))
 
     def resolve(self, ref: str | AdapterRef) -> ZooEntry:
         """The entry a ref names; a bare ref means the latest version, `MODEL` alone the base."""
@@ -119,15 +150,29 @@ class Zoo:
     def _entry(self, model: str, name: str, version: int) -> ZooEntry:
         path = self.root / model / name / f"v{version}"
         card_path = path / CARD
+        kind = _file_kind(card_path)
+        if kind is None:
+            raise ZooError(f"{path} has no {CARD}: the entry is damaged; restore or delete that folder")
+        if kind != "file":
+            raise ZooError(f"{card_path} is {kind}; the zoo never follows links: restore or delete {path}")
         try:
+            if os.lstat(card_path).st_size > _CARD_LIMIT:
+                raise ZooError(f"{card_path} is over {_CARD_LIMIT >> 20} MB, not a card: restore or delete {path}")
             card = json.loads(card_path.read_text())
-        except FileNotFoundError:
-            raise ZooError(f"{path} has no {CARD}: the entry is damaged; restore or delete that folder") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ZooError(f"{card_path} is not valid JSON ({exc}); restore or delete {path}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise ZooError(f"{card_path} is not valid JSON ({shorten(str(exc), 80)}); restore or delete {path}") \
+                from exc
+        except OSError as exc:
+            raise ZooError(f"{card_path} cannot be read ({exc.strerror or exc}); restore or delete {path}") from exc
+        problem = card_problem(card, model, name, version)
+        if problem:
+            raise ZooError(f"{card_path} is damaged: {problem}; restore or delete {path}")
         entry = ZooEntry(model, name, version, path, card)
-        if not entry.weights.is_file():
-            raise ZooError(f"{path} has no {entry.weights.name}: the entry is damaged; restore or delete it")
+        kind = _file_kind(entry.weights)
+        if kind != "file":
+            found = f"has no {entry.weights.name}" if kind is None else f"holds {entry.weights.name} as {kind}"
+            raise ZooError(f"{path} {found}: the entry is damaged (the zoo never follows links); restore or "
+                           "delete it")
         return entry
 
     def check_kind(self, model: str, name: str, kind: str) -> None:
@@ -137,38 +182,125 @@ class Zoo:
             if existing != kind:
                 raise ZooError(f"{model}/{name} already holds {existing} versions; pick another name for this {kind}")
 
+    def require_base(self, ref: str | AdapterRef, model: str, what: str = "the base") -> ZooEntry:
+        """The base version `ref` names, which must belong to `model`."""
+        entry = self.resolve(ref)
+        if not entry.is_base or entry.model != model:
+            raise RefError(f"{what} must be a {model} base version, e.g. {model}/base@v1; {entry.ref} is "
+                           f"{'a ' + entry.kind if entry.model == model else 'of model ' + entry.model}")
+        return entry
+
     # --- writing -------------------------------------------------------------------------
     @contextmanager
-    def _lock(self, model: str) -> Iterator[None]:
-        folder = self.root / model
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / ".lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _lock(self, folder: Path) -> Iterator[None]:
+        """An exclusive lock on the model's folder itself (no lock file: nothing to follow or truncate)."""
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def check_new(self, model: str, name: str, kind: str, *, writable: bool = True) -> None:
+        """Refuse, before any work, a write the zoo would refuse: a name that breaks the rule, 'base' for
+        anything but a base, a name that holds another kind of entry, a zoo that cannot be written."""
+        check_name(model, "model name")
+        check_name(name, f"{kind} name")
+        if name == BASE and kind != "base":
+            raise NameRuleError(f"'{BASE}' is reserved for base models: pick another name for this {kind}")
+        self.check_kind(model, name, kind)
+        if writable:
+            self.check_writable()
+
+    def check_writable(self) -> None:
+        """Fail early (before a long training run) when the zoo's folder cannot be written."""
+        folder = self.root
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not os.access(folder, os.W_OK | os.X_OK):
+            reason = "the file system is read-only" if _read_only(folder) else "permission denied"
+            raise WriteError(f"cannot write the zoo at {self.root}: {reason}; choose another --zoo", folder)
 
     def add_version(self, model: str, name: str, write: Callable[[Path], None], card: dict[str, Any]) -> ZooEntry:
-        """Write a new version: `write(folder)` puts the weights file there; the card is completed here."""
-        parent = self.root / model / name
-        parent.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned(parent)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=parent))
+        """Write a new version: `write(folder)` puts the weights file there; the card is completed here.
+        On any failure nothing stays: not the version, not a folder made for it."""
+        kind = card.get("kind") or ("base" if name == BASE else "adapter")
+        check_name(model, "model name")
+        check_name(name, f"{kind} name")
+        if name == BASE and kind != "base":
+            raise NameRuleError(f"'{BASE}' is reserved for base models: pick another name for this {kind}")
+        self.check_kind(model, name, kind)
+        parent, made = make_dirs_under(self.root, model, name)
+        tmp: Path | None = None
         try:
+            _remove_abandoned(parent)
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=parent))
             write(tmp)
-            with self._lock(model):
-                version = max(self.versions(model, name), default=0) + 1
+            with self._lock(self.root / model):
+                version = _next_version(parent)
                 files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
                 full = {"model": model, "name": name, "version": version,
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         **card, "files": files}
+                problem = card_problem(full, model, name, version)
+                if problem:
+                    raise ZooError(f"refusing to write a card for {model}/{name}: {problem}")
                 _write_json(tmp / CARD, full)
+                fsync_tree(tmp)
                 os.rename(tmp, parent / f"v{version}")
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+                tmp = None
+                fsync_dir(parent)
+        except BaseException as exc:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            remove_made(made)
+            os_error = as_os_error(exc)
+            if os_error is not None:
+                raise write_error(self.root / model / name, os_error) from exc
             raise
         return self._entry(model, name, version)
+
+
+_CARD_LIMIT = 16 << 20  # bytes: a card is a few KB; anything this big is not one
+
+
+def _file_kind(path: Path) -> str | None:
+    """'file', 'a symbolic link', 'a folder'... or None when nothing is there (never follows a link)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode):
+        return "file"
+    return "a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _real_dirs(folder: Path) -> list[Path]:
+    """Sub-folders that are real folders (not links), hidden ones skipped, sorted by name."""
+    try:
+        children = sorted(folder.iterdir())
+    except OSError:
+        return []
+    return [p for p in children if not p.name.startswith(".") and _is_real_dir(p)]
+
+
+def _next_version(parent: Path) -> int:
+    """One past every `vN` name present, whatever it is (a link or a file named v3 is never replaced)."""
+    return max((int(m.group(1)) for p in parent.iterdir() if (m := _VERSION.match(p.name))), default=0) + 1
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -380,7 +380,8 @@ def routing_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
 def stream_child(mode: str, src: str, dst: str) -> dict[str, Any]:
     """In a fresh process: a plain read of the file, or the streamed fuse; time and peak RSS."""
     torch.set_num_threads(THREADS)
-    from adapterhub_lite.streaming import fuse_file, read_header
+    from adapterhub_lite.streaming import fuse_file
+    from adapterhub_lite.tensorfile import read_header
 
     start_rss = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
@@ -393,11 +394,11 @@ def stream_child(mode: str, src: str, dst: str) -> dict[str, Any]:
                     out.write(buffer[:n])
         extra: dict[str, Any] = {}
     else:
-        header, _ = read_header(src)
+        infos = read_header(src).tensors
         gen = torch.Generator().manual_seed(0)
-        terms = {name: [(torch.randn(info["shape"][0], RANK, generator=gen) * 0.01,
-                         torch.randn(RANK, *info["shape"][1:], generator=gen) * 0.01, ALPHA / RANK)]
-                 for name, info in header.items() if name != "__metadata__" and len(info["shape"]) == 2}
+        terms = {name: [(torch.randn(info.shape[0], RANK, generator=gen) * 0.01,
+                         torch.randn(RANK, *info.shape[1:], generator=gen) * 0.01, ALPHA / RANK)]
+                 for name, info in infos.items() if len(info.shape) == 2}
         extra = fuse_file(src, dst, terms)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "bytes": Path(src).stat().st_size, "peak_mb": _status("VmHWM") / 1024,

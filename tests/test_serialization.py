@@ -18,6 +18,7 @@ from adapterhub_lite import (
     IncompatibleAdapterError,
     LoraConfig,
     UnknownNameError,
+    WriteError,
     __version__,
     read_adapter_file,
 )
@@ -200,7 +201,7 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, registry, monkeypatch
         raise OSError("disk full")
 
     monkeypatch.setattr("adapterhub_lite.serialization.save_file", explode)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match=r"cannot write .*a\.safetensors: disk full; nothing was written"):
         am.save_adapter("style", target)
     assert target.read_bytes() == original
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]

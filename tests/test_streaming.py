@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adapterhub_lite import AdapterFileError
-from adapterhub_lite.streaming import fuse_file, read_header
+from adapterhub_lite.streaming import fuse_file
+from adapterhub_lite.tensorfile import read_header
 
 
 def test_streamed_fuse_equals_the_in_memory_fuse(tmp_path) -> None:
@@ -31,8 +32,7 @@ def test_streamed_fuse_equals_the_in_memory_fuse(tmp_path) -> None:
         assert fused[name].dtype == tensor.dtype and fused[name].shape == tensor.shape
         torch.testing.assert_close(fused[name].float(), want.to(tensor.dtype).float(), rtol=1e-5, atol=1e-5)
     assert torch.equal(fused["a.bias"], state["a.bias"]) and torch.equal(fused["steps"], state["steps"])
-    header, _ = read_header(tmp_path / "fused.safetensors")
-    assert header["__metadata__"] == {"note": "kept", "fused": "yes"}
+    assert read_header(tmp_path / "fused.safetensors").metadata == {"note": "kept", "fused": "yes"}
 
 
 def test_errors_leave_no_output(tmp_path) -> None:

@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from adapterhub_lite import RefError, UnknownNameError, ZooError
+from adapterhub_lite import RefError, UnknownNameError, WriteError, ZooError
 from adapterhub_lite.zoo import Zoo
+
+
+BASE_CARD = {"kind": "base", "fingerprint": "0" * 64}
+ADAPTER_CARD = {"kind": "adapter", "base": {"ref": "net/base@v1", "fingerprint": "0" * 64}}
 
 
 def _write(text: str, file: str = "model.safetensors"):
@@ -27,7 +31,7 @@ def test_versions_refs_and_latest(tmp_path) -> None:
     zoo = Zoo(tmp_path)
     assert zoo.models() == [] and list(zoo.entries()) == []
     for i in range(3):
-        entry = zoo.add_version("net", "base", _write(str(i)), {"kind": "base", "n": i})
+        entry = zoo.add_version("net", "base", _write(str(i)), {**BASE_CARD, "n": i})
         assert entry.version == i + 1 and entry.ref == f"net/base@v{i + 1}"
     assert zoo.versions("net", "base") == [1, 2, 3]
     assert zoo.resolve("net").version == 3
@@ -53,14 +57,14 @@ def test_env_and_default_root(tmp_path, monkeypatch) -> None:
 
 def test_failed_write_leaves_nothing(tmp_path) -> None:
     zoo = Zoo(tmp_path)
-    zoo.add_version("net", "a", _write("x", "adapter.safetensors"), {})
+    zoo.add_version("net", "a", _write("x", "adapter.safetensors"), ADAPTER_CARD)
 
     def broken(folder: Path) -> None:
         (folder / "adapter.safetensors").write_text("half")
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
-        zoo.add_version("net", "a", broken, {})
+    with pytest.raises(WriteError, match="cannot write .*net/a: disk full; nothing was written"):
+        zoo.add_version("net", "a", broken, ADAPTER_CARD)
     assert zoo.versions("net", "a") == [1]
     assert sorted(p.name for p in (tmp_path / "net" / "a").iterdir()) == ["v1"]
 
@@ -73,7 +77,7 @@ def test_killed_writer_leaves_no_visible_version_and_is_cleaned_up(tmp_path) -> 
         "    (folder / 'adapter.safetensors').write_text('partial')\n"
         "    print('writing', flush=True)\n"
         "    time.sleep(60)\n"
-        f"Zoo({str(tmp_path)!r}).add_version('net', 'a', write, {{}})\n"
+        f"Zoo({str(tmp_path)!r}).add_version('net', 'a', write, {ADAPTER_CARD!r})\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
@@ -82,7 +86,7 @@ def test_killed_writer_leaves_no_visible_version_and_is_cleaned_up(tmp_path) -> 
     zoo = Zoo(tmp_path)
     assert zoo.versions("net", "a") == [] and zoo.names("net") == [] and list(zoo.entries()) == []
     assert len(list((tmp_path / "net" / "a").glob(".tmp-*"))) == 1
-    zoo.add_version("net", "a", _write("ok", "adapter.safetensors"), {})
+    zoo.add_version("net", "a", _write("ok", "adapter.safetensors"), ADAPTER_CARD)
     assert zoo.versions("net", "a") == [1]
     assert list((tmp_path / "net" / "a").glob(".tmp-*")) == []
 
@@ -90,7 +94,7 @@ def test_killed_writer_leaves_no_visible_version_and_is_cleaned_up(tmp_path) -> 
 def _writer(root: str, count: int) -> None:
     zoo = Zoo(root)
     for i in range(count):
-        zoo.add_version("net", "a", _write(f"{os.getpid()}-{i}", "adapter.safetensors"), {"pid": os.getpid()})
+        zoo.add_version("net", "a", _write(f"{os.getpid()}-{i}", "adapter.safetensors"), {**ADAPTER_CARD, "pid": os.getpid()})
         time.sleep(0.001)
 
 
@@ -110,14 +114,15 @@ def test_concurrent_writers_never_share_a_version(tmp_path) -> None:
 
 def test_damaged_entries_are_clear_errors(tmp_path) -> None:
     zoo = Zoo(tmp_path)
-    entry = zoo.add_version("net", "base", _write("x"), {})
+    entry = zoo.add_version("net", "base", _write("x"), BASE_CARD)
     (entry.path / "card.json").write_text("{not json")
     with pytest.raises(ZooError, match="card.json is not valid JSON.*restore or delete"):
         zoo.resolve("net")
     (entry.path / "card.json").unlink()
     with pytest.raises(ZooError, match="has no card.json"):
         zoo.resolve("net")
-    (entry.path / "card.json").write_text(json.dumps({}))
+    (entry.path / "card.json").write_text(json.dumps({
+        **BASE_CARD, "model": "net", "name": "base", "version": 1, "created": "now", "files": {}}))
     entry.weights.unlink()
     with pytest.raises(ZooError, match="has no model.safetensors"):
         zoo.resolve("net")

@@ -45,6 +45,8 @@ def apply_command(refs: tuple[str, ...], do_eval: bool, sample: int, out: Path |
         raise click.UsageError("say what to do: --eval and/or --sample N --out FILE")
     if sample and out is None:
         raise click.UsageError("--sample needs --out FILE.png")
+    if out is not None and out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise click.BadParameter(f"{str(out)[:80]!r}: name a .png or .jpg file", param_hint="--out")
     if route is not None and not sample:
         raise click.UsageError("--route applies to --sample (evaluation batches have no fixed size)")
     registry, zoo = get_registry(), Zoo(zoo_dir)
@@ -64,8 +66,9 @@ def apply_command(refs: tuple[str, ...], do_eval: bool, sample: int, out: Path |
             images = task.sample(am.model, sample, seed=seed, steps=sample_steps)
         from torchvision.utils import save_image
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images, str(out), nrow=max(1, int(round(sample**0.5))), padding=1)
+        from ..atomic import publish
+
+        publish(out, lambda target: save_image(images, str(target), nrow=max(1, int(round(sample**0.5))), padding=1))
         result["sample"] = {"n": sample, "seed": seed, "steps": sample_steps, "out": str(out)}
     if do_eval:
         result.update(evaluate(registry, zoo, base.model, am.model,

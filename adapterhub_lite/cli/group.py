@@ -1,17 +1,47 @@
 """The `adapters` click group: plugin commands added on first use, one error boundary.
 
-Any `AdapterhubError` becomes one line on stderr and exit code 1; anything
-else is a bug and keeps its traceback.
+Any `AdapterhubError` becomes one line on stderr and exit code 1. So do the
+faults that reach us from the outside world rather than from a bug: OS errors
+(read-only, permission, no space), safetensors' and JSON decoding errors
+(often raised inside a plugin), each with a hint. Messages are cut to
+`MESSAGE_LIMIT` characters. Anything else is a bug and keeps its traceback;
+`ADAPTERS_DEBUG=1` shows the traceback of every error.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
 
 from ..errors import AdapterhubError
+
+MESSAGE_LIMIT = 600  # characters of an error line
+DEBUG_HINT = "set ADAPTERS_DEBUG=1 for the traceback"
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(str(text).split())
+    if len(text) > MESSAGE_LIMIT:
+        text = f"{text[:MESSAGE_LIMIT]}... ({len(text) - MESSAGE_LIMIT:,} more characters)"
+    return text
+
+
+def _outside_fault(exc: BaseException) -> str | None:
+    """One line for a fault of the outside world that escaped as a foreign exception, or None (a bug)."""
+    from ..atomic import as_os_error, os_reason
+
+    os_error = as_os_error(exc)
+    if os_error is not None:
+        where = getattr(exc, "filename", None)
+        return f"{os_reason(os_error)}" + (f" ({where})" if where else "") + f"; {DEBUG_HINT}"
+    if type(exc).__name__ == "SafetensorError":
+        return f"a safetensors file could not be read: {exc}; {DEBUG_HINT}"
+    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+        return f"a file is not valid JSON or text: {exc}; {DEBUG_HINT}"
+    return None
 
 
 class AdaptersGroup(click.Group):
@@ -49,7 +79,16 @@ class AdaptersGroup(click.Group):
         try:
             return super().invoke(ctx)
         except AdapterhubError as exc:
-            raise click.ClickException(" ".join(str(exc).split())) from exc
+            if os.environ.get("ADAPTERS_DEBUG"):
+                raise
+            raise click.ClickException(_one_line(str(exc))) from exc
+        except click.exceptions.ClickException:
+            raise
+        except Exception as exc:
+            line = None if os.environ.get("ADAPTERS_DEBUG") else _outside_fault(exc)
+            if line is None:
+                raise
+            raise click.ClickException(_one_line(line)) from exc
 
 
 @click.group(cls=AdaptersGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -77,33 +77,48 @@ def zoo_group() -> None:
 @zoo_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def zoo_list(model: str | None, zoo_dir: Path | None, as_json: bool) -> None:
-    """List every base and adapter version (of MODEL, or of all models)."""
-    from ..zoo import Zoo
+    """List every base and adapter version (of MODEL, or of all models).
+
+    \b
+    A damaged entry (a card that is not valid, a missing or linked data file)
+    is listed as DAMAGED with the reason, after which the command exits with
+    status 1; every other entry is still listed.
+    """
+    from ..errors import UnknownNameError, ZooError
+    from ..zoo import DamagedEntry, Zoo
 
     zoo = Zoo(zoo_dir)
     if model and model not in zoo.models():
-        from ..errors import UnknownNameError
-
         raise UnknownNameError("zoo model", model, zoo.models(), f"The zoo at {zoo.root} has no such model")
-    entries = list(zoo.entries(model))
-    rows = []
-    for entry in entries:
+    found = list(zoo.scan(model))
+    rows: list[dict[str, Any]] = []
+    for entry in found:
+        if isinstance(entry, DamagedEntry):
+            rows.append({"ref": entry.ref, "damaged": entry.problem})
+            continue
         card = entry.card
-        rows.append({"ref": entry.ref, "kind": card.get("kind"), "bytes": sum(card.get("files", {}).values()),
+        rows.append({"ref": entry.ref, "kind": entry.kind, "bytes": sum(card.get("files", {}).values()),
                      "parameters": card.get("parameters"),
                      "fingerprint": card.get("fingerprint") or card.get("base", {}).get("fingerprint"),
                      "base": card.get("base", {}).get("ref"), "created": card.get("created"),
                      "metrics": card.get("metrics", {})})
+    damaged = [row for row in rows if "damaged" in row]
     if as_json:
         echo_json(rows)
-        return
-    if not rows:
+    elif not rows:
         click.echo(f"the zoo at {zoo.root} is empty; `adapters train-base MODEL` adds a base")
-        return
-    for row, entry in zip(rows, entries):
-        on = f"on {row['base']}" if row["base"] else f"fp {row['fingerprint'][:12]}"
-        click.echo(f"{summary_line(entry)}  [{row['kind']}, {row['parameters'] or 0:,} params, {row['bytes']:,} bytes, "
-                   f"{on}]")
+    else:
+        for row, entry in zip(rows, found):
+            if "damaged" in row:
+                click.echo(f"{row['ref']}  DAMAGED: {row['damaged']}")
+                continue
+            on = f"on {row['base']}" if row["base"] else f"fp {str(row['fingerprint'])[:12]}"
+            click.echo(f"{summary_line(entry)}  [{row['kind']}, {row['parameters'] or 0:,} params, "
+                       f"{row['bytes']:,} bytes, {on}]")
+    if damaged:
+        raise ZooError(f"{len(damaged)} damaged {'entry' if len(damaged) == 1 else 'entries'} "
+                       f"({', '.join(row['ref'] for row in damaged[:3])}{', ...' if len(damaged) > 3 else ''}): "
+                       "restore or delete them; the others are listed above")
 
 
 @zoo_group.command("show")
@@ -133,9 +148,9 @@ def zoo_show(ref: str, zoo_dir: Path | None, as_json: bool) -> None:
         click.echo(f"  config: {json.dumps(card['config'])}")
     metrics = card.get("metrics", {})
     for scope, values in metric_scopes(metrics):
-        per_class = values.get("per_class")
-        if per_class:
-            errors = ", ".join(f"{d}:{v['errors']}" for d, v in per_class.items())
+        per_class = values.get("per_class") if isinstance(values, dict) else None
+        if isinstance(per_class, dict) and isinstance(values.get("accuracy"), (int, float)):
+            errors = ", ".join(f"{d}:{v.get('errors')}" for d, v in per_class.items() if isinstance(v, dict))
             click.echo(f"  {scope}: accuracy {values['accuracy']:.4f}; errors per digit {errors}")
 
 

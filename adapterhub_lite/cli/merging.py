@@ -64,6 +64,7 @@ def merge_command(model: str, refs: tuple[str, ...], method: str, rank: int | No
         else:
             click.echo(f"wrote {summary_line(entry)}")
         return
+    zoo.check_new(model, out, "adapter", writable=not dry_run)
     options = {"density": density, "seed": seed}
     plan = plan_merge(registry, zoo, model, list(refs), method, rank, options)
     described = plan.describe()

@@ -44,9 +44,10 @@ def parse_classes(text: str | None) -> tuple[int, ...] | None:
             low, _, high = part.strip().partition("-")
             out.extend(range(int(low), int(high or low) + 1))
     except ValueError:
-        raise click.BadParameter(f"{text!r}: use digits like '9', '0-4' or '5,7'", param_hint="--classes") from None
+        raise click.BadParameter(f"{text[:40]!r}: use digits like '9', '0-4' or '5,7'", param_hint="--classes") \
+            from None
     if not out or any(c < 0 or c > 9 for c in out):
-        raise click.BadParameter(f"{text!r}: digits are 0 to 9", param_hint="--classes")
+        raise click.BadParameter(f"{text[:40]!r}: digits are 0 to 9", param_hint="--classes")
     return tuple(sorted(set(out)))
 
 
@@ -61,7 +62,10 @@ def summary_line(entry: Any) -> str:
     metrics = entry.card.get("metrics", {})
     shown = []
     for scope, values in metric_scopes(metrics, single=""):
+        if not isinstance(values, dict):
+            continue
         label = "" if scope in ("", "all") else f"{scope.replace('_', ' ')} "
         shown += [f"{label}{k} {values[k]:.4f}" for k in ("accuracy", "light_background", "recognisable",
-                                                          "max_class_share") if k in values]
+                                                          "max_class_share")
+                  if isinstance(values.get(k), (int, float)) and not isinstance(values.get(k), bool)]
     return f"{entry.ref}  " + ", ".join(shown)

@@ -5,21 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from adapterhub_lite import AdaptedModel, AdapterFileError, IncompatibleAdapterError, LoraConfig
+from adapterhub_lite import AdaptedModel, AdapterFileError, IncompatibleAdapterError, LoraConfig, load_tensors
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors and header metadata; never unpickles anything."""
+    """Tensors and header metadata, the header checked before anything is mapped; never unpickles anything."""
     if not path.is_file():
         raise AdapterFileError(f"no file at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise AdapterFileError(f"{path} is not a readable safetensors file: {exc}") from exc
+    return load_tensors(path)
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A value from a file, cut for a message (a hostile file's field can be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def plain_lora(am: AdaptedModel, name: str, fmt: str) -> dict[str, tuple[LoraConfig, str]]:

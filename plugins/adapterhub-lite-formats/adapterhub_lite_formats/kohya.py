@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from adapterhub_lite import AdaptedModel, AdapterBundle, AdapterFileError, IncompatibleAdapterError, LoraConfig
 
-from .common import module_kinds, plain_lora, read_safetensors
+from .common import module_kinds, plain_lora, read_safetensors, shown
 
 PREFIX = "lora_unet"
 _KEY = re.compile(r"^(?P<flat>[A-Za-z0-9_]+)\.(?P<part>lora_down\.weight|lora_up\.weight|alpha)$")
@@ -66,7 +66,7 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
     for key, tensor in tensors.items():
         match = _KEY.match(key)
         if match is None:
-            raise IncompatibleAdapterError(f"{src}: tensor {key!r} is not a kohya LoRA key "
+            raise IncompatibleAdapterError(f"{src}: tensor {shown(key)} is not a kohya LoRA key "
                                            "(lora_down.weight, lora_up.weight, alpha); LoCon/LoHa/DoRA extras are "
                                            "not supported")
         parts.setdefault(match["flat"], {})[match["part"]] = tensor
@@ -76,13 +76,19 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
     for flat, found in sorted(parts.items()):
         module = by_flat.get(flat)
         if module is None:
-            raise IncompatibleAdapterError(f"{src}: {flat!r} names no module of this model "
+            raise IncompatibleAdapterError(f"{src}: {shown(flat)} names no module of this model "
                                            f"(expected {PREFIX}_<module path with '_'>)")
         if kinds[module] not in ("Linear", "Conv2d") or {"lora_down.weight", "lora_up.weight"} - set(found):
             raise IncompatibleAdapterError(f"{src}: {module!r} ({kinds[module]}) lacks lora_down/lora_up or is not "
                                            "a Linear or Conv2d")
         down = found["lora_down.weight"]
-        rank = int(down.shape[0])
+        rank = int(down.shape[0]) if down.dim() >= 2 else 0
+        if rank < 1:
+            raise IncompatibleAdapterError(f"{src}: {flat}.lora_down.weight has shape {tuple(down.shape)}, not a "
+                                           "LoRA factor")
+        if "alpha" in found and found["alpha"].numel() != 1:
+            raise IncompatibleAdapterError(f"{src}: {flat}.alpha holds {found['alpha'].numel()} values; kohya's "
+                                           "alpha is one number")
         alpha = float(found["alpha"]) if "alpha" in found else float(rank)  # kohya's default: alpha = rank
         state[f"{module}.lora_A"], state[f"{module}.lora_B"] = down, found["lora_up.weight"]
         configs[module] = LoraConfig(targets=[module], rank=rank, alpha=alpha)

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from adapterhub_lite import AdaptedModel, AdapterBundle, AdapterFileError, IncompatibleAdapterError, LoraConfig
 
-from .common import module_kinds, plain_lora, read_safetensors
+from .common import module_kinds, plain_lora, read_safetensors, shown
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."
@@ -71,6 +71,35 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     return default
 
 
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {  # adapter_config.json field -> accepted JSON types
+    "peft_type": (str,), "r": (int,), "lora_alpha": (int, float), "use_rslora": (bool,),
+    "lora_dropout": (int, float, type(None)), "rank_pattern": (dict, type(None)),
+    "alpha_pattern": (dict, type(None)), "target_modules": (str, list, type(None)),
+    "base_model_name_or_path": (str, type(None)),
+}
+
+
+def _check_config(config: Any, where: Path) -> dict[str, Any]:
+    """Refuse a config whose fields have the wrong JSON types (before any of them is used)."""
+    if not isinstance(config, dict):
+        raise AdapterFileError(f"{where} holds a JSON {type(config).__name__}, not an object: not a PEFT config")
+    for key, types in _CONFIG_TYPES.items():
+        value = config.get(key)
+        if key in config and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            raise AdapterFileError(f"{where}: {key} is {shown(value)}, expected "
+                                   f"{' or '.join('null' if t is type(None) else t.__name__ for t in types)}")
+    for field_name in ("rank_pattern", "alpha_pattern"):
+        for key, value in (config.get(field_name) or {}).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise AdapterFileError(f"{where}: {field_name}[{shown(key)}] is {shown(value)}, not a number")
+            try:
+                re.compile(key)
+            except (re.error, RecursionError) as exc:
+                raise AdapterFileError(f"{where}: {field_name} key {shown(key)} is not a valid regular expression "
+                                       f"({exc})") from None
+    return config
+
+
 def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
     folder = src if src.is_dir() else src.parent
     if not (folder / CONFIG).is_file():
@@ -80,27 +109,28 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
             else "no weights"
         raise AdapterFileError(f"{folder} has {found}; re-save it with safe_serialization=True to get {WEIGHTS}")
     try:
-        config = json.loads((folder / CONFIG).read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterFileError(f"{folder / CONFIG} is not valid JSON ({exc})") from exc
+        config = _check_config(json.loads((folder / CONFIG).read_text()), folder / CONFIG)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise AdapterFileError(f"{folder / CONFIG} is not valid JSON ({shown(str(exc), 80)})") from exc
     if config.get("peft_type") != "LORA":
-        raise IncompatibleAdapterError(f"{folder} holds a {config.get('peft_type')!r} adapter; only LORA imports")
+        raise IncompatibleAdapterError(f"{folder} holds a {shown(config.get('peft_type'))} adapter; only LORA "
+                                       "imports")
     for field_name, (fine, why) in REFUSED.items():
         value = config.get(field_name, fine)
         if value and value != fine:  # absent, empty, False, None or the fine value all pass
-            raise IncompatibleAdapterError(f"{folder}: {field_name}={value!r} is not supported: {why}")
+            raise IncompatibleAdapterError(f"{folder}: {field_name}={shown(value)} is not supported: {why}")
     tensors, _ = read_safetensors(folder / WEIGHTS)
     state, configs = {}, {}
     kinds = module_kinds(model.model)
     for key, tensor in tensors.items():
         match = _KEY.match(key)
         if match is None:
-            raise IncompatibleAdapterError(f"{folder / WEIGHTS}: tensor {key!r} is not a LoRA factor "
+            raise IncompatibleAdapterError(f"{folder / WEIGHTS}: tensor {shown(key)} is not a LoRA factor "
                                            "(a DoRA magnitude, a bias or a saved module?)")
         module = match["module"]
         if kinds.get(module) not in ("Linear", "Conv2d"):
             raise IncompatibleAdapterError(
-                f"{folder}: {module!r} is a {kinds.get(module, 'missing module')} in this model; PEFT LoRA imports "
+                f"{folder}: {shown(module)} is a {kinds.get(module, 'missing module')} in this model; PEFT LoRA imports "
                 "onto Linear and Conv2d modules")
         state[f"{module}.lora_{match['ab']}"] = tensor
     for key, tensor in state.items():

@@ -79,6 +79,7 @@ def extract_command(model: str, tuned: str, base_ref: str | None, rank: int, out
     if rank < 1:
         raise click.BadParameter("must be at least 1", param_hint="--rank")
     registry, zoo = get_registry(), Zoo(zoo_dir)
+    zoo.check_new(model, out, "adapter")
     tuned_entry = zoo.resolve(tuned if "/" in tuned else f"{model}/{tuned}")
     parents = tuned_entry.card.get("parents") or []
     base_entry = zoo.resolve(base_ref or (parents[0] if parents else model))
