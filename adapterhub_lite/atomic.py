@@ -66,7 +66,16 @@ def as_os_error(exc: BaseException) -> OSError | None:
 
 
 def write_error(path: Path | str, exc: BaseException) -> WriteError:
-    return WriteError(f"cannot write {path}: {os_reason(exc)}; nothing was written", path)
+    """One WriteError naming `path`, for an OS-level failure or a WriteError raised by a nested write."""
+    reason = exc.reason if isinstance(exc, WriteError) and exc.reason else os_reason(exc)
+    return WriteError(f"cannot write {path}: {reason}; nothing was written", path, reason)
+
+
+def write_failure(exc: BaseException) -> BaseException | None:
+    """The OS-level failure inside `exc` (itself, a wrapped one, a nested WriteError), or None."""
+    if isinstance(exc, WriteError):
+        return exc if exc.reason else None
+    return as_os_error(exc)
 
 
 def fsync_tree(path: Path) -> None:
@@ -126,9 +135,9 @@ def make_dirs_under(root: Path, *parts: str) -> tuple[Path, list[Path]]:
     """`root/parts...`, made one level at a time without following a symbolic link below `root` (the root
     itself may be one: the user chose it). Returns the folder and the folders made, outermost first."""
     made: list[Path] = []
+    path = Path(root)
     try:
-        made += _make_parents(Path(root))
-        path = Path(root)
+        made += _make_parents(path)
         for part in parts:
             path = path / part
             try:
@@ -144,7 +153,7 @@ def make_dirs_under(root: Path, *parts: str) -> tuple[Path, list[Path]]:
                 raise WriteError(f"{path} is not a folder; move it out of the zoo", path)
     except OSError as exc:
         remove_made(made)
-        raise write_error(path if "path" in locals() else root, exc) from exc
+        raise write_error(path, exc) from exc
     except BaseException:
         remove_made(made)
         raise
@@ -188,9 +197,9 @@ def publish(dest: Path | str, write: Callable[[Path], Path | None]) -> Path:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         remove_made(made)
-        os_error = as_os_error(exc)
-        if os_error is not None:
-            raise write_error(dest, os_error) from exc
+        failure = write_failure(exc)
+        if failure is not None:
+            raise write_error(dest, failure) from exc
         raise
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -213,7 +222,7 @@ def os_errors_as_write_errors(path: Path | str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        os_error = as_os_error(exc)
-        if os_error is not None:
-            raise write_error(path, os_error) from exc
+        failure = write_failure(exc)
+        if failure is not None:
+            raise write_error(path, failure) from exc
         raise

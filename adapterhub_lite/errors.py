@@ -96,9 +96,9 @@ class WriteError(AdapterhubError):
     """Writing a file or folder failed (read-only, permission, no space, a link where none may be); nothing
     partial was left behind. Names the path and the reason."""
 
-    def __init__(self, message: str, path: Any = None) -> None:
+    def __init__(self, message: str, path: Any = None, reason: str | None = None) -> None:
         super().__init__(message)
-        self.path = path
+        self.path, self.reason = path, reason
 
 
 class TrainingError(AdapterhubError):

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 FORMAT = "adapterhub_lite/adapter"
 FORMAT_VERSION = 1
 HEADER_KEY = "adapterhub_lite"
+METADATA_LIMIT = 4 << 20  # characters of the metadata document; a 1,000-module adapter needs about 300 KB
 KNOWN_FIELDS = {
     "format", "format_version", "name", "family", "config", "targets", "base_model",
     "base_fingerprint", "base_module_fingerprints", "library_version", "created",
@@ -131,6 +132,9 @@ def read_adapter_file(path: str | Path) -> AdapterFile:
             f"{path} has no adapterhub_lite metadata: it is not a native adapter file "
             "(PEFT and kohya files are imported with `adapters import`)"
         )
+    if len(header[HEADER_KEY]) > METADATA_LIMIT:
+        raise AdapterFileError(f"{path}: its adapterhub_lite metadata is {len(header[HEADER_KEY]):,} characters, "
+                               f"over the {METADATA_LIMIT:,} a real adapter needs: refusing it")
     try:
         meta = json.loads(header[HEADER_KEY])
     except (json.JSONDecodeError, RecursionError) as exc:

@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .atomic import as_os_error, fsync_dir, fsync_tree, make_dirs_under, remove_made, write_error
+from .atomic import fsync_dir, fsync_tree, make_dirs_under, remove_made, write_error, write_failure
 from .cards import card_problem
 from .errors import NameRuleError, RefError, UnknownNameError, WriteError, ZooError, shorten
 from .refs import AdapterRef, check_name, parse_ref
@@ -219,7 +219,8 @@ class Zoo:
             folder = folder.parent
         if not os.access(folder, os.W_OK | os.X_OK):
             reason = "the file system is read-only" if _read_only(folder) else "permission denied"
-            raise WriteError(f"cannot write the zoo at {self.root}: {reason}; choose another --zoo", folder)
+            raise WriteError(f"cannot write the zoo at {self.root}: {reason}; choose a zoo folder you can write to",
+                             folder, reason)
 
     def add_version(self, model: str, name: str, write: Callable[[Path], None], card: dict[str, Any]) -> ZooEntry:
         """Write a new version: `write(folder)` puts the weights file there; the card is completed here.
@@ -254,9 +255,9 @@ class Zoo:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
             remove_made(made)
-            os_error = as_os_error(exc)
-            if os_error is not None:
-                raise write_error(self.root / model / name, os_error) from exc
+            failure = write_failure(exc)
+            if failure is not None:
+                raise write_error(f"{model}/{name} into the zoo at {self.root}", failure) from exc
             raise
         return self._entry(model, name, version)
 

@@ -63,7 +63,7 @@ def test_failed_write_leaves_nothing(tmp_path) -> None:
         (folder / "adapter.safetensors").write_text("half")
         raise OSError("disk full")
 
-    with pytest.raises(WriteError, match="cannot write .*net/a: disk full; nothing was written"):
+    with pytest.raises(WriteError, match="cannot write net/a into the zoo at .*: disk full; nothing was written"):
         zoo.add_version("net", "a", broken, ADAPTER_CARD)
     assert zoo.versions("net", "a") == [1]
     assert sorted(p.name for p in (tmp_path / "net" / "a").iterdir()) == ["v1"]

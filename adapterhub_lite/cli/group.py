@@ -36,7 +36,7 @@ def _outside_fault(exc: BaseException) -> str | None:
     os_error = as_os_error(exc)
     if os_error is not None:
         where = getattr(exc, "filename", None)
-        return f"{os_reason(os_error)}" + (f" ({where})" if where else "") + f"; {DEBUG_HINT}"
+        return (f"{where}: " if where else "") + f"{os_reason(os_error)}; {DEBUG_HINT}"
     if type(exc).__name__ == "SafetensorError":
         return f"a safetensors file could not be read: {exc}; {DEBUG_HINT}"
     if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
