@@ -9,6 +9,7 @@ from .config import ATTENTION_PROJECTIONS, AdapterConfig, LoraConfig
 from .errors import (
     AdapterFileError,
     AdapterhubError,
+    AdapterhubWarning,
     AdapterStateError,
     ConfigError,
     IncompatibleAdapterError,
@@ -61,6 +62,7 @@ __all__ = [
     "AdapterRef",
     "AdapterStateError",
     "AdapterhubError",
+    "AdapterhubWarning",
     "ConfigError",
     "DataOptions",
     "EvalContext",

@@ -107,3 +107,8 @@ class TrainingError(AdapterhubError):
 
 class HubError(AdapterhubError):
     """A Hugging Face Hub call failed: network, token, offline mode or a missing repo."""
+
+
+class AdapterhubWarning(UserWarning):
+    """Something the user should know that does not stop the work (e.g. a field a format cannot hold exactly
+    and only matters for further training); the CLI prints each as a `warning:` line on stderr."""

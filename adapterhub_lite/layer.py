@@ -53,21 +53,30 @@ class Route:
                                     f"{like.shape[batch_dim] if like.dim() > batch_dim else 'no batch axis'}")
 
 
+def _nbytes(tensors: dict[str, Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 class AdapterLayer(nn.Module):
     targets: ClassVar[tuple[type[nn.Module], ...]] = ()
     # Inference (no autograd, eval mode) on a layer this small runs on a cached merged copy of its weights:
     # one base-sized op instead of base + adapter ops. Bigger layers keep the low-rank path (their relative
     # overhead is small, and a copy would not be).
     inference_merge_limit: ClassVar[int] = 1 << 22  # parameter elements of the base module
-    # Unmerge keeps the merged tensor and the next merge writes into it (no allocation at all; a fresh buffer
-    # is mapped on huge pages, see buffers.py). A kept buffer is reused only while nothing else references its
-    # memory (a state_dict taken while merged, say): see `buffers.sole_owner`. `release_buffers()` frees them.
-    keep_merge_buffers: ClassVar[bool] = True
+    # Opt-in, for code that merges and unmerges again and again: unmerge keeps the merged tensor and the next
+    # merge writes into it (no allocation; a fresh buffer is mapped on huge pages, see buffers.py). The cost is
+    # one weight-sized copy per merged weight while unmerged, so it is off by default: unmerged costs nothing.
+    # A kept buffer is reused only while nothing else references its memory (see `buffers.sole_owner`);
+    # `release_buffers()` frees them.
+    keep_merge_buffers: ClassVar[bool] = False
     # Under a route, run each sample group separately (kinds whose op is compute-bound per sample, like convs,
     # turn this on: on merged weights for small layers at inference, else each adapter's delta on its own
     # samples); weight-bound GEMMs are cheaper with one masked pass over the whole batch.
     route_per_group: ClassVar[bool] = False
-    inference_cache_entries: ClassVar[int] = 8  # merged-weight sets kept per layer (one per active set / route)
+    # Bytes of merged weights cached per layer, as a multiple of the layer's own parameter bytes: 1.0 keeps one
+    # merged copy (the steady state of serving one active set), so the cache never exceeds the size of the
+    # small layers it serves, and a new active set or weight evicts the old one (least recently used first).
+    inference_cache_budget: ClassVar[float] = 1.0
     # Training on small layers through W + delta built inside autograd (kinds whose adapter activations cost
     # more than the base weight gradient, like convs, may opt in; LoraConv2d.train_on_merged_weights = True).
     train_on_merged_weights: ClassVar[bool] = False
@@ -86,6 +95,7 @@ class AdapterLayer(nn.Module):
         self.route: Route | None = None  # set only inside AdaptedModel.routing()
         self._inference_cache: OrderedDict[tuple, dict[str, Tensor]] = OrderedDict()  # key -> merged tensors
         self._base_numel = sum(p.numel() for p in base.parameters())  # merging swaps tensors, never shapes
+        self._base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
         self.train(base.training)  # a wrapper made on an eval-mode model stays in eval mode (no adapter dropout)
 
     # --- implemented by a plugin ------------------------------------------------------
@@ -265,10 +275,17 @@ class AdapterLayer(nn.Module):
             return hit
         with torch.no_grad():
             merged = self.merged_tensors(live)
-        self._inference_cache[key] = merged
-        while len(self._inference_cache) > self.inference_cache_entries:
-            self._inference_cache.popitem(last=False)  # least recently used
+        budget = self.inference_cache_budget * self._base_bytes
+        if _nbytes(merged) <= budget:
+            self._inference_cache[key] = merged
+            while self.inference_cache_bytes > budget:
+                self._inference_cache.popitem(last=False)  # least recently used
         return merged
+
+    @property
+    def inference_cache_bytes(self) -> int:
+        """Bytes held by the inference cache (merged weights kept for small layers)."""
+        return sum(_nbytes(merged) for merged in self._inference_cache.values())
 
     def _forward_routed_merged(self, routed: list[tuple[str, float]], x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Inference under a route on a small layer: each sample group runs the base op once, on its own

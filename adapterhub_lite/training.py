@@ -133,8 +133,11 @@ def fit(model: nn.Module, params: Sequence[nn.Parameter], task: Task, inputs: to
     bar(None, None)
     model.eval()
     tail = losses[-100:]
-    return {"steps": total, "world_size": dist.world, "seconds": round(time.perf_counter() - started, 2),
-            "first_loss": losses[0], "final_loss": sum(tail) / len(tail)}
+    # the same command gives the same weights bit for bit only at the same thread count (float sums are
+    # split differently across threads), so the card records it
+    return {"steps": total, "world_size": dist.world, "threads": torch.get_num_threads(),
+            "seconds": round(time.perf_counter() - started, 2), "first_loss": losses[0],
+            "final_loss": sum(tail) / len(tail)}
 
 
 def _progress(total: int, label: str, enabled: bool):

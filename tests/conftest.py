@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import adapterhub_lite_lora
 import pytest
@@ -107,3 +110,69 @@ def seed_adapter(registry: Registry, zoo: Zoo, base: ZooEntry, name: str, config
             "base": {"ref": base.ref, "version": base.version, "fingerprint": base.card["fingerprint"]},
             "parents": [base.ref], "parameters": am.parameter_counts()["adapters"][name]}
     return zoo.add_version(base.model, name, lambda folder: am.save_adapter(name, folder / "adapter.safetensors"), card)
+
+
+# --- an independent reference: plain torch ops in float64, from the factors ----------------------------------------
+def _low_rank(factors: nn.Module, config: LoraConfig, groups: int = 1) -> torch.Tensor:
+    """scale * B @ A in float64, per group, shaped like the base weight (B: (out, r, ...), A: (g*r, in/g, ...))."""
+    scale = config.alpha / (math.sqrt(config.rank) if config.rslora else config.rank)
+    a, b = factors.lora_A.detach().double(), factors.lora_B.detach().double()
+    out, rank = b.shape[0], b.shape[1]
+    per_group = b.reshape(groups, out // groups, rank) @ a.reshape(groups, rank, -1)  # (g, out/g, in/g * k...)
+    return per_group.reshape(out, *a.shape[1:]) * scale
+
+
+def reference_delta(layer: Any, name: str) -> dict[str, torch.Tensor]:
+    """The adapter's change to each base parameter, in float64, written here from the LoRA definition and
+    the adapter's own factors: independent of the plugin's merge, cache and forward code."""
+    base, factors, config = layer.base, layer.adapters[name], layer.configs[name]
+    if isinstance(base, nn.Conv2d):
+        return {"weight": _low_rank(factors, config, base.groups)}
+    if isinstance(base, nn.Linear):
+        return {"weight": _low_rank(factors, config)}
+    if isinstance(base, nn.MultiheadAttention):
+        out = {}
+        if "out" in factors:
+            out["out_proj.weight"] = _low_rank(factors["out"], config)
+        qkv = {s: _low_rank(factors[s], config) for s in "qkv" if s in factors}
+        if base._qkv_same_embed_dim and qkv:
+            zero = torch.zeros(base.embed_dim, base.embed_dim, dtype=torch.float64)
+            out["in_proj_weight"] = torch.cat([qkv.get(s, zero) for s in "qkv"])
+        elif qkv:
+            out.update({f"{s}_proj_weight": d for s, d in qkv.items()})
+        return out
+    raise AssertionError(f"no reference for {type(base).__name__} layers: add one to tests/conftest.py")
+
+
+def reference_module(layer: Any, weighted: list[tuple[str, float]]) -> nn.Module:
+    """A float64 copy of the layer's plain base module with W + sum(w * scale * B @ A) in its weights."""
+    module = copy.deepcopy(layer.base).double()
+    with torch.no_grad():
+        for path, tensor in layer.base_state().items():  # the unmerged originals, even while merged
+            module.get_parameter(path).data = tensor.detach().double().clone()
+        for name, weight in weighted:
+            for path, delta in reference_delta(layer, name).items():
+                param = module.get_parameter(path)
+                param.data = param.data + weight * delta
+    return module.requires_grad_(False)
+
+
+def reference_model(am: AdaptedModel) -> nn.Module:
+    """The plain model in float64 with the active adapters (at their weights) folded in by `reference_module`."""
+    active = am.active
+    plain = copy.deepcopy(am.model)
+    for path, layer in am.layers().items():
+        module = reference_module(layer, [(n, w) for n, w in active.items() if n in layer.adapters and w != 0.0])
+        parent, _, child = path.rpartition(".")
+        setattr(plain.get_submodule(parent) if parent else plain, child, module)
+    return plain.double().eval()
+
+
+def as_double(value: Any) -> Any:
+    """Floating tensors to float64 (masks and indices stay as they are)."""
+    return value.double() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
+def assert_matches_reference(out: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-4) -> None:
+    """A float32 output against the float64 reference: float32 rounding, relative to the output's size."""
+    torch.testing.assert_close(out.double(), reference, rtol=rtol, atol=rtol * 0.1 * (reference.abs().max().item() + 1))

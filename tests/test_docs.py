@@ -84,4 +84,5 @@ def test_the_readme_library_snippet_runs_as_written(tmp_path, monkeypatch) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["combo-peft", "combo.safetensors", "fused.safetensors"]
     assert (tmp_path / "combo-peft" / "adapter_config.json").is_file()
     plain = namespace["plain"]
-    assert type(plain[0]).__name__ == "Linear" and not any(p.requires_grad is None for p in plain.parameters())
+    assert plain is namespace["model"] and [type(m).__name__ for m in plain] == ["Linear", "ReLU", "Linear"]
+    assert all(p.requires_grad for p in plain.parameters())  # unload gives the model back as it came: trainable

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import seed_adapter, seed_base
+from conftest import assert_matches_reference, reference_model, seed_adapter, seed_base
 from safetensors.torch import load_file, save_file
 
 from adapterhub_lite import AdapterFileError, IncompatibleAdapterError, LoraConfig, get_registry
@@ -18,7 +18,7 @@ from adapterhub_lite.exchange import export_refs, import_file
 from adapterhub_lite.workflow import load_base, stack
 from adapterhub_lite.zoo import Zoo
 
-peft = pytest.importorskip("peft")  # a test extra: CI installs it, so this never skips there
+import peft  # a test extra (pyproject's [test]): installed by the README's command, so it is never skipped
 X = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(3))
 
 
@@ -37,6 +37,13 @@ def ours(zoo: Zoo, refs: list[str]) -> torch.Tensor:
     am, _ = stack(get_registry(), zoo, refs)
     with torch.no_grad():
         return am(X)
+
+
+def reference(zoo: Zoo, refs: list[str]) -> torch.Tensor:
+    """The stack's output from the float64 reference model (tests/conftest.py), not from our forward."""
+    am, _ = stack(get_registry(), zoo, refs)
+    with torch.no_grad():
+        return reference_model(am)(X.double())
 
 
 def peft_outputs(zoo: Zoo, folder: Path) -> torch.Tensor:
@@ -61,7 +68,7 @@ def test_our_peft_export_loads_in_peft_with_the_same_outputs(zoo, tmp_path, refs
     assert config["peft_type"] == "LORA" and config["target_modules"].startswith("^(")
     if len(refs) == 2:  # per-module ranks and alphas travel in rank_pattern / alpha_pattern
         assert info["combined"] == "cat" and config["r"] == 6 and config["rank_pattern"] == {
-            "conv1": 2, "conv3": 2, "fc2": 2, "fc3": 2, "fc4": 2}
+            "^conv1": 2, "^conv3": 2, "^fc2": 2, "^fc3": 2, "^fc4": 2}
     base = ours(zoo, ["mnist-cnn"])
     want = ours(zoo, refs)
     assert not torch.allclose(want, base)  # the adapter does something
@@ -125,8 +132,7 @@ def test_merged_export_loads_into_the_bare_model_class(zoo, tmp_path) -> None:
     plain = get_registry().create_model("mnist-cnn")
     plain.load_state_dict(load_file(str(path)), strict=True)
     with torch.no_grad():
-        torch.testing.assert_close(plain.eval()(X), ours(zoo, ["mnist-cnn/a=0.5", "mnist-cnn/b=-1"]),
-                                   rtol=1e-4, atol=1e-4)
+        assert_matches_reference(plain.eval()(X), reference(zoo, ["mnist-cnn/a=0.5", "mnist-cnn/b=-1"]))
     entry = import_file(get_registry(), zoo, path, "merged", "mnist-cnn", "fused")
     assert entry.is_base and entry.card["fingerprint"] == info["fingerprint"]
 
@@ -203,3 +209,88 @@ def test_cli_export_import_and_errors_leave_the_zoo_alone(zoo, tmp_path) -> None
                                    "mnist-cnn", "--name", "from-kohya", "--json", "--zoo", root])
     assert imported.exit_code == 0, imported.output
     assert json.loads(imported.output)["recipe"]["format"] == "kohya"
+
+
+class Nested(torch.nn.Module):
+    """Module names whose suffixes collide: PEFT reads a pattern key `block.lin0` as `(.*\\.)?(block.lin0)$`,
+    which also matches `outer.block.lin0`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin0 = torch.nn.Linear(6, 6)
+        self.block = torch.nn.Module()
+        self.block.lin0 = torch.nn.Linear(6, 6)
+        self.outer = torch.nn.Module()
+        self.outer.block = torch.nn.Module()
+        self.outer.block.lin0 = torch.nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outer.block.lin0(torch.relu(self.block.lin0(torch.relu(self.lin0(x)))))
+
+
+@pytest.mark.parametrize("per_module", ["alpha", "rank", "both"])
+def test_peft_export_patterns_hit_only_their_own_module(tmp_path, per_module) -> None:
+    from adapterhub_lite import AdaptedModel
+
+    torch.manual_seed(0)
+    model = Nested().eval()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+    am = AdaptedModel(model, registry=get_registry())
+    # lin0 sets the defaults (r, lora_alpha); block.lin0 differs and lands in a pattern; outer.block.lin0 must not
+    ranks = {"lin0": 2, "block.lin0": 1 if per_module != "alpha" else 2, "outer.block.lin0": 2}
+    alphas = {"lin0": 8.0, "block.lin0": 2.0 if per_module != "rank" else 8.0, "outer.block.lin0": 8.0}
+    bundle_configs = {m: LoraConfig(targets=[m], rank=ranks[m], alpha=alphas[m]) for m in ranks}
+    from adapterhub_lite import AdapterBundle
+
+    gen = torch.Generator().manual_seed(2)
+    state = {}
+    for m, c in bundle_configs.items():
+        fan_out, fan_in = model.get_submodule(m).weight.shape
+        state[f"{m}.lora_A"] = torch.randn(c.rank, fan_in, generator=gen)
+        state[f"{m}.lora_B"] = torch.randn(fan_out, c.rank, generator=gen)
+    am.add_bundle(AdapterBundle(name="p", family="lora", configs=bundle_configs, state=state))
+    with torch.no_grad():
+        want = reference_model(am)(x.double())
+    folder = am.export("p", format="peft", dest=tmp_path / "peft")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert all(key.startswith("^") for key in [*config["rank_pattern"], *config["alpha_pattern"]])
+    plain_state = {k: v.clone() for k, v in am.unload().state_dict().items()}
+    fresh = Nested().eval()
+    fresh.load_state_dict(plain_state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = peft.PeftModel.from_pretrained(fresh, str(folder)).eval()
+    with torch.no_grad():
+        assert_matches_reference(loaded(x), want)
+    # and back: the folder imports into ours with the same outputs
+    from adapterhub_lite_formats import peft as peft_format
+
+    again = Nested().eval()
+    again.load_state_dict(plain_state)
+    back = AdaptedModel(again, registry=get_registry())
+    back.add_bundle(peft_format.import_(folder, back))
+    with torch.no_grad():
+        assert_matches_reference(back(x), want)
+
+
+def test_kohya_header_alpha_matches_its_tensors_for_rslora(zoo, tmp_path) -> None:
+    path, _ = export_refs(get_registry(), zoo, ["mnist-cnn/b"], "kohya", tmp_path / "b.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata()
+        alphas = {float(handle.get_tensor(k)) for k in handle.keys() if k.endswith(".alpha")}
+    assert alphas == {3 * 4 ** 0.5} and float(header["ss_network_alpha"]) == 3 * 4 ** 0.5  # alpha 3, r 4, rsLoRA
+
+
+def test_peft_export_says_when_modules_differ_in_dropout(zoo, tmp_path) -> None:
+    from adapterhub_lite import AdaptedModel, AdapterBundle
+
+    am, _ = stack(get_registry(), zoo, ["mnist-cnn/a"])
+    bundle = am.bundle("a")
+    configs = {m: c.replace(dropout=0.1 if m == "fc1" else 0.0) for m, c in bundle.configs.items()}
+    fresh = AdaptedModel(am.unload(), registry=get_registry())
+    fresh.add_bundle(AdapterBundle(name="d", family="lora", configs=configs, state=bundle.state))
+    with pytest.warns(UserWarning, match=r"lora_dropout \[0.0, 0.1\]; PEFT has one lora_dropout per adapter"):
+        folder = fresh.export("d", format="peft", dest=tmp_path / "d")
+    assert json.loads((folder / "adapter_config.json").read_text())["lora_dropout"] == 0.1

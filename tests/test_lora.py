@@ -144,9 +144,14 @@ def test_b_starts_at_zero_and_init_choices() -> None:
     layer.add("g", LoraConfig(targets="*", rank=4, init="gaussian"))
     for name in ("k", "g"):
         assert torch.count_nonzero(layer.adapters[name].lora_B) == 0
-    bound = 1 / math.sqrt(400)  # kaiming_uniform(a=sqrt(5)) == nn.Linear's init
-    assert layer.adapters["k"].lora_A.abs().max() <= bound
-    assert abs(layer.adapters["g"].lora_A.std().item() - 0.25) < 0.02  # std 1/r
+    bound = 1 / math.sqrt(400)  # kaiming_uniform(a=sqrt(5)) == nn.Linear's init: U(-bound, bound)
+    kaiming = layer.adapters["k"].lora_A
+    assert kaiming.abs().max() <= bound and kaiming.abs().max() > 0.95 * bound  # fills its range
+    assert abs(kaiming.std().item() - bound / math.sqrt(3)) < 0.05 * bound / math.sqrt(3)  # a uniform's std
+    assert abs(kaiming.mean().item()) < 0.1 * bound
+    gaussian = layer.adapters["g"].lora_A
+    assert abs(gaussian.std().item() - 0.25) < 0.02 and abs(gaussian.mean().item()) < 0.03  # N(0, 1/r)
+    assert torch.linalg.matrix_rank(kaiming) == 4 and torch.linalg.matrix_rank(gaussian) == 4  # A can learn
 
 
 def test_scale_and_rslora() -> None:

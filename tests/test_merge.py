@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import seed_adapter, seed_base
+from conftest import assert_matches_reference, reference_delta, reference_model, seed_adapter, seed_base
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -45,15 +45,22 @@ def outputs(registry, zoo, refs) -> torch.Tensor:
         return am(X)
 
 
+def reference(registry, zoo, refs) -> torch.Tensor:
+    """The stack's output from the float64 reference model (tests/conftest.py), not from our forward."""
+    am, _ = stack(registry, zoo, refs)
+    with torch.no_grad():
+        return reference_model(am)(X.double())
+
+
 def deltas(registry, zoo, refs) -> dict[str, torch.Tensor]:
-    """The weighted delta per base weight of a stack, summed."""
+    """The weighted delta per base weight of a stack, summed, from the reference definition of a LoRA delta."""
     am, _ = stack(registry, zoo, refs)
     total: dict[str, torch.Tensor] = {}
     for module, layer in am.layers().items():
         for name, weight in layer.live():
-            for path, delta in layer.delta_weights(name).items():
+            for path, delta in reference_delta(layer, name).items():
                 key = f"{module}.{path}"
-                total[key] = total.get(key, 0) + delta.detach().double() * weight
+                total[key] = total.get(key, 0) + delta * weight
     return total
 
 
@@ -66,8 +73,8 @@ def test_exact_methods_equal_the_stack_with_mixed_ranks_alphas_and_rslora(tiny_r
     assert set(got) == set(want)
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5 * want[key].abs().max().item())
-    torch.testing.assert_close(outputs(tiny_registry, zoo, [entry.ref]),
-                               outputs(tiny_registry, zoo, ["tiny/" + r for r in refs]), rtol=1e-4, atol=1e-3)
+    assert_matches_reference(outputs(tiny_registry, zoo, [entry.ref]),
+                             reference(tiny_registry, zoo, ["tiny/" + r for r in refs]))
     card = entry.card
     assert card["parents"] == ["tiny/a@v1", "tiny/b@v1"]
     assert card["merge"]["method"] == method and card["merge"]["exact"] is True
@@ -194,8 +201,7 @@ def test_fuse_into_base_equals_the_stack(tiny_registry, zoo) -> None:
     assert entry.card["parents"] == ["tiny/base@v1", "tiny/a@v1", "tiny/b@v1"]
     plain = load_base(tiny_registry, entry)  # a plain TinyNet, no adapter layers
     with torch.no_grad():
-        torch.testing.assert_close(plain(X), outputs(tiny_registry, zoo, ["tiny/a=0.7", "tiny/b=-1.3"]),
-                                   rtol=1e-4, atol=1e-3)
+        assert_matches_reference(plain(X), reference(tiny_registry, zoo, ["tiny/a=0.7", "tiny/b=-1.3"]))
     # adapters trained on the old base do not silently apply to the fused one
     with pytest.raises(IncompatibleAdapterError, match="trained on tiny/base@v1, not tiny/fused@v1"):
         stack(tiny_registry, zoo, ["tiny/fused", "tiny/a"])
@@ -308,7 +314,8 @@ def test_library_merge_export_and_fused_state(tiny_registry, tmp_path) -> None:
     randomize_adapters(am.model)
     am.set_active(["a", "b"], weights=[0.5, -1.0])
     with torch.no_grad():
-        want = am(X)
+        want = reference_model(am)(X.double())
+        assert_matches_reference(am(X), want)
     before = {k: v.clone() for k, v in am.model.state_dict().items()}
     report = am.merge_adapters({"a": 0.5, "b": -1.0}, out="ab", method="cat")
     assert report["exact"] and am.active == {"a": 0.5, "b": -1.0}  # the new adapter starts disabled
@@ -316,8 +323,29 @@ def test_library_merge_export_and_fused_state(tiny_registry, tmp_path) -> None:
     assert all(torch.equal(v, before[k]) for k, v in am.model.state_dict().items() if k in before)  # untouched
     am.set_active(["ab"])
     with torch.no_grad():
-        torch.testing.assert_close(am(X), want, rtol=1e-4, atol=1e-3)
+        assert_matches_reference(am(X), want)
     plain = TinyNet().eval()
     plain.load_state_dict(fused, strict=True)
     with torch.no_grad():
-        torch.testing.assert_close(plain(X), want, rtol=1e-4, atol=1e-3)
+        assert_matches_reference(plain(X), want)
+
+
+def test_energy_kept_is_pinned_on_a_hand_computed_case(tiny_registry) -> None:
+    """delta = diag(3, 2, 1): keeping rank 1 keeps 3^2 / (3^2 + 2^2 + 1^2) = 9/14 of the energy (squared
+    singular values), and the kept delta is diag(3, 0, 0); two ranks keep 13/14."""
+    from adapterhub_lite import MergeInput
+
+    config = LoraConfig(targets=["fc"], rank=3, alpha=3)  # scale 1
+    state = {"fc.lora_A": torch.eye(3), "fc.lora_B": torch.diag(torch.tensor([3.0, 2.0, 1.0]))}
+    svd = tiny_registry.get_merge_method("svd").fn
+    for rank, energy in ((1, 9 / 14), (2, 13 / 14), (3, 1.0)):
+        result = svd([MergeInput(label="d", weight=1.0, configs={"fc": config}, state=state)], rank=rank)
+        assert result.report["energy_kept"] == pytest.approx(energy, abs=1e-9)
+        assert result.report["min_energy_kept"] == pytest.approx(energy, abs=1e-9)
+        kept = result.configs["fc"]
+        delta = kept.scale * result.state["fc.lora_B"].double() @ result.state["fc.lora_A"].double()
+        want = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64) * (torch.arange(3) < rank))
+        torch.testing.assert_close(delta, want, rtol=0, atol=1e-6)
+    # a weight scales the delta, never the share of energy kept
+    half = svd([MergeInput(label="d", weight=0.5, configs={"fc": config}, state=state)], rank=1)
+    assert half.report["energy_kept"] == pytest.approx(9 / 14, abs=1e-9)

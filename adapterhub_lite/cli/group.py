@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import click
 
-from ..errors import AdapterhubError
+from ..errors import AdapterhubError, AdapterhubWarning
 
 MESSAGE_LIMIT = 600  # characters of an error line
 DEBUG_HINT = "set ADAPTERS_DEBUG=1 for the traceback"
@@ -76,6 +77,18 @@ class AdaptersGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", AdapterhubWarning)
+            try:
+                return self._invoke(ctx)
+            finally:
+                for warning in caught:  # ours become `warning:` lines; any other is shown as Python shows it
+                    if issubclass(warning.category, AdapterhubWarning):
+                        click.echo(f"warning: {_one_line(str(warning.message))}", err=True)
+                    else:
+                        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except AdapterhubError as exc:

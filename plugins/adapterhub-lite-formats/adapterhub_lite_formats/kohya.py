@@ -32,6 +32,11 @@ def flat_name(module: str, prefix: str = PREFIX) -> str:
     return f"{prefix}_{module.replace('.', '_')}"
 
 
+def _kohya_alpha(config: LoraConfig) -> float:
+    """kohya has no rsLoRA: alpha*sqrt(r) gives the same scale alpha/sqrt(r) as alpha'/r."""
+    return config.alpha * math.sqrt(config.rank) if config.rslora else config.alpha
+
+
 def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **options: Any) -> Path:
     modules = plain_lora(source, name, "kohya")
     flats = {flat_name(m): m for m in modules}
@@ -41,14 +46,14 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
     tensors: dict[str, torch.Tensor] = {}
     for module, (config, _) in modules.items():
         flat = flat_name(module)
-        alpha = config.alpha * math.sqrt(config.rank) if config.rslora else config.alpha  # same scale, no rsLoRA
+        alpha = _kohya_alpha(config)
         tensors[f"{flat}.lora_down.weight"] = state[f"{module}.lora_A"].contiguous()
         tensors[f"{flat}.lora_up.weight"] = state[f"{module}.lora_B"].contiguous()
         tensors[f"{flat}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
-    ranks = {c.rank for c, _ in modules.values()}
-    first = next(iter(modules.values()))[0]
-    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(max(ranks)),
-                "ss_network_alpha": str(first.alpha), "adapterhub_lite_base": str(source.base_id),
+    widest = max((c for c, _ in modules.values()), key=lambda c: c.rank)
+    # the header repeats the widest module's alpha as its `.alpha` tensor holds it (alpha*sqrt(r) for rsLoRA)
+    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(widest.rank),
+                "ss_network_alpha": str(_kohya_alpha(widest)), "adapterhub_lite_base": str(source.base_id),
                 "adapterhub_lite_modules": json.dumps(sorted(modules))}
     dest = dest / f"{name}.safetensors" if dest.is_dir() else dest
     dest.parent.mkdir(parents=True, exist_ok=True)

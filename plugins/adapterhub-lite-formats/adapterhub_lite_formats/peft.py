@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
 
-from adapterhub_lite import AdaptedModel, AdapterBundle, AdapterFileError, IncompatibleAdapterError, LoraConfig
+from adapterhub_lite import (
+    AdaptedModel,
+    AdapterBundle,
+    AdapterFileError,
+    AdapterhubWarning,
+    IncompatibleAdapterError,
+    LoraConfig,
+)
 
 from .common import module_kinds, plain_lora, read_safetensors, shown
 
@@ -43,13 +51,18 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
         raise IncompatibleAdapterError("PEFT has one use_rslora per adapter; this adapter mixes both: "
                                        "merge it with --method cat first")
     r, alpha = max(ranks.values()), alphas[max(ranks, key=ranks.get)]
-    longest_first = sorted(modules, key=len, reverse=True)  # PEFT takes the first pattern matching a name's end
+    if len(dropouts) > 1:
+        warnings.warn(f"modules use lora_dropout {sorted(dropouts)}; PEFT has one lora_dropout per adapter, "
+                      f"written as {max(dropouts)} (it matters only when training further)", AdapterhubWarning,
+                      stacklevel=2)
     config = {
         "peft_type": "LORA", "task_type": None, "base_model_name_or_path": source.base_id,
         "r": r, "lora_alpha": alpha, "use_rslora": rslora.pop(), "lora_dropout": max(dropouts),
         "target_modules": "^(" + "|".join(re.escape(m) for m in sorted(modules)) + ")$",  # exact names only
-        "rank_pattern": {m: ranks[m] for m in longest_first if ranks[m] != r},
-        "alpha_pattern": {m: alphas[m] for m in longest_first if alphas[m] != alpha},
+        # PEFT reads each key as a regex matched against the end of a module name (`(.*\.)?(KEY)$`), so a bare
+        # `lin0` would also set `block.lin0`: anchored, a key matches its own module only
+        "rank_pattern": {_anchored(m): ranks[m] for m in sorted(modules) if ranks[m] != r},
+        "alpha_pattern": {_anchored(m): alphas[m] for m in sorted(modules) if alphas[m] != alpha},
         "bias": "none", "use_dora": False, "fan_in_fan_out": False, "modules_to_save": None,
         "init_lora_weights": True, "inference_mode": True,
     }
@@ -61,6 +74,11 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
     (dest / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     save_file(tensors, str(dest / WEIGHTS), metadata={"format": "pt"})
     return dest
+
+
+def _anchored(module: str) -> str:
+    """A rank_pattern / alpha_pattern key that PEFT matches to exactly this module name."""
+    return "^" + re.escape(module)
 
 
 def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:

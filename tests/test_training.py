@@ -1,0 +1,45 @@
+"""Training an adapter does what training promises: the loss falls, the outputs change, the base does not."""
+
+from __future__ import annotations
+
+import torch
+from conftest import assert_matches_reference, reference_model
+from torch import nn
+
+from adapterhub_lite import AdaptedModel, LoraConfig, Task
+from adapterhub_lite.training import TrainOptions, fit
+
+
+class Regression(Task):
+    """Fit a fixed random linear map: a task the base model cannot already solve."""
+
+    name = "regression"
+
+    def loss(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+             generator: torch.Generator) -> torch.Tensor:
+        return nn.functional.mse_loss(model(inputs), labels)
+
+
+def test_training_lowers_the_loss_changes_outputs_and_leaves_the_base(registry) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    gen = torch.Generator().manual_seed(1)
+    inputs = torch.randn(512, 8, generator=gen)
+    labels = inputs @ torch.randn(8, 4, generator=gen)
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        before = model(inputs)
+        base_loss = nn.functional.mse_loss(before, labels).item()
+    am = AdaptedModel(model, registry=registry)
+    am.add_adapter("fit", LoraConfig(targets=["0", "2"], rank=4, alpha=8))
+    summary = fit(model, am.trainable_parameters(), Regression(), inputs, labels,
+                  TrainOptions(steps=300, batch_size=32, lr=1e-2, progress=False))
+    assert summary["steps"] == 300 and summary["final_loss"] < 0.3 * summary["first_loss"]
+    with torch.no_grad():
+        after = am(inputs)
+        assert nn.functional.mse_loss(after, labels).item() < 0.3 * base_loss
+        assert (after - before).abs().max() > 0.1  # the adapter changed the outputs
+        assert_matches_reference(after, reference_model(am)(inputs.double()))  # and is the LoRA it claims
+    for key, param in am.layers()["0"].base.named_parameters():
+        assert torch.equal(param, base_state[f"0.{key}"])  # the base never moved
+    assert summary["threads"] == torch.get_num_threads()
