@@ -236,7 +236,10 @@ class AdapterLayer(nn.Module):
 
     def _forward_routed(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         routed = self.routed()
-        if routed and self.route_per_group and self._small_for_inference():
+        # each sample group on its adapter's merged weights, when the cache budget holds a copy per routed adapter
+        # (else every forward would merge every adapter again): raise inference_cache_budget to route this way
+        if (routed and self.route_per_group and self._small_for_inference()
+                and len(routed) <= self.inference_cache_budget):
             return self._forward_routed_merged(routed, x, *args, **kwargs)
         out = self.base(x, *args, **kwargs)
         return self.combine_routed(routed, x, out=out) if routed else out

@@ -113,10 +113,13 @@ class Task:
     """
 
     name: str = ""
+    # the splits `load` accepts, each with a line for the card: "train" to fit, "val" to choose recipes on,
+    # "test" to report once (a task without "val" cannot take part in recipe selection)
+    splits: Mapping[str, str] = {"train": "", "test": ""}
 
     def load(self, split: str, *, data_dir: str | Path | None = None, classes: tuple[int, ...] | None = None,
              style: str | None = None) -> tuple[Tensor, Tensor]:
-        """(inputs, labels) of a split ("train" or "test"), whole, as tensors."""
+        """(inputs, labels) of a split ("train", "val" or "test"), whole, as tensors."""
         raise NotImplementedError
 
     def loss(self, model: nn.Module, inputs: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
@@ -142,6 +145,7 @@ class EvalContext:
     seed: int = 0
     samples: int = 256
     steps: int = 25
+    split: str = "test"  # which split is being measured ("val" for choosing, "test" for reporting)
     classifier: Callable[[], nn.Module] | None = None  # loads the zoo's MNIST classifier lazily
 
 

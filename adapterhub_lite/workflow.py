@@ -140,22 +140,34 @@ def add_adapter_version(registry: Registry, zoo: Zoo, base: ZooEntry, name: str,
                            card)
 
 
-def _context(registry: Registry, zoo: Zoo, seed: int = 0, samples: int = 256) -> EvalContext:
+def _context(registry: Registry, zoo: Zoo, seed: int = 0, samples: int = 256, split: str = "test") -> EvalContext:
     def classifier() -> nn.Module | None:
         try:
             return load_base(registry, zoo.resolve(CLASSIFIER))
         except AdapterhubError:
             return None
 
-    return EvalContext(seed=seed, samples=samples, classifier=classifier)
+    return EvalContext(seed=seed, samples=samples, classifier=classifier, split=split)
 
 
 def evaluate(registry: Registry, zoo: Zoo, model_name: str, model: nn.Module, data: DataOptions,
-             seed: int = 0) -> dict[str, Any]:
-    """Test-split metrics (classifiers) or sample metrics (generators: `data.eval_samples` images)."""
+             seed: int = 0, split: str = "test") -> dict[str, Any]:
+    """Metrics on a split (classifiers) or of samples (generators: `data.eval_samples` images)."""
     task = _task(registry.get_model(model_name))
-    inputs, labels = task.load("test", data_dir=data.data_dir, classes=data.classes, style=data.style)
-    return task.evaluate(model, inputs, labels, context=_context(registry, zoo, seed, data.eval_samples))
+    inputs, labels = task.load(split, data_dir=data.data_dir, classes=data.classes, style=data.style)
+    return task.evaluate(model, inputs, labels, context=_context(registry, zoo, seed, data.eval_samples, split))
+
+
+def _validation(registry: Registry, zoo: Zoo, model_name: str, model: nn.Module, data: DataOptions,
+                scopes: dict[str, DataOptions] | None = None) -> dict[str, Any] | None:
+    """Metrics on the task's validation split (what recipes are chosen on), per scope; None without one."""
+    task = _task(registry.get_model(model_name))
+    if "val" not in task.splits:
+        return None
+    if scopes is None:
+        return evaluate(registry, zoo, model_name, model, data, split="val")
+    return {scope: evaluate(registry, zoo, model_name, model, options, split="val")
+            for scope, options in scopes.items()}
 
 
 def train_base(registry: Registry, zoo: Zoo, model_name: str, options: TrainOptions, data: DataOptions,
@@ -180,9 +192,10 @@ def train_base(registry: Registry, zoo: Zoo, model_name: str, options: TrainOpti
     if dist.is_main:
         _require_finite({n: p.detach() for n, p in model.named_parameters()}, f"{model_name}/base")
         card = {
-            "config": kwargs, "task": task.name, "parents": parents,
+            "config": kwargs, "task": task.name, "parents": parents, "splits": dict(task.splits),
             "recipe": {"command": "train-base", **options.to_dict(), **data.to_dict(), "from": start},
             "training": summary, "metrics": evaluate(registry, zoo, model_name, model, data),
+            "validation": _validation(registry, zoo, model_name, model, data),
         }
         entry = add_base_version(zoo, model_name, BASE, model.state_dict(), card)
     dist.barrier()
@@ -211,12 +224,12 @@ def train_adapter(registry: Registry, zoo: Zoo, model_name: str, name: str, conf
     entry = None
     if dist.is_main:
         everything = DataOptions(data.data_dir, None, data.style, data.eval_samples)
-        metrics = {"all": evaluate(registry, zoo, model_name, model, everything)}
-        if data.classes:
-            metrics["trained_classes"] = evaluate(registry, zoo, model_name, model, data)
+        scopes = {"all": everything, **({"trained_classes": data} if data.classes else {})}
+        metrics = {scope: evaluate(registry, zoo, model_name, model, options) for scope, options in scopes.items()}
         recipe = {"command": "train", **options.to_dict(), **data.to_dict()}
         entry = add_adapter_version(registry, zoo, base_entry, name, am, name, recipe,
-                                    {"training": summary, "metrics": metrics})
+                                    {"training": summary, "metrics": metrics, "splits": dict(task.splits),
+                                     "validation": _validation(registry, zoo, model_name, model, data, scopes)})
     dist.barrier()
     return entry
 

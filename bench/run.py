@@ -25,6 +25,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -161,32 +162,71 @@ def paired_ratio(times: list[float], reference: list[float]) -> float:
     return statistics.median(t / r for t, r in zip(times, reference))
 
 
+@contextmanager
+def no_merged_weight_cache():
+    """Our layers on the low-rank path only (what PEFT computes): no inference on cached merged weights."""
+    from adapterhub_lite import AdapterLayer
+
+    saved = AdapterLayer.inference_merge_limit
+    AdapterLayer.inference_merge_limit = 0
+    try:
+        yield
+    finally:
+        AdapterLayer.inference_merge_limit = saved
+
+
 def forward_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
+    """Per model and adapter count, side by side: the bare base, ours (default), peft; then like for like:
+    ours with the merged-weight cache off (the same low-rank work as peft), ours' first call after the active
+    set changed (cache cold: a merge, then the forward), and ours merged vs peft merged."""
     rows = []
     for name in models:
         case = make_case(name)
         base_model, args, targets = case["model"], case["args"], case["targets"]
+        model_bytes = sum(p.numel() * p.element_size() for p in base_model.parameters())
         for n in (1, 4, 8):
             am = ours(copy.deepcopy(base_model), targets, n)
             pm = theirs(copy.deepcopy(base_model), targets, n)
-            with torch.inference_mode():  # interleaved, so drift in the machine hits all three alike
-                times = interleaved([lambda: base_model(*args), lambda: am(*args), lambda: pm(*args)], repeats)
-            base, t_ours, t_peft = medians(times)
+
+            def cold() -> None:
+                for layer in am.layers().values():
+                    layer.invalidate()  # as after set_active or a weight change
+                am(*args)
+
+            with torch.inference_mode():  # interleaved, so drift in the machine hits all alike
+                times = interleaved([lambda: base_model(*args), lambda: am(*args), lambda: pm(*args), cold], repeats)
+                cache_bytes = sum(layer.inference_cache_bytes for layer in am.layers().values())
+                with no_merged_weight_cache():
+                    plain = interleaved([lambda: base_model(*args), lambda: am(*args), lambda: pm(*args)], repeats)
+            base, t_ours, t_peft, t_cold = medians(times)
             row = {"group": "forward", "model": name, "adapters": n, "base_ms": base * 1e3,
-                   "ours_ms": t_ours * 1e3, "peft_ms": t_peft * 1e3,
+                   "ours_ms": t_ours * 1e3, "peft_ms": t_peft * 1e3, "ours_cold_ms": t_cold * 1e3,
                    "ours_overhead": paired_ratio(times[1], times[0]) - 1,
-                   "peft_overhead": paired_ratio(times[2], times[0]) - 1}
+                   "peft_overhead": paired_ratio(times[2], times[0]) - 1,
+                   "ours_cold_overhead": paired_ratio(times[3], times[0]) - 1,
+                   "ours_lowrank_ms": statistics.median(plain[1]) * 1e3,
+                   "ours_lowrank_overhead": paired_ratio(plain[1], plain[0]) - 1,
+                   "peft_lowrank_overhead": paired_ratio(plain[2], plain[0]) - 1,
+                   "cache_bytes": cache_bytes, "model_bytes": model_bytes}
             row["overhead_ratio"] = (row["ours_overhead"] / row["peft_overhead"]
                                      if row["peft_overhead"] > 0 else float("nan"))
-            if n == 1:
+            row["lowrank_ratio"] = (row["ours_lowrank_overhead"] / row["peft_lowrank_overhead"]
+                                    if row["peft_lowrank_overhead"] > 0 else float("nan"))
+            if n in (1, 8):
                 am.merge()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    pm.merge_adapter()
                 with torch.inference_mode():
-                    plain, merged = interleaved([lambda: base_model(*args), lambda: am(*args)], repeats)
-                row["merged_vs_base"] = paired_ratio(merged, plain)
+                    merged = interleaved([lambda: base_model(*args), lambda: am(*args), lambda: pm(*args)], repeats)
+                row["merged_vs_base"] = paired_ratio(merged[1], merged[0])
+                row["peft_merged_vs_base"] = paired_ratio(merged[2], merged[0])
                 am.unmerge()
+                pm.unmerge_adapter()
             rows.append(row)
-            print(f"forward {name} x{n}: base {base*1e3:.2f} ms, ours {t_ours*1e3:.2f}, peft {t_peft*1e3:.2f}",
-                  file=sys.stderr, flush=True)
+            print(f"forward {name} x{n}: base {base*1e3:.2f} ms, ours {t_ours*1e3:.2f} (cold {t_cold*1e3:.2f}, "
+                  f"low-rank {row['ours_lowrank_ms']:.2f}), peft {t_peft*1e3:.2f}; cache {cache_bytes/2**20:.1f} MB "
+                  f"of {model_bytes/2**20:.1f} MB", file=sys.stderr, flush=True)
     return rows
 
 
@@ -266,9 +306,9 @@ def train_group(models: list[str], steps: int, memory_runs: int) -> list[dict[st
 
 # --- merge, combination, save/load on the wide MLP -----------------------------------------------------------------
 def merge_group(repeats: int) -> list[dict[str, Any]]:
-    """Merge and unmerge one adapter on the wide MLP, timed separately; ours by default (unmerge keeps the
-    merged tensor for the next merge to write into) and with keep_merge_buffers off (every merge allocates,
-    as a first merge does)."""
+    """Merge and unmerge one adapter on the wide MLP, timed separately: ours by default (every merge writes a
+    fresh tensor, released again on unmerge) and with keep_merge_buffers on (unmerge keeps the merged tensor for
+    the next merge to write into: no allocation, one weight-sized copy held while unmerged)."""
     from adapterhub_lite import AdapterLayer
 
     case = make_case("wide-mlp")
@@ -289,24 +329,24 @@ def merge_group(repeats: int) -> list[dict[str, Any]]:
                 unmerges.append(time.perf_counter() - middle)
         return statistics.median(merges), statistics.median(unmerges)
 
-    ours_merge, ours_unmerge = cycle(am.merge, am.unmerge)  # default: unmerge keeps the buffer for the next merge
-    am.release_buffers()
-    AdapterLayer.keep_merge_buffers = False
+    fresh_merge, fresh_unmerge = cycle(am.merge, am.unmerge)  # the default: a new tensor every merge
+    AdapterLayer.keep_merge_buffers = True
     try:
-        fresh_merge, fresh_unmerge = cycle(am.merge, am.unmerge)  # a new tensor every merge (a first merge)
+        kept_merge, kept_unmerge = cycle(am.merge, am.unmerge)  # opt-in: re-merge into the kept buffer
+        am.release_buffers()
     finally:
-        AdapterLayer.keep_merge_buffers = True
+        AdapterLayer.keep_merge_buffers = False
     peft_merge, peft_unmerge = cycle(pm.merge_adapter, pm.unmerge_adapter)
     exact = all(torch.equal(am.model.get_submodule(n).base.weight, original[f"{n}.weight"]) for n in targets)
     peft_exact = all(torch.equal(pm.base_model.model.get_submodule(n).base_layer.weight, original[f"{n}.weight"])
                      for n in targets)
-    print(f"merge wide: ours {ours_merge*1e3:.1f} ms (fresh {fresh_merge*1e3:.1f}), peft {peft_merge*1e3:.1f}; "
-          f"unmerge ours {ours_unmerge*1e3:.1f}, peft {peft_unmerge*1e3:.1f}", file=sys.stderr, flush=True)
-    return [{"group": "merge", "model": "wide-mlp", "ours_merge_ms": ours_merge * 1e3,
-             "ours_unmerge_ms": ours_unmerge * 1e3, "fresh_merge_ms": fresh_merge * 1e3,
-             "fresh_unmerge_ms": fresh_unmerge * 1e3, "peft_merge_ms": peft_merge * 1e3,
-             "peft_unmerge_ms": peft_unmerge * 1e3, "speedup": peft_merge / ours_merge,
-             "fresh_speedup": peft_merge / fresh_merge, "ours_unmerge_bit_exact": exact,
+    print(f"merge wide: ours {fresh_merge*1e3:.1f} ms (kept buffer {kept_merge*1e3:.1f}), peft {peft_merge*1e3:.1f}; "
+          f"unmerge ours {fresh_unmerge*1e3:.1f}, peft {peft_unmerge*1e3:.1f}", file=sys.stderr, flush=True)
+    return [{"group": "merge", "model": "wide-mlp", "fresh_merge_ms": fresh_merge * 1e3,
+             "fresh_unmerge_ms": fresh_unmerge * 1e3, "kept_merge_ms": kept_merge * 1e3,
+             "kept_unmerge_ms": kept_unmerge * 1e3, "peft_merge_ms": peft_merge * 1e3,
+             "peft_unmerge_ms": peft_unmerge * 1e3, "fresh_speedup": peft_merge / fresh_merge,
+             "kept_speedup": peft_merge / kept_merge, "ours_unmerge_bit_exact": exact,
              "peft_unmerge_bit_exact": peft_exact}]
 
 
@@ -335,45 +375,64 @@ def combine_group() -> list[dict[str, Any]]:
              "speedup": t_peft / t_ours, "max_relative_delta_difference": worst}]
 
 
+ROUTED_ADAPTERS = (8, 16, 32)
+
+
 def routing_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
-    """8 adapters, batch 64, every sample names its adapter: one routed forward vs 8 sub-batches vs peft."""
+    """N adapters (8, 16, 32), batch 64, every sample names its adapter: one routed forward (default cache
+    budget, and with a budget of N merged copies), N sub-batches, peft, and the bare base on the same batch."""
+    from adapterhub_lite import AdapterLayer
+
     rows = []
     for name in models:
         case = make_case(name)
         base_model, targets = case["model"], case["targets"]
         args = tuple(a[:64] if a.shape[0] >= 64 else a.repeat(64 // a.shape[0], *[1] * (a.dim() - 1))
                      for a in case["args"])
-        names = [f"a{i % 8}" for i in range(64)]
-        am = ours(copy.deepcopy(base_model), targets, 8)
-        pm = theirs(copy.deepcopy(base_model), targets, 8)
+        for n in ROUTED_ADAPTERS:
+            names = [f"a{i % n}" for i in range(64)]
+            am = ours(copy.deepcopy(base_model), targets, n)
+            pm = theirs(copy.deepcopy(base_model), targets, n)
 
-        def routed() -> None:
-            with am.routing(names):
-                am(*args)
+            def routed() -> None:
+                with am.routing(names):
+                    am(*args)
 
-        def loop() -> None:
-            for i in range(8):
-                am.set_active([f"a{i}"])
-                am(*(a[i::8] for a in args))
+            def routed_budget() -> None:
+                saved = AdapterLayer.inference_cache_budget
+                AdapterLayer.inference_cache_budget = float(n)
+                try:
+                    with am.routing(names):
+                        am(*args)
+                finally:
+                    AdapterLayer.inference_cache_budget = saved
 
-        def peft_routed() -> None:
-            pm(*args, adapter_names=names)
+            def loop() -> None:
+                for i in range(n):
+                    am.set_active([f"a{i}"])
+                    am(*(a[i::n] for a in args))
 
-        with torch.inference_mode():
-            try:
-                peft_routed()
-                fns, peft_note = [lambda: base_model(*args), routed, loop, peft_routed], ""
-            except (TypeError, ValueError) as exc:  # e.g. no mixed batches through nn.MultiheadAttention
-                fns, peft_note = [lambda: base_model(*args), routed, loop], " ".join(str(exc).split())
-            times = interleaved(fns, repeats)
-        t_base, t_routed, t_loop, *t_peft = medians(times)
-        rows.append({"group": "routing", "model": name, "base_ms": t_base * 1e3, "routed_ms": t_routed * 1e3,
-                     "loop_ms": t_loop * 1e3, "peft_ms": t_peft[0] * 1e3 if t_peft else None, "peft_note": peft_note,
-                     "vs_loop": paired_ratio(times[2], times[1]),
-                     "vs_peft": paired_ratio(times[3], times[1]) if t_peft else None})
-        print(f"routing {name}: routed {t_routed*1e3:.1f} ms, loop {t_loop*1e3:.1f}, "
-              f"peft {t_peft[0] * 1e3 if t_peft else peft_note}",
-              file=sys.stderr, flush=True)
+            def peft_routed() -> None:
+                pm(*args, adapter_names=names)
+
+            with torch.inference_mode():
+                try:
+                    peft_routed()
+                    fns, peft_note = [lambda: base_model(*args), routed, routed_budget, loop, peft_routed], ""
+                except (TypeError, ValueError) as exc:  # e.g. no mixed batches through nn.MultiheadAttention
+                    fns, peft_note = [lambda: base_model(*args), routed, routed_budget, loop], " ".join(str(exc).split())
+                times = interleaved(fns, repeats)
+            t_base, t_routed, t_budget, t_loop, *t_peft = medians(times)
+            rows.append({"group": "routing", "model": name, "adapters": n, "base_ms": t_base * 1e3,
+                         "routed_ms": t_routed * 1e3, "routed_budget_ms": t_budget * 1e3, "loop_ms": t_loop * 1e3,
+                         "peft_ms": t_peft[0] * 1e3 if t_peft else None, "peft_note": peft_note,
+                         "vs_base": paired_ratio(times[1], times[0]),
+                         "budget_vs_base": paired_ratio(times[2], times[0]),
+                         "vs_loop": paired_ratio(times[3], times[1]),
+                         "vs_peft": paired_ratio(times[4], times[1]) if t_peft else None})
+            print(f"routing {name} x{n}: base {t_base*1e3:.1f} ms, routed {t_routed*1e3:.1f} (budget {n}: "
+                  f"{t_budget*1e3:.1f}), loop {t_loop*1e3:.1f}, peft {t_peft[0] * 1e3 if t_peft else peft_note}",
+                  file=sys.stderr, flush=True)
     return rows
 
 

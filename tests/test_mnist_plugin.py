@@ -83,3 +83,18 @@ def test_ddim_is_seeded_and_in_range() -> None:
     assert not torch.equal(a, diffusion.ddim(unet, (2, 1, 32, 32), steps=3, seed=6))
     loss = diffusion.loss(unet, torch.rand(2, 1, 32, 32) * 2 - 1, torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and loss.item() > 0
+
+
+def test_the_validation_split_is_held_out_of_training_and_fixed() -> None:
+    from adapterhub_lite_mnist.data import VALIDATION, load_mnist
+
+    train, train_labels = load_mnist("train")
+    val, val_labels = load_mnist("val")
+    assert len(val) == VALIDATION and len(train) + len(val) == 60_000
+    rows = {bytes(img.to(torch.uint8).numpy()) for img in (train * 255).round()}
+    assert not any(bytes(img.to(torch.uint8).numpy()) in rows for img in (val[:500] * 255).round())
+    again, _ = load_mnist("val")
+    assert torch.equal(again, val)  # the same held-out images every time
+    assert set(val_labels.tolist()) == set(range(10)) and set(train_labels.tolist()) == set(range(10))
+    with pytest.raises(Exception, match="unknown split 'valid'"):
+        load_mnist("valid")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyNet, randomize_adapters
+from conftest import TinyNet, assert_matches_reference, randomize_adapters, reference_model
 from torch import nn
 
 from adapterhub_lite import AdaptedModel, AdapterStateError, LoraConfig
@@ -35,12 +35,27 @@ def one_by_one(am: AdaptedModel, route) -> torch.Tensor:
     return torch.cat(outs)
 
 
-@pytest.fixture(params=[0, 1 << 22], ids=["low-rank-route", "merged-weights-route"])
+@pytest.fixture(params=[(0, 1.0), (1 << 22, 1.0), (1 << 22, 8.0)],
+                ids=["low-rank-route", "small-layers-default-budget", "merged-weights-route"])
 def merge_limit(request, monkeypatch):
+    """The low-rank route; small layers with the default cache budget (one merged copy: routing stays
+    low-rank); and a budget that holds a copy per routed adapter (each sample group on merged weights)."""
     from adapterhub_lite import AdapterLayer
 
-    monkeypatch.setattr(AdapterLayer, "inference_merge_limit", request.param)
-    return request.param
+    limit, budget = request.param
+    monkeypatch.setattr(AdapterLayer, "inference_merge_limit", limit)
+    monkeypatch.setattr(AdapterLayer, "inference_cache_budget", budget)
+    return limit
+
+
+def reference_per_sample(am: AdaptedModel, route) -> torch.Tensor:
+    """Each sample through the float64 reference model of its own adapter alone (tests/conftest.py)."""
+    outs = []
+    weights = {"a": 1.0, "b": -0.7, "c": 1.0}
+    for i, name in enumerate(route):
+        am.set_active([name] if name else [], [weights[name]] if name else None)
+        outs.append(reference_model(am)(X[i:i + 1].double()))
+    return torch.cat(outs)
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -50,7 +65,9 @@ def test_routed_batch_equals_each_sample_alone(registry, batch_first, merge_limi
         with am.routing(ROUTE):
             routed = am(X)
         want = one_by_one(am, ROUTE)
+        reference = reference_per_sample(am, ROUTE)
     torch.testing.assert_close(routed, want, rtol=1e-5, atol=1e-5)
+    assert_matches_reference(routed, reference)
     with torch.no_grad(), am.routing([None] * 6):
         am.set_active([])
         assert torch.equal(am(X), am.model(X))  # nobody routed: the bare base

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from adapterhub_lite import IncompatibleAdapterError, LoraConfig, get_registry
@@ -42,6 +43,10 @@ def test_base_card_and_reproducibility(zoo_with_base, tmp_path) -> None:
     assert card["training"]["steps"] == 40 and card["training"]["world_size"] == 1
     assert set(card["metrics"]["per_class"]) == {"0", "1", "9"}  # evaluated on the classes it learned
     assert card["metrics"]["per_class"]["1"]["correct"] > 0
+    assert card["splits"]["val"].startswith("5,000 MNIST train images held out")
+    val = card["validation"]  # measured on the held-out split too, for choosing recipes
+    assert set(val["per_class"]) == {"0", "1", "9"} and val["total"] < card["metrics"]["total"]
+    assert card["training"]["threads"] == torch.get_num_threads()
     again = train_base(get_registry(), Zoo(tmp_path), "richboynet", QUICK, DataOptions(classes=(0, 1, 9)))
     assert again.card["fingerprint"] == card["fingerprint"]  # same seed, same weights, bit for bit
     assert again.card["metrics"] == card["metrics"]
@@ -54,7 +59,7 @@ def test_adapter_training_leaves_the_base_alone(zoo_with_base) -> None:
     assert card["base"] == {"ref": "richboynet/base@v1", "version": 1, "fingerprint": base_entry.card["fingerprint"]}
     assert card["modules"] == ["linear1", "linear2", "linear3"] and card["parameters"] == 6794
     assert card["trainable_percent"] == pytest.approx(0.242, abs=0.001)
-    assert set(card["metrics"]) == {"all", "trained_classes"}
+    assert set(card["metrics"]) == {"all", "trained_classes"} == set(card["validation"])
     assert card["metrics"]["trained_classes"]["total"] == 1009
     after = state_fingerprint(load_base(registry, base_entry).state_dict())  # load_base checks the file too
     assert after == base_entry.card["fingerprint"]

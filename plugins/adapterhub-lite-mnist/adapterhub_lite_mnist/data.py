@@ -27,20 +27,37 @@ def data_root(data_dir: str | Path | None) -> tuple[Path, bool]:
     return DEFAULT_DIR, True
 
 
+SPLITS = ("train", "val", "test")
+VALIDATION = 5_000  # training images held out to choose recipes on
+SPLIT_SEED = 0  # fixes which ones: the first VALIDATION of a seeded permutation of the 60,000
+SPLIT_INFO = {"train": f"MNIST train minus {VALIDATION:,} held out (split seed {SPLIT_SEED})",
+              "val": f"{VALIDATION:,} MNIST train images held out (split seed {SPLIT_SEED})",
+              "test": "MNIST test (10,000)"}
+
+
 def load_mnist(split: str, data_dir: str | Path | None = None,
                classes: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 1, 28, 28) float in [0, 1] and labels (N,), optionally only some classes."""
+    """Images (N, 1, 28, 28) float in [0, 1] and labels (N,) of a split, optionally only some classes.
+
+    "val" is held out of the 60,000 training images (a fixed seeded choice) and "train" is the rest, so a
+    recipe chosen on "val" never saw "test"."""
     from torchvision.datasets import MNIST
 
+    if split not in SPLITS:
+        raise AdapterhubError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
     root, download = data_root(data_dir)
     try:
-        ds = MNIST(str(root), train=(split == "train"), download=download)
+        ds = MNIST(str(root), train=(split != "test"), download=download)
     except (RuntimeError, OSError) as exc:
         detail = " ".join(str(exc).split())[:200]
         raise AdapterhubError(f"MNIST is not readable under {root} ({detail}); pass --data-dir or set "
                               "ADAPTERS_DATA to a folder containing MNIST/raw") from exc
     images = ds.data.unsqueeze(1).float() / 255.0
     labels = ds.targets.clone()
+    if split != "test":
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        index = (order[VALIDATION:] if split == "train" else order[:VALIDATION]).sort().values  # original order
+        images, labels = images[index], labels[index]
     if classes is not None:
         keep = torch.isin(labels, torch.tensor(classes))
         images, labels = images[keep], labels[keep]

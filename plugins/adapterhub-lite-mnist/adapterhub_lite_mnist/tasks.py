@@ -11,7 +11,7 @@ from torch import nn
 
 from adapterhub_lite import AdapterhubError, EvalContext, Task
 
-from .data import invert, load_mnist, noisy, normalize, pad32
+from .data import SPLIT_INFO, invert, load_mnist, noisy, normalize, pad32
 from .diffusion import Diffusion
 
 STYLES = (None, "inverted")
@@ -55,6 +55,8 @@ class ClassifyTask(Task):
     x*(1-a) + u*a with a ~ U(0,1) per image (one fixed draw when testing), as the seed
     notebook did on its normalized tensors."""
 
+    splits = SPLIT_INFO
+
     def __init__(self, noisy: bool = False) -> None:
         self.noisy = noisy
         self.name = "noisy-classify" if noisy else "classify"
@@ -88,6 +90,9 @@ class GenerateTask(Task):
     """DDPM on 32x32 MNIST in [-1, 1]; samples with DDIM."""
 
     name = "generate"
+    # samples are judged, not data: "val" draws its samples from other seeds than "test"
+    splits = {"val": "256 samples from seeds 10,000+ (chosen on)", "test": "256 samples from seeds 0+ (reported)"}
+    VAL_SEED_OFFSET = 10_000
 
     def __init__(self) -> None:
         self.diffusion = Diffusion()
@@ -117,7 +122,8 @@ class GenerateTask(Task):
     def evaluate(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1000,
                  context: EvalContext | None = None) -> dict[str, Any]:
         context = context or EvalContext()
-        images = self.sample(model, context.samples, seed=context.seed, steps=context.steps)
+        seed = context.seed + (self.VAL_SEED_OFFSET if context.split == "val" else 0)
+        images = self.sample(model, context.samples, seed=seed, steps=context.steps)
         return sample_metrics(images, context.classifier() if context.classifier else None)
 
 
