@@ -6,6 +6,15 @@ another step's base), trains an adapter (`train`, on a step's base), or
 measures a stack of adapters (`evaluate`, optionally writing a `sample` grid).
 Every step runs once per seed (a step's own "seeds" can narrow that); the results (per seed, and mean/min/max over
 seeds) go to `<zoo>/results-<profile>.json`.
+
+Recipes are chosen on the validation split, never on test: a training step with
+`"search": {"group": G, "on": METRIC}` is a candidate. It is measured on the
+validation split only (its card has no test metrics), and once every seed has
+run, the candidate of group G with the best mean METRIC over seeds (a summary
+key such as `val.trained_classes.accuracy`; `"lower": true` to minimise) is
+the group's choice, written under `selected` in the results with every
+candidate's score. A reporting profile then uses the chosen recipe and
+measures test once.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from .config import LoraConfig
 from .errors import AdapterhubError, ConfigError
 from .registry import Registry
 from .training import TrainOptions
-from .workflow import DataOptions, evaluate, metric_scopes, stack, train_adapter, train_base
+from .workflow import DataOptions, evaluate, metric_scopes, stack, test_metrics, train_adapter, train_base
 from .zoo import Zoo
 
 COMMANDS = ("train-base", "train", "evaluate")
@@ -39,10 +48,19 @@ def load_recipes(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
     for name, profile in recipes.get("profiles", {}).items():
         ids = set()
+        metric_of_group: dict[str, str] = {}
         for step in profile.get("steps", []):
             if step.get("command") not in COMMANDS or "id" not in step:
                 raise ConfigError(f"{path}: profile {name!r} has a step without an id or with a command "
                                   f"other than {', '.join(COMMANDS)}: {step}")
+            search = step.get("search")
+            if search is not None:
+                if (step["command"] == "evaluate" or not isinstance(search, dict)
+                        or not isinstance(search.get("group"), str) or not isinstance(search.get("on"), str)):
+                    raise ConfigError(f"{path}: step {step['id']!r}: search must be {{\"group\": NAME, \"on\": "
+                                      "METRIC}} on a training step")
+                if metric_of_group.setdefault(search["group"], search["on"]) != search["on"]:
+                    raise ConfigError(f"{path}: search group {search['group']!r} compares on two metrics")
             for ref in (step.get("base"), step.get("from")):
                 if ref and ref not in ids:
                     raise ConfigError(f"{path}: step {step['id']!r} refers to {ref!r} before it is built")
@@ -53,7 +71,8 @@ def load_recipes(path: Path) -> dict[str, Any]:
 def _data(step: dict[str, Any], data_dir: Path | None) -> DataOptions:
     data = step.get("data", {})
     classes = tuple(data["classes"]) if data.get("classes") is not None else None
-    return DataOptions(data_dir, classes, data.get("style"), step.get("eval_samples", 256))
+    return DataOptions(data_dir, classes, data.get("style"), step.get("eval_samples", 256),
+                       test="search" not in step)
 
 
 def _ref(built: dict[str, str], text: str) -> str:
@@ -87,8 +106,15 @@ def run_profile(registry: Registry, zoo: Zoo, recipes: dict[str, Any], profile: 
         per_seed[str(seed)] = results
     summary = {step["id"]: _aggregate([per_seed[str(s)][step["id"]] for s in seeds if step["id"] in per_seed[str(s)]])
                for step in spec["steps"]}
+    selected = _select(spec["steps"], summary)
+    for group, choice in selected.items():
+        log(f"{group}: chose {choice['best']} on {choice['on']} ({choice['scores'][choice['best']]:.4f} mean)")
+        _test_once(registry, zoo, next(s for s in spec["steps"] if s["id"] == choice["best"]), choice, per_seed,
+                   data_dir)
+        log(f"{group}: {choice['best']} on test: {_headline({'metrics': choice['test']['0']['metrics']})}"
+            if "0" in choice["test"] else f"{group}: measured on test")
     report = {"profile": profile, "seeds": seeds, "seconds": round(time.perf_counter() - started, 1),
-              "summary": summary, "per_seed": per_seed}
+              "summary": summary, "selected": selected, "per_seed": per_seed}
     out = write_text(zoo.root / f"results-{profile}.json", json.dumps(report, indent=2) + "\n")
     log(f"wrote {out} ({report['seconds']}s)")
     return report
@@ -111,8 +137,39 @@ def _run_step(registry: Registry, zoo: Zoo, step: dict[str, Any], seed: int, bui
     assert entry is not None  # a build runs in one process
     built[step["id"]] = entry.ref
     card = entry.card
-    return {"ref": entry.ref, "metrics": card["metrics"], "training_seconds": card["training"]["seconds"],
-            "trainable_percent": card.get("trainable_percent"), "parameters": card["parameters"]}
+    return {"ref": entry.ref, "metrics": card["metrics"], "validation": card.get("validation"),
+            "training_seconds": card["training"]["seconds"], "trainable_percent": card.get("trainable_percent"),
+            "parameters": card["parameters"]}
+
+
+def _test_once(registry: Registry, zoo: Zoo, step: dict[str, Any], choice: dict[str, Any],
+               per_seed: dict[str, dict[str, Any]], data_dir: Path | None) -> None:
+    """The chosen candidate's zoo entries (one per seed), measured on the test split: the only test figures
+    a search reports."""
+    data = DataOptions(**{**_data(step, data_dir).__dict__, "test": True})
+    choice["test"] = {seed: {"ref": results[step["id"]]["ref"],
+                             "metrics": test_metrics(registry, zoo, zoo.resolve(results[step["id"]]["ref"]), data)}
+                      for seed, results in per_seed.items() if step["id"] in results}
+    choice["test_summary"] = _aggregate([{"metrics": r["metrics"]} for r in choice["test"].values()])
+
+
+def _select(steps: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    """Per search group, the candidate with the best mean of its metric over seeds, and every score."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for step in steps:
+        if "search" in step:
+            groups.setdefault(step["search"]["group"], []).append(step)
+    selected = {}
+    for group, candidates in groups.items():
+        on, lower = candidates[0]["search"]["on"], bool(candidates[0]["search"].get("lower", False))
+        scores = {c["id"]: summary[c["id"]][on]["mean"] for c in candidates if on in summary.get(c["id"], {})}
+        if not scores:
+            raise ConfigError(f"search group {group!r}: no candidate reports {on!r} (see the summary's keys)")
+        best = (min if lower else max)(scores, key=scores.__getitem__)
+        chosen = next(c for c in candidates if c["id"] == best)
+        selected[group] = {"on": on, "lower": lower, "best": best, "scores": scores,
+                           "recipe": {k: chosen[k] for k in ("model", "options", "adapter", "data") if k in chosen}}
+    return selected
 
 
 def _evaluate_step(registry: Registry, zoo: Zoo, step: dict[str, Any], seed: int, built: dict[str, str],
@@ -134,12 +191,12 @@ def _evaluate_step(registry: Registry, zoo: Zoo, step: dict[str, Any], seed: int
 
 
 def _headline(result: dict[str, Any]) -> str:
-    metrics = result["metrics"]
     parts = []
-    for scope, values in metric_scopes(metrics, single=""):
-        for key in ("accuracy", "light_background", "recognisable"):
-            if key in values:
-                parts.append(f"{scope + ' ' if scope else ''}{key} {values[key]:.4f}")
+    for prefix, metrics in (("", result["metrics"]), ("val ", result.get("validation") or {})):
+        for scope, values in metric_scopes(metrics, single=""):
+            for key in ("accuracy", "light_background", "recognisable"):
+                if key in values:
+                    parts.append(f"{prefix}{scope + ' ' if scope else ''}{key} {values[key]:.4f}")
     return ", ".join(parts)
 
 
@@ -154,13 +211,14 @@ def _aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _scalars(result: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
-    metrics = result["metrics"]
-    for scope, values in metric_scopes(metrics):
-        for key in ("accuracy", "light_background", "recognisable", "max_class_share"):
-            if key in values:
-                out[f"{scope}.{key}"] = float(values[key])
-        for digit, counts in values.get("per_class", {}).items():
-            out[f"{scope}.errors.{digit}"] = float(counts["errors"])
+    for prefix, metrics, single in (("", result["metrics"], "test"), ("val.", result.get("validation") or {}, "")):
+        for scope, values in metric_scopes(metrics, single=single):
+            head = prefix + (f"{scope}." if scope else "")
+            for key in ("accuracy", "light_background", "recognisable", "max_class_share"):
+                if key in values:
+                    out[f"{head}{key}"] = float(values[key])
+            for digit, counts in values.get("per_class", {}).items():
+                out[f"{head}errors.{digit}"] = float(counts["errors"])
     for key in ("training_seconds", "trainable_percent", "seconds"):
         if result.get(key) is not None:
             out[key] = float(result[key])

@@ -37,6 +37,7 @@ class DataOptions:
     classes: tuple[int, ...] | None = None
     style: str | None = None
     eval_samples: int = 256  # generated images per evaluation of a generative model
+    test: bool = True  # measure the test split too; recipe-search candidates see only the validation split
 
     def to_dict(self) -> dict[str, Any]:
         return {"classes": list(self.classes) if self.classes else None, "style": self.style}
@@ -158,6 +159,21 @@ def evaluate(registry: Registry, zoo: Zoo, model_name: str, model: nn.Module, da
     return task.evaluate(model, inputs, labels, context=_context(registry, zoo, seed, data.eval_samples, split))
 
 
+def adapter_scopes(data: DataOptions) -> dict[str, DataOptions]:
+    """An adapter is measured on everything ("all") and, if trained on some classes, on those."""
+    everything = DataOptions(data.data_dir, None, data.style, data.eval_samples, data.test)
+    return {"all": everything, **({"trained_classes": data} if data.classes else {})}
+
+
+def test_metrics(registry: Registry, zoo: Zoo, entry: ZooEntry, data: DataOptions) -> dict[str, Any]:
+    """A zoo entry measured on the test split as training measures it: a base on `data`, an adapter per scope."""
+    if entry.is_base:
+        return evaluate(registry, zoo, entry.model, load_base(registry, entry), data)
+    am, _ = stack(registry, zoo, [entry.ref])
+    return {scope: evaluate(registry, zoo, entry.model, am.model, options)
+            for scope, options in adapter_scopes(data).items()}
+
+
 def _validation(registry: Registry, zoo: Zoo, model_name: str, model: nn.Module, data: DataOptions,
                 scopes: dict[str, DataOptions] | None = None) -> dict[str, Any] | None:
     """Metrics on the task's validation split (what recipes are chosen on), per scope; None without one."""
@@ -194,7 +210,7 @@ def train_base(registry: Registry, zoo: Zoo, model_name: str, options: TrainOpti
         card = {
             "config": kwargs, "task": task.name, "parents": parents, "splits": dict(task.splits),
             "recipe": {"command": "train-base", **options.to_dict(), **data.to_dict(), "from": start},
-            "training": summary, "metrics": evaluate(registry, zoo, model_name, model, data),
+            "training": summary, "metrics": evaluate(registry, zoo, model_name, model, data) if data.test else {},
             "validation": _validation(registry, zoo, model_name, model, data),
         }
         entry = add_base_version(zoo, model_name, BASE, model.state_dict(), card)
@@ -223,9 +239,9 @@ def train_adapter(registry: Registry, zoo: Zoo, model_name: str, name: str, conf
     dist = Distributed.from_env()
     entry = None
     if dist.is_main:
-        everything = DataOptions(data.data_dir, None, data.style, data.eval_samples)
-        scopes = {"all": everything, **({"trained_classes": data} if data.classes else {})}
-        metrics = {scope: evaluate(registry, zoo, model_name, model, options) for scope, options in scopes.items()}
+        scopes = adapter_scopes(data)
+        metrics = ({scope: evaluate(registry, zoo, model_name, model, options) for scope, options in scopes.items()}
+                   if data.test else {})
         recipe = {"command": "train", **options.to_dict(), **data.to_dict()}
         entry = add_adapter_version(registry, zoo, base_entry, name, am, name, recipe,
                                     {"training": summary, "metrics": metrics, "splits": dict(task.splits),

@@ -80,3 +80,51 @@ def test_bad_recipes_are_refused(tmp_path) -> None:
 def test_repository_recipes_are_valid() -> None:
     recipes = load_recipes(ROOT / "zoo" / "recipes.json")
     assert {"quick", "full"} <= set(recipes["profiles"])
+
+
+SEARCH = {"profiles": {"search": {"seeds": [0, 1], "steps": [
+    {"id": "rb", "command": "train-base", "model": "richboynet", "options": {"steps": 30, "batch_size": 16}},
+    {"id": "slow", "command": "train", "model": "richboynet", "base": "rb", "adapter": {"rank": 1, "alpha": 1},
+     "options": {"steps": 5, "batch_size": 8, "lr": 1e-6}, "data": {"classes": [9]},
+     "search": {"group": "nines", "on": "val.trained_classes.accuracy"}},
+    {"id": "fast", "command": "train", "model": "richboynet", "base": "rb", "adapter": {"rank": 1, "alpha": 1},
+     "options": {"steps": 5, "batch_size": 8, "lr": 1e-2}, "data": {"classes": [9]},
+     "search": {"group": "nines", "on": "val.trained_classes.accuracy"}},
+]}}}
+
+
+def test_search_candidates_never_see_test_and_the_best_mean_validation_score_wins(tmp_path) -> None:
+    recipes = tmp_path / "recipes.json"
+    recipes.write_text(json.dumps(SEARCH))
+    zoo_dir = tmp_path / "zoo"
+    result = CliRunner().invoke(cli, ["zoo", "build", "--profile", "search", "--recipes", str(recipes),
+                                      "--zoo", str(zoo_dir)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((zoo_dir / "results-search.json").read_text())
+    scores = {c: sum(report["per_seed"][s][c]["validation"]["trained_classes"]["accuracy"] for s in ("0", "1")) / 2
+              for c in ("slow", "fast")}
+    choice = report["selected"]["nines"]
+    assert choice["scores"] == pytest.approx(scores) and choice["best"] == max(scores, key=scores.get)
+    assert choice["recipe"]["options"]["lr"] == {"slow": 1e-6, "fast": 1e-2}[choice["best"]]
+    for seed in ("0", "1"):
+        for candidate in ("slow", "fast"):
+            assert report["per_seed"][seed][candidate]["metrics"] == {}  # no test metrics measured at all
+    card = Zoo(zoo_dir).resolve("richboynet/fast").card
+    assert card["metrics"] == {} and card["validation"]["trained_classes"]["total"] > 0
+    # the winner alone is measured on test, once, from its own zoo entries (one per seed)
+    assert set(choice["test"]) == {"0", "1"}
+    for seed, measured in choice["test"].items():
+        assert measured["ref"] == report["per_seed"][seed][choice["best"]]["ref"]
+        assert measured["metrics"]["trained_classes"]["total"] == 1009  # the test split's nines
+    tests = [m["metrics"]["all"]["accuracy"] for m in choice["test"].values()]
+    assert choice["test_summary"]["all.accuracy"]["mean"] == pytest.approx(sum(tests) / 2)
+    assert f"nines: chose {choice['best']} on val.trained_classes.accuracy" in result.output
+
+
+def test_a_search_group_needs_one_metric(tmp_path) -> None:
+    bad = json.loads(json.dumps(SEARCH))
+    bad["profiles"]["search"]["steps"][2]["search"]["on"] = "val.all.accuracy"
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="compares on two metrics"):
+        load_recipes(path)
