@@ -5,7 +5,12 @@ entry points; the core imports none of them. Environment variables:
 
 - ``ADAPTERS_LOAD_PLUGINS``: comma-separated entry-point or distribution names
   to load; when set (even empty) nothing else is loaded.
-- ``ADAPTERS_TRACE_PLUGINS``: set to 1 to print every hook call to stderr.
+- ``ADAPTERS_TRACE_PLUGINS``: set to 1 to print every hook call to stderr
+  (pluggy's own tracing, plus which plugin each call is for).
+
+Hooks are called through pluggy's hook callers, never by calling a plugin's
+function directly, so hook wrappers, `tryfirst` / `trylast` ordering and
+tracing all apply.
 """
 
 from __future__ import annotations
@@ -39,11 +44,20 @@ class PluginManager(pluggy.PluginManager):
         super().__init__(hookspecs.PROJECT)
         self.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
+        if os.environ.get("ADAPTERS_TRACE_PLUGINS"):
+            self.trace.root.setwriter(sys.stderr.write)
+            self.enable_tracing()
 
     def add(self, plugin: object, name: str | None = None, distribution: str | None = None,
             version: str | None = None) -> str:
         """Register one plugin (a module or object with @hookimpl functions)."""
         name = name or self.get_canonical_name(plugin)
+        try:
+            hash(plugin)
+        except TypeError:  # pluggy keeps plugins in sets (hook subsets): a module, class or plain instance
+            raise PluginError(f"plugin {name!r} cannot be registered: it is not hashable (use a module, a class or "
+                              "an instance of a class that does not define __eq__ without __hash__)",
+                              plugin=name) from None
         if self.has_plugin(name) or self.is_registered(plugin):
             owner = self.infos.get(name)
             where = f" (already registered from {owner.distribution})" if owner and owner.distribution else ""
@@ -97,11 +111,18 @@ def load_plugins(pm: PluginManager | None = None) -> PluginManager:
 
 
 def call_each_plugin(pm: PluginManager, hook_name: str, **kwargs: Any) -> Iterator[str]:
-    """Call one hook plugin by plugin, yielding each plugin's name right after its call,
-    so the caller can attribute what that plugin registered."""
+    """Call a hook plugin by plugin, in pluggy's own order (tryfirst first, trylast last, later registrations
+    before earlier ones), yielding each plugin's name right after its call, so the caller can attribute what
+    that plugin registered. Each call goes through pluggy: a subset hook caller holding that plugin and every
+    plugin that wraps the hook, so wrappers run around each call and tracing sees it."""
+    impls = getattr(pm.hook, hook_name).get_hookimpls()  # pluggy calls these last to first
+    wrapping = {id(impl.plugin) for impl in impls if impl.hookwrapper or impl.wrapper}
     trace = bool(os.environ.get("ADAPTERS_TRACE_PLUGINS"))
-    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+    for impl in reversed(impls):
+        if impl.hookwrapper or impl.wrapper:
+            continue
         if trace:
             sys.stderr.write(f"adapterhub_lite: calling {hook_name} of plugin {impl.plugin_name!r}\n")
-        impl.function(*[kwargs[arg] for arg in impl.argnames])
+        others = [p for p in pm.get_plugins() if p is not impl.plugin and id(p) not in wrapping]
+        pm.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs)
         yield impl.plugin_name

@@ -161,3 +161,46 @@ def test_misspelt_hook_name_is_refused(tmp_path, monkeypatch) -> None:
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError, match="typo.*register_adapter_typos"):
         load_plugins()
+
+
+def test_hooks_go_through_pluggy_wrappers_and_ordering_apply() -> None:
+    """A wrapper plugin sees every registration call; tryfirst/trylast decide the order plugins register in."""
+    from adapterhub_lite import ModelSpec, PluginManager, hookimpl
+
+    calls: list[str] = []
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def register_models(self, register) -> None:
+            calls.append("first")
+            register(ModelSpec(name="m-first", build=nn.Identity))
+
+    class Last:
+        @hookimpl(trylast=True)
+        def register_models(self, register) -> None:
+            calls.append("last")
+            register(ModelSpec(name="m-last", build=nn.Identity))
+
+    class Middle:
+        @hookimpl
+        def register_models(self, register) -> None:
+            calls.append("middle")
+            register(ModelSpec(name="m-middle", build=nn.Identity))
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def register_models(self, register):
+            calls.append("wrap-before")
+            result = yield
+            calls.append("wrap-after")
+            return result
+
+    pm = PluginManager()
+    for name, plugin in (("last", Last()), ("first", First()), ("middle", Middle()), ("wrapper", Wrapper())):
+        pm.add(plugin, name=name)
+    pm.check()
+    registry = Registry(pm)
+    assert calls == ["wrap-before", "first", "wrap-after", "wrap-before", "middle", "wrap-after",
+                     "wrap-before", "last", "wrap-after"]
+    assert {n: o.plugin for n, o in registry.models.items()} == {"m-first": "first", "m-middle": "middle",
+                                                                 "m-last": "last"}

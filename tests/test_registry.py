@@ -21,8 +21,12 @@ from adapterhub_lite import (
 )
 
 
-def _plugin(**hooks) -> types.SimpleNamespace:
-    return types.SimpleNamespace(**{name: hookimpl(fn) for name, fn in hooks.items()})
+def _plugin(**hooks) -> types.ModuleType:
+    """A plugin made on the fly: a module object holding the hook functions (as a plugin package would)."""
+    module = types.ModuleType("extra_plugin")
+    for name, fn in hooks.items():
+        setattr(module, name, hookimpl(fn))
+    return module
 
 
 def _registry(*plugins) -> Registry:
@@ -63,7 +67,7 @@ def test_registering_the_same_plugin_name_twice_is_refused() -> None:
     pm = PluginManager()
     pm.add(adapterhub_lite_lora, name="lora")
     with pytest.raises(PluginError, match="'lora' is registered twice"):
-        pm.add(types.SimpleNamespace(), name="lora")
+        pm.add(types.ModuleType("other"), name="lora")
 
 
 def test_kind_dispatch_walks_the_mro(registry) -> None:
@@ -111,3 +115,9 @@ def test_unknown_kind_family_merge_and_format(registry) -> None:
     with pytest.raises(UnknownNameError, match="unknown format"):
         registry.get_format("peft")
     assert isinstance(UnknownNameError("x", "y", []), KeyError)
+
+
+def test_an_unhashable_plugin_is_refused_with_the_reason() -> None:
+    pm = PluginManager()
+    with pytest.raises(PluginError, match="plugin 'odd' cannot be registered: it is not hashable"):
+        pm.add(types.SimpleNamespace(register_models=hookimpl(lambda register: None)), name="odd")
