@@ -1,11 +1,14 @@
-"""adapterhub_lite: a plugin-style manager for LoRA adapters on PyTorch models.
+"""adapterhub_lite: a plugin-style manager for adapters (LoRA and other families) on PyTorch models.
 
-Plugins (first-party ones included) import only the names in `__all__`.
+Plugins (first-party ones included) import only the names in `__all__`. The
+core names no adapter family: `LoraConfig` lives in the LoRA plugin
+(`adapterhub_lite_lora`) and is re-exported lazily here, so
+`from adapterhub_lite import LoraConfig` keeps working where that plugin is installed.
 """
 
 __version__ = "0.1.0"
 
-from .config import ATTENTION_PROJECTIONS, AdapterConfig, LoraConfig
+from .config import AdapterConfig, help_field
 from .errors import (
     AdapterFileError,
     AdapterhubError,
@@ -52,7 +55,6 @@ from .workflow import DataOptions, add_adapter_version, load_base
 from .zoo import Zoo, ZooEntry
 
 __all__ = [
-    "ATTENTION_PROJECTIONS",
     "AdaptedModel",
     "AdapterBundle",
     "AdapterConfig",
@@ -71,7 +73,6 @@ __all__ = [
     "ImportFn",
     "HubError",
     "IncompatibleAdapterError",
-    "LoraConfig",
     "MergeFn",
     "MergeInput",
     "MergeMethod",
@@ -95,6 +96,7 @@ __all__ = [
     "add_adapter_version",
     "empty_weight_like",
     "get_registry",
+    "help_field",
     "hookimpl",
     "hookspec",
     "load_adapter",
@@ -108,3 +110,19 @@ __all__ = [
     "sole_owner",
     "state_fingerprint",
 ]
+
+
+_LAZY = {"LoraConfig": "adapterhub_lite_lora", "ATTENTION_PROJECTIONS": "adapterhub_lite_lora"}
+
+
+def __getattr__(name: str) -> object:
+    """The lazy re-export of the LoRA plugin's config (the only place the core names it)."""
+    if name in _LAZY:
+        import importlib
+
+        try:
+            return getattr(importlib.import_module(_LAZY[name]), name)
+        except ImportError as exc:
+            raise MissingDependencyError(f"{name} comes with the LoRA plugin: pip install adapterhub-lite-lora") \
+                from exc
+    raise AttributeError(f"module 'adapterhub_lite' has no attribute {name!r}")

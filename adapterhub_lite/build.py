@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import make_dirs_under, publish, write_text
-from .config import LoraConfig
 from .errors import AdapterhubError, ConfigError
 from .registry import Registry
 from .training import TrainOptions
@@ -42,8 +41,8 @@ def load_recipes(path: Path) -> dict[str, Any]:
     try:
         recipes = json.loads(path.read_text())
     except FileNotFoundError:
-        raise AdapterhubError(f"no recipe file at {path}: pass --recipes FILE (the repository has zoo/recipes.json)")\
-            from None
+        raise ConfigError(f"no recipe file at {path}: name a recipe file (the repository has zoo/recipes.json)",
+                          option="recipes") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
     for name, profile in recipes.get("profiles", {}).items():
@@ -130,8 +129,9 @@ def _run_step(registry: Registry, zoo: Zoo, step: dict[str, Any], seed: int, bui
     elif step["command"] == "train":
         adapter = dict(step.get("adapter", {}))
         adapter.setdefault("targets", list(registry.get_model(step["model"]).default_targets))
-        entry = train_adapter(registry, zoo, step["model"], step.get("name", step["id"]), LoraConfig(**adapter),
-                              options, data, base=built[step["base"]])
+        family = step.get("family") or registry.default_family(step["model"])
+        entry = train_adapter(registry, zoo, step["model"], step.get("name", step["id"]),
+                              registry.config_class(family)(**adapter), options, data, base=built[step["base"]])
     else:
         return _evaluate_step(registry, zoo, step, seed, built, data_dir)
     assert entry is not None  # a build runs in one process

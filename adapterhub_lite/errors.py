@@ -23,7 +23,14 @@ def shorten(value: Any, limit: int = MESSAGE_LIMIT) -> str:
 
 
 class AdapterhubError(Exception):
-    """Root of every error a user can cause and fix."""
+    """Root of every error a user can cause and fix.
+
+    `option` names the library parameter that would change the outcome (e.g. "ignore_fingerprint", "rank"):
+    messages never name command-line flags; the CLI adds the flag for it."""
+
+    def __init__(self, *args: Any, option: str | None = None) -> None:
+        super().__init__(*args)
+        self.option = option
 
 
 class PluginError(AdapterhubError):

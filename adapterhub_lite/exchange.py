@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import publish
-from .errors import AdapterFileError, AdapterhubError, IncompatibleAdapterError
+from .errors import AdapterFileError, AdapterhubError, ConfigError, IncompatibleAdapterError
 from .fingerprint import state_fingerprint
 from .merge import fused_model, plan_merge
 from .model import AdaptedModel
@@ -47,7 +47,8 @@ def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str], fmt_name: str
         info["fingerprint"] = state_fingerprint(state)
         return publish(dest, lambda target: fmt.export(state, target, name=None)), info
     if not adapters:
-        raise AdapterhubError(f"name an adapter to export in {fmt_name!r} (a bare base exports with --format merged)")
+        raise ConfigError(f"name an adapter to export in {fmt_name!r} (a bare base exports in the merged format)",
+                          option="format")
     if len(adapters) == 1 and adapters[0][1] == 1.0:
         entry = adapters[0][0]
         am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
@@ -80,7 +81,8 @@ def import_file(registry: Registry, zoo: Zoo, src: Path, fmt_name: str, model: s
         if differs:
             raise IncompatibleAdapterError(
                 f"{src} was trained on another base ({bundle.base_model}): module {differs[0]!r} differs from "
-                f"{base.ref}; import it onto that base with --base, or pass --force if you know they fit")
+                f"{base.ref}; import it onto that base, or skip the fingerprint check if you know they fit",
+                option="force")
     am.add_bundle(bundle, name)
     return add_adapter_version(registry, zoo, base, name, am, name, recipe,
                                {"imported_from": origin or {"format": fmt_name, "path": str(src),

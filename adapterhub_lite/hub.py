@@ -61,7 +61,7 @@ def stage(zoo: Zoo, ref: str, folder: Path) -> list[str]:
     entry = zoo.resolve(ref)
     if entry.is_composition:
         raise AdapterhubError(f"{entry.ref} is a composition (references only): push its parts, or merge it first "
-                              f"(adapters merge {entry.model} {entry.name} --method cat --out NAME)")
+                              "into one adapter (method cat)")
     readme = model_card(entry)
 
     def write(target: Path) -> None:
@@ -170,7 +170,7 @@ def pull(registry: Registry, zoo: Zoo, spec: str, *, name: str | None = None, fo
         bases = [e for e in zoo.entries(model) if e.is_base and e.card.get("fingerprint") == wanted]
         if not bases and not force:
             raise ZooError(f"{spec} was trained on {shorten(link.get('ref'), 80)} (fingerprint {str(wanted)[:12]}), "
-                           f"which this zoo lacks: pull or build that base first, or pass --force")
+                           "which this zoo lacks: pull or build that base first, or skip the check", option="force")
         return import_file(registry, zoo, folder / "adapter.safetensors", "native", model, name or card["name"],
                            base_ref=bases[-1].ref if bases else None, force=force, origin=origin)
     if kind == "base":

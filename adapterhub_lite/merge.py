@@ -58,11 +58,33 @@ class MergePlan:
         }
 
 
-def _merge_input(registry: Registry, entry: ZooEntry, weight: float, family: str) -> MergeInput:
+def combine(registry: Registry, inputs: list[MergeInput], method: str, rank: int | None = None,
+            options: Mapping[str, Any] | None = None) -> MergeResult:
+    """Combine weighted adapters with a registered method: the one place a merge is checked and computed
+    (the zoo's `plan_merge` and `AdaptedModel.merge_adapters` both come here)."""
+    spec = registry.get_merge_method(method)
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    refused = sorted(set(options) - set(spec.options))
+    if refused:
+        takes = ", ".join(spec.options) or "no options"
+        raise ConfigError(f"method {method!r} does not use {', '.join(refused)} (it takes {takes})",
+                          option=refused[0])
+    if rank is not None and not spec.takes_rank:
+        raise ConfigError(f"method {method!r} sets the rank itself; give no rank (or use a method that takes one)",
+                          option="rank")
+    if not inputs:
+        raise ConfigError("name at least one adapter to merge")
+    for item in inputs:
+        if item.family not in spec.families:
+            raise IncompatibleAdapterError(
+                f"{item.label} is a {item.family!r} adapter; method {method!r} combines "
+                f"{' and '.join(repr(f) for f in spec.families)} adapters only: use a method for that family "
+                "(see `adapters plugins`), or fuse the adapters into the base instead")
+    return spec.fn(inputs, rank=rank, **options)
+
+
+def _merge_input(registry: Registry, entry: ZooEntry, weight: float) -> MergeInput:
     file = read_adapter_file(entry.weights)
-    if file.meta["family"] != family:
-        raise IncompatibleAdapterError(
-            f"{entry.ref} is a {file.meta['family']!r} adapter; this method combines {family!r} adapters only")
     for target in file.meta["targets"].values():
         registry.get_kind(target["kind"])  # every kind must be installed
     unknown = sorted(file.unknown) + [f"config.{k}" for k in file.unknown_config_fields(registry)]
@@ -79,20 +101,12 @@ def plan_merge(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str], me
     """Resolve, check and compute a merge; nothing is written."""
     spec = registry.get_merge_method(method)
     options = {k: v for k, v in (options or {}).items() if v is not None}
-    refused = sorted(set(options) - set(spec.options))
-    if refused:
-        takes = ", ".join(f"--{o}" for o in spec.options) or "no options"
-        raise ConfigError(f"method {method!r} does not use {', '.join('--' + o for o in refused)} (it takes {takes})")
-    if rank is not None and not spec.takes_rank:
-        raise ConfigError(f"method {method!r} sets the rank itself; drop --rank (or use svd to choose one)")
     base, adapters = resolve_stack(zoo, refs, model)
-    if not adapters:
-        raise AdapterhubError("name at least one adapter to merge")
-    inputs = [_merge_input(registry, entry, weight, spec.family) for entry, weight in adapters]
-    result = spec.fn(inputs, rank=rank, **options)
+    inputs = [_merge_input(registry, entry, weight) for entry, weight in adapters]
+    result = combine(registry, inputs, method, rank, options)
     am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
     config = next(iter(result.configs.values()))
-    bundle = AdapterBundle(name="merged", family=spec.family, configs=result.configs, state=result.state,
+    bundle = AdapterBundle(name="merged", family=config.kind, configs=result.configs, state=result.state,
                            config=config.replace(targets=sorted(result.configs), target_types=[]))
     am.add_bundle(bundle)  # proves the result fits the base before anything is written
     return MergePlan(model, base, adapters, spec, rank, options, result, am)

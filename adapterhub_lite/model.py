@@ -157,19 +157,15 @@ class AdaptedModel:
                        rank: int | None = None, **options: Any) -> dict[str, Any]:
         """Combine adapters into a new adapter `out` with a registered merge method; returns its report
         (ranks, exact, energy_kept). The inputs stay as they are."""
+        from .merge import combine
         from .specs import MergeInput
 
-        spec = self.registry.get_merge_method(method)
-        inputs = []
-        for name, weight in weights.items():
-            info = self._require(name)
-            if info.config.kind != spec.family:
-                raise IncompatibleAdapterError(f"adapter {name!r} is {info.config.kind!r}; method {method!r} "
-                                               f"combines {spec.family!r} adapters")
-            inputs.append(MergeInput(label=name, weight=float(weight), configs=self.target_configs(name),
-                                     state=self.adapter_state(name)))
-        result = spec.fn(inputs, rank=rank, **options)
-        self.add_bundle(AdapterBundle(name=out, family=spec.family, configs=result.configs, state=result.state),
+        inputs = [MergeInput(label=name, weight=float(weight), configs=self.target_configs(name),
+                             state=self.adapter_state(name)) for name, weight in weights.items()
+                  if self._require(name)]
+        result = combine(self.registry, inputs, method, rank, options)
+        family = next(iter(result.configs.values())).kind
+        self.add_bundle(AdapterBundle(name=out, family=family, configs=result.configs, state=result.state),
                         activate=False)
         return result.report
 

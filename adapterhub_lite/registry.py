@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 from torch import nn
 
 from .config import AdapterConfig
-from .errors import PluginError, UnknownNameError, UnsupportedModuleError
+from .errors import ConfigError, PluginError, UnknownNameError, UnsupportedModuleError
 from .plugins import PluginManager, call_each_plugin, load_plugins
 from .specs import AdapterKind, Format, MergeMethod, ModelSpec
 
@@ -86,6 +86,19 @@ class Registry:
         if family not in families:
             raise UnknownNameError("adapter family", family, families, "Install the plugin that provides it")
         return families[family]
+
+    def default_family(self, model: str | None = None) -> str:
+        """The family to train when none is named: the model's own default, else the only one installed."""
+        families = self.families()
+        if model is not None and model in self.models:
+            wanted = self.get_model(model).default_family
+            if wanted:
+                return self.config_class(wanted).kind
+        if len(families) == 1:
+            return next(iter(families))
+        if not families:
+            raise ConfigError("no adapter family is installed: install one, e.g. plugins/adapterhub-lite-lora")
+        raise ConfigError(f"name the adapter family (installed: {', '.join(sorted(families))})", option="family")
 
     def kind_for(self, module: nn.Module, family: str) -> AdapterKind | None:
         """The family's kind for this module: the most specific class in the module's MRO wins."""

@@ -211,11 +211,12 @@ def _check_fingerprints(am: AdaptedModel, file: AdapterFile) -> None:
     if not expected:
         raise IncompatibleAdapterError(
             f"{file.path} records no base fingerprint, so its base cannot be checked; "
-            "pass ignore_fingerprint=True (--force) to load it anyway")
+            "skip the check (ignore_fingerprint) to load it anyway", option="ignore_fingerprint")
     actual = am.base_fingerprints(sorted(expected))
     for module in sorted(expected):
         if actual[module] != expected[module]:
             raise IncompatibleAdapterError(
                 f"{file.path} was trained on base {file.meta.get('base_model')!r} "
                 f"(fingerprint {str(file.meta.get('base_fingerprint'))[:12]}), but module {module!r} differs in "
-                f"this model; load it on that base, or pass ignore_fingerprint=True (--force) if you know they fit")
+                f"this model; load it on that base, or skip the check (ignore_fingerprint) if you know they fit",
+                option="ignore_fingerprint")

@@ -23,10 +23,14 @@ if TYPE_CHECKING:
 class MergeInput:
     """One adapter going into a merge: its tensors, its config per target module, its weight."""
 
-    label: str  # how messages name it, e.g. "richboynet/digit9@v2"
+    label: str  # how messages name it, e.g. "mymodel/style@v2"
     weight: float
     configs: Mapping[str, AdapterConfig]  # target module -> the config that module was built with
     state: Mapping[str, Tensor]  # tensors keyed `<module>.<param>`, as in the native file
+
+    @property
+    def family(self) -> str:
+        return next(iter(self.configs.values())).kind if self.configs else ""
 
 
 @dataclass
@@ -158,7 +162,8 @@ class ModelSpec:
     description: str = ""
     task: Task | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    default_targets: tuple[str, ...] = ()  # what `adapters train` adapts when --targets is not given
+    default_targets: tuple[str, ...] = ()  # what training adapts when no targets are given
+    default_family: str | None = None  # the adapter family trained when none is named (e.g. "lora")
 
     def __post_init__(self) -> None:
         _check_name(self.name, "model")
@@ -166,22 +171,30 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class MergeMethod:
-    """A way to combine adapters of one family into a new adapter.
+    """A way to combine adapters into a new adapter.
 
-    `options` names the extra keyword options `fn` accepts (e.g. density, seed),
-    so the CLI can refuse an option the method would ignore; `takes_rank` says
-    whether `--rank` means anything to it.
+    `families` lists the adapter families `fn` can combine (it gets inputs of
+    those families only, mixed only if it lists them all); `options` names the
+    extra keyword options `fn` accepts (e.g. density, seed), so a caller can
+    refuse an option the method would ignore; `takes_rank` says whether a
+    target rank means anything to it.
     """
 
     name: str
     fn: MergeFn
-    family: str = "lora"
+    families: tuple[str, ...] = ()
     description: str = ""
     options: tuple[str, ...] = ()
     takes_rank: bool = True
 
     def __post_init__(self) -> None:
         _check_name(self.name, "merge method")
+        object.__setattr__(self, "families", tuple(self.families))
+        if not self.families:
+            from .errors import PluginError
+
+            raise PluginError(f"merge method {self.name!r} must declare the adapter families it combines "
+                              "(families=(...))")
 
 
 @dataclass(frozen=True)

@@ -87,9 +87,9 @@ def fit(model: nn.Module, params: Sequence[nn.Parameter], task: Task, inputs: to
         label: str = "training") -> dict[str, Any]:
     """Train `params` of `model` on (inputs, labels); returns a summary for the zoo card."""
     if len(inputs) == 0:
-        raise ConfigError("no training data: check --classes")
+        raise ConfigError("no training data: the data options select nothing")
     if options.replay and (replay is None or len(replay[0]) == 0):
-        raise ConfigError("--replay needs samples outside the training classes")
+        raise ConfigError("replay needs samples outside the training data", option="replay")
     dist = Distributed.from_env()
     torch.manual_seed(options.seed)
     order = torch.Generator().manual_seed(options.seed)  # the same batches on every rank

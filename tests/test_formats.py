@@ -174,7 +174,7 @@ def test_formats_refuse_attention_and_grouped_conv(tiny_registry, tmp_path) -> N
     registry.models.update(tiny_registry.models)
     try:
         for fmt in ("peft", "kohya"):
-            with pytest.raises(IncompatibleAdapterError, match="'attn' has a 'lora-mha' adapter"):
+            with pytest.raises(IncompatibleAdapterError, match=r"'attn' is attention \(one pair per q/k/v/out"):
                 export_refs(registry, zoo, ["tiny/attn"], fmt, tmp_path / fmt)
             with pytest.raises(IncompatibleAdapterError, match="groups > 1"):
                 export_refs(registry, zoo, ["tiny/dw"], fmt, tmp_path / fmt)

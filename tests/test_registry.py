@@ -111,7 +111,7 @@ def test_unknown_kind_family_merge_and_format(registry) -> None:
         registry.config_class("loha")
     with pytest.raises(UnknownNameError, match="unknown merge method 'tie'; did you mean 'ties'"):
         registry.get_merge_method("tie")
-    assert registry.merges["ties"].plugin == "lora" and registry.get_merge_method("svd").family == "lora"
+    assert registry.merges["ties"].plugin == "lora" and registry.get_merge_method("svd").families == ("lora",)
     with pytest.raises(UnknownNameError, match="unknown format"):
         registry.get_format("peft")
     assert isinstance(UnknownNameError("x", "y", []), KeyError)

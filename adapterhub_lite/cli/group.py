@@ -23,6 +23,19 @@ MESSAGE_LIMIT = 600  # characters of an error line
 DEBUG_HINT = "set ADAPTERS_DEBUG=1 for the traceback"
 
 
+FLAGS = {"ignore_fingerprint": "--force"}  # library parameter -> the flag that sets it, where the names differ
+
+
+def _with_flag(exc: AdapterhubError) -> str:
+    """The library's message, plus the command-line flag for the parameter it points at (`exc.option`)."""
+    message = str(exc)
+    if exc.option:
+        flag = FLAGS.get(exc.option, "--" + exc.option.replace("_", "-"))
+        if flag not in message:
+            message += f" ({flag})"
+    return message
+
+
 def _one_line(text: str) -> str:
     text = " ".join(str(text).split())
     if len(text) > MESSAGE_LIMIT:
@@ -94,7 +107,7 @@ class AdaptersGroup(click.Group):
         except AdapterhubError as exc:
             if os.environ.get("ADAPTERS_DEBUG"):
                 raise
-            raise click.ClickException(_one_line(str(exc))) from exc
+            raise click.ClickException(_one_line(_with_flag(exc))) from exc
         except click.exceptions.ClickException:
             raise
         except Exception as exc:

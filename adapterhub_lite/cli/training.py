@@ -8,7 +8,16 @@ from typing import Any
 import click
 
 from .group import cli, echo_json
-from .options import data_options, parse_classes, split_list, summary_line, train_options, zoo_option
+from .options import (
+    PluginOptionsCommand,
+    config_values,
+    data_options,
+    first_positional,
+    parse_classes,
+    summary_line,
+    train_options,
+    zoo_option,
+)
 
 
 @cli.command("train-base")
@@ -38,48 +47,41 @@ def train_base_command(model: str, start: str | None, as_json: bool, epochs: int
     _report(entry, as_json)
 
 
-@cli.command("train")
+@cli.command("train", cls=PluginOptionsCommand, family=True, model_from=first_positional)
 @click.argument("model")
 @click.argument("name")
+@click.option("--family", default=None, help="Adapter family to train (see `adapters plugins`; default: the model's "
+              "own). Its config fields are options of this command: `adapters train --family F --help` lists them.")
 @click.option("--base", "base_ref", default=None, help="Base version to train on (default: MODEL's latest base).")
-@click.option("--rank", type=int, default=4, show_default=True)
-@click.option("--alpha", type=float, default=None, help="Scale numerator (default: the rank, so scale 1).")
-@click.option("--targets", multiple=True, help="Module-name globs ('linear*') or 're:REGEX'; repeat or comma-separate. "
-              "Default: the model's own choice.")
-@click.option("--target-types", multiple=True, help="Module class names, e.g. Linear,Conv2d.")
-@click.option("--dropout", type=float, default=0.0, show_default=True, help="Dropout on the adapter's input.")
-@click.option("--init", type=click.Choice(["kaiming", "gaussian"]), default="kaiming", show_default=True)
-@click.option("--rslora", is_flag=True, help="Scale by alpha/sqrt(rank).")
-@click.option("--attention-projections", default="q,k,v,out", show_default=True,
-              help="Attention projections to adapt.")
 @click.option("--replay", type=int, default=0, show_default=True,
-              help="Per batch, add this many samples of the other digits (limits forgetting).")
+              help="Per batch, add this many samples from outside the training data (limits forgetting).")
 @train_options
 @data_options
 @zoo_option
-def train_command(model: str, name: str, base_ref: str | None, rank: int, alpha: float | None,
-                  targets: tuple[str, ...], target_types: tuple[str, ...], dropout: float, init: str, rslora: bool,
-                  attention_projections: str, replay: int, as_json: bool, epochs: int, steps: int | None,
-                  batch_size: int, lr: float, seed: int, schedule: str, data_dir: Path | None, classes: str | None,
-                  style: str | None, eval_samples: int, zoo_dir: Path | None) -> None:
+def train_command(model: str, name: str, family: str | None, base_ref: str | None, replay: int, as_json: bool,
+                  epochs: int, steps: int | None, batch_size: int, lr: float, seed: int, schedule: str,
+                  data_dir: Path | None, classes: str | None, style: str | None, eval_samples: int,
+                  zoo_dir: Path | None, **family_values: Any) -> None:
     """Train adapter NAME on a MODEL base into the zoo as MODEL/NAME@vN.
 
     \b
-    Example: adapters train richboynet digit9 --rank 1 --alpha 1 --targets 'linear*' \\
-               --classes 9 --steps 100 --batch-size 10 --seed 0
+    The family's own options (for LoRA: --rank, --alpha, --targets, --dropout,
+    --init, --rslora, ...) come from its config class; with no --targets the
+    model's default targets are adapted.
+    Example: adapters train MODEL style --rank 4 --alpha 4 --steps 500 --seed 0
     """
-    from ..config import LoraConfig
     from ..registry import get_registry
     from ..training import TrainOptions
     from ..workflow import DataOptions, train_adapter
     from ..zoo import Zoo
 
     registry = get_registry()
-    targets, types = split_list(targets), split_list(target_types)
-    if not targets and not types:
-        targets = registry.get_model(model).default_targets
-    config = LoraConfig(targets=targets, target_types=types, rank=rank, alpha=alpha if alpha is not None else rank,
-                        dropout=dropout, init=init, rslora=rslora, attention_projections=attention_projections)
+    registry.get_model(model)  # an unknown model is one clear line, with the valid names
+    family = family or registry.default_family(model)
+    values = config_values(click.get_current_context().command, family_values)
+    if not values.get("targets") and not values.get("target_types"):
+        values["targets"] = registry.get_model(model).default_targets
+    config = registry.config_class(family)(**values)
     options = TrainOptions(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, replay=replay,
                            schedule=schedule)
     entry = train_adapter(registry, Zoo(zoo_dir), model, name, config, options,

@@ -7,7 +7,8 @@ from typing import Any
 
 from torch import Tensor
 
-from adapterhub_lite import AdaptedModel, AdapterFileError, IncompatibleAdapterError, LoraConfig, load_tensors
+from adapterhub_lite import AdaptedModel, AdapterFileError, IncompatibleAdapterError, load_tensors
+from adapterhub_lite_lora import LoraConfig, LowRankLayer
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -24,17 +25,23 @@ def shown(value: Any, limit: int = 60) -> str:
 
 
 def plain_lora(am: AdaptedModel, name: str, fmt: str) -> dict[str, tuple[LoraConfig, str]]:
-    """Per target module: its config and kind, refusing what the format cannot hold exactly."""
+    """Per target module: its config and kind, refusing what the format cannot hold exactly. The layer says
+    whether it holds one (A, B) pair on one weight (the LoRA plugin's `plain_pair_refusal`), so a new kind is
+    judged by what it is, not by its name."""
     bundle = am.bundle(name)
+    layers = am.layers()
     out = {}
     for module, config in bundle.configs.items():
-        kind = bundle.kinds[module]
-        if not isinstance(config, LoraConfig) or kind not in ("lora-linear", "lora-conv2d"):
+        kind, layer = bundle.kinds[module], layers[module]
+        if not isinstance(config, LoraConfig) or not isinstance(layer, LowRankLayer):
             raise IncompatibleAdapterError(
-                f"the {fmt} format holds LoRA on Linear and Conv2d layers; {module!r} has a {kind!r} adapter "
-                "(export it as native, or merge it into the base and export the merged model)")
-        if getattr(am.model.get_submodule(module).base, "groups", 1) != 1:
-            raise IncompatibleAdapterError(f"the {fmt} format has no grouped-conv LoRA; {module!r} has groups > 1")
+                f"the {fmt} format holds LoRA factor pairs; {module!r} has a {kind!r} adapter of family "
+                f"{bundle.family!r} (export it as native, or merge it into the base and export the merged model)")
+        refusal = layer.plain_pair_refusal()
+        if refusal is not None:
+            raise IncompatibleAdapterError(
+                f"the {fmt} format holds one LoRA pair per weight; {module!r} is {refusal} (export it as native, "
+                "or merge it into the base and export the merged model)")
         out[module] = (config, kind)
     return out
 

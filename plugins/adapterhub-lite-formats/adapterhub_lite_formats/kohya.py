@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from adapterhub_lite import AdaptedModel, AdapterBundle, AdapterFileError, IncompatibleAdapterError, LoraConfig
+from adapterhub_lite import AdaptedModel, AdapterBundle, AdapterFileError, IncompatibleAdapterError
+from adapterhub_lite_lora import LoraConfig
 
 from .common import module_kinds, plain_lora, read_safetensors, shown
 

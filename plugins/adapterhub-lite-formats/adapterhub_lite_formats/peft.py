@@ -23,8 +23,8 @@ from adapterhub_lite import (
     AdapterFileError,
     AdapterhubWarning,
     IncompatibleAdapterError,
-    LoraConfig,
 )
+from adapterhub_lite_lora import LoraConfig
 
 from .common import module_kinds, plain_lora, read_safetensors, shown
 

@@ -11,16 +11,17 @@ from collections.abc import Callable
 
 import click
 
-from adapterhub_lite import AdapterKind, LoraConfig, MergeMethod, hookimpl
+from adapterhub_lite import AdapterKind, MergeMethod, hookimpl
 
 from .attention import LoraMultiheadAttention
+from .config import ATTENTION_PROJECTIONS, LoraConfig
 from .conv2d import LoraConv2d
 from .extract import extract_command, extract_lora
 from .linear import LoraLinear
 from .lowrank import LoraFactors, LowRankLayer
 from .merges import merge_methods
 
-__all__ = ["LoraConv2d", "LoraFactors", "LoraLinear", "LoraMultiheadAttention", "LowRankLayer", "extract_lora"]
+__all__ = ["ATTENTION_PROJECTIONS", "LoraConfig", "LoraConv2d", "LoraFactors", "LoraLinear", "LoraMultiheadAttention", "LowRankLayer", "extract_lora"]
 
 
 @hookimpl

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapterhub_lite import LoraConfig, UnsupportedModuleError
+from adapterhub_lite import UnsupportedModuleError
+
+from .config import LoraConfig
 
 from .lowrank import LoraFactors, LowRankLayer, addmm_up
 
@@ -32,6 +34,9 @@ class LoraMultiheadAttention(LowRankLayer):
                 "target its projections in a custom attention module instead"
             )
         super().__init__(base)
+
+    def plain_pair_refusal(self) -> str | None:
+        return "attention (one pair per q/k/v/out projection, not one on a weight)"
 
     def _weight(self, slot: str) -> Tensor:
         mha = self.base

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapterhub_lite import LoraConfig
+from .config import LoraConfig
 
 from .lowrank import LoraFactors, LowRankLayer
 

@@ -15,7 +15,9 @@ import click
 import torch
 from torch import nn
 
-from adapterhub_lite import AdapterBundle, IncompatibleAdapterError, LoraConfig
+from adapterhub_lite import AdapterBundle, IncompatibleAdapterError
+
+from .config import LoraConfig
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapterhub_lite import LoraConfig
+from .config import LoraConfig
 
 from .lowrank import LoraFactors, LowRankLayer, addmm_up
 

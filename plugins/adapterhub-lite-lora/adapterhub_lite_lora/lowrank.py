@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapterhub_lite import AdapterLayer, LoraConfig, empty_weight_like, sole_owner
+from adapterhub_lite import AdapterLayer, empty_weight_like, sole_owner
+
+from .config import LoraConfig
 
 
 class LoraFactors(nn.Module):
@@ -78,6 +80,11 @@ class LowRankLayer(AdapterLayer):
         """out + alpha * up(h, b) (out None: the product alone); Linear-like kinds fuse it (`addmm_up`)."""
         delta = self.up(h, b if alpha == 1.0 else b * alpha)  # B is smaller than the output: scale it
         return delta if out is None else out + delta
+
+    def plain_pair_refusal(self) -> str | None:
+        """Why this layer's adapters are not one (A, B) pair on one weight, as PEFT and kohya files hold
+        LoRA, or None when they are (Linear, and Conv2d without groups)."""
+        return "a grouped convolution (groups > 1)" if self.groups != 1 else None
 
     def factors(self, name: str, slot: str | None = None) -> LoraFactors:
         module = self.adapters[name]

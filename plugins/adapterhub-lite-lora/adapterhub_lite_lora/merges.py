@@ -24,14 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from adapterhub_lite import (
-    ATTENTION_PROJECTIONS,
-    IncompatibleAdapterError,
-    LoraConfig,
-    MergeInput,
-    MergeMethod,
-    MergeResult,
-)
+from adapterhub_lite import IncompatibleAdapterError, MergeInput, MergeMethod, MergeResult
+
+from .config import ATTENTION_PROJECTIONS, LoraConfig
 
 Pair = tuple[Tensor, Tensor]  # (b: (out_g, r), a: (r, in_g)); delta = b @ a, weight and scale folded into b
 
@@ -289,6 +284,6 @@ def merge_methods() -> list[MergeMethod]:
         fn.__name__ = f"merge_{name.replace('-', '_')}"
         return fn
 
-    return [MergeMethod(name=name, fn=bind(name), family="lora", description=description, options=options,
+    return [MergeMethod(name=name, fn=bind(name), families=("lora",), description=description, options=options,
                         takes_rank=takes_rank)
             for name, (_, description, options, takes_rank) in METHODS.items()]
