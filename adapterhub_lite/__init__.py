@@ -1,9 +1,9 @@
 """adapterhub_lite: a plugin-style manager for adapters (LoRA and other families) on PyTorch models.
 
 Plugins (first-party ones included) import only the names in `__all__`. The
-core names no adapter family: `LoraConfig` lives in the LoRA plugin
-(`adapterhub_lite_lora`) and is re-exported lazily here, so
-`from adapterhub_lite import LoraConfig` keeps working where that plugin is installed.
+core names no adapter family: the LoRA plugin's config class is re-exported
+lazily here (`_LAZY`), so code written when it lived in the core keeps
+importing it from here where that plugin is installed.
 """
 
 __version__ = "0.1.0"
@@ -30,6 +30,7 @@ from .errors import (
 from .fingerprint import state_fingerprint
 from .hookspecs import hookimpl, hookspec
 from .buffers import empty_weight_like, sole_owner
+from .cli.options import PluginOptionsCommand, config_values, first_positional
 from .layer import AdapterLayer
 from .model import AdaptedModel
 from .plugins import PluginManager, load_plugins
@@ -82,6 +83,7 @@ __all__ = [
     "ModelSpec",
     "PluginError",
     "PluginManager",
+    "PluginOptionsCommand",
     "RefError",
     "Registry",
     "Task",
@@ -94,7 +96,9 @@ __all__ = [
     "ZooError",
     "__version__",
     "add_adapter_version",
+    "config_values",
     "empty_weight_like",
+    "first_positional",
     "get_registry",
     "help_field",
     "hookimpl",

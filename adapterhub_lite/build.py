@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import replace
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +32,17 @@ from .atomic import make_dirs_under, publish, write_text
 from .errors import AdapterhubError, ConfigError
 from .registry import Registry
 from .training import TrainOptions
-from .workflow import DataOptions, evaluate, metric_scopes, stack, test_metrics, train_adapter, train_base
+from .workflow import (
+    DataOptions,
+    evaluate,
+    headlines,
+    metric_scopes,
+    stack,
+    task_of,
+    test_metrics,
+    train_adapter,
+    train_base,
+)
 from .zoo import Zoo
 
 COMMANDS = ("train-base", "train", "evaluate")
@@ -68,14 +79,12 @@ def load_recipes(path: Path) -> dict[str, Any]:
 
 
 def _data(step: dict[str, Any], data_dir: Path | None) -> DataOptions:
-    data = step.get("data", {})
-    classes = tuple(data["classes"]) if data.get("classes") is not None else None
-    return DataOptions(data_dir, classes, data.get("style"), step.get("eval_samples", 256),
-                       test="search" not in step)
+    """A step's `data` holds its task's own options, passed through untouched."""
+    return DataOptions(data_dir, dict(step.get("data", {})), test="search" not in step)
 
 
 def _ref(built: dict[str, str], text: str) -> str:
-    """A step's ref may name an earlier step's id: 'digit9=0.5' -> 'richboynet/digit9@v3=0.5'."""
+    """A step's ref may name an earlier step's id: 'style=0.5' -> 'mymodel/style@v3=0.5'."""
     head, eq, weight = text.partition("=")
     return built.get(head, head) + (eq + weight if eq else "")
 
@@ -110,8 +119,10 @@ def run_profile(registry: Registry, zoo: Zoo, recipes: dict[str, Any], profile: 
         log(f"{group}: chose {choice['best']} on {choice['on']} ({choice['scores'][choice['best']]:.4f} mean)")
         _test_once(registry, zoo, next(s for s in spec["steps"] if s["id"] == choice["best"]), choice, per_seed,
                    data_dir)
-        log(f"{group}: {choice['best']} on test: {_headline({'metrics': choice['test']['0']['metrics']})}"
-            if "0" in choice["test"] else f"{group}: measured on test")
+        task = task_of(registry, next(s for s in spec["steps"] if s["id"] == choice["best"])["model"])
+        for seed, measured in choice["test"].items():
+            log(f"{group}: {choice['best']} on test, seed {seed}: "
+                f"{_headline({'headline': headlines(task, measured['metrics'])})}")
     report = {"profile": profile, "seeds": seeds, "seconds": round(time.perf_counter() - started, 1),
               "summary": summary, "selected": selected, "per_seed": per_seed}
     out = write_text(zoo.root / f"results-{profile}.json", json.dumps(report, indent=2) + "\n")
@@ -137,7 +148,8 @@ def _run_step(registry: Registry, zoo: Zoo, step: dict[str, Any], seed: int, bui
     assert entry is not None  # a build runs in one process
     built[step["id"]] = entry.ref
     card = entry.card
-    return {"ref": entry.ref, "metrics": card["metrics"], "validation": card.get("validation"),
+    return {"ref": entry.ref, "metrics": card["metrics"], "headline": card.get("headline", {}),
+            "validation": card.get("validation"),
             "training_seconds": card["training"]["seconds"], "trainable_percent": card.get("trainable_percent"),
             "parameters": card["parameters"]}
 
@@ -146,7 +158,7 @@ def _test_once(registry: Registry, zoo: Zoo, step: dict[str, Any], choice: dict[
                per_seed: dict[str, dict[str, Any]], data_dir: Path | None) -> None:
     """The chosen candidate's zoo entries (one per seed), measured on the test split: the only test figures
     a search reports."""
-    data = DataOptions(**{**_data(step, data_dir).__dict__, "test": True})
+    data = replace(_data(step, data_dir), test=True)
     choice["test"] = {seed: {"ref": results[step["id"]]["ref"],
                              "metrics": test_metrics(registry, zoo, zoo.resolve(results[step["id"]]["ref"]), data)}
                       for seed, results in per_seed.items() if step["id"] in results}
@@ -187,21 +199,25 @@ def _evaluate_step(registry: Registry, zoo: Zoo, step: dict[str, Any], seed: int
             images, str(target), nrow=int(round(step["sample"] ** 0.5)), padding=1))
         result["grid"] = str(out)
     result["metrics"] = evaluate(registry, zoo, base.model, am.model, _data(step, data_dir), seed=seed)
+    result["headline"] = headlines(task_of(registry, base.model), result["metrics"])
     return result
 
 
 def _headline(result: dict[str, Any]) -> str:
+    """One line of a step's figures: the task's headline numbers per scope (as the zoo card stores them)."""
     parts = []
-    for prefix, metrics in (("", result["metrics"]), ("val ", result.get("validation") or {})):
-        for scope, values in metric_scopes(metrics, single=""):
-            for key in ("accuracy", "light_background", "recognisable"):
-                if key in values:
-                    parts.append(f"{prefix}{scope + ' ' if scope else ''}{key} {values[key]:.4f}")
-    return ", ".join(parts)
+    for scope, figures in (result.get("headline") or {}).items():
+        label = "" if scope in ("", "all") else f"{scope.replace('_', ' ')} "
+        parts += [f"{label}{k} {v:.4f}" for k, v in figures.items() if _number(v)]
+    return ", ".join(parts) or "done"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean, min and max over seeds of every scalar figure (and of per-digit errors)."""
+    """Mean, min and max over seeds of every number in the results (metrics flattened to dotted keys)."""
     columns: dict[str, list[float]] = {}
     for result in results:
         for key, value in _scalars(result).items():
@@ -210,16 +226,22 @@ def _aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _scalars(result: dict[str, Any]) -> dict[str, float]:
+    """Every number of a step's result as a dotted key: test metrics under their scope ("test." for a base),
+    validation metrics under "val.", and the step's own figures (seconds, trainable percent)."""
     out: dict[str, float] = {}
-    for prefix, metrics, single in (("", result["metrics"], "test"), ("val.", result.get("validation") or {}, "")):
+    for prefix, metrics, single in (("", result.get("metrics") or {}, "test"),
+                                    ("val.", result.get("validation") or {}, "")):
         for scope, values in metric_scopes(metrics, single=single):
-            head = prefix + (f"{scope}." if scope else "")
-            for key in ("accuracy", "light_background", "recognisable", "max_class_share"):
-                if key in values:
-                    out[f"{head}{key}"] = float(values[key])
-            for digit, counts in values.get("per_class", {}).items():
-                out[f"{head}errors.{digit}"] = float(counts["errors"])
+            _flatten(values, prefix + (f"{scope}." if scope else ""), out)
     for key in ("training_seconds", "trainable_percent", "seconds"):
-        if result.get(key) is not None:
+        if _number(result.get(key)):
             out[key] = float(result[key])
     return out
+
+
+def _flatten(values: Any, prefix: str, out: dict[str, float]) -> None:
+    for key, value in values.items() if isinstance(values, dict) else ():
+        if isinstance(value, dict):
+            _flatten(value, f"{prefix}{key}.", out)
+        elif _number(value):
+            out[f"{prefix}{key}"] = float(value)

@@ -24,7 +24,7 @@ from .model import AdaptedModel
 from .registry import Registry
 from .specs import AdapterBundle, Format
 from .workflow import DataOptions, add_adapter_version, add_base_version, fitting_state, load_base, resolve_stack
-from .zoo import Zoo
+from .zoo import Zoo, ZooEntry
 
 
 def _format(registry: Registry, name: str, direction: str) -> Format:
@@ -75,18 +75,27 @@ def import_file(registry: Registry, zoo: Zoo, src: Path, fmt_name: str, model: s
         return _import_model(registry, zoo, fmt, Path(src), am, base.card.get("config", {}), model, name,
                              recipe, origin or {"format": fmt_name, "path": str(src)})
     bundle: AdapterBundle = fmt.import_(Path(src), am)
+    return import_bundle(registry, zoo, bundle, am, base, name, recipe, force, data,
+                         origin or {"format": fmt_name, "path": str(src), "base_model": bundle.base_model},
+                         source=str(src))
+
+
+def import_bundle(registry: Registry, zoo: Zoo, bundle: AdapterBundle, am: AdaptedModel, base: ZooEntry,
+                  name: str, recipe: dict[str, Any], force: bool = False, data: DataOptions | None = None,
+                  origin: dict[str, Any] | None = None, source: str = "the adapter") -> ZooEntry:
+    """Write an adapter read from anywhere (a format, the Hub) into the zoo on `base` (held by `am`), after
+    checking the base fingerprints it records, unless `force`."""
+    zoo.check_new(base.model, name, "adapter")
     if bundle.base_fingerprints and not force:
         actual = am.base_fingerprints(sorted(bundle.base_fingerprints))
         differs = sorted(m for m, fp in bundle.base_fingerprints.items() if actual[m] != fp)
         if differs:
             raise IncompatibleAdapterError(
-                f"{src} was trained on another base ({bundle.base_model}): module {differs[0]!r} differs from "
+                f"{source} was trained on another base ({bundle.base_model}): module {differs[0]!r} differs from "
                 f"{base.ref}; import it onto that base, or skip the fingerprint check if you know they fit",
                 option="force")
     am.add_bundle(bundle, name)
-    return add_adapter_version(registry, zoo, base, name, am, name, recipe,
-                               {"imported_from": origin or {"format": fmt_name, "path": str(src),
-                                                            "base_model": bundle.base_model}}, data)
+    return add_adapter_version(registry, zoo, base, name, am, name, recipe, {"imported_from": origin or {}}, data)
 
 
 def _import_model(registry: Registry, zoo: Zoo, fmt: Format, src: Path, am: AdaptedModel, config: dict[str, Any],

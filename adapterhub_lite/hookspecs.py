@@ -26,7 +26,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def register_adapter_types(register: Callable[[AdapterKind], None]) -> None:
     """Register adapter layer classes.
 
-    Example: ``register(AdapterKind(name="lora-linear", layer=LoraLinear, config=LoraConfig))``
+    Example: ``register(AdapterKind(name="mine-linear", layer=MyLinearLayer, config=MyConfig))``
     """
 
 
@@ -34,7 +34,7 @@ def register_adapter_types(register: Callable[[AdapterKind], None]) -> None:
 def register_models(register: Callable[[ModelSpec], None]) -> None:
     """Register base model builders.
 
-    Example: ``register(ModelSpec(name="richboynet", build=RichBoyNet, task="classify"))``
+    Example: ``register(ModelSpec(name="my-model", build=MyModel, task=MyTask(), default_family="lora"))``
     """
 
 

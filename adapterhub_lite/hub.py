@@ -33,9 +33,9 @@ def model_card(entry: ZooEntry) -> str:
     """README.md for the Hub, generated from the zoo card through huggingface_hub's ModelCard."""
     hub = _hub()
     card = entry.card
-    data = hub.ModelCardData(library_name="adapterhub_lite", tags=["adapterhub_lite", card.get("kind", "adapter"),
-                                                                     entry.model, *(["lora"] if card.get("family") ==
-                                                                                    "lora" else [])])
+    family = card.get("family")
+    tags = ["adapterhub_lite", card.get("kind", "adapter"), entry.model, *([family] if isinstance(family, str) else [])]
+    data = hub.ModelCardData(library_name="adapterhub_lite", tags=tags)
     kind = card.get("kind", "adapter")
     lines = [f"# {entry.ref}", "", f"{'An' if kind[0] in 'aeiou' else 'A'} {kind} from an adapterhub_lite zoo."]
     if card.get("base"):
@@ -144,7 +144,10 @@ def _check_repo(spec: str) -> str:
 
 def pull(registry: Registry, zoo: Zoo, spec: str, *, name: str | None = None, force: bool = False) -> ZooEntry:
     """Download OWNER/NAME[@REV] and add it to the zoo as a new version of its model/name (or `name`)."""
-    from .exchange import import_file
+    from .exchange import import_bundle
+    from .model import AdaptedModel
+    from .serialization import read_adapter_file
+    from .workflow import load_base
 
     repo, revision = _check_repo(spec), spec.partition("@")[2]
     hub = _hub()
@@ -171,8 +174,13 @@ def pull(registry: Registry, zoo: Zoo, spec: str, *, name: str | None = None, fo
         if not bases and not force:
             raise ZooError(f"{spec} was trained on {shorten(link.get('ref'), 80)} (fingerprint {str(wanted)[:12]}), "
                            "which this zoo lacks: pull or build that base first, or skip the check", option="force")
-        return import_file(registry, zoo, folder / "adapter.safetensors", "native", model, name or card["name"],
-                           base_ref=bases[-1].ref if bases else None, force=force, origin=origin)
+        name = name or card["name"]
+        zoo.check_new(model, name, "adapter")
+        base = zoo.require_base(bases[-1].ref if bases else model, model)
+        am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
+        bundle = read_adapter_file(folder / "adapter.safetensors").bundle(registry)
+        return import_bundle(registry, zoo, bundle, am, base, name, {"command": "pull", "repo": spec}, force,
+                             origin=origin, source=spec)
     if kind == "base":
         return _pull_base(registry, zoo, folder, model, name or card["name"], card, origin)
     raise ZooError(f"{spec} holds a {shorten(kind, 40)} entry, which pull does not know")

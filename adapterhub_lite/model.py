@@ -1,8 +1,8 @@
 """AdaptedModel: the model-level handle over a base model and its named adapters.
 
-    am = AdaptedModel(model, base_id="richboynet")
-    am.add_adapter("digit9", LoraConfig(rank=1, alpha=1, targets=["linear*"]))
-    am.set_active(["digit9", "style"], weights=[1.0, 0.7])
+    am = AdaptedModel(model, base_id="my-model")
+    am.add_adapter("task", config)            # any family's config, e.g. the LoRA plugin's
+    am.set_active(["task", "style"], weights=[1.0, 0.7])
     am.merge(); am.unmerge()
     plain = am.unload()          # the original model, original modules, bit-equal weights
 """

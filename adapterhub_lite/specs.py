@@ -112,18 +112,23 @@ class AdapterKind:
 class Task:
     """How a model is fed, trained and measured; model plugins subclass it.
 
-    Training and evaluation in the core are generic loops over these methods,
-    so a new model family brings its own data, loss and metrics.
+    The core names no dataset, class or metric. A task declares its own data
+    options (`Options`: a dataclass whose fields, with `metadata["help"]`, and
+    optionally `choices` or a `parse` function, become command-line options of
+    train, train-base, apply and merge), its splits, how an adapter's
+    measurement is scoped, what replay draws from, and how its metrics read.
+    Options reach the task as a plain dict (JSON in recipes and cards).
     """
 
     name: str = ""
     # the splits `load` accepts, each with a line for the card: "train" to fit, "val" to choose recipes on,
     # "test" to report once (a task without "val" cannot take part in recipe selection)
     splits: Mapping[str, str] = {"train": "", "test": ""}
+    Options: type | None = None  # a frozen dataclass of the task's data options, or None for none
 
-    def load(self, split: str, *, data_dir: str | Path | None = None, classes: tuple[int, ...] | None = None,
-             style: str | None = None) -> tuple[Tensor, Tensor]:
-        """(inputs, labels) of a split ("train", "val" or "test"), whole, as tensors."""
+    def load(self, split: str, *, data_dir: str | Path | None = None,
+             options: Mapping[str, Any] | None = None) -> tuple[Tensor, Tensor]:
+        """(inputs, labels) of a split ("train", "val" or "test") under these options, whole, as tensors."""
         raise NotImplementedError
 
     def loss(self, model: nn.Module, inputs: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
@@ -132,25 +137,47 @@ class Task:
 
     def evaluate(self, model: nn.Module, inputs: Tensor, labels: Tensor, *, batch_size: int = 1000,
                  context: EvalContext | None = None) -> dict[str, Any]:
-        """Metrics on a split; must be deterministic for a given context."""
+        """Metrics on a split; must be deterministic for a given context (its seed, split and options)."""
         raise NotImplementedError
 
     def sample(self, model: nn.Module, n: int, *, seed: int = 0, steps: int = 25) -> Tensor:
         """n generated images (N, C, H, W) in [0, 1], for generative tasks."""
-        from .errors import AdapterhubError
+        from .errors import ConfigError
 
-        raise AdapterhubError(f"task {self.name!r} does not generate samples")
+        raise ConfigError(f"task {self.name!r} does not generate samples")
+
+    def scopes(self, options: Mapping[str, Any], *, trained: bool) -> dict[str, Mapping[str, Any]]:
+        """Under which names an adapter is measured, each with its options. The default measures everything,
+        as "all". A task whose options select part of its data measures an adapter trained on that part on
+        everything ("all") and on the part; `trained=False` is for an adapter measured on the part only."""
+        return {"all": options}
+
+    def complement(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The options for the data outside these, which replay mixes in against forgetting."""
+        from .errors import ConfigError
+
+        raise ConfigError(f"task {self.name!r} has no data outside its options to replay", option="replay")
+
+    def headline(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """The figures worth one line, by label: numbers (listings show them) and short strings (`zoo show`
+        shows those too). Default: every top-level number of the metrics."""
+        return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def report(self, metrics: Mapping[str, Any]) -> list[str]:
+        """Lines that present the metrics to a person (`adapters apply --eval`). Default: the headline."""
+        return [f"{label} {value:.4f}" if isinstance(value, float) else f"{label} {value}"
+                for label, value in self.headline(metrics).items()]
 
 
 @dataclass(frozen=True)
 class EvalContext:
-    """What an evaluation may need beyond the model: seeds and other zoo models."""
+    """What an evaluation may need beyond the model: the seed, the split, the task's options, other zoo
+    models (`zoo_base(name)`: the zoo's latest base of that model, or None)."""
 
     seed: int = 0
-    samples: int = 256
-    steps: int = 25
     split: str = "test"  # which split is being measured ("val" for choosing, "test" for reporting)
-    classifier: Callable[[], nn.Module] | None = None  # loads the zoo's MNIST classifier lazily
+    options: Mapping[str, Any] = field(default_factory=dict)
+    zoo_base: Callable[[str], nn.Module | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ over them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,42 +17,59 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import AdapterConfig
-from .errors import AdapterFileError, AdapterhubError, IncompatibleAdapterError, TrainingError, ZooError, shorten
+from .errors import (
+    AdapterFileError,
+    AdapterhubError,
+    ConfigError,
+    IncompatibleAdapterError,
+    TrainingError,
+    ZooError,
+    shorten,
+)
 from .fingerprint import state_fingerprint
 from .model import AdaptedModel
 from .refs import AdapterRef, parse_ref
 from .registry import Registry
-from .specs import EvalContext, ModelSpec, Task
+from .specs import EvalContext, Task
 from .tensorfile import check_finite_floats, load_tensors
 from .training import Distributed, TrainOptions, fit
 from .zoo import BASE, Zoo, ZooEntry
 
-ALL_CLASSES = tuple(range(10))
-CLASSIFIER = "richboynet"  # the zoo's MNIST classifier, used to judge generated digits
-
-
 @dataclass(frozen=True)
 class DataOptions:
+    """Where the data lives and the task's own options (passed to the task untouched; a task declares them)."""
+
     data_dir: str | Path | None = None
-    classes: tuple[int, ...] | None = None
-    style: str | None = None
-    eval_samples: int = 256  # generated images per evaluation of a generative model
+    task: Mapping[str, Any] = field(default_factory=dict)
     test: bool = True  # measure the test split too; recipe-search candidates see only the validation split
 
     def to_dict(self) -> dict[str, Any]:
-        return {"classes": list(self.classes) if self.classes else None, "style": self.style}
+        return dict(self.task)
+
+    def with_task(self, task: Mapping[str, Any]) -> DataOptions:
+        return replace(self, task=dict(task))
 
 
 def metric_scopes(metrics: dict[str, Any], single: str = "test") -> list[tuple[str, dict[str, Any]]]:
-    """Adapter cards keep metrics per scope ('all' or 'selected_classes', then 'trained_classes'); base cards
-    keep one set."""
-    return list(metrics.items()) if "all" in metrics or "selected_classes" in metrics else [(single, metrics)]
+    """Adapter cards keep metrics per scope (the names a task's `scopes` gives, "all" first); base cards keep
+    one set of metrics, shown under `single`."""
+    scoped = bool(metrics) and all(isinstance(v, dict) and v for v in metrics.values())
+    return list(metrics.items()) if scoped else [(single, metrics)]
 
 
-def _task(spec: ModelSpec) -> Task:
+def task_of(registry: Registry, model_name: str) -> Task:
+    spec = registry.get_model(model_name)
     if spec.task is None:
-        raise AdapterhubError(f"model {spec.name!r} registers no task, so it cannot be trained or evaluated")
+        raise ConfigError(f"model {spec.name!r} registers no task, so it cannot be trained or evaluated")
     return spec.task
+
+
+def headlines(task: Task | None, metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per scope, the task's headline figures: stored in the card, so listings need no task (and no torch)."""
+    if task is None or not metrics:
+        return {}
+    return {scope: task.headline(values) for scope, values in metric_scopes(metrics, single="")
+            if isinstance(values, dict)}
 
 
 def load_base(registry: Registry, entry: ZooEntry) -> nn.Module:
@@ -101,9 +118,13 @@ def fitting_state(registry: Registry, model: str, config: dict[str, Any], state:
     return plain.state_dict()
 
 
-def add_base_version(zoo: Zoo, model: str, name: str, state: dict[str, Any], card: dict[str, Any]) -> ZooEntry:
-    """Write a base state dict as a new version of `model/name`; the card gets kind, fingerprint, size."""
+def add_base_version(zoo: Zoo, model: str, name: str, state: dict[str, Any], card: dict[str, Any],
+                     task: Task | None = None) -> ZooEntry:
+    """Write a base state dict as a new version of `model/name`; the card gets kind, fingerprint, size (and
+    the task's headline of its metrics)."""
     zoo.check_new(model, name, "base")
+    if card.get("metrics") and "headline" not in card:
+        card = {**card, "headline": headlines(task, card["metrics"])}
     state = {k: v.detach().contiguous() for k, v in state.items()}
     fingerprint = state_fingerprint(state)
     card = {"kind": "base", **card, "fingerprint": fingerprint, "parameters": sum(t.numel() for t in state.values())}
@@ -133,36 +154,40 @@ def add_adapter_version(registry: Registry, zoo: Zoo, base: ZooEntry, name: str,
         "parameters": counts["adapters"][adapter], "trainable_percent": round(counts["trainable_percent"], 4),
         **extra,
     }
+    task = registry.get_model(base.model).task
     if data is not None:
         am.set_active([adapter])
-        scope = "all" if not data.classes else "selected_classes"
-        card["metrics"] = {scope: evaluate(registry, zoo, base.model, am.model, data)}
+        card["metrics"] = {scope: evaluate(registry, zoo, base.model, am.model, data.with_task(options))
+                           for scope, options in task_of(registry, base.model).scopes(data.task, trained=False).items()}
+    if card.get("metrics"):
+        card["headline"] = headlines(task, card["metrics"])
     return zoo.add_version(base.model, name, lambda folder: am.save_adapter(adapter, folder / "adapter.safetensors"),
                            card)
 
 
-def _context(registry: Registry, zoo: Zoo, seed: int = 0, samples: int = 256, split: str = "test") -> EvalContext:
-    def classifier() -> nn.Module | None:
+def _context(registry: Registry, zoo: Zoo, seed: int, split: str, options: Mapping[str, Any]) -> EvalContext:
+    def zoo_base(name: str) -> nn.Module | None:
+        """The zoo's latest base of model `name` (a task's judge, say), or None when the zoo has none."""
         try:
-            return load_base(registry, zoo.resolve(CLASSIFIER))
+            return load_base(registry, zoo.resolve(name))
         except AdapterhubError:
             return None
 
-    return EvalContext(seed=seed, samples=samples, classifier=classifier, split=split)
+    return EvalContext(seed=seed, split=split, options=dict(options), zoo_base=zoo_base)
 
 
 def evaluate(registry: Registry, zoo: Zoo, model_name: str, model: nn.Module, data: DataOptions,
              seed: int = 0, split: str = "test") -> dict[str, Any]:
-    """Metrics on a split (classifiers) or of samples (generators: `data.eval_samples` images)."""
-    task = _task(registry.get_model(model_name))
-    inputs, labels = task.load(split, data_dir=data.data_dir, classes=data.classes, style=data.style)
-    return task.evaluate(model, inputs, labels, context=_context(registry, zoo, seed, data.eval_samples, split))
+    """The task's metrics of `model` on a split, under the data's task options."""
+    task = task_of(registry, model_name)
+    inputs, labels = task.load(split, data_dir=data.data_dir, options=data.task)
+    return task.evaluate(model, inputs, labels, context=_context(registry, zoo, seed, split, data.task))
 
 
-def adapter_scopes(data: DataOptions) -> dict[str, DataOptions]:
-    """An adapter is measured on everything ("all") and, if trained on some classes, on those."""
-    everything = DataOptions(data.data_dir, None, data.style, data.eval_samples, data.test)
-    return {"all": everything, **({"trained_classes": data} if data.classes else {})}
+def adapter_scopes(registry: Registry, model_name: str, data: DataOptions) -> dict[str, DataOptions]:
+    """The scopes the task measures a trained adapter under (e.g. everything, and the part it was trained on)."""
+    return {scope: data.with_task(options)
+            for scope, options in task_of(registry, model_name).scopes(data.task, trained=True).items()}
 
 
 def test_metrics(registry: Registry, zoo: Zoo, entry: ZooEntry, data: DataOptions) -> dict[str, Any]:
@@ -171,13 +196,13 @@ def test_metrics(registry: Registry, zoo: Zoo, entry: ZooEntry, data: DataOption
         return evaluate(registry, zoo, entry.model, load_base(registry, entry), data)
     am, _ = stack(registry, zoo, [entry.ref])
     return {scope: evaluate(registry, zoo, entry.model, am.model, options)
-            for scope, options in adapter_scopes(data).items()}
+            for scope, options in adapter_scopes(registry, entry.model, data).items()}
 
 
 def _validation(registry: Registry, zoo: Zoo, model_name: str, model: nn.Module, data: DataOptions,
                 scopes: dict[str, DataOptions] | None = None) -> dict[str, Any] | None:
     """Metrics on the task's validation split (what recipes are chosen on), per scope; None without one."""
-    task = _task(registry.get_model(model_name))
+    task = task_of(registry, model_name)
     if "val" not in task.splits:
         return None
     if scopes is None:
@@ -190,8 +215,7 @@ def train_base(registry: Registry, zoo: Zoo, model_name: str, options: TrainOpti
                model_kwargs: dict[str, Any] | None = None, start: str | None = None) -> ZooEntry | None:
     """Train a base model into a new `MODEL/base` version (on rank 0 of a DDP job): from scratch,
     or, with `start`, by fine-tuning every weight of an existing base version."""
-    spec = registry.get_model(model_name)
-    task = _task(spec)
+    task = task_of(registry, model_name)
     zoo.check_new(model_name, BASE, "base")
     kwargs = dict(model_kwargs or {})
     torch.manual_seed(options.seed)  # a seeded init, not only seeded batches
@@ -201,7 +225,7 @@ def train_base(registry: Registry, zoo: Zoo, model_name: str, options: TrainOpti
         model, kwargs, parents = load_base(registry, start_entry), start_entry.card.get("config", {}), [start_entry.ref]
     else:
         model = registry.create_model(model_name, **kwargs)
-    inputs, labels = task.load("train", data_dir=data.data_dir, classes=data.classes, style=data.style)
+    inputs, labels = task.load("train", data_dir=data.data_dir, options=data.task)
     summary = fit(model, list(model.parameters()), task, inputs, labels, options, label=f"{model_name} base")
     dist = Distributed.from_env()
     entry = None
@@ -213,7 +237,7 @@ def train_base(registry: Registry, zoo: Zoo, model_name: str, options: TrainOpti
             "training": summary, "metrics": evaluate(registry, zoo, model_name, model, data) if data.test else {},
             "validation": _validation(registry, zoo, model_name, model, data),
         }
-        entry = add_base_version(zoo, model_name, BASE, model.state_dict(), card)
+        entry = add_base_version(zoo, model_name, BASE, model.state_dict(), card, task)
     dist.barrier()
     return entry
 
@@ -222,25 +246,23 @@ def train_adapter(registry: Registry, zoo: Zoo, model_name: str, name: str, conf
                   options: TrainOptions, data: DataOptions, base: str | None = None) -> ZooEntry | None:
     """Train a new version of adapter `name` on a zoo base (default: its latest version)."""
     zoo.check_new(model_name, name, "adapter")
-    spec = registry.get_model(model_name)
-    task = _task(spec)
+    task = task_of(registry, model_name)
     base_entry = zoo.require_base(base or model_name, model_name)
     model = load_base(registry, base_entry)
     am = AdaptedModel(model, base_id=base_entry.ref, registry=registry)
     torch.manual_seed(options.seed)
     am.add_adapter(name, config)
-    inputs, labels = task.load("train", data_dir=data.data_dir, classes=data.classes, style=data.style)
+    inputs, labels = task.load("train", data_dir=data.data_dir, options=data.task)
     replay = None
     if options.replay:
-        others = tuple(c for c in ALL_CLASSES if not data.classes or c not in data.classes)
-        replay = task.load("train", data_dir=data.data_dir, classes=others, style=data.style)
+        replay = task.load("train", data_dir=data.data_dir, options=task.complement(data.task))
     summary = fit(model, am.trainable_parameters(), task, inputs, labels, options, replay,
                   label=f"{model_name}/{name}")
     dist = Distributed.from_env()
     entry = None
     if dist.is_main:
-        scopes = adapter_scopes(data)
-        metrics = ({scope: evaluate(registry, zoo, model_name, model, options) for scope, options in scopes.items()}
+        scopes = adapter_scopes(registry, model_name, data)
+        metrics = ({scope: evaluate(registry, zoo, model_name, model, scoped) for scope, scoped in scopes.items()}
                    if data.test else {})
         recipe = {"command": "train", **options.to_dict(), **data.to_dict()}
         entry = add_adapter_version(registry, zoo, base_entry, name, am, name, recipe,

@@ -27,10 +27,11 @@ TINY = {"profiles": {"tiny": {"seeds": [0, 1], "steps": [
      "data": {"classes": [9]}},
     {"id": "nines-half", "command": "evaluate", "refs": ["nines=0.5"]},
     {"id": "unet", "command": "train-base", "model": "ddpm-unet", "options": {"steps": 2, "batch_size": 4},
-     "seeds": [0], "eval_samples": 4},
+     "seeds": [0], "data": {"eval_samples": 4}},
     {"id": "inv", "command": "train", "model": "ddpm-unet", "base": "unet", "adapter": {"rank": 2},
-     "options": {"steps": 2, "batch_size": 4}, "data": {"style": "inverted"}, "seeds": [0], "eval_samples": 4},
-    {"id": "inv-half", "command": "evaluate", "refs": ["inv=0.5"], "sample": 4, "seeds": [0], "eval_samples": 4},
+     "options": {"steps": 2, "batch_size": 4}, "data": {"style": "inverted", "eval_samples": 4}, "seeds": [0]},
+    {"id": "inv-half", "command": "evaluate", "refs": ["inv=0.5"], "sample": 4, "seeds": [0],
+     "data": {"eval_samples": 4}},
 ]}}}
 
 

@@ -27,9 +27,9 @@ QUICK = TrainOptions(steps=40, batch_size=16, progress=False)
 @pytest.fixture(scope="module")
 def zoo_with_base(tmp_path_factory) -> Zoo:
     zoo = Zoo(tmp_path_factory.mktemp("zoo"))
-    train_base(get_registry(), zoo, "richboynet", QUICK, DataOptions(classes=(0, 1, 9)))
+    train_base(get_registry(), zoo, "richboynet", QUICK, DataOptions(task={"classes": [0, 1, 9]}))
     train_adapter(get_registry(), zoo, "richboynet", "digit9", LoraConfig(targets=["linear*"], rank=1, alpha=1),
-                  QUICK, DataOptions(classes=(9,)))
+                  QUICK, DataOptions(task={"classes": [9]}))
     return zoo
 
 
@@ -38,7 +38,7 @@ def test_base_card_and_reproducibility(zoo_with_base, tmp_path) -> None:
     card = entry.card
     assert card["kind"] == "base" and card["parameters"] == 2_807_010
     assert card["recipe"] == {"command": "train-base", "epochs": 1, "steps": 40, "batch_size": 16, "lr": 0.001,
-                              "seed": 0, "replay": 0, "schedule": "constant", "classes": [0, 1, 9], "style": None,
+                              "seed": 0, "replay": 0, "schedule": "constant", "classes": [0, 1, 9],
                               "from": None}
     assert card["training"]["steps"] == 40 and card["training"]["world_size"] == 1
     assert set(card["metrics"]["per_class"]) == {"0", "1", "9"}  # evaluated on the classes it learned
@@ -47,7 +47,7 @@ def test_base_card_and_reproducibility(zoo_with_base, tmp_path) -> None:
     val = card["validation"]  # measured on the held-out split too, for choosing recipes
     assert set(val["per_class"]) == {"0", "1", "9"} and val["total"] < card["metrics"]["total"]
     assert card["training"]["threads"] == torch.get_num_threads()
-    again = train_base(get_registry(), Zoo(tmp_path), "richboynet", QUICK, DataOptions(classes=(0, 1, 9)))
+    again = train_base(get_registry(), Zoo(tmp_path), "richboynet", QUICK, DataOptions(task={"classes": [0, 1, 9]}))
     assert again.card["fingerprint"] == card["fingerprint"]  # same seed, same weights, bit for bit
     assert again.card["metrics"] == card["metrics"]
 
@@ -90,7 +90,7 @@ def test_adapters_from_another_base_are_refused(zoo_with_base, tmp_path) -> None
     zoo = Zoo(tmp_path)
     shutil.copytree(zoo_with_base.root / "richboynet", tmp_path / "richboynet")
     train_base(get_registry(), zoo, "richboynet", TrainOptions(steps=5, batch_size=8, seed=1, progress=False),
-               DataOptions(classes=(0, 1)))
+               DataOptions(task={"classes": [0, 1]}))
     with pytest.raises(IncompatibleAdapterError, match="trained on richboynet/base@v1, not richboynet/base@v2"):
         stack(get_registry(), zoo, ["richboynet@v2", "richboynet/digit9"])
 

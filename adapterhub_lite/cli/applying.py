@@ -8,10 +8,10 @@ from typing import Any
 import click
 
 from .group import cli, echo_json
-from .options import data_options, parse_classes, zoo_option
+from .options import PluginOptionsCommand, config_values, data_dir_option, first_ref_model, zoo_option
 
 
-@cli.command("apply")
+@cli.command("apply", cls=PluginOptionsCommand, task=True, model_from=first_ref_model)
 @click.argument("refs", nargs=-1, required=True)
 @click.option("--eval", "do_eval", is_flag=True, help="Evaluate on the test split.")
 @click.option("--sample", type=int, default=0, help="Generate N samples (generative models).")
@@ -22,23 +22,22 @@ from .options import data_options, parse_classes, zoo_option
                    "names as in REFS, 'base' for none. E.g. --route inverted,base")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds test noise and sampling.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-@data_options
+@data_dir_option
 @zoo_option
 def apply_command(refs: tuple[str, ...], do_eval: bool, sample: int, out: Path | None, sample_steps: int,
-                  route: str | None,
-                  seed: int, as_json: bool, data_dir: Path | None, classes: str | None, style: str | None,
-                  eval_samples: int, zoo_dir: Path | None) -> None:
+                  route: str | None, seed: int, as_json: bool, data_dir: Path | None, zoo_dir: Path | None,
+                  **task_values: Any) -> None:
     """Stack adapters on their base, each at its weight, then evaluate or sample.
 
     \b
     REFS: MODEL (the base), MODEL/NAME, MODEL/NAME@v2, MODEL/NAME=0.7 ...
     Examples:
-      adapters apply richboynet/digit9 --eval --json
-      adapters apply ddpm-unet/inverted=0.5 --sample 64 --out grid.png
-      adapters apply ddpm-unet/inverted --sample 16 --route inverted,base --out mixed.png
+      adapters apply MODEL/style --eval --json
+      adapters apply MODEL/style=0.5 --sample 64 --out grid.png
+      adapters apply MODEL/style --sample 16 --route style,base --out mixed.png
     """
     from ..registry import get_registry
-    from ..workflow import DataOptions, evaluate, stack
+    from ..workflow import DataOptions, evaluate, stack, task_of
     from ..zoo import Zoo
 
     if not do_eval and not sample:
@@ -70,21 +69,18 @@ def apply_command(refs: tuple[str, ...], do_eval: bool, sample: int, out: Path |
 
         publish(out, lambda target: save_image(images, str(target), nrow=max(1, int(round(sample**0.5))), padding=1))
         result["sample"] = {"n": sample, "seed": seed, "steps": sample_steps, "out": str(out)}
+    metrics: dict[str, Any] = {}
     if do_eval:
-        result.update(evaluate(registry, zoo, base.model, am.model,
-                               DataOptions(data_dir, parse_classes(classes), style, eval_samples), seed=seed))
+        data = DataOptions(data_dir, config_values(click.get_current_context().command, task_values, "task"))
+        metrics = evaluate(registry, zoo, base.model, am.model, data, seed=seed)
+        result.update(metrics)
     if as_json:
-        result.pop("confusion", None)
         echo_json(result)
         return
     stacked = " + ".join(f"{w:g} x {n}" for n, w in am.active.items()) or "no adapters"
     click.echo(f"{base.ref} with {stacked}")
-    if "accuracy" in result:
-        click.echo(f"  accuracy {result['accuracy']:.4f} on {result['total']} test images")
-        for digit, v in result["per_class"].items():
-            click.echo(f"  digit {digit}: {v['correct']}/{v['total']} correct, {v['errors']} errors")
-    for key in ("light_background", "recognisable", "max_class_share", "class_histogram"):
-        if key in result:
-            click.echo(f"  {key}: {result[key]}")
+    if do_eval:
+        for line in task_of(registry, base.model).report(metrics):
+            click.echo(f"  {line}")
     if sample:
         click.echo(f"  wrote {sample} samples to {out}")

@@ -120,7 +120,7 @@ class AdaptersGroup(click.Group):
 @click.group(cls=AdaptersGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="adapterhub-lite", prog_name="adapters")
 def cli() -> None:
-    """Manage LoRA adapters on PyTorch models: train, stack, merge, export, share.
+    """Manage adapters (LoRA and any family a plugin adds) on PyTorch models: train, stack, merge, export, share.
 
     \b
     Plugins add adapter kinds, models, merge methods, formats and commands;

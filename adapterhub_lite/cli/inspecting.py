@@ -127,7 +127,6 @@ def zoo_list(model: str | None, zoo_dir: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the card as JSON.")
 def zoo_show(ref: str, zoo_dir: Path | None, as_json: bool) -> None:
     """Show one version's card: config, recipe, data, metrics, fingerprint, parents, sizes."""
-    from ..workflow import metric_scopes
     from ..zoo import Zoo
 
     zoo = Zoo(zoo_dir)
@@ -146,12 +145,10 @@ def zoo_show(ref: str, zoo_dir: Path | None, as_json: bool) -> None:
     click.echo(f"  recipe: {json.dumps(card.get('recipe', {}))}")
     if "config" in card:
         click.echo(f"  config: {json.dumps(card['config'])}")
-    metrics = card.get("metrics", {})
-    for scope, values in metric_scopes(metrics):
-        per_class = values.get("per_class") if isinstance(values, dict) else None
-        if isinstance(per_class, dict) and isinstance(values.get("accuracy"), (int, float)):
-            errors = ", ".join(f"{d}:{v.get('errors')}" for d, v in per_class.items() if isinstance(v, dict))
-            click.echo(f"  {scope}: accuracy {values['accuracy']:.4f}; errors per digit {errors}")
+    for scope, figures in (card.get("headline") or {}).items():  # the task's own summary, stored at write time
+        if isinstance(figures, dict) and figures:
+            shown = "; ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+            click.echo(f"  {scope or 'test'}: {shown}")
 
 
 def _tree(zoo: Any, entry: Any, weight: float = 1.0) -> list[str]:
@@ -181,7 +178,7 @@ def _tree(zoo: Any, entry: Any, weight: float = 1.0) -> list[str]:
               help="Recipe file (default: recipes.json in the zoo directory).")
 @click.option("--seeds", default=None, metavar="LIST", help="Override the profile's seeds, e.g. 0,1,2.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Folder holding MNIST/raw (default: $ADAPTERS_DATA, else download).")
+              help="Folder the models' tasks read their data from (default: $ADAPTERS_DATA).")
 @zoo_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def zoo_build(profile: str, quick: bool, recipes: Path | None, seeds: str | None, data_dir: Path | None,

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .group import cli, echo_json
-from .options import data_options, parse_classes, summary_line, zoo_option
+from .options import PluginOptionsCommand, config_values, data_dir_option, first_positional, summary_line, zoo_option
 
 
-@cli.command("merge")
+@cli.command("merge", cls=PluginOptionsCommand, task=True, model_from=first_positional)
 @click.argument("model")
 @click.argument("refs", nargs=-1, required=True)
 @click.option("--method", default="linear", show_default=True,
@@ -27,22 +28,21 @@ from .options import data_options, parse_classes, summary_line, zoo_option
 @click.option("--dry-run", is_flag=True, help="Check and compute, print the plan, write nothing.")
 @click.option("--eval", "do_eval", is_flag=True, help="Evaluate the result and keep the metrics in its card.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or the new card as JSON.")
-@data_options
+@data_dir_option
 @zoo_option
 def merge_command(model: str, refs: tuple[str, ...], method: str, rank: int | None, density: float | None,
                   seed: int | None, into_base: bool, out: str, dry_run: bool, do_eval: bool, as_json: bool,
-                  data_dir: Path | None, classes: str | None, style: str | None, eval_samples: int,
-                  zoo_dir: Path | None) -> None:
+                  data_dir: Path | None, zoo_dir: Path | None, **task_values: Any) -> None:
     """Combine adapters of MODEL into a new adapter version, or fuse them into a new base.
 
     \b
     REFS: NAME, NAME@v2, NAME=0.5, NAME=-1 (subtract), or MODEL/NAME...; compositions too.
     Every input must sit on the same base. The new card records parents, weights and method.
     Examples:
-      adapters merge richboynet digit9=1 digit9-keep=0.5 --method cat --out nines
-      adapters merge richboynet digit9-keep --method svd --rank 1 --out keep-r1   (resize)
-      adapters merge ddpm-unet inverted=0.5 --into-base --out half-inverted
-      adapters merge richboynet digit9 digit9-keep --method ties --density 0.3 --out t --dry-run
+      adapters merge MODEL task=1 style=0.5 --method cat --out both
+      adapters merge MODEL task --method svd --rank 1 --out task-r1   (resize)
+      adapters merge MODEL style=0.5 --into-base --out half-styled
+      adapters merge MODEL task style --method ties --density 0.3 --out t --dry-run
     """
     from ..merge import fuse, plan_merge, write_merge
     from ..registry import get_registry
@@ -50,7 +50,8 @@ def merge_command(model: str, refs: tuple[str, ...], method: str, rank: int | No
     from ..zoo import Zoo
 
     registry, zoo = get_registry(), Zoo(zoo_dir)
-    data = DataOptions(data_dir, parse_classes(classes), style, eval_samples) if do_eval else None
+    task_options = config_values(click.get_current_context().command, task_values, "task")
+    data = DataOptions(data_dir, task_options) if do_eval else None
     if into_base:
         if method != "linear" or rank is not None or density is not None or seed is not None:
             raise click.UsageError("--into-base fuses the exact weighted sum: drop --method, --rank, --density, --seed")
@@ -100,7 +101,7 @@ def compose_command(model: str, name: str, refs: tuple[str, ...], as_json: bool,
 
     \b
     apply, merge and export accept it wherever they accept an adapter.
-    Example: adapters compose ddpm-unet half-inverted inverted=0.5
+    Example: adapters compose MODEL half-styled style=0.5
     """
     from ..composition import compose
     from ..zoo import Zoo

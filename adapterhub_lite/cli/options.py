@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +14,9 @@ def zoo_option(f: Any) -> Any:
                         help="Zoo directory (default: $ADAPTERS_ZOO, else ./zoo).")(f)
 
 
-def data_options(f: Any) -> Any:
-    f = click.option("--eval-samples", type=int, default=256, show_default=True,
-                     help="Generated images per evaluation (generative models).")(f)
-    f = click.option("--style", type=click.Choice(["inverted"]), default=None,
-                     help="Train/evaluate on a styled variant (inverted: black digits on white).")(f)
-    f = click.option("--classes", default=None, metavar="LIST",
-                     help="Only these digits: '9', '0-4' or '5,7'.")(f)
+def data_dir_option(f: Any) -> Any:
     return click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                        help="Folder holding MNIST/raw (default: $ADAPTERS_DATA, else download).")(f)
+                        help="Folder the model's task reads its data from (default: $ADAPTERS_DATA).")(f)
 
 
 def train_options(f: Any) -> Any:
@@ -35,39 +30,28 @@ def train_options(f: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="Print the new version's card as JSON.")(f)
 
 
-def parse_classes(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            low, _, high = part.strip().partition("-")
-            out.extend(range(int(low), int(high or low) + 1))
-    except ValueError:
-        raise click.BadParameter(f"{text[:40]!r}: use digits like '9', '0-4' or '5,7'", param_hint="--classes") \
-            from None
-    if not out or any(c < 0 or c > 9 for c in out):
-        raise click.BadParameter(f"{text[:40]!r}: digits are 0 to 9", param_hint="--classes")
-    return tuple(sorted(set(out)))
-
-
 def split_list(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
 
 
 def summary_line(entry: Any) -> str:
-    """One line per zoo entry: its ref and headline metrics (on its trained classes too, if any)."""
+    """One line per zoo entry: its ref and the headline figures its card stores (per scope: everything, and
+    the part an adapter was trained on). Cards from before headlines show their top-level fractional numbers."""
     from ..workflow import metric_scopes
 
-    metrics = entry.card.get("metrics", {})
+    card = entry.card
+    headline = card.get("headline")
+    if not isinstance(headline, dict):
+        headline = {scope: {k: v for k, v in values.items() if type(v) is float}
+                    for scope, values in metric_scopes(card.get("metrics") or {}, single="")
+                    if isinstance(values, dict)}
     shown = []
-    for scope, values in metric_scopes(metrics, single=""):
-        if not isinstance(values, dict):
+    for scope, figures in headline.items():
+        if not isinstance(figures, dict):
             continue
         label = "" if scope in ("", "all") else f"{scope.replace('_', ' ')} "
-        shown += [f"{label}{k} {values[k]:.4f}" for k in ("accuracy", "light_background", "recognisable",
-                                                          "max_class_share")
-                  if isinstance(values.get(k), (int, float)) and not isinstance(values.get(k), bool)]
+        shown += [f"{label}{k} {v:.4f}" for k, v in figures.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return f"{entry.ref}  " + ", ".join(shown)
 
 
@@ -80,10 +64,14 @@ class PluginOptionsCommand(click.Command):
 
     `model_from(args, command)` finds the model name in the raw arguments (or returns None)."""
 
-    def __init__(self, *args: Any, family: bool = False, model_from: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, family: bool = False, task: bool = False, model_from: Any = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.family, self.model_from = family, model_from
+        self.family, self.task, self.model_from = family, task, model_from
         self.own_params = list(self.params)
+        if task:
+            self.epilog = ((self.epilog or "") + " The model's task adds its own data options: "
+                           "`adapters " + str(self.name) + " MODEL... --help` lists them.").strip()
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         self.params = list(self.own_params) + self._plugin_params(args)
@@ -102,9 +90,13 @@ class PluginOptionsCommand(click.Command):
             family = peek_option(args, "--family")
             try:
                 family = family or registry.default_family(model)
-                added += config_options(registry.config_class(family))
+                added += config_options(registry.config_class(family), source="family")
             except AdapterhubError:
                 pass  # no family to show options for: the command says why when it runs
+        if self.task and model is not None:
+            task = registry.get_model(model).task
+            if task is not None and task.Options is not None:
+                added += config_options(task.Options, source="task")
         taken = {name for p in self.own_params for name in p.opts}
         for param in added:
             clash = set(param.opts) & taken
@@ -155,9 +147,10 @@ def first_positional(args: list[str], command: click.Command) -> str | None:
     return found[0] if found else None
 
 
-def config_options(config_cls: type) -> list[click.Option]:
+def config_options(config_cls: type, source: str = "family") -> list[click.Option]:
     """Command-line options for a config dataclass's fields: `--field-name`, the field's `metadata["help"]`,
-    its default shown; bools become `--x/--no-x`, tuples repeatable (or comma-separated), `choices` a choice."""
+    its default shown; bools become `--x/--no-x`, tuples repeatable (or comma-separated), `choices` a choice,
+    `parse` a function applied to the text given."""
     import dataclasses
     import typing
 
@@ -168,8 +161,11 @@ def config_options(config_cls: type) -> list[click.Option]:
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         text = str(f.metadata.get("help", ""))
-        help_text = f"{text[:1].upper()}{text[1:]} [default: {shown if shown not in ('', None) else 'none'}]"
+        shown = f.metadata.get("default_text", shown if shown not in ("", None) else "none")
+        help_text = f"{text[:1].upper()}{text[1:]} [default: {shown}]"
         hint = hints[f.name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: the option for X
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
         origin = typing.get_origin(hint)
         kwargs: dict[str, Any] = {"default": None, "help": help_text.strip()}
         if hint is bool:
@@ -180,20 +176,49 @@ def config_options(config_cls: type) -> list[click.Option]:
             choices = f.metadata.get("choices")
             kind = click.Choice(list(choices)) if choices else {int: click.INT, float: click.FLOAT}.get(hint, click.STRING)
             option = click.Option([flag], type=kind, **kwargs)
-        option.config_field = f.name  # type: ignore[attr-defined]
+        option.config_field, option.config_source = f.name, source  # type: ignore[attr-defined]
+        option.config_parse = f.metadata.get("parse")  # type: ignore[attr-defined]
         options.append(option)
     return options
 
 
-def config_values(command: click.Command, values: dict[str, Any]) -> dict[str, Any]:
-    """Pop the values of a command's generated config options (those given) into a dict for the config class."""
+def config_values(command: click.Command, values: dict[str, Any], source: str = "family") -> dict[str, Any]:
+    """Pop the values given to a command's generated options (of one source: "family" or "task") into a dict
+    for the config class (tuples become lists for a task: its options are JSON in recipes and cards)."""
+    from ..errors import AdapterhubError
+
     out = {}
     for param in command.params:
         field_name = getattr(param, "config_field", None)
-        if field_name is None or param.name not in values:
+        if field_name is None or getattr(param, "config_source", None) != source or param.name not in values:
             continue
         value = values.pop(param.name)
         if value is None or value == ():
             continue
-        out[field_name] = split_list(value) if isinstance(value, tuple) else value
+        parse = getattr(param, "config_parse", None)
+        try:
+            if isinstance(value, tuple):
+                value = parse(",".join(split_list(value))) if parse else split_list(value)
+            elif parse is not None:
+                value = parse(value)
+        except AdapterhubError as exc:  # a value the plugin's parser refuses is a usage error, as click's own
+            raise click.BadParameter(str(exc), param_hint=param.opts[0]) from None
+        out[field_name] = list(value) if source == "task" and isinstance(value, tuple) else value
     return out
+
+
+def first_ref_model(args: list[str], command: click.Command) -> str | None:
+    """The model the first REF names (`apply`)."""
+    from ..errors import RefError
+    from ..refs import parse_ref
+
+    first = first_positional(args, command)
+    try:
+        return parse_ref(first).model if first else None
+    except RefError:
+        return None
+
+
+def option_value(flag: str) -> Any:
+    """A `model_from` that reads the model from an option (`import --model M`)."""
+    return lambda args, command: peek_option(args, flag)

@@ -25,9 +25,9 @@ def export_command(refs: tuple[str, ...], fmt: str, out: Path, as_json: bool, zo
     One adapter at weight 1 is written as it is; several, weights or a
     composition are combined exactly (cat) first.
     Examples:
-      adapters export mnist-cnn/lora-best --format peft --out lora-best-peft/
-      adapters export mnist-cnn/lora-best --format kohya --out lora-best.safetensors
-      adapters export ddpm-unet/inverted=0.5 --format merged --out half-inverted.safetensors
+      adapters export MODEL/task --format peft --out task-peft/
+      adapters export MODEL/task --format kohya --out task.safetensors
+      adapters export MODEL/style=0.5 --format merged --out half-styled.safetensors
     """
     from ..exchange import export_refs
     from ..registry import get_registry
@@ -57,8 +57,8 @@ def import_command(path: Path, fmt: str, model: str, name: str, base_ref: str | 
 
     \b
     Examples:
-      adapters import some-peft-folder/ --format peft --model mnist-cnn --name from-peft
-      adapters import model.safetensors --format merged --model mnist-cnn --name fused
+      adapters import some-peft-folder/ --format peft --model MODEL --name from-peft
+      adapters import model.safetensors --format merged --model MODEL --name fused
     """
     from ..exchange import import_file
     from ..registry import get_registry
@@ -83,7 +83,7 @@ def push_command(ref: str, repo: str, private: bool, stage_dir: Path | None, zoo
 
     \b
     The token comes from HF_TOKEN (or `huggingface-cli login`).
-    Example: adapters push richboynet/digit9 --repo me/richboynet-digit9
+    Example: adapters push MODEL/task --repo me/model-task
     """
     from ..hub import push, stage
     from ..zoo import Zoo
@@ -108,7 +108,7 @@ def pull_command(repo: str, name: str | None, force: bool, as_json: bool, zoo_di
     \b
     An adapter lands on the local base with the fingerprint it was trained on.
     HF_HUB_OFFLINE=1 pulls from the local Hub cache only.
-    Example: adapters pull me/richboynet-digit9@main
+    Example: adapters pull me/model-task@main
     """
     from ..hub import pull
     from ..registry import get_registry

@@ -11,29 +11,28 @@ from .group import cli, echo_json
 from .options import (
     PluginOptionsCommand,
     config_values,
-    data_options,
+    data_dir_option,
     first_positional,
-    parse_classes,
     summary_line,
     train_options,
     zoo_option,
 )
 
 
-@cli.command("train-base")
+@cli.command("train-base", cls=PluginOptionsCommand, task=True, model_from=first_positional)
 @click.argument("model")
 @click.option("--from", "start", default=None, metavar="REF",
-              help="Fine-tune all weights of this zoo base (e.g. mnist-cnn@v1) instead of starting from scratch.")
+              help="Fine-tune all weights of this zoo base (e.g. MODEL/base@v1) instead of starting from scratch.")
 @train_options
-@data_options
+@data_dir_option
 @zoo_option
 def train_base_command(model: str, start: str | None, as_json: bool, epochs: int, steps: int | None,
                        batch_size: int, lr: float, seed: int, schedule: str, data_dir: Path | None,
-                       classes: str | None, style: str | None, eval_samples: int, zoo_dir: Path | None) -> None:
+                       zoo_dir: Path | None, **task_values: Any) -> None:
     """Train base MODEL from scratch into the zoo as MODEL/base@vN.
 
     \b
-    Example: adapters train-base richboynet --epochs 1 --batch-size 10 --seed 0
+    Example: adapters train-base MODEL --epochs 1 --batch-size 10 --seed 0
     Runs under torchrun too (DDP, gloo): one zoo version is written.
     """
     from ..registry import get_registry
@@ -42,12 +41,12 @@ def train_base_command(model: str, start: str | None, as_json: bool, epochs: int
     from ..zoo import Zoo
 
     options = TrainOptions(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, schedule=schedule)
-    data = DataOptions(data_dir, parse_classes(classes), style, eval_samples)
+    data = DataOptions(data_dir, config_values(click.get_current_context().command, task_values, "task"))
     entry = train_base(get_registry(), Zoo(zoo_dir), model, options, data, start=start)
     _report(entry, as_json)
 
 
-@cli.command("train", cls=PluginOptionsCommand, family=True, model_from=first_positional)
+@cli.command("train", cls=PluginOptionsCommand, family=True, task=True, model_from=first_positional)
 @click.argument("model")
 @click.argument("name")
 @click.option("--family", default=None, help="Adapter family to train (see `adapters plugins`; default: the model's "
@@ -56,12 +55,11 @@ def train_base_command(model: str, start: str | None, as_json: bool, epochs: int
 @click.option("--replay", type=int, default=0, show_default=True,
               help="Per batch, add this many samples from outside the training data (limits forgetting).")
 @train_options
-@data_options
+@data_dir_option
 @zoo_option
 def train_command(model: str, name: str, family: str | None, base_ref: str | None, replay: int, as_json: bool,
                   epochs: int, steps: int | None, batch_size: int, lr: float, seed: int, schedule: str,
-                  data_dir: Path | None, classes: str | None, style: str | None, eval_samples: int,
-                  zoo_dir: Path | None, **family_values: Any) -> None:
+                  data_dir: Path | None, zoo_dir: Path | None, **plugin_values: Any) -> None:
     """Train adapter NAME on a MODEL base into the zoo as MODEL/NAME@vN.
 
     \b
@@ -77,15 +75,16 @@ def train_command(model: str, name: str, family: str | None, base_ref: str | Non
 
     registry = get_registry()
     registry.get_model(model)  # an unknown model is one clear line, with the valid names
+    command = click.get_current_context().command
     family = family or registry.default_family(model)
-    values = config_values(click.get_current_context().command, family_values)
+    values = config_values(command, plugin_values, "family")
     if not values.get("targets") and not values.get("target_types"):
         values["targets"] = registry.get_model(model).default_targets
     config = registry.config_class(family)(**values)
     options = TrainOptions(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, replay=replay,
                            schedule=schedule)
-    entry = train_adapter(registry, Zoo(zoo_dir), model, name, config, options,
-                          DataOptions(data_dir, parse_classes(classes), style, eval_samples), base=base_ref)
+    data = DataOptions(data_dir, config_values(command, plugin_values, "task"))
+    entry = train_adapter(registry, Zoo(zoo_dir), model, name, config, options, data, base=base_ref)
     _report(entry, as_json)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -9,17 +11,90 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapterhub_lite import AdapterhubError, EvalContext, Task
+from adapterhub_lite import ConfigError, EvalContext, Task, help_field
 
 from .data import SPLIT_INFO, invert, load_mnist, noisy, normalize, pad32
 from .diffusion import Diffusion
 
-STYLES = (None, "inverted")
+DIGITS = tuple(range(10))
+STYLES = ("inverted",)
 
 
-def _check_style(style: str | None) -> None:
-    if style not in STYLES:
-        raise AdapterhubError(f"unknown style {style!r}: choose 'inverted' or leave it out")
+def parse_digits(text: str) -> tuple[int, ...]:
+    """'9', '0-4' or '5,7' (and combinations) to a sorted tuple of digits."""
+    out: list[int] = []
+    try:
+        for part in str(text).split(","):
+            low, _, high = part.strip().partition("-")
+            out.extend(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise ConfigError(f"classes {str(text)[:40]!r}: use digits like '9', '0-4' or '5,7'", option="classes") \
+            from None
+    if not out or any(c not in DIGITS for c in out):
+        raise ConfigError(f"classes {str(text)[:40]!r}: digits are 0 to 9", option="classes")
+    return tuple(sorted(set(out)))
+
+
+@dataclass(frozen=True)
+class DigitOptions:
+    """The MNIST tasks' data options (command-line options of train, train-base, apply and merge)."""
+
+    classes: tuple[int, ...] | None = field(default=None, metadata=help_field(
+        "only these digits: '9', '0-4' or '5,7'", parse=parse_digits))
+    style: str | None = field(default=None, metadata=help_field(
+        "a styled variant of the images: 'inverted' (black digits on white)", choices=STYLES))
+
+    def __post_init__(self) -> None:
+        if self.classes is not None:
+            classes = parse_digits(",".join(map(str, self.classes))) if not isinstance(self.classes, str) \
+                else parse_digits(self.classes)
+            object.__setattr__(self, "classes", classes)
+        if self.style not in (None, *STYLES):
+            raise ConfigError(f"unknown style {str(self.style)[:40]!r}: choose 'inverted' or leave it out",
+                              option="style")
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any] | None) -> Any:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(options or {}) - known)
+        if unknown:
+            raise ConfigError(f"unknown data option {unknown[0]!r} for this task (it takes {', '.join(sorted(known))})")
+        return cls(**dict(options or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if data.get("classes") is not None:
+            data["classes"] = list(data["classes"])
+        return {k: v for k, v in data.items() if v is not None}
+
+
+class _DigitsTask(Task):
+    """What both MNIST tasks share: digit subsets scope an adapter's measurement, and replay draws the others."""
+
+    Options: type = DigitOptions
+
+    def scopes(self, options: Mapping[str, Any], *, trained: bool) -> dict[str, Mapping[str, Any]]:
+        chosen = self.Options.of(options)
+        if chosen.classes is None:
+            return {"all": options}
+        if not trained:
+            return {"selected_classes": options}
+        everything = {k: v for k, v in chosen.to_dict().items() if k != "classes"}
+        return {"all": everything, "trained_classes": options}
+
+    def complement(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
+        chosen = self.Options.of(options)
+        others = [d for d in DIGITS if chosen.classes is None or d not in chosen.classes]
+        if not others:
+            raise ConfigError("replay draws from digits outside the training classes, and there are none",
+                              option="replay")
+        return {**chosen.to_dict(), "classes": others}
+
+    def _load(self, split: str, data_dir: str | Path | None, options: Mapping[str, Any] | None
+              ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        chosen = self.Options.of(options)
+        images, labels = load_mnist(split, data_dir, chosen.classes)
+        return images, labels, chosen
 
 
 @torch.no_grad()
@@ -50,7 +125,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
     }
 
 
-class ClassifyTask(Task):
+class ClassifyTask(_DigitsTask):
     """Digit classification on normalized images. `noisy` then mixes in uniform noise,
     x*(1-a) + u*a with a ~ U(0,1) per image (one fixed draw when testing), as the seed
     notebook did on its normalized tensors."""
@@ -61,11 +136,10 @@ class ClassifyTask(Task):
         self.noisy = noisy
         self.name = "noisy-classify" if noisy else "classify"
 
-    def load(self, split: str, *, data_dir: str | Path | None = None, classes: tuple[int, ...] | None = None,
-             style: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_style(style)
-        images, labels = load_mnist(split, data_dir, classes)
-        return (invert(images) if style == "inverted" else images), labels
+    def load(self, split: str, *, data_dir: str | Path | None = None,
+             options: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels, chosen = self._load(split, data_dir, options)
+        return (invert(images) if chosen.style == "inverted" else images), labels
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
              generator: torch.Generator) -> torch.Tensor:
@@ -85,24 +159,45 @@ class ClassifyTask(Task):
             metrics["noise_seed"] = context.seed
         return metrics
 
+    def headline(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        per_class = metrics.get("per_class", {})
+        return {"accuracy": metrics.get("accuracy"),
+                "errors per digit": ", ".join(f"{d}:{v['errors']}" for d, v in per_class.items())}
 
-class GenerateTask(Task):
-    """DDPM on 32x32 MNIST in [-1, 1]; samples with DDIM."""
+    def report(self, metrics: Mapping[str, Any]) -> list[str]:
+        lines = [f"accuracy {metrics['accuracy']:.4f} on {metrics['total']} test images"]
+        lines += [f"digit {d}: {v['correct']}/{v['total']} correct, {v['errors']} errors"
+                  for d, v in metrics.get("per_class", {}).items()]
+        return lines
+
+
+@dataclass(frozen=True)
+class SampleOptions(DigitOptions):
+    """The generate task's options: the digit options, and how many samples an evaluation judges."""
+
+    eval_samples: int | None = field(default=None, metadata=help_field(
+        "generated images per evaluation", default_text="256"))
+
+
+class GenerateTask(_DigitsTask):
+    """DDPM on 32x32 MNIST in [-1, 1]; samples with DDIM, judged by the zoo's `judge` classifier."""
 
     name = "generate"
+    Options = SampleOptions
     # samples are judged, not data: "val" draws its samples from other seeds than "test"
-    splits = {"val": "256 samples from seeds 10,000+ (chosen on)", "test": "256 samples from seeds 0+ (reported)"}
+    splits = {"val": "samples from seeds 10,000+ (chosen on)", "test": "samples from seeds 0+ (reported)"}
     VAL_SEED_OFFSET = 10_000
+    EVAL_SAMPLES, EVAL_STEPS = 256, 25
 
-    def __init__(self) -> None:
+    def __init__(self, judge: str = "richboynet") -> None:
         self.diffusion = Diffusion()
+        self.judge = judge  # the zoo model whose latest base judges samples (white digits on black)
 
-    def load(self, split: str, *, data_dir: str | Path | None = None, classes: tuple[int, ...] | None = None,
-             style: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_style(style)
-        images, labels = load_mnist(split, data_dir, classes)
+    def load(self, split: str, *, data_dir: str | Path | None = None,
+             options: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels, chosen = self._load(split, data_dir, options)
         images = pad32(images)
-        images = invert(images) if style == "inverted" else images
+        images = invert(images) if chosen.style == "inverted" else images
         return images * 2 - 1, labels
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
@@ -123,8 +218,13 @@ class GenerateTask(Task):
                  context: EvalContext | None = None) -> dict[str, Any]:
         context = context or EvalContext()
         seed = context.seed + (self.VAL_SEED_OFFSET if context.split == "val" else 0)
-        images = self.sample(model, context.samples, seed=seed, steps=context.steps)
-        return sample_metrics(images, context.classifier() if context.classifier else None)
+        samples = self.Options.of(context.options).eval_samples or self.EVAL_SAMPLES
+        images = self.sample(model, samples, seed=seed, steps=self.EVAL_STEPS)
+        judge = context.zoo_base(self.judge) if context.zoo_base else None
+        return sample_metrics(images, judge)
+
+    def headline(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: metrics[k] for k in ("light_background", "recognisable", "max_class_share") if k in metrics}
 
 
 def light_background(images: torch.Tensor) -> torch.Tensor:
