@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import make_dirs_under, publish, write_text
-from .errors import AdapterhubError, ConfigError
+from .errors import AdapterhubError, ConfigError, NameRuleError
+from .refs import check_name
 from .registry import Registry
 from .training import TrainOptions
 from .workflow import (
@@ -63,6 +64,11 @@ def load_recipes(path: Path) -> dict[str, Any]:
             if step.get("command") not in COMMANDS or "id" not in step:
                 raise ConfigError(f"{path}: profile {name!r} has a step without an id or with a command "
                                   f"other than {', '.join(COMMANDS)}: {step}")
+            if step["command"] == "train":  # the adapter's zoo name: refused now, not after hours of training
+                try:
+                    check_name(step.get("name", step["id"]), "adapter name")
+                except NameRuleError as exc:
+                    raise ConfigError(f"{path}: step {step['id']!r}: {exc}") from None
             search = step.get("search")
             if search is not None:
                 if (step["command"] == "evaluate" or not isinstance(search, dict)

@@ -129,3 +129,12 @@ def test_a_search_group_needs_one_metric(tmp_path) -> None:
     path.write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match="compares on two metrics"):
         load_recipes(path)
+
+
+def test_a_step_whose_adapter_name_breaks_the_rule_is_refused_before_training(tmp_path) -> None:
+    bad = json.loads(json.dumps(SEARCH))
+    bad["profiles"]["search"]["steps"][1]["id"] = "lr0.001"
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="step 'lr0.001': invalid adapter name 'lr0.001'"):
+        load_recipes(path)
