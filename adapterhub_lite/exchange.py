@@ -16,36 +16,37 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .atomic import publish
-from .errors import AdapterFileError, AdapterhubError, ConfigError, IncompatibleAdapterError
+from .errors import AdapterFileError, ConfigError, IncompatibleAdapterError
 from .fingerprint import state_fingerprint
-from .merge import fused_model, plan_merge
+from .merge import plan_merge
 from .model import AdaptedModel
 from .registry import Registry
 from .specs import AdapterBundle, Format
-from .workflow import DataOptions, add_adapter_version, add_base_version, fitting_state, load_base, resolve_stack
+from .stacks import Stack, resolve_stack
+from .workflow import DataOptions, add_adapter_version, add_base_version, fitting_state, load_base, stack
 from .zoo import Zoo, ZooEntry
 
 
 def _format(registry: Registry, name: str, direction: str) -> Format:
     fmt = registry.get_format(name)
     if (fmt.export if direction == "export" else fmt.import_) is None:
-        raise AdapterhubError(f"format {name!r} cannot {direction}")
+        raise ConfigError(f"format {name!r} cannot {direction}", option="format")
     return fmt
 
 
-def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str], fmt_name: str, dest: Path,
+def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, fmt_name: str, dest: Path,
                 model: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """Write what refs name in a format; returns the path written and what it holds."""
+    """Write what refs name in a format; returns the path written and what it holds. Refs are resolved once;
+    the writing itself is `AdaptedModel.export`'s (one owner for every export)."""
     fmt = _format(registry, fmt_name, "export")
-    base, adapters = resolve_stack(zoo, refs, model)
-    info: dict[str, Any] = {"base": base.ref, "format": fmt_name,
-                            "adapters": [{"ref": e.ref, "weight": w} for e, w in adapters]}
+    resolved = resolve_stack(zoo, refs, model)
+    base, adapters = resolved.base, resolved.adapters
+    info: dict[str, Any] = {"base": base.ref, "format": fmt_name, "adapters": resolved.describe()}
     if fmt.holds == "model":
-        plain = fused_model(registry, zoo, [base.ref, *[f"{e.ref}={w!r}" for e, w in adapters]])
-        state = {k: v.detach().contiguous() for k, v in plain.state_dict().items()}
+        am, _ = stack(registry, zoo, resolved)
+        state = am.fused_state_dict()
         info["fingerprint"] = state_fingerprint(state)
-        return publish(dest, lambda target: fmt.export(state, target, name=None)), info
+        return am.export(format=fmt_name, dest=dest), info
     if not adapters:
         raise ConfigError(f"name an adapter to export in {fmt_name!r} (a bare base exports in the merged format)",
                           option="format")
@@ -54,10 +55,10 @@ def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str], fmt_name: str
         am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
         name = am.load_adapter(entry.weights, name=entry.name)
     else:  # combine exactly first, so every format sees one plain adapter
-        plan = plan_merge(registry, zoo, base.model, [e.ref + f"={w!r}" for e, w in adapters], "cat")
+        plan = plan_merge(registry, zoo, None, resolved, "cat")
         am, name = plan.adapter, "merged"
         info["combined"] = "cat"
-    return publish(dest, lambda target: fmt.export(am, target, name=name)), info
+    return am.export(name, format=fmt_name, dest=dest), info
 
 
 def import_file(registry: Registry, zoo: Zoo, src: Path, fmt_name: str, model: str, name: str,

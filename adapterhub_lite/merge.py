@@ -15,13 +15,15 @@ from typing import Any
 
 from torch import nn
 
-from .errors import AdapterhubError, ConfigError, IncompatibleAdapterError
+from .combining import combine
+from .errors import IncompatibleAdapterError, RefError
 from .fingerprint import state_fingerprint
 from .model import AdaptedModel
 from .registry import Registry
 from .serialization import read_adapter_file
 from .specs import AdapterBundle, MergeInput, MergeMethod, MergeResult
-from .workflow import DataOptions, add_adapter_version, add_base_version, evaluate, load_base, resolve_stack, stack
+from .stacks import Stack, resolve_stack
+from .workflow import DataOptions, add_adapter_version, add_base_version, evaluate, load_base, stack
 from .zoo import Zoo, ZooEntry
 
 
@@ -58,31 +60,6 @@ class MergePlan:
         }
 
 
-def combine(registry: Registry, inputs: list[MergeInput], method: str, rank: int | None = None,
-            options: Mapping[str, Any] | None = None) -> MergeResult:
-    """Combine weighted adapters with a registered method: the one place a merge is checked and computed
-    (the zoo's `plan_merge` and `AdaptedModel.merge_adapters` both come here)."""
-    spec = registry.get_merge_method(method)
-    options = {k: v for k, v in (options or {}).items() if v is not None}
-    refused = sorted(set(options) - set(spec.options))
-    if refused:
-        takes = ", ".join(spec.options) or "no options"
-        raise ConfigError(f"method {method!r} does not use {', '.join(refused)} (it takes {takes})",
-                          option=refused[0])
-    if rank is not None and not spec.takes_rank:
-        raise ConfigError(f"method {method!r} sets the rank itself; give no rank (or use a method that takes one)",
-                          option="rank")
-    if not inputs:
-        raise ConfigError("name at least one adapter to merge")
-    for item in inputs:
-        if item.family not in spec.families:
-            raise IncompatibleAdapterError(
-                f"{item.label} is a {item.family!r} adapter; method {method!r} combines "
-                f"{' and '.join(repr(f) for f in spec.families)} adapters only: use a method for that family "
-                "(see `adapters plugins`), or fuse the adapters into the base instead")
-    return spec.fn(inputs, rank=rank, **options)
-
-
 def _merge_input(registry: Registry, entry: ZooEntry, weight: float) -> MergeInput:
     file = read_adapter_file(entry.weights)
     for target in file.meta["targets"].values():
@@ -96,12 +73,13 @@ def _merge_input(registry: Registry, entry: ZooEntry, weight: float) -> MergeInp
     return MergeInput(label=entry.ref, weight=weight, configs=bundle.configs, state=bundle.state)
 
 
-def plan_merge(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str], method: str,
+def plan_merge(registry: Registry, zoo: Zoo, model: str | None, refs: Sequence[str] | Stack, method: str,
                rank: int | None = None, options: Mapping[str, Any] | None = None) -> MergePlan:
-    """Resolve, check and compute a merge; nothing is written."""
+    """Resolve (once), check and compute a merge; nothing is written."""
     spec = registry.get_merge_method(method)
     options = {k: v for k, v in (options or {}).items() if v is not None}
-    base, adapters = resolve_stack(zoo, refs, model)
+    resolved = resolve_stack(zoo, refs, model)
+    base, adapters = resolved.base, list(resolved.adapters)
     inputs = [_merge_input(registry, entry, weight) for entry, weight in adapters]
     result = combine(registry, inputs, method, rank, options)
     am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
@@ -109,7 +87,7 @@ def plan_merge(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str], me
     bundle = AdapterBundle(name="merged", family=config.kind, configs=result.configs, state=result.state,
                            config=config.replace(targets=sorted(result.configs), target_types=[]))
     am.add_bundle(bundle)  # proves the result fits the base before anything is written
-    return MergePlan(model, base, adapters, spec, rank, options, result, am)
+    return MergePlan(base.model, base, adapters, spec, rank, options, result, am)
 
 
 def write_merge(registry: Registry, zoo: Zoo, plan: MergePlan, name: str,
@@ -120,14 +98,15 @@ def write_merge(registry: Registry, zoo: Zoo, plan: MergePlan, name: str,
                                {"parents": [e.ref for e, _ in plan.inputs], "merge": plan.describe()}, data)
 
 
-def fuse(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str], name: str, *, dry_run: bool = False,
-         data: DataOptions | None = None) -> tuple[dict[str, Any], ZooEntry | None]:
+def fuse(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str] | Stack, name: str, *,
+         dry_run: bool = False, data: DataOptions | None = None) -> tuple[dict[str, Any], ZooEntry | None]:
     """Fold weighted adapters into their base and write the result as a new base version `model/name`."""
     zoo.check_new(model, name, "base", writable=not dry_run)
-    base, adapters = resolve_stack(zoo, refs, model)
+    resolved = resolve_stack(zoo, refs, model)
+    base, adapters = resolved.base, resolved.adapters
     if not adapters:
-        raise AdapterhubError("name at least one adapter to fuse into the base")
-    plain = fused_model(registry, zoo, [base.ref, *[f"{e.ref}={w!r}" for e, w in adapters]])
+        raise RefError("name at least one adapter to fuse into the base")
+    plain = fused_model(registry, zoo, resolved)
     state = {k: v.detach().contiguous() for k, v in plain.state_dict().items()}
     fingerprint = state_fingerprint(state)
     fused = [{"ref": e.ref, "weight": w, "fingerprint": state_fingerprint(read_adapter_file(e.weights).tensors())}
@@ -144,10 +123,10 @@ def fuse(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str], name: st
     }
     if data is not None:
         card["metrics"] = evaluate(registry, zoo, model, plain.eval(), data)
-    return plan, add_base_version(zoo, model, name, state, card)
+    return plan, add_base_version(zoo, model, name, state, card, registry.get_model(model).task)
 
 
-def fused_model(registry: Registry, zoo: Zoo, refs: Sequence[str], model: str | None = None) -> nn.Module:
-    """The plain base model with the refs' adapters folded in at their weights."""
+def fused_model(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, model: str | None = None) -> nn.Module:
+    """The plain base model with the adapters of refs (or a resolved Stack) folded in at their weights."""
     am, _ = stack(registry, zoo, refs, model)
     return am.unload(merge=True)

@@ -157,7 +157,7 @@ class AdaptedModel:
                        rank: int | None = None, **options: Any) -> dict[str, Any]:
         """Combine adapters into a new adapter `out` with a registered merge method; returns its report
         (ranks, exact, energy_kept). The inputs stay as they are."""
-        from .merge import combine
+        from .combining import combine
         from .specs import MergeInput
 
         inputs = [MergeInput(label=name, weight=float(weight), configs=self.target_configs(name),

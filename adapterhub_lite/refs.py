@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import NameRuleError, RefError, shorten
@@ -71,3 +72,19 @@ def parse_ref(text: str) -> AdapterRef:
         version=None if version in (None, "latest") else int(version[1:]),
         weight=weight,
     )
+
+
+def parse_refs(refs: Sequence[str | AdapterRef], model: str | None = None) -> list[AdapterRef]:
+    """Parse several refs that must name one model; with `model` given, a bare `NAME[@vN][=W]` means
+    MODEL/NAME."""
+    out = []
+    for r in refs:
+        if isinstance(r, str) and model is not None and "/" not in r and parse_ref(r).model != model:
+            r = f"{model}/{r}"
+        out.append(parse_ref(r) if isinstance(r, str) else r)
+    if not out:
+        raise RefError("name at least one ref: MODEL (the base) or MODEL/NAME[@vN][=W]")
+    models = {r.model for r in out} | ({model} if model else set())
+    if len(models) > 1:
+        raise RefError(f"refs name different models ({', '.join(sorted(models))}): use one model at a time")
+    return out

@@ -21,16 +21,16 @@ from .errors import (
     AdapterFileError,
     AdapterhubError,
     ConfigError,
-    IncompatibleAdapterError,
     TrainingError,
     ZooError,
     shorten,
 )
 from .fingerprint import state_fingerprint
 from .model import AdaptedModel
-from .refs import AdapterRef, parse_ref
+from .refs import AdapterRef
 from .registry import Registry
 from .specs import EvalContext, Task
+from .stacks import Stack, resolve_stack
 from .tensorfile import check_finite_floats, load_tensors
 from .training import Distributed, TrainOptions, fit
 from .zoo import BASE, Zoo, ZooEntry
@@ -272,62 +272,17 @@ def train_adapter(registry: Registry, zoo: Zoo, model_name: str, name: str, conf
     return entry
 
 
-def parse_refs(refs: Sequence[str | AdapterRef], model: str | None = None) -> list[AdapterRef]:
-    """Parse refs; with `model` given, a bare `NAME[@vN][=W]` means MODEL/NAME."""
-    out = []
-    for r in refs:
-        if isinstance(r, str) and model is not None and "/" not in r and parse_ref(r).model != model:
-            r = f"{model}/{r}"
-        out.append(parse_ref(r) if isinstance(r, str) else r)
-    if not out:
-        raise AdapterhubError("name at least one ref: MODEL (the base) or MODEL/NAME[@vN][=W]")
-    models = {r.model for r in out} | ({model} if model else set())
-    if len(models) > 1:
-        raise AdapterhubError(f"refs name different models ({', '.join(sorted(models))}): use one model at a time")
-    return out
-
-
-def resolve_stack(zoo: Zoo, refs: Sequence[str | AdapterRef], model: str | None = None
-                  ) -> tuple[ZooEntry, list[tuple[ZooEntry, float]]]:
-    """The base and the weighted adapters (compositions expanded) that refs name, checked to share one base.
-
-    Without a base among the refs, the base is the one the first adapter was trained on.
-    """
-    from .composition import expand
-
-    parsed = parse_refs(refs, model)
-    model_name = parsed[0].model
-    named = [(zoo.resolve(r), r.weight if r.weight is not None else 1.0) for r in parsed]
-    bases = [entry for entry, _ in named if entry.is_base]
-    if len(bases) > 1:
-        raise AdapterhubError("name the base at most once")
-    adapters = [pair for entry, weight in named if not entry.is_base for pair in expand(zoo, entry, weight)]
-    if bases:
-        base_entry = bases[0]
-    elif adapters:
-        base_entry = zoo.resolve(adapters[0][0].card["base"]["ref"])
-    else:
-        base_entry = zoo.resolve(model_name)
-    for entry, _ in adapters:
-        trained_on = entry.card["base"]
-        if trained_on["fingerprint"] != base_entry.card["fingerprint"]:
-            raise IncompatibleAdapterError(
-                f"{entry.ref} was trained on {trained_on['ref']}, not {base_entry.ref}: "
-                f"use it with {trained_on['ref']} (or leave the base out to use it)")
-    return base_entry, adapters
-
-
-def stack(registry: Registry, zoo: Zoo, refs: Sequence[str | AdapterRef], model: str | None = None
+def stack(registry: Registry, zoo: Zoo, refs: Sequence[str | AdapterRef] | Stack, model: str | None = None
           ) -> tuple[AdaptedModel, ZooEntry]:
-    """Load the base and every adapter the refs name, active at their weights (default 1)."""
-    base_entry, adapters = resolve_stack(zoo, refs, model)
-    am = AdaptedModel(load_base(registry, base_entry), base_id=base_entry.ref, registry=registry)
+    """Load the base and every adapter the refs (or a resolved Stack) name, active at their weights."""
+    resolved = resolve_stack(zoo, refs, model)
+    am = AdaptedModel(load_base(registry, resolved.base), base_id=resolved.base.ref, registry=registry)
     names: list[str] = []
-    for entry, _weight in adapters:
+    for entry, _weight in resolved.adapters:
         label = entry.name if entry.name not in names else f"{entry.name}-v{entry.version}"
         while label in names:  # the same version twice (e.g. inside two compositions)
             label += "-again"
         am.load_adapter(entry.weights, name=label)
         names.append(label)
-    am.set_active(names, [w for _, w in adapters])
-    return am, base_entry
+    am.set_active(names, [w for _, w in resolved.adapters])
+    return am, resolved.base
