@@ -29,7 +29,6 @@ from .errors import (
 )
 from .fingerprint import state_fingerprint
 from .hookspecs import hookimpl, hookspec
-from .buffers import empty_weight_like, sole_owner
 from .cli.options import PluginOptionsCommand, config_values, first_positional
 from .layer import AdapterLayer
 from .model import AdaptedModel
@@ -97,7 +96,6 @@ __all__ = [
     "__version__",
     "add_adapter_version",
     "config_values",
-    "empty_weight_like",
     "first_positional",
     "get_registry",
     "help_field",
@@ -111,7 +109,6 @@ __all__ = [
     "read_adapter_file",
     "read_header",
     "save_adapter",
-    "sole_owner",
     "state_fingerprint",
 ]
 

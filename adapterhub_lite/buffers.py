@@ -45,3 +45,30 @@ def empty_weight_like(tensor: Tensor) -> Tensor:
     offset = -ctypes.addressof(view) % HUGE_PAGE  # start on a 2 MB boundary so every page can be huge
     del view  # release the buffer export
     return torch.frombuffer(region, dtype=tensor.dtype, count=tensor.numel(), offset=offset).view(tensor.shape)
+
+
+class MergeBuffers:
+    """Weight-sized tensors a merge writes into. Fresh ones come from `empty_weight_like`; with
+    `keep=True` an unmerged tensor is kept and handed to the next merge of the same weight, if nothing else
+    references its memory (`sole_owner`) and it still fits."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, Tensor] = {}
+
+    def take(self, path: str, like: Tensor) -> Tensor:
+        """A contiguous tensor shaped like `like` to write the merge of weight `path` into (never `like`'s own
+        memory: the original stays untouched for a bit-exact unmerge)."""
+        kept = self._kept.pop(path, None)
+        if (kept is not None and kept.shape == like.shape and kept.dtype == like.dtype and kept.device == like.device
+                and kept.is_contiguous() and kept.data_ptr() != like.data_ptr() and sole_owner(kept)):
+            return kept
+        return empty_weight_like(like)
+
+    def keep(self, path: str, tensor: Tensor) -> None:
+        self._kept[path] = tensor
+
+    def release(self) -> None:
+        self._kept.clear()
+
+    def __len__(self) -> int:
+        return len(self._kept)

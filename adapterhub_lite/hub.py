@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import publish
-from .errors import AdapterhubError, HubError, MissingDependencyError, ZooError, shorten
+from .errors import HubError, MissingDependencyError, RefError, ZooError, shorten
 from .registry import Registry
 from .workflow import metric_scopes
 from .zoo import CARD, Zoo, ZooEntry
@@ -60,7 +60,7 @@ def stage(zoo: Zoo, ref: str, folder: Path) -> list[str]:
     """Write exactly what a push uploads into `folder`; returns the file names."""
     entry = zoo.resolve(ref)
     if entry.is_composition:
-        raise AdapterhubError(f"{entry.ref} is a composition (references only): push its parts, or merge it first "
+        raise RefError(f"{entry.ref} is a composition (references only): push its parts, or merge it first "
                               "into one adapter (method cat)")
     readme = model_card(entry)
 

@@ -1,60 +1,53 @@
 """AdapterLayer: one wrapped base module holding any number of named adapters.
 
 The base class owns composition (names, weights, enable/disable, merge
-bookkeeping); a plugin subclass owns the math (`create`, `delta`,
-`delta_weight`). Exactness rules, enforced here once for every kind:
+bookkeeping); a plugin subclass owns the math. The contract, in three parts:
+
+- **must implement**: `create` (an adapter's parameters, starting as a no-op),
+  `delta` (its additive output for an input), `delta_weight` (its change to
+  `base.weight`);
+- **may override**: `delta_weights` (several weights), `merged_weights` (a
+  fast merge into a tensor the core hands over), `combine` / `combine_routed`
+  (several adapters at once, e.g. a fused stack), `forward_with` (the base op
+  on replaced weights), `describe` (per-target file metadata), `invalidate`
+  (drop the plugin's own caches); class attributes `targets`,
+  `route_per_group`, `train_on_merged_weights`, `inference_merge_limit`,
+  `inference_cache_budget`, `keep_merge_buffers`;
+- **provided**: `add`, `remove`, `set_weight`, `enable`, `disable`, `weight`,
+  `active`, `live`, `forward`, `merge`, `unmerge`, `merged`, `bake`,
+  `release_buffers`, `base_state`, `adapter_state`, `check_adapter_state`,
+  `load_adapter_state`, `inference_weights`.
+
+Exactness rules, enforced here once for every kind:
 
 - an adapter that is disabled or at weight 0 is skipped, so with no live
   adapter the output *is* `base(x)`: bit-identical;
 - `merge` keeps the original weight tensor and swaps in a new merged one;
   `unmerge` swaps the original back: bit-exact, never a subtraction. The cost
   is one extra copy of each merged weight while merged (none when unmerged).
+
+What is not the contract lives beside it: per-sample routing (`routing.py`),
+the inference cache (`inference_cache.py`), merge buffers (`buffers.py`) and
+training through merged weights (`merged_training.py`).
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from .buffers import MergeBuffers, empty_weight_like
 from .config import AdapterConfig
 from .errors import AdapterStateError, IncompatibleAdapterError, UnknownNameError
+from .inference_cache import InferenceCache, cache_key
+from .merged_training import trains_on_merged_weights
+from .routing import Route, forward_routed, routed_adapters
 
-
-@dataclass(frozen=True)
-class Route:
-    """Per-sample adapter choice for one batch: sample i runs `names[index[i]]` only (-1: the bare base)."""
-
-    names: tuple[str, ...]
-    index: Tensor  # (N,) long
-
-    @classmethod
-    def of(cls, per_sample: Sequence[str | None]) -> Route:
-        names = tuple(dict.fromkeys(n for n in per_sample if n))
-        index = torch.tensor([names.index(n) if n else -1 for n in per_sample], dtype=torch.long)
-        return cls(names, index)
-
-    def sample_mask(self, name: str, like: Tensor, batch_dim: int = 0) -> Tensor:
-        """1.0 for the samples that run `name`, shaped to broadcast over `like` along its batch axis."""
-        self.check_batch(like, batch_dim)
-        mask = (self.index == self.names.index(name)).to(device=like.device, dtype=like.dtype)
-        shape = [1] * like.dim()
-        shape[batch_dim] = -1
-        return mask.view(shape)
-
-    def check_batch(self, like: Tensor, batch_dim: int) -> None:
-        if like.dim() <= batch_dim or like.shape[batch_dim] != len(self.index):
-            raise AdapterStateError(f"the route names an adapter for {len(self.index)} samples, but this batch has "
-                                    f"{like.shape[batch_dim] if like.dim() > batch_dim else 'no batch axis'}")
-
-
-def _nbytes(tensors: dict[str, Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+Allocate = Callable[[str, Tensor], Tensor]  # (base parameter path, the current tensor) -> a tensor to write into
 
 
 class AdapterLayer(nn.Module):
@@ -91,14 +84,14 @@ class AdapterLayer(nn.Module):
         self._disabled: set[str] = set()
         self._merged: dict[str, float] = {}  # name -> weight it was merged at
         self._originals: dict[str, Tensor] = {}  # base parameter path -> unmerged tensor
-        self._spares: dict[str, Tensor] = {}  # base parameter path -> buffer a merge may write into
+        self._merge_buffers = MergeBuffers()  # what a merge writes into (kept across unmerge only if asked)
         self.route: Route | None = None  # set only inside AdaptedModel.routing()
-        self._inference_cache: OrderedDict[tuple, dict[str, Tensor]] = OrderedDict()  # key -> merged tensors
+        self._inference_cache = InferenceCache()  # merged weights for inference on small layers
         self._base_numel = sum(p.numel() for p in base.parameters())  # merging swaps tensors, never shapes
         self._base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
         self.train(base.training)  # a wrapper made on an eval-mode model stays in eval mode (no adapter dropout)
 
-    # --- implemented by a plugin ------------------------------------------------------
+    # --- must implement ---------------------------------------------------------------
     def create(self, name: str, config: AdapterConfig) -> nn.Module:
         """Build the adapter's parameters so that it starts as a no-op (e.g. B zero)."""
         raise NotImplementedError
@@ -111,15 +104,56 @@ class AdapterLayer(nn.Module):
         """The adapter's change to `base.weight`, shaped like it."""
         raise NotImplementedError
 
+    # --- may override ------------------------------------------------------------------
     def delta_weights(self, name: str) -> dict[str, Tensor]:
         """Changes per base parameter path; override when a layer changes several weights."""
         return {"weight": self.delta_weight(name)}
 
-    def merged_tensors(self, weighted: list[tuple[str, float]],
-                       buffers: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
-        """Base tensors with these adapters folded in at these weights, written into `buffers` where the fast
-        path can (never into the current tensors, which stay untouched)."""
-        fast = self.merged_weights(weighted, buffers or {})
+    def merged_weights(self, weighted: list[tuple[str, float]], allocate: Allocate) -> dict[str, Tensor] | None:
+        """Base tensors with these adapters folded in, computed fast, each written into `allocate(path,
+        current)` (a fresh or reused tensor the core owns); None: use the generic sum. Never writes the current
+        tensors (kept for a bit-exact unmerge)."""
+        return None
+
+    def combine(self, live: list[tuple[str, float]], x: Tensor, out: Tensor | None = None) -> Tensor:
+        """`out` (the base output) plus `weight * delta` over the live adapters (out None: the sum alone);
+        low-rank kinds fuse this."""
+        total = out
+        for name, weight in live:
+            term = self.delta(name, x) * weight
+            total = term if total is None else total + term
+        assert total is not None  # forward only calls with at least one live adapter
+        return total
+
+    def combine_routed(self, live: list[tuple[str, float]], x: Tensor, batch_dim: int = 0,
+                       out: Tensor | None = None) -> Tensor:
+        """Like `combine`, but each sample gets only its own adapter's delta; low-rank kinds fuse this."""
+        assert self.route is not None
+        total = out
+        for name, weight in live:
+            term = self.delta(name, x) * (self.route.sample_mask(name, x, batch_dim) * weight)
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
+    def forward_with(self, weights: dict[str, Tensor], *args: Any, **kwargs: Any) -> Any:
+        """The base module's forward with some of its parameters replaced (kinds override with a direct call)."""
+        return torch.func.functional_call(self.base, weights, args, kwargs, strict=False)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """Per-target hyper-parameters worth recording in file metadata."""
+        return {}
+
+    def invalidate(self) -> None:
+        """Drop caches derived from the adapters (called after every composition change)."""
+        self._inference_cache.clear()
+
+    # --- provided: merged tensors -----------------------------------------------------------
+    def merged_tensors(self, weighted: list[tuple[str, float]], allocate: Allocate | None = None
+                       ) -> dict[str, Tensor]:
+        """Base tensors with these adapters folded in at these weights (fresh tensors unless `allocate` hands
+        out others); the current tensors stay untouched."""
+        fast = self.merged_weights(weighted, allocate or (lambda path, current: empty_weight_like(current)))
         return fast if fast is not None else self._summed(weighted)
 
     def _summed(self, weighted: list[tuple[str, float]]) -> dict[str, Tensor]:
@@ -136,31 +170,7 @@ class AdapterLayer(nn.Module):
             out[path] = (param.detach().float() + delta).to(param.dtype)
         return out
 
-    def merged_weights(self, weighted: list[tuple[str, float]], buffers: dict[str, Tensor]
-                       ) -> dict[str, Tensor] | None:
-        """Base tensors with these adapters folded in, computed fast (into `buffers[path]` when it fits);
-        None: use the generic path. Never writes the current tensors (kept for a bit-exact unmerge)."""
-        return None
-
-    def combine(self, live: list[tuple[str, float]], x: Tensor, out: Tensor | None = None) -> Tensor:
-        """`out` (the base output) plus `weight * delta` over the live adapters (out None: the sum alone);
-        low-rank kinds fuse this."""
-        total = out
-        for name, weight in live:
-            term = self.delta(name, x) * weight
-            total = term if total is None else total + term
-        assert total is not None  # forward only calls with at least one live adapter
-        return total
-
-    def describe(self, name: str) -> dict[str, Any]:
-        """Per-target hyper-parameters worth recording in file metadata."""
-        return {}
-
-    def invalidate(self) -> None:
-        """Drop caches derived from the adapters (called after every composition change)."""
-        self._inference_cache.clear()
-
-    # --- composition ----------------------------------------------------------------------
+    # --- provided: composition -----------------------------------------------------------
     def add(self, name: str, config: AdapterConfig) -> None:
         if name in self.adapters:
             raise AdapterStateError(f"layer already has an adapter named {name!r}: delete it first or pick another name")
@@ -207,116 +217,51 @@ class AdapterLayer(nn.Module):
 
     def routed(self) -> list[tuple[str, float]]:
         """Under a route: the routed adapters this layer holds, at their weights (the active set is ignored)."""
-        assert self.route is not None
-        return [(n, self._weights[n]) for n in self.route.names if n in self.adapters and self._weights[n] != 0.0]
+        return routed_adapters(self)
 
-    def combine_routed(self, live: list[tuple[str, float]], x: Tensor, batch_dim: int = 0,
-                       out: Tensor | None = None) -> Tensor:
-        """Like `combine`, but each sample gets only its own adapter's delta; low-rank kinds fuse this."""
-        assert self.route is not None
-        total = out
-        for name, weight in live:
-            term = self.delta(name, x) * (self.route.sample_mask(name, x, batch_dim) * weight)
-            total = term if total is None else total + term
-        assert total is not None
-        return total
-
+    # --- provided: forward ---------------------------------------------------------------
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         if self.route is not None:
-            return self._forward_routed(x, *args, **kwargs)
+            return forward_routed(self, x, *args, **kwargs)
         live = self.live()
         if not live:
             return self.base(x, *args, **kwargs)
         merged = self.inference_weights(live)
-        if merged is None and self._trains_on_merged_weights(live):
+        if merged is None and trains_on_merged_weights(self, live):
             merged = self._summed(live)
         if merged is not None:
             return self.forward_with(merged, x, *args, **kwargs)
         return self.combine(live, x, out=self.base(x, *args, **kwargs))
 
-    def _forward_routed(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        routed = self.routed()
-        # each sample group on its adapter's merged weights, when the cache budget holds a copy per routed adapter
-        # (else every forward would merge every adapter again): raise inference_cache_budget to route this way
-        if (routed and self.route_per_group and self._small_for_inference()
-                and len(routed) <= self.inference_cache_budget):
-            return self._forward_routed_merged(routed, x, *args, **kwargs)
-        out = self.base(x, *args, **kwargs)
-        return self.combine_routed(routed, x, out=out) if routed else out
+    def small_for_inference(self) -> bool:
+        """Inference (no autograd, eval mode) on a layer within `inference_merge_limit`."""
+        return not (torch.is_grad_enabled() or self.training) and self.base_numel <= self.inference_merge_limit
 
-    def forward_with(self, weights: dict[str, Tensor], *args: Any, **kwargs: Any) -> Any:
-        """The base module's forward with some of its parameters replaced (kinds override with a direct call)."""
-        return torch.func.functional_call(self.base, weights, args, kwargs, strict=False)
-
-    def _small_for_inference(self) -> bool:
-        return not (torch.is_grad_enabled() or self.training) and self._base_numel <= self.inference_merge_limit
-
-    def _trains_on_merged_weights(self, live: list[tuple[str, float]]) -> bool:
-        """While autograd records: small layers of kinds that opt in run one op on W + sum(w * delta), built
-        inside autograd, instead of base plus adapter ops (no rank-sized activations kept for backward).
-        Not with a live dropout: each adapter must drop its own input."""
-        if not (self.train_on_merged_weights and torch.is_grad_enabled()):
-            return False
-        if self._base_numel > self.inference_merge_limit:
-            return False
-        return not (self.training and any(isinstance(m, nn.Dropout) and m.p > 0
-                                          for n, _ in live for m in self.adapters[n].modules()))
+    @property
+    def base_numel(self) -> int:
+        return self._base_numel
 
     def inference_weights(self, live: list[tuple[str, float]]) -> dict[str, Tensor] | None:
         """Merged base tensors for these live adapters at these weights, from a small LRU cache keyed by
         everything they depend on; None when the low-rank path must run (autograd, training, a big layer)."""
-        if not self._small_for_inference():
+        if not self.small_for_inference():
             return None
-        tensors = list(self.base.parameters()) + [p for name, _ in live for p in self.adapters[name].parameters()]
-        if any(p.is_inference() for p in tensors):
-            return None  # no version counter: a cache could go stale
-        key = (torch.is_inference_mode_enabled(), tuple(live),
-               tuple((p.data_ptr(), p._version, p.dtype) for p in tensors))
-        hit = self._inference_cache.get(key)
-        if hit is not None:
-            self._inference_cache.move_to_end(key)
-            return hit
-        with torch.no_grad():
-            merged = self.merged_tensors(live)
-        budget = self.inference_cache_budget * self._base_bytes
-        if _nbytes(merged) <= budget:
-            self._inference_cache[key] = merged
-            while self.inference_cache_bytes > budget:
-                self._inference_cache.popitem(last=False)  # least recently used
-        return merged
+        key = cache_key(live, [*self.base.parameters(), *(p for n, _ in live for p in self.adapters[n].parameters())])
+        if key is None:
+            return None  # a tensor made in inference mode has no version counter: a cache could go stale
+
+        def build() -> dict[str, Tensor]:
+            with torch.no_grad():
+                return self.merged_tensors(live)
+
+        return self._inference_cache.get_or_build(key, build, self.inference_cache_budget * self._base_bytes)
 
     @property
     def inference_cache_bytes(self) -> int:
         """Bytes held by the inference cache (merged weights kept for small layers)."""
-        return sum(_nbytes(merged) for merged in self._inference_cache.values())
+        return self._inference_cache.nbytes
 
-    def _forward_routed_merged(self, routed: list[tuple[str, float]], x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        """Inference under a route on a small layer: each sample group runs the base op once, on its own
-        adapter's merged weights (batch axis 0); samples with no adapter here run the bare base."""
-        assert self.route is not None
-        self.route.check_batch(x, 0)
-        index = self.route.index.to(x.device)
-        covered = torch.zeros(len(index), dtype=torch.bool, device=x.device)
-        out = None
-        for name, weight in routed:  # a routed name always has samples: the route is built from them
-            rows = (index == self.route.names.index(name)).nonzero().squeeze(1)
-            merged = self.inference_weights([(name, weight)])
-            assert merged is not None  # _forward_routed checked the layer is small and in inference
-            part = self.forward_with(merged, x.index_select(0, rows), *args, **kwargs)
-            if out is None:
-                out = part.new_empty((len(index), *part.shape[1:]))
-            out.index_copy_(0, rows, part)
-            covered[rows] = True
-        rest = (~covered).nonzero().squeeze(1)
-        if rest.numel():
-            part = self.base(x.index_select(0, rest), *args, **kwargs)
-            if out is None:
-                out = part.new_empty((len(index), *part.shape[1:]))
-            out.index_copy_(0, rest, part)
-        assert out is not None
-        return out
-
-    # --- merge ------------------------------------------------------------------------------
+    # --- provided: merge ------------------------------------------------------------------
     @property
     def merged(self) -> tuple[str, ...]:
         return tuple(self._merged)
@@ -331,9 +276,7 @@ class AdapterLayer(nn.Module):
             if name in self._disabled:
                 raise AdapterStateError(f"adapter {name!r} is disabled: enable it before merging it")
         weighted = [(n, self._weights[n]) for n in names if self._weights[n] != 0.0]
-        merged = self.merged_tensors(weighted, self._spares) if weighted else {}
-        for path in merged:
-            self._spares.pop(path, None)
+        merged = self.merged_tensors(weighted, self._merge_buffers.take) if weighted else {}
         for path, tensor in merged.items():
             param = self.base.get_parameter(path)
             self._originals.setdefault(path, param.data)
@@ -344,12 +287,12 @@ class AdapterLayer(nn.Module):
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Put the original base tensors back: bit-exact. The merged tensor is kept as the buffer the next
-        merge writes into (no fresh allocation); `release_buffers()` frees it."""
+        """Put the original base tensors back: bit-exact. With `keep_merge_buffers` the merged tensor is kept
+        for the next merge to write into; `release_buffers()` frees it."""
         for path, original in self._originals.items():
             param = self.base.get_parameter(path)
             if self.keep_merge_buffers:
-                self._spares[path] = param.data
+                self._merge_buffers.keep(path, param.data)
             param.data = original
         self._originals.clear()
         self._merged.clear()
@@ -358,17 +301,17 @@ class AdapterLayer(nn.Module):
     def bake(self) -> None:
         """Make merged changes permanent: forget the originals (frees their memory)."""
         self._originals.clear()
-        self._spares.clear()
+        self._merge_buffers.release()
 
     def release_buffers(self) -> None:
         """Free the buffers kept from the last merge (one weight-sized tensor per merged weight)."""
-        self._spares.clear()
+        self._merge_buffers.release()
 
     def base_state(self) -> dict[str, Tensor]:
         """The base module's parameters as they are unmerged (for fingerprints)."""
         return {path: self._originals.get(path, p.detach()) for path, p in self.base.named_parameters()}
 
-    # --- state ---------------------------------------------------------------------------------
+    # --- provided: state -------------------------------------------------------------------
     def adapter_state(self, name: str) -> dict[str, Tensor]:
         self._require(name)
         return {k: v.detach() for k, v in self.adapters[name].state_dict().items()}

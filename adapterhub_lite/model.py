@@ -21,9 +21,10 @@ from torch import Tensor, nn
 
 from .config import AdapterConfig
 from .errors import AdapterStateError, ConfigError, IncompatibleAdapterError, UnknownNameError
-from .fingerprint import combine_fingerprints, state_fingerprint
+from .fingerprint import FingerprintCache, combine_fingerprints
 from .inject import adapter_layers, find_targets, named_base_modules, unwrap, wrap
-from .layer import AdapterLayer, Route
+from .layer import AdapterLayer
+from .routing import Route
 from .registry import Registry, get_registry
 from .specs import AdapterBundle
 from .tensorfile import check_finite_floats
@@ -49,7 +50,7 @@ class AdaptedModel:
         self.registry = registry or get_registry()
         self.adapters: dict[str, AdapterInfo] = {}
         self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-        self._fingerprints: dict[str, tuple[tuple, str]] = {}  # module -> (tensor identity key, fingerprint)
+        self._fingerprints = FingerprintCache()  # per module, until one of its tensors changes
         model.requires_grad_(False)  # the base is frozen; only adapter parameters train
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -171,40 +172,15 @@ class AdaptedModel:
 
     def fused_state_dict(self) -> dict[str, Tensor]:
         """The plain model's state dict with the active adapters folded in; the model is left as it was."""
-        was_merged = bool(self.merged)
-        if not was_merged:
-            self.merge()
-        try:
-            layers = sorted(self.layers(), key=len, reverse=True)
-            state = {}
-            for key, value in self.model.state_dict().items():
-                owner = next((n for n in layers if key.startswith(n + ".")), None)
-                if owner is not None:
-                    rest = key[len(owner) + 1:]
-                    if rest.startswith("adapters."):
-                        continue
-                    key = f"{owner}.{rest.removeprefix('base.')}"
-                state[key] = value.detach().contiguous()
-            return state
-        finally:
-            if not was_merged:
-                self.unmerge()
-                self.release_buffers()  # the returned tensors must never be reused as merge buffers
+        from .exporting import fused_state_dict
+
+        return fused_state_dict(self)
 
     def export(self, name: str | None = None, *, format: str, dest: str | Path, **options: Any) -> Path:
         """Write adapter `name` in a registered format, or (model formats, name None) the fused model."""
-        fmt = self.registry.get_format(format)
-        if fmt.export is None:
-            raise ConfigError(f"format {format!r} cannot export")
-        from .atomic import publish
+        from .exporting import export
 
-        if fmt.holds == "model":
-            state = self.fused_state_dict()
-            return publish(dest, lambda target: fmt.export(state, target, name=None, **options))
-        if name is None:
-            raise ConfigError(f"format {format!r} writes one adapter: name it")
-        self._require(name)
-        return publish(dest, lambda target: fmt.export(self, target, name=name, **options))
+        return export(self, name, format=format, dest=dest, **options)
 
     def _drop(self, name: str, unwrapped: Mapping[str, AdapterLayer]) -> None:
         for layer in [*adapter_layers(self.model).values(), *unwrapped.values()]:
@@ -358,7 +334,7 @@ class AdaptedModel:
         return {n: layer.configs[name] for n, layer in self.layers().items() if name in layer.adapters}
 
     def base_fingerprints(self, module_names: Sequence[str]) -> dict[str, str]:
-        """Fingerprint of each named base module's unmerged parameters."""
+        """Fingerprint of each named base module's unmerged parameters (cached until a tensor changes)."""
         layers = self.layers()
         modules = dict(named_base_modules(self.model))
         out = {}
@@ -369,18 +345,7 @@ class AdaptedModel:
                 state = {k: p.detach() for k, p in modules[name].named_parameters()}
             else:
                 raise UnknownNameError("module", name, modules)
-            # hashing a big base costs ~0.5 s/GB: remember it until any of its tensors changes
-            # (identity + version + a strided sample of values, so a new tensor at a reused address is not taken
-            # for the old one)
-            key = tuple((k, t.data_ptr(), t._version, t.dtype, tuple(t.shape),
-                         tuple(t.reshape(-1)[:: max(1, t.numel() // 32)].tolist()))
-                        for k, t in sorted(state.items()) if not t.is_inference())
-            cached = self._fingerprints.get(name)
-            if cached is not None and cached[0] == key and len(key) == len(state):
-                out[name] = cached[1]
-                continue
-            out[name] = state_fingerprint(state)
-            self._fingerprints[name] = (key, out[name])
+            out[name] = self._fingerprints.get(name, state)
         return out
 
     def base_fingerprint(self, name: str) -> str:

@@ -10,7 +10,8 @@ from conftest import reference_delta
 import torch
 from torch import nn
 
-from adapterhub_lite import AdaptedModel, LoraConfig, empty_weight_like
+from adapterhub_lite import AdaptedModel, LoraConfig
+from adapterhub_lite.buffers import empty_weight_like
 from adapterhub_lite.buffers import HUGE_PAGE, HUGE_PAGES_FROM
 
 

@@ -282,7 +282,7 @@ def test_kept_merge_buffers_are_reused_and_unmerge_stays_bit_exact(registry, mon
     assert layer.base.weight.data_ptr() != held.data_ptr() and torch.equal(held, held_values)
     am.unmerge()
     am.release_buffers()
-    assert not layer._spares
+    assert not len(layer._merge_buffers)
 
 
 def test_memory_after_unmerge_and_in_the_inference_cache_is_bounded(registry) -> None:
@@ -298,7 +298,7 @@ def test_memory_after_unmerge_and_in_the_inference_cache_is_bounded(registry) ->
     x = torch.randn(3, 64)
     am.merge()
     am.unmerge()
-    assert all(not layer._spares for layer in am.layers().values())  # released on unmerge
+    assert all(not len(layer._merge_buffers) for layer in am.layers().values())  # released on unmerge
     with torch.no_grad():
         for i, weight in enumerate([0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6]):
             am.set_active(["a", "b"] if i % 2 else ["a"], [weight, -weight][: 1 + i % 2])

@@ -12,12 +12,13 @@ training never sees a stale copy.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapterhub_lite import AdapterLayer, empty_weight_like, sole_owner
+from adapterhub_lite import AdapterLayer
 
 from .config import LoraConfig
 
@@ -112,21 +113,16 @@ class LowRankLayer(AdapterLayer):
                        out: Tensor | None = None) -> Tensor:
         return self.low_rank(x, live, routed_dim=batch_dim, out=out)
 
-    def merged_weights(self, weighted: list[tuple[str, float]], buffers: dict[str, Tensor]
-                       ) -> dict[str, Tensor] | None:
-        """W + B' A in one addmm (B' = B x weight x scale, stacked), into the kept buffer when there is one:
-        no full-size temporaries, and no fresh allocation on a re-merge."""
+    def merged_weights(self, weighted: list[tuple[str, float]], allocate: Any) -> dict[str, Tensor] | None:
+        """W + B' A in one addmm (B' = B x weight x scale, stacked), written into the tensor the core hands over
+        (fresh, or a kept buffer): no full-size temporaries."""
         weight = getattr(self.base, "weight", None)
         if not self.fast_merge or self.groups != 1 or weight is None or weight.dtype != torch.float32:
             return None
-        buffer = buffers.get("weight")
-        usable = (buffer is not None and buffer.shape == weight.shape and buffer.dtype == weight.dtype
-                  and buffer.device == weight.device and buffer.is_contiguous()
-                  and buffer.data_ptr() != weight.data.data_ptr() and sole_owner(buffer))
         with torch.no_grad():
             a, b, alpha = _stack([(self.factors(n), w) for n, w in weighted], 1)
             flat = weight.data.reshape(weight.shape[0], -1)
-            out = buffer.view(flat.shape) if usable else empty_weight_like(flat)
+            out = allocate("weight", weight.data).view(flat.shape)
             torch.addmm(flat, b.reshape(b.shape[0], -1), a.reshape(a.shape[0], -1), alpha=alpha, out=out)
         return {"weight": out.view(weight.shape)}
 

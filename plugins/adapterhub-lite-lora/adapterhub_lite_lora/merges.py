@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from adapterhub_lite import IncompatibleAdapterError, MergeInput, MergeMethod, MergeResult
+from adapterhub_lite import ConfigError, IncompatibleAdapterError, MergeInput, MergeMethod, MergeResult
 
 from .config import ATTENTION_PROJECTIONS, LoraConfig
 
@@ -162,7 +162,8 @@ def _linear(pairs: list[Pair], rank: int | None, options: dict) -> tuple[Pair, f
     exact = numerical_rank(s, (u.shape[0], vh.shape[1]))
     if rank is not None and rank < exact:
         raise IncompatibleAdapterError(
-            f"linear is exact and this weighted sum needs rank {exact}; use --method svd --rank {rank} to truncate")
+            f"linear is exact and this weighted sum needs rank {exact}; use method svd with rank {rank} to truncate",
+            option="rank")
     return truncate(u, s, vh, max(exact, 1))
 
 
@@ -197,15 +198,15 @@ METHODS: dict[str, tuple[Combine, str, tuple[str, ...], bool]] = {
     # name: (combine, description, options, takes --rank)
     "cat": (_cat, "factors side by side: exact, rank = sum of ranks", (), False),
     "linear": (_linear, "exact weighted sum of deltas at the smallest rank that holds it", (), True),
-    "svd": (_svd, "weighted sum of deltas truncated to --rank (default: largest input rank); reports energy kept",
+    "svd": (_svd, "weighted sum of deltas truncated to the rank asked for (default: largest input rank); reports energy kept",
             (), True),
-    "ties": (_dense("magnitude", True), "TIES: trim each delta to --density by magnitude, elect signs, disjoint mean, "
-             "SVD to --rank", ("density",), True),
+    "ties": (_dense("magnitude", True), "TIES: trim each delta to the density by magnitude, elect signs, disjoint mean, "
+             "SVD to the rank", ("density",), True),
     "dare-linear": (_dense("random", False), "DARE: drop entries at random (seeded), rescale by 1/density, sum, "
-                    "SVD to --rank", ("density", "seed"), True),
-    "dare-ties": (_dense("random", True), "DARE drops (seeded), then TIES sign election, SVD to --rank",
+                    "SVD to the rank", ("density", "seed"), True),
+    "dare-ties": (_dense("random", True), "DARE drops (seeded), then TIES sign election, SVD to the rank",
                   ("density", "seed"), True),
-    "magnitude-prune": (_dense("magnitude", False), "trim each delta to --density by magnitude, sum, SVD to --rank",
+    "magnitude-prune": (_dense("magnitude", False), "trim each delta to the density by magnitude, sum, SVD to the rank",
                         ("density",), True),
 }
 
@@ -215,9 +216,9 @@ def merge(method: str, inputs: list[MergeInput], *, rank: int | None = None, den
     """Combine `inputs` with one of METHODS; see the module docstring."""
     combine = METHODS[method][0]
     if rank is not None and rank < 1:
-        raise IncompatibleAdapterError(f"--rank must be at least 1, got {rank}")
+        raise ConfigError(f"rank must be at least 1, got {rank}", option="rank")
     if not 0.0 < density <= 1.0:
-        raise IncompatibleAdapterError(f"--density must be in (0, 1], got {density}")
+        raise ConfigError(f"density must be in (0, 1], got {density}", option="density")
     weights = collect(inputs)
     if not weights:
         raise IncompatibleAdapterError("the inputs hold no LoRA factors")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from adapterhub_lite import AdapterhubError
+from adapterhub_lite import AdapterFileError, UnknownNameError
 
 DEFAULT_DIR = Path.home() / ".cache" / "adapterhub_lite" / "data"
 
@@ -44,14 +44,14 @@ def load_mnist(split: str, data_dir: str | Path | None = None,
     from torchvision.datasets import MNIST
 
     if split not in SPLITS:
-        raise AdapterhubError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+        raise UnknownNameError("split", split, SPLITS)
     root, download = data_root(data_dir)
     try:
         ds = MNIST(str(root), train=(split != "test"), download=download)
     except (RuntimeError, OSError) as exc:
         detail = " ".join(str(exc).split())[:200]
-        raise AdapterhubError(f"MNIST is not readable under {root} ({detail}); pass --data-dir or set "
-                              "ADAPTERS_DATA to a folder containing MNIST/raw") from exc
+        raise AdapterFileError(f"MNIST is not readable under {root} ({detail}); set ADAPTERS_DATA (or the data "
+                               "folder option) to a folder containing MNIST/raw", option="data_dir") from exc
     images = ds.data.unsqueeze(1).float() / 255.0
     labels = ds.targets.clone()
     if split != "test":
