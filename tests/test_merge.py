@@ -235,7 +235,8 @@ def test_cli_merge_dry_run_writes_nothing_and_errors_leave_the_zoo_alone(zoo_wit
                                     "--dry-run", "--zoo", str(root)])
     assert dry.exit_code == 0, dry.output
     assert "would write mnist-cnn/ab: cat of 1 x mnist-cnn/a@v1 (rank 2), 0.5 x mnist-cnn/b@v1 (rank 4)" in dry.output
-    assert "rank 2-6 over 7 modules" in dry.output and "exact: yes" in dry.output and "nothing written" in dry.output
+    assert "rank 2-6; exact: yes; energy kept 1.0000" in dry.output and "7 modules" in dry.output
+    assert "nothing written" in dry.output
     cases = [
         (["merge", "mnist-cnn", "a", "--method", "cat", "--rank", "2", "--out", "x"], "sets the rank itself; give no "
          "rank (or use a method that takes one) (--rank)"),

@@ -204,3 +204,75 @@ def test_hooks_go_through_pluggy_wrappers_and_ordering_apply() -> None:
                      "wrap-before", "last", "wrap-after"]
     assert {n: o.plugin for n, o in registry.models.items()} == {"m-first": "first", "m-middle": "middle",
                                                                  "m-last": "last"}
+
+
+SCALE_FIXTURE = Path(__file__).parent / "fixtures" / "scale-plugin"
+
+
+@pytest.fixture(scope="module")
+def scale_site(tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("scale-site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                    "--no-build-isolation", "--target", str(target), str(SCALE_FIXTURE)],
+                   check=True, capture_output=True, timeout=300)
+    return target
+
+
+def test_the_scale_fixture_uses_only_public_names() -> None:
+    import ast
+
+    import adapterhub_lite
+
+    tree = ast.parse((SCALE_FIXTURE / "scale_plugin" / "__init__.py").read_text())
+    imported = [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for alias in node.names if (node.module or "").startswith("adapterhub_lite")]
+    assert imported and all(module == "adapterhub_lite" and name in adapterhub_lite.__all__
+                            for module, name in imported), imported
+
+
+def test_a_third_party_family_model_and_task_through_the_command_line(scale_site, tmp_path) -> None:
+    """Family options (--init), task options (--variant, --points) and the task's own metrics, all from the
+    plugin; the core names none of them."""
+    zoo = tmp_path / "zoo"
+
+    def adapters(*args: str) -> subprocess.CompletedProcess:
+        result = _run([*ADAPTERS, *args], scale_site, ADAPTERS_ZOO=str(zoo))
+        assert result.returncode == 0, (args, result.stderr)
+        return result
+
+    plugins = {p["name"]: p for p in json.loads(adapters("plugins", "--json").stdout)}
+    scale = plugins["scale"]
+    assert scale["distribution"] == "scale-adapter"
+    assert [k["name"] for k in scale["kinds"]] == ["scale-linear"] and scale["kinds"][0]["family"] == "scale"
+    assert [m["name"] for m in scale["models"]] == ["wave"] and scale["models"][0]["task"] == "regress"
+    assert [m["name"] for m in scale["merges"]] == ["scale-sum"]
+    helped = adapters("train", "wave", "x", "--family", "scale", "--help").stdout
+    assert "--init FLOAT" in helped and "Starting value of every scale" in helped and "--rank INTEGER" not in helped
+    assert "--variant [plain|shifted]" in helped and "--points INTEGER" in helped
+
+    adapters("train-base", "wave", "--steps", "300", "--batch-size", "64", "--lr", "0.02")
+    base = json.loads(adapters("apply", "wave", "--eval", "--json", "--variant", "shifted").stdout)
+    adapters("train", "wave", "up", "--family", "scale", "--init", "0.1", "--variant", "shifted", "--steps",
+             "200", "--batch-size", "64", "--lr", "0.05")
+    adapters("train", "wave", "up2", "--variant", "shifted", "--steps", "50", "--lr", "0.05")  # default family
+    card = json.loads(adapters("zoo", "show", "wave/up", "--json").stdout)
+    assert card["family"] == "scale" and card["config"]["init"] == 0.1 and card["recipe"]["variant"] == "shifted"
+    adapted = json.loads(adapters("apply", "wave/up", "--eval", "--json", "--variant", "shifted").stdout)
+    assert adapted["mse"] < 0.5 * base["mse"]  # the adapter learned the shift
+    text = adapters("apply", "wave/up", "--eval", "--variant", "shifted").stdout
+    assert f"mean squared error {adapted['mse']:.5f} on 512 points" in text  # the task's own report
+
+    merged = json.loads(adapters("merge", "wave", "up=0.5", "up2=0.5", "--method", "scale-sum", "--out", "both",
+                                 "--json").stdout)
+    assert merged["merge"]["exact"] is True and merged["parents"] == ["wave/up@v1", "wave/up2@v1"]
+    refused = _run([*ADAPTERS, "merge", "wave", "up", "--method", "linear", "--out", "x"], scale_site,
+                   ADAPTERS_ZOO=str(zoo))
+    assert refused.returncode == 1 and "'scale' adapter; method 'linear' combines 'lora' adapters only" in \
+        refused.stderr
+
+    adapters("export", "wave/up", "--format", "native", "--out", str(tmp_path / "up.safetensors"))
+    adapters("import", str(tmp_path / "up.safetensors"), "--model", "wave", "--name", "back")
+    back = json.loads(adapters("apply", "wave/back", "--eval", "--json", "--variant", "shifted").stdout)
+    assert back["mse"] == adapted["mse"]  # the file holds the same adapter, bit for bit
+    listing = adapters("zoo", "list").stdout
+    assert f"wave/up@v1  mse {card['headline']['all']['mse']:.4f}" in listing and "wave/both@v1  " in listing

@@ -73,21 +73,33 @@ def merge_command(model: str, refs: tuple[str, ...], method: str, rank: int | No
         if as_json:
             echo_json({**described, "out": f"{model}/{out}", "ranks": plan.result.report.get("ranks")})
             return
-        inputs = ", ".join(f"{i['weight']:g} x {i['ref']} (rank {i['rank']})" for i in described["inputs"])
-        ranks = described["rank"]
-        rank_text = f"rank {ranks['min']}" if ranks["min"] == ranks["max"] else f"rank {ranks['min']}-{ranks['max']}"
+        inputs = ", ".join(f"{i['weight']:g} x {i['ref']}" + (f" (rank {i['rank']})" if i.get("rank") else "")
+                           for i in described["inputs"])
         click.echo(f"would write {model}/{out}: {method} of {inputs} on {described['base']}")
-        click.echo(f"  {rank_text} over {described['modules']} modules, {described['parameters']:,} parameters, "
-                   f"{described['bytes']:,} bytes; exact: {'yes' if described['exact'] else 'no'}, "
-                   f"energy kept {described['energy_kept']:.4f} (worst weight {described['min_energy_kept']:.4f})")
+        click.echo(f"  {_quality(described)}{described['modules'] or 'all'} modules, {described['parameters']:,} "
+                   f"parameters, {described['bytes']:,} bytes")
         click.echo("  nothing written")
         return
     entry = write_merge(registry, zoo, plan, out, data)
     if as_json:
         echo_json(entry.card)
     else:
-        click.echo(f"wrote {summary_line(entry)}  [{method}, {described['parameters']:,} params, "
-                   f"energy kept {described['energy_kept']:.4f}]")
+        click.echo(f"wrote {summary_line(entry)}  [{method}, {described['parameters']:,} params"
+                   + (f", energy kept {described['energy_kept']:.4f}]" if "energy_kept" in described else "]"))
+
+
+def _quality(described: dict) -> str:
+    """What the method reports of the result (ranks, exactness, energy kept), as far as it reports it."""
+    parts = []
+    ranks = described.get("rank")
+    if ranks:
+        parts.append(f"rank {ranks['min']}" if ranks["min"] == ranks["max"] else f"rank {ranks['min']}-{ranks['max']}")
+    if "exact" in described:
+        parts.append(f"exact: {'yes' if described['exact'] else 'no'}")
+    if "energy_kept" in described:
+        worst = described.get("min_energy_kept")
+        parts.append(f"energy kept {described['energy_kept']:.4f}" + (f" (worst weight {worst:.4f})" if worst else ""))
+    return "; ".join(parts) + "; " if parts else ""
 
 
 @cli.command("compose")
