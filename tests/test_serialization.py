@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -220,3 +221,24 @@ def test_base_fingerprints_are_cached_until_the_base_changes(registry) -> None:
     am.layers()["0"].base.weight.data = torch.zeros(8, 8)  # swapped: another tensor
     assert am.base_fingerprints(["0"])["0"] == state_fingerprint(
         {k: v for k, v in am.layers()["0"].base.named_parameters()})
+
+
+def test_a_file_written_before_the_core_knew_no_family_still_loads(registry) -> None:
+    """tests/fixtures/written-before: a LoRA adapter saved by the version whose core still held LoraConfig
+    (commit 0f97041), with the outputs it gave then; it loads today and gives the same outputs."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from adapterhub_lite import AdaptedModel
+
+    folder = Path(__file__).parent / "fixtures" / "written-before"
+    expected = json.loads((folder / "expected.json").read_text())
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    model.load_state_dict(load_file(str(folder / "base.safetensors")))
+    am = AdaptedModel(model.eval(), base_id="two-layer", registry=registry)
+    assert am.load_adapter(folder / "old.safetensors") == "old"
+    assert am.adapters["old"].config.rslora and am.adapters["old"].config.alpha == 3.0
+    with torch.no_grad():
+        out = am(torch.tensor(expected["input"]))
+    torch.testing.assert_close(out, torch.tensor(expected["output"]), rtol=1e-6, atol=1e-6)
