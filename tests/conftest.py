@@ -122,10 +122,35 @@ def _low_rank(factors: nn.Module, config: LoraConfig, groups: int = 1) -> torch.
     return per_group.reshape(out, *a.shape[1:]) * scale
 
 
+def _d(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().double()
+
+
+def _family_delta(layer: Any, name: str) -> dict[str, torch.Tensor] | None:
+    """Families other than LoRA, each from its published definition."""
+    base, f, config = layer.base, layer.adapters[name], layer.configs[name]
+    shape = getattr(base, "weight", torch.empty(0)).shape
+    if config.kind == "loha":  # (w1a w1b) * (w2a w2b) * alpha / r
+        product = (_d(f.hada_w1_a) @ _d(f.hada_w1_b)) * (_d(f.hada_w2_a) @ _d(f.hada_w2_b))
+        return {"weight": (product * config.alpha / config.rank).reshape(shape)}
+    if config.kind == "lokr":  # kron(w1, w2) * alpha / r
+        w1 = _d(f.lokr_w1) if hasattr(f, "lokr_w1") else _d(f.lokr_w1_a) @ _d(f.lokr_w1_b)
+        w2 = _d(f.lokr_w2) if hasattr(f, "lokr_w2") else _d(f.lokr_w2_a) @ _d(f.lokr_w2_b)
+        if w2.dim() == 4:
+            w1 = w1[:, :, None, None]
+        return {"weight": (torch.kron(w1, w2) * config.alpha / config.rank).reshape(shape)}
+    return None
+
+
 def reference_delta(layer: Any, name: str) -> dict[str, torch.Tensor]:
-    """The adapter's change to each base parameter, in float64, written here from the LoRA definition and
-    the adapter's own factors: independent of the plugin's merge, cache and forward code."""
+    """The adapter's change to each base parameter, in float64, written here from each family's definition
+    and the adapter's own factors: independent of the plugin's merge, cache and forward code."""
     base, factors, config = layer.base, layer.adapters[name], layer.configs[name]
+    other = _family_delta(layer, name)
+    if other is not None:
+        return other
+    if config.kind != "lora":
+        raise AssertionError(f"no reference for the {config.kind!r} family: add one to tests/conftest.py")
     if isinstance(base, nn.Conv2d):
         return {"weight": _low_rank(factors, config, base.groups)}
     if isinstance(base, nn.Linear):

@@ -144,7 +144,17 @@ def _config(config_cls: type, draw: st.DrawFn) -> Any:
         return config_cls(targets=("*",), rank=draw(st.integers(1, 5)), alpha=draw(st.floats(0.5, 16)),
                           rslora=draw(st.booleans()), init=draw(st.sampled_from(["kaiming", "gaussian"])),
                           attention_projections=tuple(sorted(projections)))
-    return config_cls(targets=("*",))
+    fields = config_cls.field_names()  # any other family: draw the fields it has that we know how to draw
+    drawn: dict[str, Any] = {}
+    if "rank" in fields:
+        drawn["rank"] = draw(st.integers(1, 5))
+    if "alpha" in fields:
+        drawn["alpha"] = draw(st.floats(0.5, 16))
+    if "decompose_both" in fields:
+        drawn["decompose_both"] = draw(st.booleans())
+    if "decompose_factor" in fields:
+        drawn["decompose_factor"] = draw(st.sampled_from([-1, 2, 3]))
+    return config_cls(targets=("*",), **drawn)
 
 
 def _build(kind_name: str, case: Case, configs: list[Any], seed: int = 0) -> AdapterLayer:

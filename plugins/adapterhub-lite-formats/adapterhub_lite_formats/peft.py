@@ -26,6 +26,7 @@ from adapterhub_lite import (
 )
 from adapterhub_lite_lora import LoraConfig
 
+from . import peft_lycoris
 from .common import module_kinds, plain_lora, read_safetensors, shown
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -42,6 +43,13 @@ REFUSED = {  # config field -> (value that is fine, why anything else is refused
 
 
 def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **options: Any) -> Path:
+    bundle = source.bundle(name)
+    if bundle.family in peft_lycoris.PEFT_TYPES:
+        config = peft_lycoris.export_config(source, bundle, _anchored)
+        return _write(dest, config, peft_lycoris.export_tensors(source, name, PREFIX))
+    if bundle.family != "lora":
+        raise IncompatibleAdapterError(f"the peft format holds lora, {', '.join(peft_lycoris.PEFT_TYPES)} adapters; "
+                                       f"this one is {bundle.family!r} (export it as native)")
     modules = plain_lora(source, name, "peft")
     ranks = {m: c.rank for m, (c, _) in modules.items()}
     alphas = {m: c.alpha for m, (c, _) in modules.items()}
@@ -70,6 +78,10 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
     for key, tensor in source.adapter_state(name).items():
         module, _, factor = key.rpartition(".")
         tensors[f"{PREFIX}{module}.{factor}.weight"] = tensor.detach().contiguous()
+    return _write(dest, config, tensors)
+
+
+def _write(dest: Path, config: dict[str, Any], tensors: dict[str, Any]) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     (dest / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     save_file(tensors, str(dest / WEIGHTS), metadata={"format": "pt"})
@@ -90,7 +102,8 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
 
 
 _CONFIG_TYPES: dict[str, tuple[type, ...]] = {  # adapter_config.json field -> accepted JSON types
-    "peft_type": (str,), "r": (int,), "lora_alpha": (int, float), "use_rslora": (bool,),
+    "peft_type": (str,), "r": (int,), "lora_alpha": (int, float), "alpha": (int, float), "use_rslora": (bool,),
+    "decompose_both": (bool,), "decompose_factor": (int,), "use_effective_conv2d": (bool,),
     "lora_dropout": (int, float, type(None)), "rank_pattern": (dict, type(None)),
     "alpha_pattern": (dict, type(None)), "target_modules": (str, list, type(None)),
     "base_model_name_or_path": (str, type(None)),
@@ -130,9 +143,12 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
         config = _check_config(json.loads((folder / CONFIG).read_text()), folder / CONFIG)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise AdapterFileError(f"{folder / CONFIG} is not valid JSON ({shown(str(exc), 80)})") from exc
+    if config.get("peft_type") in peft_lycoris.FAMILIES:
+        return peft_lycoris.import_bundle(folder, config, read_safetensors(folder / WEIGHTS)[0], model,
+                                          _pattern_value)
     if config.get("peft_type") != "LORA":
-        raise IncompatibleAdapterError(f"{folder} holds a {shown(config.get('peft_type'))} adapter; only LORA "
-                                       "imports")
+        raise IncompatibleAdapterError(f"{folder} holds a {shown(config.get('peft_type'))} adapter; LORA, "
+                                       f"{', '.join(peft_lycoris.FAMILIES)} import")
     for field_name, (fine, why) in REFUSED.items():
         value = config.get(field_name, fine)
         if value and value != fine:  # absent, empty, False, None or the fine value all pass

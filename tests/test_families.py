@@ -1,0 +1,104 @@
+"""The families beyond LoRA, against the real peft package: ours export and peft loads them with the same
+outputs; peft saves them and ours imports them with the same outputs."""
+
+from __future__ import annotations
+
+import warnings
+
+import peft  # a test extra: installed by the README's command, never skipped
+import pytest
+import torch
+from adapterhub_lite_formats import peft as peft_format
+from conftest import assert_matches_reference, reference_model
+from torch import nn
+
+from adapterhub_lite import AdaptedModel, get_registry
+
+X = torch.randn(3, 4, 6, 6, generator=torch.Generator().manual_seed(5))
+TARGETS = ["conv", "fc1", "fc2"]
+
+
+class Small(nn.Module):
+    """A conv, then two Linears: every module type the families wrap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc1 = nn.Linear(6, 12)
+        self.fc2 = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).mean((2, 3)))))
+
+
+@pytest.fixture
+def base_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {k: v.clone() for k, v in Small().state_dict().items()}
+
+
+def small(state: dict[str, torch.Tensor]) -> Small:
+    model = Small()
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _randomize(module: nn.Module, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
+def _config(family: str, variant: str):
+    config_class = get_registry().config_class(family)
+    extra = {"decompose_both": True, "decompose_factor": 2} if variant == "decomposed" else {}
+    return config_class(targets=TARGETS, rank=2, alpha=3.0, **extra)
+
+
+CASES = [("loha", "plain"), ("lokr", "plain"), ("lokr", "decomposed")]
+
+
+@pytest.mark.parametrize("family, variant", CASES)
+def test_ours_export_loads_in_peft_with_the_same_outputs(tmp_path, base_state, family, variant) -> None:
+    am = AdaptedModel(small(base_state), registry=get_registry())
+    am.add_adapter("x", _config(family, variant))
+    _randomize(am.model)
+    with torch.no_grad():
+        want = reference_model(am)(X.double())
+        assert_matches_reference(am(X), want)
+    folder = am.export("x", format="peft", dest=tmp_path / "peft")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = peft.PeftModel.from_pretrained(small(base_state), str(folder)).eval()
+    with torch.no_grad():
+        assert_matches_reference(loaded(X), want)
+
+
+PEFT_CONFIGS = {
+    "loha": lambda: peft.LoHaConfig(r=2, alpha=3, target_modules=TARGETS, init_weights=False,
+                                    rank_pattern={"fc2": 3}, alpha_pattern={"conv": 5}),
+    "lokr": lambda: peft.LoKrConfig(r=2, alpha=3, target_modules=TARGETS, init_weights=False,
+                                    rank_pattern={"fc1": 1}, alpha_pattern={"conv": 5}),
+    "lokr-decomposed": lambda: peft.LoKrConfig(r=1, alpha=3, target_modules=TARGETS, init_weights=False,
+                                               decompose_both=True, decompose_factor=2),
+}
+
+
+@pytest.mark.parametrize("case", PEFT_CONFIGS)
+def test_a_folder_peft_saves_imports_with_the_same_outputs(tmp_path, base_state, case) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trained = peft.get_peft_model(small(base_state), PEFT_CONFIGS[case]()).eval()
+    with torch.no_grad():
+        want = trained(X)
+        assert not torch.allclose(want, small(base_state)(X))  # the adapter does something
+    trained.save_pretrained(str(tmp_path / "saved"))
+    ours = AdaptedModel(small(base_state), registry=get_registry())
+    bundle = peft_format.import_(tmp_path / "saved", ours)
+    assert bundle.family == case.split("-")[0]
+    ours.add_bundle(bundle)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(X), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+        assert_matches_reference(ours(X), reference_model(ours)(X.double()))
