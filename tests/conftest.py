@@ -130,6 +130,11 @@ def _family_delta(layer: Any, name: str) -> dict[str, torch.Tensor] | None:
     """Families other than LoRA, each from its published definition."""
     base, f, config = layer.base, layer.adapters[name], layer.configs[name]
     shape = getattr(base, "weight", torch.empty(0)).shape
+    if config.kind == "dora":  # m * (W + s B A) / ||W + s B A|| - W, the norm per output channel
+        weight = _d(layer.base_state()["weight"])
+        directed = weight + _low_rank(f, config, getattr(base, "groups", 1))
+        ratio = _d(f.lora_magnitude) / directed.flatten(1).norm(dim=1)
+        return {"weight": ratio.view(-1, *(1,) * (weight.dim() - 1)) * directed - weight}
     if config.kind == "loha":  # (w1a w1b) * (w2a w2b) * alpha / r
         product = (_d(f.hada_w1_a) @ _d(f.hada_w1_b)) * (_d(f.hada_w2_a) @ _d(f.hada_w2_b))
         return {"weight": (product * config.alpha / config.rank).reshape(shape)}
@@ -149,6 +154,10 @@ def reference_delta(layer: Any, name: str) -> dict[str, torch.Tensor]:
     other = _family_delta(layer, name)
     if other is not None:
         return other
+    if config.kind == "ia3":  # its change alone, at weight 1 (reference_module multiplies several)
+        one = reference_module(layer, [(name, 1.0)])
+        return {path: p.detach() - _d(layer.base_state()[path]) for path, p in one.named_parameters()
+                if path in layer.base_state()}
     if config.kind != "lora":
         raise AssertionError(f"no reference for the {config.kind!r} family: add one to tests/conftest.py")
     if isinstance(base, nn.Conv2d):
@@ -170,15 +179,32 @@ def reference_delta(layer: Any, name: str) -> dict[str, torch.Tensor]:
 
 
 def reference_module(layer: Any, weighted: list[tuple[str, float]]) -> nn.Module:
-    """A float64 copy of the layer's plain base module with W + sum(w * scale * B @ A) in its weights."""
+    """A float64 copy of the layer's plain base module with the adapters folded in by each family's definition:
+    W + sum(w * delta) for additive families; for (IA)^3, scales that multiply (1 + w (l - 1) each) on the
+    output rows (and bias) or the input columns."""
     module = copy.deepcopy(layer.base).double()
     with torch.no_grad():
         for path, tensor in layer.base_state().items():  # the unmerged originals, even while merged
             module.get_parameter(path).data = tensor.detach().double().clone()
         for name, weight in weighted:
+            if layer.configs[name].kind == "ia3":
+                continue
             for path, delta in reference_delta(layer, name).items():
                 param = module.get_parameter(path)
                 param.data = param.data + weight * delta
+        for name, weight in weighted:
+            if layer.configs[name].kind != "ia3":
+                continue
+            scale = 1 + weight * (_d(layer.adapters[name].ia3_l) - 1)
+            w = module.weight.data
+            if layer.configs[name].feedforward:  # columns: input features (a grouped conv: its group's inputs)
+                groups = getattr(module, "groups", 1)
+                per_group = scale.view(groups, 1, -1, *(1,) * (w.dim() - 2))
+                module.weight.data = (w.view(groups, -1, *w.shape[1:]) * per_group).view(w.shape)
+            else:  # rows: output features, and the bias with them
+                module.weight.data = w * scale.view(-1, *(1,) * (w.dim() - 1))
+                if module.bias is not None:
+                    module.bias.data = module.bias.data * scale
     return module.requires_grad_(False)
 
 

@@ -53,11 +53,16 @@ def _randomize(module: nn.Module, seed: int = 1) -> None:
 
 def _config(family: str, variant: str):
     config_class = get_registry().config_class(family)
+    if family == "ia3":
+        return config_class(targets=TARGETS, feedforward=variant == "feedforward")
+    if family == "dora":
+        return config_class(targets=TARGETS, rank=2, alpha=3.0, rslora=variant == "rslora")
     extra = {"decompose_both": True, "decompose_factor": 2} if variant == "decomposed" else {}
     return config_class(targets=TARGETS, rank=2, alpha=3.0, **extra)
 
 
-CASES = [("loha", "plain"), ("lokr", "plain"), ("lokr", "decomposed")]
+CASES = [("loha", "plain"), ("lokr", "plain"), ("lokr", "decomposed"), ("ia3", "output"), ("ia3", "feedforward"),
+         ("dora", "plain"), ("dora", "rslora")]
 
 
 @pytest.mark.parametrize("family, variant", CASES)
@@ -83,6 +88,9 @@ PEFT_CONFIGS = {
                                     rank_pattern={"fc1": 1}, alpha_pattern={"conv": 5}),
     "lokr-decomposed": lambda: peft.LoKrConfig(r=1, alpha=3, target_modules=TARGETS, init_weights=False,
                                                decompose_both=True, decompose_factor=2),
+    "ia3": lambda: peft.IA3Config(target_modules=TARGETS, feedforward_modules=["fc2"], init_ia3_weights=False),
+    "dora": lambda: peft.LoraConfig(r=2, lora_alpha=3, target_modules=TARGETS, use_dora=True,
+                                    init_lora_weights=False, rank_pattern={"fc2": 3}, alpha_pattern={"conv": 5}),
 }
 
 
@@ -102,3 +110,31 @@ def test_a_folder_peft_saves_imports_with_the_same_outputs(tmp_path, base_state,
     with torch.no_grad():
         torch.testing.assert_close(ours(X), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
         assert_matches_reference(ours(X), reference_model(ours)(X.double()))
+
+
+@pytest.mark.parametrize("family, options", [("loha", ["--rank", "2", "--alpha", "2"]),
+                                             ("lokr", ["--rank", "2", "--decompose-both"]),
+                                             ("dora", ["--rank", "1", "--alpha", "1"]),
+                                             ("ia3", ["--feedforward"])])
+def test_every_family_trains_applies_and_is_refused_by_lora_merges_from_the_command_line(tmp_path, family,
+                                                                                         options) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from adapterhub_lite.cli import cli
+
+    zoo = str(tmp_path / "zoo")
+    runner = CliRunner()
+    base = runner.invoke(cli, ["train-base", "richboynet", "--steps", "20", "--batch-size", "16", "--zoo", zoo])
+    assert base.exit_code == 0, base.output
+    trained = runner.invoke(cli, ["train", "richboynet", "nines", "--family", family, *options, "--classes", "9",
+                                  "--steps", "20", "--batch-size", "8", "--json", "--zoo", zoo])
+    assert trained.exit_code == 0, trained.output
+    card = json.loads(trained.stdout)
+    assert card["family"] == family and card["metrics"]["trained_classes"]["total"] == 1009
+    applied = runner.invoke(cli, ["apply", "richboynet/nines", "--eval", "--json", "--zoo", zoo])
+    assert applied.exit_code == 0 and json.loads(applied.stdout)["accuracy"] == card["metrics"]["all"]["accuracy"]
+    refused = runner.invoke(cli, ["merge", "richboynet", "nines", "--method", "linear", "--out", "m", "--dry-run",
+                                  "--zoo", zoo])
+    assert refused.exit_code == 1 and f"is a {family!r} adapter; method 'linear' combines 'lora'" in refused.stderr

@@ -141,7 +141,8 @@ def test_imports_refuse_what_they_cannot_represent(zoo, tmp_path) -> None:
     registry = get_registry()
     folder, _ = export_refs(registry, zoo, ["mnist-cnn/a"], "peft", tmp_path / "p")
     config = json.loads((folder / "adapter_config.json").read_text())
-    for field_name, value, message in [("use_dora", True, "DoRA"), ("bias", "all", "trains biases"),
+    for field_name, value, message in [("use_dora", True, "DoRA module 'conv1' has no lora_magnitude_vector"),
+                                       ("bias", "all", "trains biases"),
                                        ("modules_to_save", ["fc4"], "fully trained modules")]:
         (folder / "adapter_config.json").write_text(json.dumps({**config, field_name: value}))
         with pytest.raises(IncompatibleAdapterError, match=message):

@@ -154,6 +154,8 @@ def _config(config_cls: type, draw: st.DrawFn) -> Any:
         drawn["decompose_both"] = draw(st.booleans())
     if "decompose_factor" in fields:
         drawn["decompose_factor"] = draw(st.sampled_from([-1, 2, 3]))
+    if "feedforward" in fields:
+        drawn["feedforward"] = draw(st.booleans())
     return config_cls(targets=("*",), **drawn)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
+from torch import nn
 
 from adapterhub_lite import (
     AdaptedModel,
@@ -26,14 +27,14 @@ from adapterhub_lite import (
 )
 from adapterhub_lite_lora import LoraConfig
 
-from . import peft_lycoris
+from . import peft_ia3, peft_lycoris
 from .common import module_kinds, plain_lora, read_safetensors, shown
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."
 _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_-]+)?\.weight$")
+_MAGNITUDE = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_magnitude_vector(?:\.[A-Za-z0-9_-]+)?$")
 REFUSED = {  # config field -> (value that is fine, why anything else is refused)
-    "use_dora": (False, "DoRA adds a magnitude vector that LoRA here does not have"),
     "bias": ("none", "it trains biases, which a LoRA adapter here does not hold"),
     "modules_to_save": (None, "it carries fully trained modules, not LoRA factors"),
     "fan_in_fan_out": (False, "fan_in_fan_out is for transformers' Conv1D layers"),
@@ -47,10 +48,13 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
     if bundle.family in peft_lycoris.PEFT_TYPES:
         config = peft_lycoris.export_config(source, bundle, _anchored)
         return _write(dest, config, peft_lycoris.export_tensors(source, name, PREFIX))
-    if bundle.family != "lora":
-        raise IncompatibleAdapterError(f"the peft format holds lora, {', '.join(peft_lycoris.PEFT_TYPES)} adapters; "
-                                       f"this one is {bundle.family!r} (export it as native)")
-    modules = plain_lora(source, name, "peft")
+    if bundle.family == "ia3":
+        return _write(dest, *peft_ia3.export(source, name, PREFIX))
+    if bundle.family not in ("lora", "dora"):
+        raise IncompatibleAdapterError(f"the peft format holds lora, dora, {', '.join(peft_lycoris.PEFT_TYPES)} and "
+                                       f"ia3 adapters; this one is {bundle.family!r} (export it as native)")
+    dora = bundle.family == "dora"
+    modules = _dora_modules(source, bundle) if dora else plain_lora(source, name, "peft")
     ranks = {m: c.rank for m, (c, _) in modules.items()}
     alphas = {m: c.alpha for m, (c, _) in modules.items()}
     rslora = {c.rslora for c, _ in modules.values()}
@@ -71,14 +75,31 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
         # `lin0` would also set `block.lin0`: anchored, a key matches its own module only
         "rank_pattern": {_anchored(m): ranks[m] for m in sorted(modules) if ranks[m] != r},
         "alpha_pattern": {_anchored(m): alphas[m] for m in sorted(modules) if alphas[m] != alpha},
-        "bias": "none", "use_dora": False, "fan_in_fan_out": False, "modules_to_save": None,
+        "bias": "none", "use_dora": dora, "fan_in_fan_out": False, "modules_to_save": None,
         "init_lora_weights": True, "inference_mode": True,
     }
     tensors = {}
     for key, tensor in source.adapter_state(name).items():
         module, _, factor = key.rpartition(".")
-        tensors[f"{PREFIX}{module}.{factor}.weight"] = tensor.detach().contiguous()
+        if factor == "lora_magnitude":  # PEFT's shape: (out,) for a Linear, (1, out, 1, 1) for a conv
+            conv = isinstance(source.model.get_submodule(module).base, nn.Conv2d)
+            tensors[f"{PREFIX}{module}.lora_magnitude_vector"] = (tensor.view(1, -1, 1, 1) if conv else tensor
+                                                                  ).detach().contiguous()
+        else:
+            tensors[f"{PREFIX}{module}.{factor}.weight"] = tensor.detach().contiguous()
     return _write(dest, config, tensors)
+
+
+def _dora_modules(source: AdaptedModel, bundle: AdapterBundle) -> dict[str, tuple[Any, str]]:
+    """DoRA's modules, as PEFT holds them: Linear, and Conv2d without groups."""
+    out = {}
+    for module, config in bundle.configs.items():
+        base = source.model.get_submodule(module).base
+        if not isinstance(base, (nn.Linear, nn.Conv2d)) or getattr(base, "groups", 1) != 1:
+            raise IncompatibleAdapterError(f"the peft format holds DoRA on Linear and ungrouped Conv2d; {module!r} "
+                                           "is not one")
+        out[module] = (config, bundle.kinds[module])
+    return out
 
 
 def _write(dest: Path, config: dict[str, Any], tensors: dict[str, Any]) -> Path:
@@ -104,6 +125,7 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
 _CONFIG_TYPES: dict[str, tuple[type, ...]] = {  # adapter_config.json field -> accepted JSON types
     "peft_type": (str,), "r": (int,), "lora_alpha": (int, float), "alpha": (int, float), "use_rslora": (bool,),
     "decompose_both": (bool,), "decompose_factor": (int,), "use_effective_conv2d": (bool,),
+    "feedforward_modules": (str, list, type(None)),
     "lora_dropout": (int, float, type(None)), "rank_pattern": (dict, type(None)),
     "alpha_pattern": (dict, type(None)), "target_modules": (str, list, type(None)),
     "base_model_name_or_path": (str, type(None)),
@@ -143,6 +165,8 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
         config = _check_config(json.loads((folder / CONFIG).read_text()), folder / CONFIG)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise AdapterFileError(f"{folder / CONFIG} is not valid JSON ({shown(str(exc), 80)})") from exc
+    if config.get("peft_type") == "IA3":
+        return peft_ia3.import_bundle(folder, config, read_safetensors(folder / WEIGHTS)[0], model)
     if config.get("peft_type") in peft_lycoris.FAMILIES:
         return peft_lycoris.import_bundle(folder, config, read_safetensors(folder / WEIGHTS)[0], model,
                                           _pattern_value)
@@ -154,13 +178,26 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
         if value and value != fine:  # absent, empty, False, None or the fine value all pass
             raise IncompatibleAdapterError(f"{folder}: {field_name}={shown(value)} is not supported: {why}")
     tensors, _ = read_safetensors(folder / WEIGHTS)
+    dora = bool(config.get("use_dora"))
+    family = "dora" if dora else "lora"
+    config_class = LoraConfig
+    if dora:
+        try:
+            config_class = model.registry.config_class("dora")
+        except Exception as exc:  # the DoRA plugin is not installed
+            raise IncompatibleAdapterError(f"{folder} holds a DoRA adapter (use_dora=True): install the plugin that "
+                                           "provides it (pip install adapterhub-lite-dora)") from exc
     state, configs = {}, {}
     kinds = module_kinds(model.model)
     for key, tensor in tensors.items():
+        magnitude = _MAGNITUDE.match(key)
+        if magnitude is not None and dora:
+            state[f"{magnitude['module']}.lora_magnitude"] = tensor.reshape(-1)
+            continue
         match = _KEY.match(key)
         if match is None:
             raise IncompatibleAdapterError(f"{folder / WEIGHTS}: tensor {shown(key)} is not a LoRA factor "
-                                           "(a DoRA magnitude, a bias or a saved module?)")
+                                           "(a DoRA magnitude without use_dora, a bias or a saved module?)")
         module = match["module"]
         if kinds.get(module) not in ("Linear", "Conv2d"):
             raise IncompatibleAdapterError(
@@ -170,11 +207,15 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
     for key, tensor in state.items():
         if key.endswith(".lora_A"):
             module = key[: -len(".lora_A")]
-            configs[module] = LoraConfig(
+            configs[module] = config_class(
                 targets=[module], rank=int(tensor.shape[0]), rslora=bool(config.get("use_rslora", False)),
                 alpha=float(_pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))),
                 dropout=float(config.get("lora_dropout") or 0.0))
     if not configs:
         raise AdapterFileError(f"{folder / WEIGHTS} holds no LoRA factors")
-    return AdapterBundle(name=folder.name, family="lora", configs=configs, state=state,
+    missing = sorted(m for m in configs if dora and f"{m}.lora_magnitude" not in state)
+    if missing:
+        raise IncompatibleAdapterError(f"{folder}: use_dora=True, but DoRA module {missing[0]!r} has no "
+                                       "lora_magnitude_vector: the file is incomplete")
+    return AdapterBundle(name=folder.name, family=family, configs=configs, state=state,
                          base_model=config.get("base_model_name_or_path"))

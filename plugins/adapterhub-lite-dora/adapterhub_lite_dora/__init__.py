@@ -1,0 +1,35 @@
+"""DoRA (weight-decomposed low-rank adaptation) for adapterhub_lite, on nn.Linear and nn.Conv2d.
+
+W' = m * (W + s B A) / ||W + s B A||, the norm per output channel (PEFT's and the paper's). A LoRA pair (the
+LoRA plugin's `LoraFactors`) and a magnitude vector m, which starts at ||W|| so the adapter starts as a
+no-op. Registered through the `adapterhub_lite` entry point like any third-party package; imports only the
+public names of adapterhub_lite and of the LoRA plugin it builds on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from adapterhub_lite import AdapterKind, hookimpl
+from adapterhub_lite_lora import LoraConfig
+
+from .layer import DoraConv2d, DoraLinear
+
+__all__ = ["DoraConfig", "DoraConv2d", "DoraLinear"]
+
+
+@dataclass(frozen=True)
+class DoraConfig(LoraConfig):
+    """LoRA's fields (rank, alpha, rslora, dropout, init); the magnitude needs none."""
+
+    kind: ClassVar[str] = "dora"
+
+
+@hookimpl
+def register_adapter_types(register: Callable[[AdapterKind], None]) -> None:
+    register(AdapterKind(name="dora-linear", layer=DoraLinear, config=DoraConfig,
+                         description="DoRA on nn.Linear: m * (W + s B A) / ||W + s B A|| per output row"))
+    register(AdapterKind(name="dora-conv2d", layer=DoraConv2d, config=DoraConfig,
+                         description="DoRA on nn.Conv2d: the norm per output channel over in x kh x kw"))

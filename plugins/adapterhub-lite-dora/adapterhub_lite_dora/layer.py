@@ -1,0 +1,81 @@
+"""DoRA layers: a LoRA pair and a magnitude per output channel.
+
+delta(x) = (m / n - 1) * (W x) + (m / n) * s * B A x, with n = ||W + s B A|| per output channel, so that
+base(x) + delta(x) = (m / n) (W + s B A) x + b: the bias is not rescaled. As in PEFT, n is detached when
+autograd records (the paper's section 4.3: the norm is treated as a constant, so it gets no gradient), and
+with a live dropout in training both terms see the dropped input. Several DoRA adapters on one layer add
+their deltas, each taken against the base weight (PEFT instead feeds a second adapter the first one's output,
+which makes its stack depend on the order).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from adapterhub_lite import AdapterLayer
+from adapterhub_lite_lora import LoraConfig, LoraConv2d, LoraFactors, LoraLinear
+
+
+class _Dora:
+    """What both DoRA layers add to their LoRA layer: the magnitude, and the delta built on it."""
+
+    fast_merge = False  # W' is not W + B' A: the generic sum of delta weights
+    combine = AdapterLayer.combine  # each adapter's own delta, not LoRA's fused stack
+    combine_routed = AdapterLayer.combine_routed
+
+    def create(self, name: str, config: LoraConfig) -> LoraFactors:
+        factors = super().create(name, config)  # type: ignore[misc]
+        with torch.no_grad():  # B is zero: the norm of W + s B A is W's
+            norm = self._norm(self.base.weight.detach().float(), torch.zeros((), device=self.base.weight.device))
+        factors.lora_magnitude = nn.Parameter(norm.to(self.base.weight.dtype))
+        return factors
+
+    def _norm(self, weight: Tensor, delta: Tensor) -> Tensor:
+        """||W + delta|| per output channel, flat (out,)."""
+        return (weight + delta).flatten(1).norm(dim=1)
+
+    def _ratio(self, name: str) -> Tensor:
+        """m / n per output channel (n detached while autograd records, as PEFT does)."""
+        factors = self.factors(name)  # type: ignore[attr-defined]
+        weight = self.base_state()["weight"]  # type: ignore[attr-defined]
+        lora = self.factor_weight(factors)  # type: ignore[attr-defined]
+        norm = self._norm(weight, lora.to(weight.dtype))
+        return factors.lora_magnitude / norm.detach()
+
+    def delta(self, name: str, x: Tensor) -> Tensor:
+        factors = self.factors(name)  # type: ignore[attr-defined]
+        x = factors.dropout(x)
+        ratio = self._ratio(name)
+        base = self.forward_with({"weight": self.base_state()["weight"], "bias": None}, x)  # type: ignore[attr-defined]
+        low_rank = self.up(self.down(x, factors.lora_A), factors.lora_B) * factors.scale  # type: ignore[attr-defined]
+        if isinstance(self.base, nn.Conv2d):  # channels: axis 0 of an unbatched (C, H, W), else axis 1
+            ratio = ratio.view(-1, 1, 1) if base.dim() == 3 else ratio.view(1, -1, 1, 1)
+        return (ratio - 1) * base + ratio * low_rank
+
+    def delta_weight(self, name: str) -> Tensor:
+        weight = self.base_state()["weight"]  # type: ignore[attr-defined]
+        lora = self.factor_weight(self.factors(name)).to(weight.dtype)  # type: ignore[attr-defined]
+        ratio = self._ratio(name).view(-1, *(1,) * (weight.dim() - 1))
+        return ratio * (weight + lora) - weight
+
+    def plain_pair_refusal(self) -> str | None:
+        return "DoRA (a magnitude vector beside the LoRA pair)"
+
+    def describe(self, name: str) -> dict[str, Any]:
+        config = self.configs[name]  # type: ignore[attr-defined]
+        return {"rank": config.rank, "alpha": config.alpha}
+
+
+class DoraLinear(_Dora, LoraLinear):
+    def forward_with(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
+        return nn.functional.linear(x, weights["weight"], weights.get("bias", self.base.bias))
+
+
+class DoraConv2d(_Dora, LoraConv2d):
+    train_on_merged_weights = False  # the magnitude's gradient is taken through the delta, as PEFT does
+
+    def forward_with(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
+        return self.base._conv_forward(x, weights["weight"], weights.get("bias", self.base.bias))

@@ -1,0 +1,106 @@
+"""(IA)^3: a learned scale per feature, multiplying a layer's output (attention-style projections) or, with
+`feedforward`, its input (feed-forward layers). Multiplicative, not additive:
+
+- an adapter at weight w scales by 1 + w (l - 1): weight 0 is the base, weight 1 the learned scale;
+- several (IA)^3 adapters on one layer multiply their scales, in any order (scales commute);
+- merging folds the product into the weight: W' = diag(out) W diag(in), b' = out * b (an output scale scales
+  the bias too, as the unmerged forward does).
+
+Under per-sample routing each sample runs one adapter, whose additive effect is exact: base(x) (l - 1) on the
+output side, W ((l - 1) x) on the input side.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from adapterhub_lite import AdapterLayer
+
+from .config import IA3Config
+
+
+class IA3Layer(AdapterLayer):
+    targets = (nn.Linear, nn.Conv2d)
+
+    def create(self, name: str, config: IA3Config) -> nn.Module:
+        weight = self.base.weight
+        size = weight.shape[1] * (self.base.groups if isinstance(self.base, nn.Conv2d) else 1) \
+            if config.feedforward else weight.shape[0]
+        scales = nn.Module()
+        scales.ia3_l = nn.Parameter(torch.ones(size, dtype=weight.dtype, device=weight.device))  # a no-op at first
+        return scales
+
+    # --- the scales ---------------------------------------------------------------------------------------
+    def _scales(self, weighted: list[tuple[str, float]]) -> tuple[Tensor | None, Tensor | None]:
+        """The product of 1 + w (l - 1) over the adapters, on the input side and on the output side."""
+        scales: dict[bool, Tensor | None] = {True: None, False: None}
+        for name, weight in weighted:
+            side = self.configs[name].feedforward
+            factor = 1 + weight * (self.adapters[name].ia3_l - 1)
+            scales[side] = factor if scales[side] is None else scales[side] * factor
+        return scales[True], scales[False]
+
+    def _shaped(self, scale: Tensor, like: Tensor) -> Tensor:
+        """A feature scale broadcast over `like`: the last axis for a Linear, the channel axis for a conv."""
+        if isinstance(self.base, nn.Conv2d):
+            return scale.view(-1, 1, 1) if like.dim() == 3 else scale.view(1, -1, 1, 1)
+        return scale
+
+    # --- the forward: scales multiply --------------------------------------------------------------------
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        live = self.live()
+        if self.route is not None or not live:
+            return super().forward(x, *args, **kwargs)  # routing, or nothing live: the provided paths
+        merged = self.inference_weights(live)
+        if merged is not None:
+            return self.forward_with(merged, x)
+        ins, outs = self._scales(live)
+        if ins is not None:
+            x = x * self._shaped(ins, x)
+        out = self.base(x, *args, **kwargs)
+        return out * self._shaped(outs, out) if outs is not None else out
+
+    def forward_with(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
+        if isinstance(self.base, nn.Conv2d):
+            return self.base._conv_forward(x, weights["weight"], weights.get("bias", self.base.bias))
+        return nn.functional.linear(x, weights["weight"], weights.get("bias", self.base.bias))
+
+    def merged_weights(self, weighted: list[tuple[str, float]], allocate: Any) -> dict[str, Tensor]:
+        """W scaled row-wise by the output scales and column-wise by the input scales; the bias by the output
+        scales (computed in float32, rounded once)."""
+        ins, outs = self._scales(weighted)
+        original = self.base_state()
+        weight = original["weight"].float()
+        extra = (1,) * (weight.dim() - 2)
+        if outs is not None:
+            weight = weight * outs.float().view(-1, 1, *extra)
+        if ins is not None:
+            groups = getattr(self.base, "groups", 1)
+            per_group = ins.float().view(groups, -1)  # a grouped conv's kernel sees its own group's inputs
+            weight = (weight.view(groups, -1, *weight.shape[1:]) * per_group.view(groups, 1, -1, *extra)
+                      ).view(weight.shape)
+        out = {"weight": weight.to(original["weight"].dtype)}
+        if outs is not None and "bias" in original:
+            out["bias"] = (original["bias"].float() * outs.float()).to(original["bias"].dtype)
+        return out
+
+    # --- one adapter's additive effect (per-sample routing), and its change to the weights --------------
+    def delta(self, name: str, x: Tensor) -> Tensor:
+        change = self.adapters[name].ia3_l - 1
+        if self.configs[name].feedforward:
+            return self.forward_with({"weight": self.base_state()["weight"], "bias": None}, x * self._shaped(change, x))
+        out = self.base(x)
+        return out * self._shaped(change, out)
+
+    def delta_weights(self, name: str) -> dict[str, Tensor]:
+        merged, original = self.merged_weights([(name, 1.0)], None), self.base_state()
+        return {path: tensor - original[path] for path, tensor in merged.items()}
+
+    def delta_weight(self, name: str) -> Tensor:
+        return self.delta_weights(name)["weight"]
+
+    def describe(self, name: str) -> dict[str, Any]:
+        return {"feedforward": self.configs[name].feedforward}
