@@ -1,4 +1,4 @@
-"""First-party formats plugin: native, peft, kohya and merged, through the format hook.
+"""First-party formats plugin: native, peft, kohya (with LyCORIS's families) and merged, through the format hook.
 
 Registered through the `adapterhub_lite` entry point exactly as a third-party
 package would be; imports only adapterhub_lite's public names.
@@ -20,6 +20,6 @@ def register_formats(register: Callable[[Format], None]) -> None:
     register(Format(name="peft", export=peft.export, import_=peft.import_,
                     description="a PEFT adapter folder: adapter_config.json + adapter_model.safetensors"))
     register(Format(name="kohya", export=kohya.export, import_=kohya.import_,
-                    description="kohya/A1111 LoRA safetensors: lora_down / lora_up / alpha per module"))
+                    description="kohya/LyCORIS safetensors (A1111, ComfyUI): LoRA, DoRA, LoHa, LoKr tensors per module"))
     register(Format(name="merged", export=merged.export, import_=merged.import_, holds="model",
                     description="the base with the adapters fused in: a plain state dict for the bare model class"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from adapterhub_lite import AdaptedModel, AdapterFileError, IncompatibleAdapterError, load_tensors
 from adapterhub_lite_lora import LoraConfig, LowRankLayer
@@ -43,6 +43,19 @@ def plain_lora(am: AdaptedModel, name: str, fmt: str) -> dict[str, tuple[LoraCon
                 f"the {fmt} format holds one LoRA pair per weight; {module!r} is {refusal} (export it as native, "
                 "or merge it into the base and export the merged model)")
         out[module] = (config, kind)
+    return out
+
+
+def dora_modules(am: AdaptedModel, bundle: Any, fmt: str) -> dict[str, tuple[Any, str]]:
+    """DoRA's modules as files hold them (a LoRA pair and a magnitude on Linear or ungrouped Conv2d): per
+    module, its config and kind."""
+    out = {}
+    for module, config in bundle.configs.items():
+        base = am.model.get_submodule(module).base
+        if not isinstance(base, (nn.Linear, nn.Conv2d)) or getattr(base, "groups", 1) != 1:
+            raise IncompatibleAdapterError(f"the {fmt} format holds DoRA on Linear and ungrouped Conv2d; {module!r} "
+                                           "is not one")
+        out[module] = (config, bundle.kinds[module])
     return out
 
 

@@ -28,7 +28,7 @@ from adapterhub_lite import (
 from adapterhub_lite_lora import LoraConfig
 
 from . import peft_ia3, peft_lycoris
-from .common import module_kinds, plain_lora, read_safetensors, shown
+from .common import dora_modules, module_kinds, plain_lora, read_safetensors, shown
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."
@@ -54,7 +54,7 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
         raise IncompatibleAdapterError(f"the peft format holds lora, dora, {', '.join(peft_lycoris.PEFT_TYPES)} and "
                                        f"ia3 adapters; this one is {bundle.family!r} (export it as native)")
     dora = bundle.family == "dora"
-    modules = _dora_modules(source, bundle) if dora else plain_lora(source, name, "peft")
+    modules = dora_modules(source, bundle, "peft") if dora else plain_lora(source, name, "peft")
     ranks = {m: c.rank for m, (c, _) in modules.items()}
     alphas = {m: c.alpha for m, (c, _) in modules.items()}
     rslora = {c.rslora for c, _ in modules.values()}
@@ -88,18 +88,6 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
         else:
             tensors[f"{PREFIX}{module}.{factor}.weight"] = tensor.detach().contiguous()
     return _write(dest, config, tensors)
-
-
-def _dora_modules(source: AdaptedModel, bundle: AdapterBundle) -> dict[str, tuple[Any, str]]:
-    """DoRA's modules, as PEFT holds them: Linear, and Conv2d without groups."""
-    out = {}
-    for module, config in bundle.configs.items():
-        base = source.model.get_submodule(module).base
-        if not isinstance(base, (nn.Linear, nn.Conv2d)) or getattr(base, "groups", 1) != 1:
-            raise IncompatibleAdapterError(f"the peft format holds DoRA on Linear and ungrouped Conv2d; {module!r} "
-                                           "is not one")
-        out[module] = (config, bundle.kinds[module])
-    return out
 
 
 def _write(dest: Path, config: dict[str, Any], tensors: dict[str, Any]) -> Path:

@@ -45,6 +45,12 @@ def export_config(source: AdaptedModel, bundle: AdapterBundle, anchored: Any) ->
         "modules_to_save": None, "init_weights": True, "inference_mode": True,
     }
     if family == "lokr":
+        for module in modules:  # a split from a file, kept only when PEFT's one decompose_factor gives it too
+            own, shape = bundle.configs[module], tuple(source.model.get_submodule(module).base.weight.shape)
+            if own.w1_shape and own.factor_shapes(shape) != own.replace(w1_shape=()).factor_shapes(shape):
+                raise IncompatibleAdapterError(
+                    f"PEFT's LoKr splits sizes by decompose_factor; {module!r} has w1 of shape {own.w1_shape}, "
+                    "which it does not give (export it as kohya or native)")
         for field_name in ("decompose_both", "decompose_factor"):
             values = {getattr(bundle.configs[m], field_name) for m in modules}
             if len(values) > 1:

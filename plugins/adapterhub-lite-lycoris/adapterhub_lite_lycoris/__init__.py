@@ -13,9 +13,9 @@ from torch import nn
 
 from adapterhub_lite import AdapterKind, hookimpl
 
-from .config import LohaConfig, LokrConfig
+from .config import LohaConfig, LokrConfig, factorization
 from .loha import LohaLayer
-from .lokr import LokrLayer, factorization
+from .lokr import LokrLayer
 
 __all__ = ["LohaConfig", "LohaLayer", "LokrConfig", "LokrLayer", "factorization"]
 

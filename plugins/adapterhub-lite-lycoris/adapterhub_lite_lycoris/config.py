@@ -9,6 +9,27 @@ from typing import ClassVar
 from adapterhub_lite import AdapterConfig, ConfigError, help_field
 
 
+def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
+    """Two numbers whose product is `dimension`, as close as `factor` allows (-1: near the square root, the
+    smaller first). PEFT's rule, which LyCORIS shares except for an explicit factor above the square root:
+    PEFT keeps (factor, dimension // factor), LyCORIS puts the smaller first. Importers of LyCORIS files look
+    for the factor that gives the file's shapes, so both layouts load."""
+    if factor > 0 and dimension % factor == 0:
+        return factor, dimension // factor
+    if factor == -1:
+        factor = dimension
+    m, n = 1, dimension
+    while m < n:
+        new_m = m + 1
+        while dimension % new_m != 0:
+            new_m += 1
+        new_n = dimension // new_m
+        if new_m + new_n > m + n or new_m > factor:
+            break
+        m, n = new_m, new_n
+    return (m, n) if m <= n else (n, m)
+
+
 def _check_rank_alpha(rank: object, alpha: object) -> None:
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ConfigError(f"rank must be a positive integer, got {rank!r}"[:120], option="rank")
@@ -47,6 +68,9 @@ class LokrConfig(AdapterConfig):
     decompose_both: bool = field(default=False, metadata=help_field("decompose the small factor w1 too"))
     decompose_factor: int = field(default=-1, metadata=help_field(
         "split sizes into factors near this one (-1: near the square root)"))
+    w1_shape: tuple[int, ...] = field(default=(), metadata=help_field(
+        "the small factor's shape OUT,IN, which fixes both splits (empty: from decompose_factor); files whose "
+        "splits no single factor gives import with it", parse=lambda text: tuple(int(v) for v in text.split(","))))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,7 +81,38 @@ class LokrConfig(AdapterConfig):
             raise ConfigError(f"decompose_factor must be -1 or a positive integer, got {self.decompose_factor!r}")
         if not isinstance(self.decompose_both, bool):
             raise ConfigError(f"decompose_both must be true or false, got {self.decompose_both!r}")
+        shape = tuple(self.w1_shape) if isinstance(self.w1_shape, (list, tuple)) else None
+        if shape is None or (shape and (len(shape) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                                                for v in shape))):
+            raise ConfigError(f"w1_shape must be two positive integers OUT,IN (or empty), got {self.w1_shape!r}"[:120],
+                              option="w1_shape")
+        object.__setattr__(self, "w1_shape", shape)
 
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
+
+    def factor_shapes(self, weight_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """The factors this config builds on a weight of this shape, by name: (a, b) and (c, d) split the
+        output and input sizes (`factorization`), w1 is (a, c), w2 is (b, d, *kernel); a factor is a rank-r
+        product instead where PEFT's and LyCORIS's rules say so (w2 when r < max(b, d) / 2, w1 only with
+        `decompose_both`). The layer builds these; importers check files against them."""
+        out, inp, *kernel = weight_shape
+        if self.w1_shape:
+            a, c = self.w1_shape
+            if out % a or inp % c:
+                raise ConfigError(f"w1_shape {a},{c} does not divide a {out}x{inp} weight", option="w1_shape")
+            b, d = out // a, inp // c
+        else:
+            (a, b), (c, d) = factorization(out, self.decompose_factor), factorization(inp, self.decompose_factor)
+        r = self.rank
+        shapes: dict[str, tuple[int, ...]] = {}
+        if self.decompose_both and r < max(a, c) / 2:
+            shapes["lokr_w1_a"], shapes["lokr_w1_b"] = (a, r), (r, c)
+        else:
+            shapes["lokr_w1"] = (a, c)
+        if r < max(b, d) / 2:  # a conv's decomposed w2 holds the kernel flattened into its second factor
+            shapes["lokr_w2_a"], shapes["lokr_w2_b"] = (b, r), (r, d * math.prod(kernel))
+        else:
+            shapes["lokr_w2"] = (b, d, *kernel)
+        return shapes
