@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import make_dirs_under, publish, write_text
-from .errors import AdapterhubError, ConfigError, NameRuleError
+from .errors import ConfigError, NameRuleError
 from .refs import check_name
 from .registry import Registry
 from .training import TrainOptions

@@ -10,13 +10,14 @@ bookkeeping); a plugin subclass owns the math. The contract, in three parts:
   fast merge into a tensor the core hands over), `combine` / `combine_routed`
   (several adapters at once, e.g. a fused stack), `forward_with` (the base op
   on replaced weights), `describe` (per-target file metadata), `invalidate`
-  (drop the plugin's own caches); class attributes `targets`,
+  (drop the plugin's own caches); class attributes `targets`, `composes`,
   `route_per_group`, `train_on_merged_weights`, `inference_merge_limit`,
-  `inference_cache_budget`, `keep_merge_buffers`;
+  `inference_cache_budget`, `keep_merge_buffers`; a kind that acts on the
+  whole layer (`composes = "wraps"`) gives `wrap_forward` and `wrap_weights`;
 - **provided**: `add`, `remove`, `set_weight`, `enable`, `disable`, `weight`,
   `active`, `live`, `forward`, `merge`, `unmerge`, `merged`, `bake`,
   `release_buffers`, `base_state`, `adapter_state`, `check_adapter_state`,
-  `load_adapter_state`, `inference_weights`.
+  `load_adapter_state`, `inference_weights`, `layer_of`.
 
 Exactness rules, enforced here once for every kind:
 
@@ -26,8 +27,10 @@ Exactness rules, enforced here once for every kind:
   `unmerge` swaps the original back: bit-exact, never a subtraction. The cost
   is one extra copy of each merged weight while merged (none when unmerged).
 
-What is not the contract lives beside it: per-sample routing (`routing.py`),
-the inference cache (`inference_cache.py`), merge buffers (`buffers.py`) and
+Adapters of several families on one module live in a `MixedLayer`
+(`mixed.py`), which composes the families' own layers by `composes`. What is
+not the contract lives beside it: per-sample routing (`routing.py`), the
+inference cache (`inference_cache.py`), merge buffers (`buffers.py`) and
 training through merged weights (`merged_training.py`).
 """
 
@@ -52,6 +55,10 @@ Allocate = Callable[[str, Tensor], Tensor]  # (base parameter path, the current 
 
 class AdapterLayer(nn.Module):
     targets: ClassVar[tuple[type[nn.Module], ...]] = ()
+    # How this kind's adapters stack with other families' on one module: "adds" (base(x) + delta, the delta taken
+    # against the base weight) or "wraps" (acts on the whole layer, base and other families' deltas alike, like
+    # (IA)^3's scales: the kind gives `wrap_forward` and `wrap_weights`).
+    composes: ClassVar[str] = "adds"
     # Inference (no autograd, eval mode) on a layer this small runs on a cached merged copy of its weights:
     # one base-sized op instead of base + adapter ops. Bigger layers keep the low-rank path (their relative
     # overhead is small, and a copy would not be).
@@ -143,6 +150,22 @@ class AdapterLayer(nn.Module):
     def describe(self, name: str) -> dict[str, Any]:
         """Per-target hyper-parameters worth recording in file metadata."""
         return {}
+
+    def wrap_forward(self, live: list[tuple[str, float]], x: Tensor, *args: Any, inner: Callable[..., Any],
+                     **kwargs: Any) -> Any:
+        """("wraps" kinds) The layer's output with these adapters around `inner`, which runs everything inside
+        them (the base, and other families' deltas)."""
+        raise NotImplementedError(f"{type(self).__name__} composes by {self.composes!r}, not 'wraps'")
+
+    def wrap_weights(self, weighted: list[tuple[str, float]], tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """("wraps" kinds) These base tensors (other families' deltas already in) with these adapters applied:
+        the changed ones, as new tensors."""
+        raise NotImplementedError(f"{type(self).__name__} composes by {self.composes!r}, not 'wraps'")
+
+    def layer_of(self, name: str) -> AdapterLayer:
+        """The layer whose math runs adapter `name`: this one (a MixedLayer answers with the family's own)."""
+        self._require(name)
+        return self
 
     def invalidate(self) -> None:
         """Drop caches derived from the adapters (called after every composition change)."""

@@ -23,6 +23,7 @@ from .config import AdapterConfig
 from .errors import AdapterStateError, ConfigError, IncompatibleAdapterError, UnknownNameError
 from .fingerprint import FingerprintCache, combine_fingerprints
 from .inject import adapter_layers, find_targets, named_base_modules, unwrap, wrap
+from .mixed import MixedLayer
 from .layer import AdapterLayer
 from .routing import Route
 from .registry import Registry, get_registry
@@ -77,20 +78,19 @@ class AdaptedModel:
             raise AdapterStateError(f"an adapter named {name!r} already exists: delete it first or pick another name")
         targets = find_targets(self.model, config, self.registry)
         layers = adapter_layers(self.model)
-        new_layers: dict[str, AdapterLayer] = {}
+        new_layers: dict[str, AdapterLayer] = {}  # new wrappers, and mixed layers that will replace a wrapper
         for t in targets:  # build everything before touching the model
-            if t.name not in layers:
+            layer = layers.get(t.name)
+            if layer is None:
                 new_layers[t.name] = t.kind.layer(t.module)
-            layer = layers.get(t.name) or new_layers[t.name]
-            if not isinstance(layer, t.kind.layer):
-                raise AdapterStateError(
-                    f"module {t.name!r} is already wrapped by {type(layer).__name__}; "
-                    f"a {t.kind.name!r} adapter needs {t.kind.layer.__name__}"
-                )
+            elif type(layer) is not t.kind.layer and not isinstance(layer, MixedLayer):
+                new_layers[t.name] = MixedLayer(layer)  # a second family on this module
         self.adapters[name] = AdapterInfo(config, [t.name for t in targets])
         try:
             for t in targets:
-                layer = layers.get(t.name) or new_layers[t.name]
+                layer = new_layers.get(t.name) or layers[t.name]
+                if isinstance(layer, MixedLayer):
+                    layer.part_for(config.kind, t.kind.layer)
                 layer.add(name, config)
                 if not activate:
                     layer.disable(name)
@@ -142,6 +142,12 @@ class AdaptedModel:
             raise
         return name
 
+    def kind_of(self, module: str, name: str) -> str:
+        """The kind that holds adapter `name` on `module`: the registry's choice for that module and family (the
+        rule that chose it when the adapter was added; one layer class may serve several kinds)."""
+        layer = self.layers()[module]
+        return self.registry.require_kind_for(layer.base, layer.configs[name].kind, module).name
+
     def bundle(self, name: str) -> AdapterBundle:
         """The adapter detached from the model: per-module configs and kinds, and its tensors."""
         info = self._require(name)
@@ -149,7 +155,7 @@ class AdaptedModel:
         for module, layer in self.layers().items():
             if name in layer.adapters:
                 configs[module] = layer.configs[name]
-                kinds[module] = next(o.spec.name for o in self.registry.kinds.values() if type(layer) is o.spec.layer)
+                kinds[module] = self.kind_of(module, name)
         return AdapterBundle(name=name, family=info.config.kind, configs=configs, state=self.adapter_state(name),
                              kinds=kinds, config=info.config, base_model=self.base_id,
                              base_fingerprints=self.base_fingerprints(sorted(configs)), metadata=dict(info.metadata))

@@ -88,8 +88,8 @@ def build_metadata(am: AdaptedModel, name: str) -> dict[str, Any]:
             continue
         config = layer.configs[name].to_dict()
         overrides = {k: v for k, v in config.items() if base_config.get(k) != v}
-        kind = next(o.spec.name for o in am.registry.kinds.values() if type(layer) is o.spec.layer)
-        targets[module] = {"kind": kind, **layer.describe(name), **({"config": overrides} if overrides else {})}
+        targets[module] = {"kind": am.kind_of(module, name), **layer.describe(name),
+                           **({"config": overrides} if overrides else {})}
     per_module = am.base_fingerprints(sorted(targets))
     return {
         **info.metadata,  # fields from a newer version are kept, not dropped

@@ -138,3 +138,41 @@ def test_every_family_trains_applies_and_is_refused_by_lora_merges_from_the_comm
     refused = runner.invoke(cli, ["merge", "richboynet", "nines", "--method", "linear", "--out", "m", "--dry-run",
                                   "--zoo", zoo])
     assert refused.exit_code == 1 and f"is a {family!r} adapter; method 'linear' combines 'lora'" in refused.stderr
+
+
+class _Holder(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        out = self.inner(*args)
+        return out[0] if isinstance(out, tuple) else out
+
+
+_MODULES = {nn.Linear: (lambda: nn.Linear(6, 4), lambda: (torch.randn(2, 6),)),
+            nn.Conv2d: (lambda: nn.Conv2d(2, 4, 3), lambda: (torch.randn(1, 2, 5, 5),)),
+            nn.MultiheadAttention: (lambda: nn.MultiheadAttention(4, 2), lambda: (torch.randn(3, 1, 4),) * 3)}
+
+
+@pytest.mark.parametrize("kind_name", sorted(k for k, o in get_registry().kinds.items()
+                                             if o.spec.targets[0] in _MODULES))
+def test_every_kind_saves_and_loads_through_the_native_file_with_its_own_kind(tmp_path, kind_name) -> None:
+    """The file records each module's kind; one layer class serves a Linear kind and a Conv2d kind, so the kind
+    is the registry's choice for the module, not the first kind with that class."""
+    kind = get_registry().get_kind(kind_name)
+    make, inputs = _MODULES[kind.targets[0]]
+    torch.manual_seed(0)
+    state = make().state_dict()
+    models = []
+    for _ in range(2):
+        module = make()
+        module.load_state_dict(state)
+        models.append(AdaptedModel(_Holder(module).eval(), registry=get_registry()))
+    models[0].add_adapter("x", kind.config(targets=["inner"]))
+    _randomize(models[0].model)
+    assert models[0].bundle("x").kinds == {"inner": kind_name}
+    models[1].load_adapter(models[0].save_adapter("x", tmp_path / "x.safetensors"))
+    x = inputs()
+    with torch.no_grad():
+        assert torch.equal(models[1](*x), models[0](*x))

@@ -23,7 +23,6 @@ class _Dora:
     """What both DoRA layers add to their LoRA layer: the magnitude, and the delta built on it."""
 
     fast_merge = False  # W' is not W + B' A: the generic sum of delta weights
-    combine = AdapterLayer.combine  # each adapter's own delta, not LoRA's fused stack
     combine_routed = AdapterLayer.combine_routed
 
     def create(self, name: str, config: LoraConfig) -> LoraFactors:
@@ -46,14 +45,33 @@ class _Dora:
         return factors.lora_magnitude / norm.detach()
 
     def delta(self, name: str, x: Tensor) -> Tensor:
+        x = self.factors(name).dropout(x)  # type: ignore[attr-defined]
+        return self._delta_on(name, x, self.forward_with({"weight": self.base_state()["weight"], "bias": None}, x))  # type: ignore[attr-defined]
+
+    def _delta_on(self, name: str, x: Tensor, base: Tensor) -> Tensor:
+        """The delta given W x (no bias) for this input: (m / n - 1) W x + (m / n) s B A x."""
         factors = self.factors(name)  # type: ignore[attr-defined]
-        x = factors.dropout(x)
         ratio = self._ratio(name)
-        base = self.forward_with({"weight": self.base_state()["weight"], "bias": None}, x)  # type: ignore[attr-defined]
         low_rank = self.up(self.down(x, factors.lora_A), factors.lora_B) * factors.scale  # type: ignore[attr-defined]
         if isinstance(self.base, nn.Conv2d):  # channels: axis 0 of an unbatched (C, H, W), else axis 1
             ratio = ratio.view(-1, 1, 1) if base.dim() == 3 else ratio.view(1, -1, 1, 1)
         return (ratio - 1) * base + ratio * low_rank
+
+    def combine(self, live: list[tuple[str, float]], x: Tensor, out: Tensor | None = None) -> Tensor:
+        """Each adapter's delta; W x is read off the base output (minus its bias) instead of run again, unless a
+        live dropout in training must feed it the dropped input (PEFT does the same)."""
+        dropping = self.training and any(not isinstance(self.factors(n).dropout, nn.Identity)  # type: ignore[attr-defined]
+                                         for n, _ in live)
+        if out is None or dropping or self._originals:  # type: ignore[attr-defined]
+            return AdapterLayer.combine(self, live, x, out)  # type: ignore[arg-type]
+        bias = self.base.bias  # type: ignore[attr-defined]
+        if bias is not None:  # a conv's bias per channel: (C, 1, 1) lines up with (N, C, H, W) and (C, H, W) alike
+            bias = bias.view(-1, 1, 1) if isinstance(self.base, nn.Conv2d) else bias  # type: ignore[attr-defined]
+        base = out if bias is None else out - bias
+        total = out
+        for name, weight in live:
+            total = total + self._delta_on(name, x, base) * weight
+        return total
 
     def delta_weight(self, name: str) -> Tensor:
         weight = self.base_state()["weight"]  # type: ignore[attr-defined]

@@ -4,7 +4,9 @@
 - an adapter at weight w scales by 1 + w (l - 1): weight 0 is the base, weight 1 the learned scale;
 - several (IA)^3 adapters on one layer multiply their scales, in any order (scales commute);
 - merging folds the product into the weight: W' = diag(out) W diag(in), b' = out * b (an output scale scales
-  the bias too, as the unmerged forward does).
+  the bias too, as the unmerged forward does);
+- with other families on the same module, the scales wrap the whole layer (`composes = "wraps"`): they scale
+  the base and the other adapters' deltas alike, W' = diag(out) (W + deltas) diag(in).
 
 Under per-sample routing each sample runs one adapter, whose additive effect is exact: base(x) (l - 1) on the
 output side, W ((l - 1) x) on the input side.
@@ -49,7 +51,9 @@ class IA3Layer(AdapterLayer):
             return scale.view(-1, 1, 1) if like.dim() == 3 else scale.view(1, -1, 1, 1)
         return scale
 
-    # --- the forward: scales multiply --------------------------------------------------------------------
+    # --- the forward: scales multiply, around everything inside the layer ----------------------------------
+    composes = "wraps"  # with other families on one module: W' = D_out (W + their deltas) D_in
+
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         live = self.live()
         if self.route is not None or not live:
@@ -57,10 +61,13 @@ class IA3Layer(AdapterLayer):
         merged = self.inference_weights(live)
         if merged is not None:
             return self.forward_with(merged, x)
+        return self.wrap_forward(live, x, *args, inner=self.base, **kwargs)
+
+    def wrap_forward(self, live: list[tuple[str, float]], x: Tensor, *args: Any, inner: Any, **kwargs: Any) -> Tensor:
         ins, outs = self._scales(live)
         if ins is not None:
             x = x * self._shaped(ins, x)
-        out = self.base(x, *args, **kwargs)
+        out = inner(x, *args, **kwargs)
         return out * self._shaped(outs, out) if outs is not None else out
 
     def forward_with(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -69,11 +76,14 @@ class IA3Layer(AdapterLayer):
         return nn.functional.linear(x, weights["weight"], weights.get("bias", self.base.bias))
 
     def merged_weights(self, weighted: list[tuple[str, float]], allocate: Any) -> dict[str, Tensor]:
+        """The current tensors (with what is already merged) scaled by these adapters."""
+        return self.wrap_weights(weighted, {path: p.detach() for path, p in self.base.named_parameters()})
+
+    def wrap_weights(self, weighted: list[tuple[str, float]], tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         """W scaled row-wise by the output scales and column-wise by the input scales; the bias by the output
         scales (computed in float32, rounded once)."""
         ins, outs = self._scales(weighted)
-        original = self.base_state()
-        weight = original["weight"].float()
+        weight = tensors["weight"].float()
         extra = (1,) * (weight.dim() - 2)
         if outs is not None:
             weight = weight * outs.float().view(-1, 1, *extra)
@@ -82,9 +92,9 @@ class IA3Layer(AdapterLayer):
             per_group = ins.float().view(groups, -1)  # a grouped conv's kernel sees its own group's inputs
             weight = (weight.view(groups, -1, *weight.shape[1:]) * per_group.view(groups, 1, -1, *extra)
                       ).view(weight.shape)
-        out = {"weight": weight.to(original["weight"].dtype)}
-        if outs is not None and "bias" in original:
-            out["bias"] = (original["bias"].float() * outs.float()).to(original["bias"].dtype)
+        out = {"weight": weight.to(tensors["weight"].dtype)}
+        if outs is not None and tensors.get("bias") is not None:
+            out["bias"] = (tensors["bias"].float() * outs.float()).to(tensors["bias"].dtype)
         return out
 
     # --- one adapter's additive effect (per-sample routing), and its change to the weights --------------
@@ -96,8 +106,8 @@ class IA3Layer(AdapterLayer):
         return out * self._shaped(change, out)
 
     def delta_weights(self, name: str) -> dict[str, Tensor]:
-        merged, original = self.merged_weights([(name, 1.0)], None), self.base_state()
-        return {path: tensor - original[path] for path, tensor in merged.items()}
+        original = self.base_state()
+        return {path: tensor - original[path] for path, tensor in self.wrap_weights([(name, 1.0)], original).items()}
 
     def delta_weight(self, name: str) -> Tensor:
         return self.delta_weights(name)["weight"]
