@@ -2,7 +2,7 @@
 
     python bench/run.py                 # everything, writes docs/benchmarks.md and bench/results.json
     python bench/run.py --quick         # fewer repeats (a smoke run)
-    python bench/run.py --only forward  # one group: forward, train, merge, combine, routing, io, stream
+    python bench/run.py --only forward  # one group: forward, train, merge, combine, routing, io, stream, families
 
 Latency is the median of repeated runs after warm-up; "overhead" is adapter
 latency minus base latency. Peak memory of a training step is measured in a
@@ -17,7 +17,6 @@ import copy
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -25,12 +24,14 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from families import family_group
+from timing import interleaved, median_time, medians, no_merged_weight_cache, paired_ratio
 
 ROOT = Path(__file__).resolve().parent.parent
 RANK, ALPHA, THREADS = 8, 16, 2
@@ -120,59 +121,6 @@ def _randomize_b(model: nn.Module, seed: int) -> None:
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
-
-
-# --- timing ---------------------------------------------------------------------------------------------------
-def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int = 2) -> list[list[float]]:
-    """Times of each function, measured round-robin: round i of every function ran side by side, in a fresh
-    random order (seeded), so no function always follows the same neighbour (whose cache and allocator
-    footprint it would inherit)."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    order = list(range(len(fns)))
-    rng = random.Random(0)
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        rng.shuffle(order)
-        for i in order:
-            start = time.perf_counter()
-            fns[i]()
-            times[i].append(time.perf_counter() - start)
-    return times
-
-
-def medians(times: list[list[float]]) -> list[float]:
-    return [statistics.median(t) for t in times]
-
-
-def paired_ratio(times: list[float], reference: list[float]) -> float:
-    """Median over rounds of time / reference time in the same round: drift of the machine cancels out."""
-    return statistics.median(t / r for t, r in zip(times, reference))
-
-
-@contextmanager
-def no_merged_weight_cache():
-    """Our layers on the low-rank path only (what PEFT computes): no inference on cached merged weights."""
-    from adapterhub_lite import AdapterLayer
-
-    saved = AdapterLayer.inference_merge_limit
-    AdapterLayer.inference_merge_limit = 0
-    try:
-        yield
-    finally:
-        AdapterLayer.inference_merge_limit = saved
 
 
 def forward_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
@@ -541,7 +489,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="adapterhub_lite vs PEFT benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer repeats: a smoke run")
     parser.add_argument("--only", action="append",
-                        choices=["forward", "train", "merge", "combine", "routing", "io", "stream"])
+                        choices=["forward", "train", "merge", "combine", "routing", "io", "stream", "families"])
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--child-train", nargs=3, metavar=("MODEL", "VARIANT", "STEPS"), help=argparse.SUPPRESS)
@@ -559,7 +507,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     models = ["richboynet", "wide-mlp", "mnist-cnn", "ddpm-unet"]
     repeats = 5 if args.quick else 50
-    groups = args.only or ["forward", "train", "merge", "combine", "routing", "io", "stream"]
+    groups = args.only or ["forward", "train", "merge", "combine", "routing", "io", "stream", "families"]
     started = time.time()
     rows: list[dict[str, Any]] = []
     if "forward" in groups:
@@ -576,6 +524,8 @@ def main() -> None:
         rows += stream_group()
     if "io" in groups:
         rows += io_group(models, 3 if args.quick else 10)
+    if "families" in groups:
+        rows += family_group(["richboynet", "mnist-cnn"], make_case, repeats, 3 if args.quick else 30)
     result = {"machine": machine(), "command": "python bench/run.py" + (" --quick" if args.quick else ""),
               "seconds": time.time() - started, "rows": rows}
     args.json.write_text(json.dumps(result, indent=1) + "\n")
