@@ -33,5 +33,5 @@ def combine(registry: Registry, inputs: list[MergeInput], method: str, rank: int
             raise IncompatibleAdapterError(
                 f"{item.label} is a {item.family!r} adapter; method {method!r} combines "
                 f"{' and '.join(repr(f) for f in spec.families)} adapters only: use a method for that family "
-                "(see `adapters plugins`), or fuse the adapters into the base instead")
+                "(see `adapters plugins`), or fuse the adapters into the base instead", option="into_base")
     return spec.fn(inputs, rank=rank, **options)
