@@ -176,3 +176,16 @@ def test_every_kind_saves_and_loads_through_the_native_file_with_its_own_kind(tm
     x = inputs()
     with torch.no_grad():
         assert torch.equal(models[1](*x), models[0](*x))
+
+
+@pytest.mark.parametrize("value, message", [("a,4", "w1_shape must be two integers OUT,IN, got 'a,4'"),
+                                            ("2,3,4", "w1_shape must be two positive integers OUT,IN")])
+def test_a_bad_family_option_value_is_one_usage_line(tmp_path, value, message) -> None:
+    from click.testing import CliRunner
+
+    from adapterhub_lite.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", "richboynet", "x", "--family", "lokr", "--w1-shape", value,
+                                      "--zoo", str(tmp_path / "zoo")])
+    assert result.exit_code in (1, 2) and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "zoo" / "richboynet").exists()

@@ -165,3 +165,15 @@ def test_ia3_is_refused_by_the_kohya_export_with_what_to_use(tmp_path, net) -> N
     with pytest.raises(IncompatibleAdapterError, match="this one is 'ia3' \\(export it as peft or native\\)"):
         am.export("x", format="kohya", dest=tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_lokr_split_peft_cannot_express_is_refused_by_the_peft_export(tmp_path, net) -> None:
+    """LyCORIS with factor 4 splits the 8x4 conv as (2, 4) x (1, 4); PEFT's rule (one decompose_factor, no
+    reordering) gives no such split, so the conv keeps it as w1_shape and a PEFT folder would be wrong."""
+    _lycoris_file(net, tmp_path / "f.safetensors", "lokr", {"decompose_both": True, "factor": 4})
+    am = AdaptedModel(copy.deepcopy(net), registry=get_registry())
+    bundle = kohya.import_(tmp_path / "f.safetensors", am)
+    assert bundle.configs["conv"].w1_shape == (2, 1) and bundle.configs["head"].w1_shape == ()
+    am.add_bundle(bundle, "x")
+    with pytest.raises(IncompatibleAdapterError, match=r"'conv' has w1 of shape \(2, 1\), which it does not give"):
+        am.export("x", format="peft", dest=tmp_path / "peft")

@@ -203,6 +203,8 @@ def config_values(command: click.Command, values: dict[str, Any], source: str = 
                 value = parse(value)
         except AdapterhubError as exc:  # a value the plugin's parser refuses is a usage error, as click's own
             raise click.BadParameter(str(exc), param_hint=param.opts[0]) from None
+        except (ValueError, TypeError) as exc:  # a parser that forgot to say why: still one line
+            raise click.BadParameter(f"{value!r} is not a valid value ({exc})"[:200], param_hint=param.opts[0]) from None
         out[field_name] = list(value) if source == "task" and isinstance(value, tuple) else value
     return out
 

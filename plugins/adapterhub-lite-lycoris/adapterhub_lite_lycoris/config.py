@@ -30,6 +30,14 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
     return (m, n) if m <= n else (n, m)
 
 
+def _parse_shape(text: str) -> tuple[int, ...]:
+    """OUT,IN from the command line."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"w1_shape must be two integers OUT,IN, got {text!r}"[:120], option="w1_shape") from None
+
+
 def _check_rank_alpha(rank: object, alpha: object) -> None:
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ConfigError(f"rank must be a positive integer, got {rank!r}"[:120], option="rank")
@@ -70,7 +78,7 @@ class LokrConfig(AdapterConfig):
         "split sizes into factors near this one (-1: near the square root)"))
     w1_shape: tuple[int, ...] = field(default=(), metadata=help_field(
         "the small factor's shape OUT,IN, which fixes both splits (empty: from decompose_factor); files whose "
-        "splits no single factor gives import with it", parse=lambda text: tuple(int(v) for v in text.split(","))))
+        "splits no single factor gives import with it", parse=lambda text: _parse_shape(text)))
 
     def __post_init__(self) -> None:
         super().__post_init__()
