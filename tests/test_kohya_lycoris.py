@@ -141,6 +141,8 @@ def _save(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
     ({"lora_unet_head.lokr_w1": torch.ones(8, 8), "lora_unet_head.lokr_w1_a": torch.ones(8, 1),
       "lora_unet_head.lokr_w1_b": torch.ones(1, 8), "lora_unet_head.lokr_w2": torch.ones(8, 8)},
      "LoKr needs lokr_w1, or lokr_w1_a with lokr_w1_b"),
+    ({"lora_unet_head.hada_w1_a": torch.ones(64, 2), "lora_unet_head.hada_w1_b": torch.ones(2, 64),
+      "lora_unet_head.hada_w2_a": torch.ones(64, 2)}, "missing hada_w2_b"),
     ({"lora_unet_head.lokr_w1": torch.ones(7, 8), "lora_unet_head.lokr_w2": torch.ones(8, 8)},
      "does not divide the 64x64 weight"),
     ({"lora_unet_head.hada_w1_a": torch.ones(64, 2), "lora_unet_head.hada_w1_b": torch.ones(2, 64),

@@ -47,6 +47,9 @@ def import_config(family: str, config_class: type[AdapterConfig], module: str, f
         if tensor.dim() < 2:
             raise IncompatibleAdapterError(f"{where}: {factor} has shape {tuple(tensor.shape)}, not a {family} factor")
     if family == "loha":
+        missing = [f for f in FACTORS["loha"] if f not in found]
+        if missing:
+            raise IncompatibleAdapterError(f"{where}: LoHa needs {', '.join(FACTORS['loha'])}; missing {', '.join(missing)}")
         ranks = {found["hada_w1_b"].shape[0], found["hada_w2_b"].shape[0],
                  found["hada_w1_a"].shape[1], found["hada_w2_a"].shape[1]}
         if len(ranks) != 1:
