@@ -72,6 +72,13 @@ class AdaptedModel:
     # --- adding and removing --------------------------------------------------------------
     def add_adapter(self, name: str, config: AdapterConfig, *, activate: bool = True) -> list[str]:
         """Create a new adapter on every module the config targets; returns their names."""
+        return self._add(name, config, activate)
+
+    def _add(self, name: str, config: AdapterConfig, activate: bool,
+             per_module: Mapping[str, AdapterConfig] | None = None) -> list[str]:
+        """Create adapter `name` on the modules `config` targets, each module with its own config where
+        `per_module` gives one (a bundle's); all or nothing."""
+        per_module = per_module or {}
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(f"invalid adapter name {name!r}: use letters, digits, '_' and '-'")
         if name in self.adapters:
@@ -91,7 +98,7 @@ class AdaptedModel:
                 layer = new_layers.get(t.name) or layers[t.name]
                 if isinstance(layer, MixedLayer):
                     layer.part_for(config.kind, t.kind.layer)
-                layer.add(name, config)
+                layer.add(name, per_module.get(t.name, config))
                 if not activate:
                     layer.disable(name)
         except Exception as exc:
@@ -122,18 +129,9 @@ class AdaptedModel:
         exact = sorted(bundle.configs)
         first = bundle.configs[exact[0]]
         anchored = first.replace(targets=["re:" + re.escape(m) for m in exact], target_types=[])
-        self.add_adapter(name, anchored, activate=activate)
+        own = {m: c.replace(targets=anchored.targets, target_types=[]) for m, c in bundle.configs.items()}
+        self._add(name, anchored, activate, own)
         try:
-            for module, layer in self.layers().items():
-                wanted = bundle.configs.get(module)
-                if name not in layer.adapters or wanted is None:
-                    continue
-                wanted = wanted.replace(targets=anchored.targets, target_types=[])
-                if wanted != anchored:
-                    layer.remove(name)
-                    layer.add(name, wanted)
-                    if not activate:
-                        layer.disable(name)
             self.adapters[name].config = bundle.config or first
             self.adapters[name].metadata = dict(bundle.metadata)
             self.load_adapter_state(name, bundle.state)

@@ -187,6 +187,11 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
                                                           tuple(base.weight.shape), alpha, f"{src}: {flat}")
             state.update({f"{module}.{k}": v for k, v in factors.items()})
             continue
+        if getattr(base, "groups", 1) != 1:
+            raise IncompatibleAdapterError(
+                f"{src}: {module!r} is a grouped conv (groups={base.groups}); LyCORIS's {family} there is one "
+                "low-rank delta over the grouped kernel, which the grouped LoRA layout here (one pair per group) "
+                "does not hold")
         down, up = found["lora_down.weight"], found["lora_up.weight"]
         rank = int(down.shape[0]) if down.dim() >= 2 else 0
         if rank < 1:
