@@ -54,7 +54,7 @@ Allocate = Callable[[str, Tensor], Tensor]  # (base parameter path, the current 
 
 
 class AdapterLayer(nn.Module):
-    targets: ClassVar[tuple[type[nn.Module], ...]] = ()
+    targets: ClassVar[tuple[type[nn.Module] | str, ...]] = ()  # classes or qualified class names
     # How this kind's adapters stack with other families' on one module: "adds" (base(x) + delta, the delta taken
     # against the base weight) or "wraps" (acts on the whole layer, base and other families' deltas alike, like
     # (IA)^3's scales: the kind gives `wrap_forward` and `wrap_weights`).

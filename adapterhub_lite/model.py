@@ -334,6 +334,10 @@ class AdaptedModel:
         """Tensors keyed `<module>.<param>` by original module name (the file layout)."""
         return {key: param.detach() for key, param in self.adapter_parameters(name)}
 
+    def base_modules(self) -> dict[str, nn.Module]:
+        """Module name -> the model's own module under that name (an adapted one: its base, not the wrapper)."""
+        return dict(named_base_modules(self.model))
+
     def target_configs(self, name: str) -> dict[str, AdapterConfig]:
         return {n: layer.configs[name] for n, layer in self.layers().items() if name in layer.adapters}
 

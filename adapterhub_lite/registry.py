@@ -105,7 +105,7 @@ class Registry:
         candidates = [o.spec for o in self.kinds.values() if o.spec.family == family]
         for cls in type(module).__mro__:
             for kind in candidates:
-                if cls in kind.targets:
+                if kind.wraps(cls):
                     return kind
         return None
 
@@ -119,7 +119,7 @@ class Registry:
         return kind
 
     def wrappable_types(self, family: str) -> list[str]:
-        return sorted({t.__name__ for o in self.kinds.values() if o.spec.family == family for t in o.spec.targets})
+        return sorted({t for o in self.kinds.values() if o.spec.family == family for t in o.spec.target_names})
 
     # --- models, merges, formats ---------------------------------------------------
     def list_models(self, pattern: str = "*") -> list[str]:
@@ -166,7 +166,7 @@ class Registry:
 def _describe_spec(spec: Any) -> dict[str, Any]:
     data: dict[str, Any] = {"name": spec.name, "description": spec.description}
     if isinstance(spec, AdapterKind):
-        data.update(family=spec.family, targets=[t.__name__ for t in spec.targets], layer=spec.layer.__qualname__)
+        data.update(family=spec.family, targets=spec.target_names, layer=spec.layer.__qualname__)
     elif isinstance(spec, ModelSpec):
         data.update(task=spec.task.name if spec.task else "")
     elif isinstance(spec, Format):

@@ -96,7 +96,9 @@ class AdapterKind:
     name: str
     layer: type[AdapterLayer]
     config: type[AdapterConfig]
-    targets: tuple[type[nn.Module], ...] = ()
+    # module classes, or their qualified names ("transformers.pytorch_utils.Conv1D") for classes of a package
+    # the plugin should not import (or depend on) just to say what it wraps
+    targets: tuple[type[nn.Module] | str, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -107,6 +109,20 @@ class AdapterKind:
     @property
     def family(self) -> str:
         return self.config.kind
+
+    def wraps(self, cls: type) -> bool:
+        """Whether `cls` itself (not a subclass: the registry walks the MRO) is one of the targets."""
+        return cls in self.targets or qualified_name(cls) in self.targets
+
+    @property
+    def target_names(self) -> list[str]:
+        """The targets' short class names, for messages."""
+        return [t.rpartition(".")[2] if isinstance(t, str) else t.__name__ for t in self.targets]
+
+
+def qualified_name(cls: type) -> str:
+    """`module.QualName` of a class: how a kind names a target class it does not import."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class Task:

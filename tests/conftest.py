@@ -160,10 +160,12 @@ def reference_delta(layer: Any, name: str) -> dict[str, torch.Tensor]:
                 if path in layer.base_state()}
     if config.kind != "lora":
         raise AssertionError(f"no reference for the {config.kind!r} family: add one to tests/conftest.py")
-    if isinstance(base, nn.Conv2d):
+    if isinstance(base, (nn.Conv1d, nn.Conv2d)):
         return {"weight": _low_rank(factors, config, base.groups)}
     if isinstance(base, nn.Linear):
         return {"weight": _low_rank(factors, config)}
+    if isinstance(base, nn.Embedding) or type(base).__name__ == "Conv1D":  # tables and GPT-2's Conv1D: (in, out)
+        return {"weight": _low_rank(factors, config).T}
     if isinstance(base, nn.MultiheadAttention):
         out = {}
         if "out" in factors:

@@ -114,10 +114,46 @@ def mha_case(draw: st.DrawFn, dtype: torch.dtype) -> Case:
     return Case(module.to(dtype), (q, k, v), masks)
 
 
-EXAMPLES: dict[type[nn.Module], Callable[[torch.dtype], st.SearchStrategy[Case]]] = {
+@st.composite
+def conv1d_case(draw: st.DrawFn, dtype: torch.dtype) -> Case:
+    groups = draw(st.sampled_from([1, 1, 2]))
+    c_in, c_out = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    module = nn.Conv1d(c_in, c_out, draw(st.integers(1, 4)), stride=draw(st.integers(1, 2)),
+                       padding=draw(st.integers(0, 2)), dilation=draw(st.integers(1, 2)), groups=groups,
+                       bias=draw(st.booleans()), padding_mode=draw(st.sampled_from(["zeros", "reflect", "circular"])))
+    x = _inputs(draw, (draw(st.integers(1, 2)), c_in, draw(st.integers(7, 11))), dtype)
+    return Case(module.to(dtype), (x,))
+
+
+@st.composite
+def embedding_case(draw: st.DrawFn, dtype: torch.dtype) -> Case:
+    num, dim = draw(st.integers(2, 30)), draw(st.integers(1, 12))
+    module = nn.Embedding(num, dim, padding_idx=draw(st.sampled_from([None, 0])))
+    lead = draw(st.sampled_from([(3,), (2, 5), ()]))
+    ids = torch.randint(0, num, lead, generator=torch.Generator().manual_seed(draw(st.integers(0, 2**16))))
+    return Case(module.to(dtype), (ids,))
+
+
+@st.composite
+def transformers_conv1d_case(draw: st.DrawFn, dtype: torch.dtype) -> Case:
+    from transformers.pytorch_utils import Conv1D  # GPT-2's layer: a Linear with its weight stored (in, out)
+
+    fan_in, fan_out = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    module = Conv1D(fan_out, fan_in)
+    with torch.no_grad():
+        module.bias.normal_()
+    x = _inputs(draw, (*draw(st.sampled_from([(3,), (2, 5)])), fan_in), dtype)
+    return Case(module.to(dtype), (x,))
+
+
+# keyed as kinds name their targets: a class, or a qualified class name
+EXAMPLES: dict[type[nn.Module] | str, Callable[[torch.dtype], st.SearchStrategy[Case]]] = {
     nn.Linear: linear_case,
+    nn.Conv1d: conv1d_case,
     nn.Conv2d: conv_case,
+    nn.Embedding: embedding_case,
     nn.MultiheadAttention: mha_case,
+    "transformers.pytorch_utils.Conv1D": transformers_conv1d_case,
 }
 
 
@@ -314,21 +350,34 @@ def test_adapter_state_round_trip_is_bit_exact(kind_name: str) -> None:
     check()
 
 
+def _conv1d_gpt2() -> Case:
+    from transformers.pytorch_utils import Conv1D
+
+    return Case(Conv1D(4, 4), (torch.randn(2, 4),))
+
+
+SMALL: dict[type[nn.Module] | str, Callable[[], Case]] = {  # one fixed small case per target
+    nn.Linear: lambda: Case(nn.Linear(4, 4), (torch.randn(2, 4),)),
+    nn.Conv1d: lambda: Case(nn.Conv1d(2, 2, 3), (torch.randn(1, 2, 6),)),
+    nn.Conv2d: lambda: Case(nn.Conv2d(2, 2, 3), (torch.randn(1, 2, 5, 5),)),
+    nn.Embedding: lambda: Case(nn.Embedding(5, 4), (torch.tensor([[0, 3, 4]]),)),
+    nn.MultiheadAttention: lambda: Case(nn.MultiheadAttention(4, 2), (torch.randn(3, 1, 4),) * 3),
+    "transformers.pytorch_utils.Conv1D": _conv1d_gpt2,
+}
+
+
 @pytest.mark.parametrize("kind_name", KINDS)
 def test_removed_adapter_tensors_are_freed(kind_name: str) -> None:
     kind = get_registry().get_kind(kind_name)
-    module = {nn.Linear: lambda: nn.Linear(4, 4), nn.Conv2d: lambda: nn.Conv2d(2, 2, 3),
-              nn.MultiheadAttention: lambda: nn.MultiheadAttention(4, 2)}[kind.targets[0]]()
-    layer = kind.layer(module)
+    case = SMALL[kind.targets[0]]()
+    layer = kind.layer(case.module)
     config = kind.config(targets=("*",))
     layer.add("gone", config)
     layer.add("kept", config)
     refs = [weakref.ref(p) for p in layer.adapters["gone"].parameters()]
     assert refs
-    x = {nn.Linear: lambda: (torch.randn(2, 4),), nn.Conv2d: lambda: (torch.randn(1, 2, 5, 5),),
-         nn.MultiheadAttention: lambda: (torch.randn(3, 1, 4),) * 3}[kind.targets[0]]()
     with torch.no_grad():
-        layer(*x)  # fills the fused-stack cache, which must not keep "gone" alive
+        case.run(layer)  # fills the fused-stack cache, which must not keep "gone" alive
     layer.remove("gone")
     gc.collect()
     assert all(r() is None for r in refs)

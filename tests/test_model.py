@@ -49,7 +49,7 @@ def test_misspelt_target_is_an_error_with_close_matches(tiny_net, registry) -> N
 
 def test_unwrappable_target_is_an_error(registry) -> None:
     am = AdaptedModel(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), registry=registry)
-    with pytest.raises(UnsupportedModuleError, match=r"'1' selects only .*\(ReLU\).*wraps: Conv2d, Linear, Multi"):
+    with pytest.raises(UnsupportedModuleError, match=r"'1' selects only .*\(ReLU\).*wraps: Conv1D, Conv1d, Conv2d, Embedding, Linear, Multi"):
         am.add_adapter("x", LoraConfig(targets=["1"]))
     with pytest.raises(UnsupportedModuleError, match="selects no module"):
         am.add_adapter("x", LoraConfig(target_types=["ReLU"]))

@@ -38,7 +38,9 @@ def test_plugins_json_lists_the_lora_kinds() -> None:
     assert result.returncode == 0, result.stderr
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
     kinds = {k["name"]: k["targets"] for k in plugins["lora"]["kinds"]}
-    assert kinds == {"lora-linear": ["Linear"], "lora-conv2d": ["Conv2d"], "lora-mha": ["MultiheadAttention"]}
+    assert kinds == {"lora-linear": ["Linear"], "lora-conv1d": ["Conv1d"], "lora-conv2d": ["Conv2d"],
+                     "lora-embedding": ["Embedding"], "lora-mha": ["MultiheadAttention"],
+                     "lora-transformers-conv1d": ["Conv1D"]}
 
 
 def test_load_plugins_env_filter(monkeypatch) -> None:

@@ -39,8 +39,8 @@ def _registry(*plugins) -> Registry:
 
 
 def test_owner_is_recorded(registry) -> None:
-    assert {n: o.plugin for n, o in registry.kinds.items()} == {
-        "lora-linear": "lora", "lora-conv2d": "lora", "lora-mha": "lora"}
+    assert {n: o.plugin for n, o in registry.kinds.items()} == {k: "lora" for k in (
+        "lora-linear", "lora-conv1d", "lora-conv2d", "lora-embedding", "lora-mha", "lora-transformers-conv1d")}
     assert registry.families() == {"lora": LoraConfig}
 
 
@@ -76,7 +76,7 @@ def test_kind_dispatch_walks_the_mro(registry) -> None:
 
     assert registry.kind_for(MyLinear(2, 2), "lora").name == "lora-linear"
     assert registry.kind_for(nn.ReLU(), "lora") is None
-    assert registry.wrappable_types("lora") == ["Conv2d", "Linear", "MultiheadAttention"]
+    assert registry.wrappable_types("lora") == ["Conv1D", "Conv1d", "Conv2d", "Embedding", "Linear", "MultiheadAttention"]
 
 
 def test_a_more_specific_kind_wins() -> None:
@@ -121,3 +121,23 @@ def test_an_unhashable_plugin_is_refused_with_the_reason() -> None:
     pm = PluginManager()
     with pytest.raises(PluginError, match="plugin 'odd' cannot be registered: it is not hashable"):
         pm.add(types.SimpleNamespace(register_models=hookimpl(lambda register: None)), name="odd")
+
+
+class Foreign(nn.Module):
+    """Stands for a class from a package a plugin names but does not import."""
+
+
+class ForeignChild(Foreign):
+    pass
+
+
+def test_a_kind_may_name_its_target_class_by_qualified_name() -> None:
+    from adapterhub_lite.specs import qualified_name
+
+    kind = AdapterKind(name="lora-foreign", layer=LoraLinear, config=LoraConfig, targets=(qualified_name(Foreign),))
+    assert kind.target_names == ["Foreign"] and qualified_name(Foreign) == f"{__name__}.Foreign"
+    assert kind.wraps(Foreign) and not kind.wraps(ForeignChild) and not kind.wraps(nn.Linear)
+    registry = _registry(_plugin(register_adapter_types=lambda register: register(kind)))
+    assert registry.kind_for(ForeignChild(), "lora") is kind  # through the MRO, as a class target is
+    assert registry.kind_for(nn.ReLU(), "lora") is None
+    assert "Foreign" in registry.wrappable_types("lora")

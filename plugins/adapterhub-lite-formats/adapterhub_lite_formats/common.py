@@ -59,6 +59,7 @@ def dora_modules(am: AdaptedModel, bundle: Any, fmt: str) -> dict[str, tuple[Any
     return out
 
 
-def module_kinds(model: Any) -> dict[str, str]:
-    """Module name -> class name, for messages and lookups."""
-    return {n: type(m).__name__ for n, m in model.named_modules() if n}
+def module_kinds(am: AdaptedModel) -> dict[str, str]:
+    """Module name -> class name of the model's own module (seen through adapter layers), for messages and
+    lookups."""
+    return {n: type(m).__name__ for n, m in am.base_modules().items()}

@@ -1,10 +1,14 @@
 """PEFT's adapter folder: adapter_config.json + adapter_model.safetensors.
 
-Keys are `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`; the
-scale is `lora_alpha / r` (or `/ sqrt(r)` with `use_rslora`), with per-module
+Keys are `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`
+(`.lora_embedding_A` / `.lora_embedding_B` on an nn.Embedding); the scale is
+`lora_alpha / r` (or `/ sqrt(r)` with `use_rslora`), with per-module
 `rank_pattern` / `alpha_pattern`. Only what PEFT and we compute identically
-is accepted: plain LoRA on Linear and Conv2d. DoRA, trained biases,
-modules_to_save, fan_in_fan_out and pickled `.bin` weights are refused.
+is accepted: plain LoRA on Linear, transformers' Conv1D, Embedding and
+ungrouped Conv1d/Conv2d with zero padding and no dilation (PEFT's A conv takes
+neither the base's dilation nor its padding mode). Trained biases,
+modules_to_save and pickled `.bin` weights are refused. `fan_in_fan_out` does
+not change the math: PEFT sets it per module by the module's type.
 """
 
 from __future__ import annotations
@@ -33,11 +37,11 @@ from .common import dora_modules, module_kinds, plain_lora, read_safetensors, sh
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."
 _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_-]+)?\.weight$")
+_EMBEDDING_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_embedding_(?P<ab>[AB])(?:\.[A-Za-z0-9_-]+)?$")
 _MAGNITUDE = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_magnitude_vector(?:\.[A-Za-z0-9_-]+)?$")
 REFUSED = {  # config field -> (value that is fine, why anything else is refused)
     "bias": ("none", "it trains biases, which a LoRA adapter here does not hold"),
     "modules_to_save": (None, "it carries fully trained modules, not LoRA factors"),
-    "fan_in_fan_out": (False, "fan_in_fan_out is for transformers' Conv1D layers"),
     "layer_replication": (None, "layer replication changes the base model's structure"),
     "target_parameters": (None, "it adapts raw parameters, not modules"),
 }
@@ -55,6 +59,9 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
                                        f"ia3 adapters; this one is {bundle.family!r} (export it as native)")
     dora = bundle.family == "dora"
     modules = dora_modules(source, bundle, "peft") if dora else plain_lora(source, name, "peft")
+    bases = {m: source.model.get_submodule(m).base for m in modules}
+    for module, base in bases.items():
+        _check_peft_computes_it(base, module, "this adapter")
     ranks = {m: c.rank for m, (c, _) in modules.items()}
     alphas = {m: c.alpha for m, (c, _) in modules.items()}
     rslora = {c.rslora for c, _ in modules.values()}
@@ -75,7 +82,9 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
         # `lin0` would also set `block.lin0`: anchored, a key matches its own module only
         "rank_pattern": {_anchored(m): ranks[m] for m in sorted(modules) if ranks[m] != r},
         "alpha_pattern": {_anchored(m): alphas[m] for m in sorted(modules) if alphas[m] != alpha},
-        "bias": "none", "use_dora": dora, "fan_in_fan_out": False, "modules_to_save": None,
+        "bias": "none", "use_dora": dora, "modules_to_save": None,
+        # PEFT sets it per module by type anyway (warning when the config disagrees): true where Conv1D is
+        "fan_in_fan_out": any(type(b).__name__ == "Conv1D" for b in bases.values()),
         "init_lora_weights": True, "inference_mode": True,
     }
     tensors = {}
@@ -85,9 +94,29 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
             conv = isinstance(source.model.get_submodule(module).base, nn.Conv2d)
             tensors[f"{PREFIX}{module}.lora_magnitude_vector"] = (tensor.view(1, -1, 1, 1) if conv else tensor
                                                                   ).detach().contiguous()
+        elif isinstance(bases[module], nn.Embedding):  # PEFT's embedding factors are parameters, not modules
+            tensors[f"{PREFIX}{module}.lora_embedding_{factor[-1]}"] = tensor.detach().contiguous()
         else:
             tensors[f"{PREFIX}{module}.{factor}.weight"] = tensor.detach().contiguous()
     return _write(dest, config, tensors)
+
+
+PEFT_LORA_TYPES = ("Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d")  # what PEFT's LoRA and ours both wrap
+
+
+def _check_peft_computes_it(base: nn.Module, module: str, where: Any) -> None:
+    """Refuse a module where PEFT's LoRA forward would compute something else than ours."""
+    kind = type(base).__name__
+    if kind not in PEFT_LORA_TYPES:
+        raise IncompatibleAdapterError(f"{where}: {shown(module)} is a {kind} in this model; PEFT LoRA files hold "
+                                       f"{', '.join(PEFT_LORA_TYPES)} modules")
+    if isinstance(base, (nn.Conv1d, nn.Conv2d)):
+        why = ("groups > 1" if base.groups != 1 else f"padding_mode={base.padding_mode!r}"
+               if base.padding_mode != "zeros" else f"dilation {base.dilation}" if set(base.dilation) != {1} else "")
+        if why:
+            raise IncompatibleAdapterError(
+                f"{where}: {shown(module)} is a {kind} with {why}, and PEFT's LoRA runs its A conv without it (other "
+                "outputs than the merged weights); export it as native or merged")
 
 
 def _write(dest: Path, config: dict[str, Any], tensors: dict[str, Any]) -> Path:
@@ -176,21 +205,25 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
             raise IncompatibleAdapterError(f"{folder} holds a DoRA adapter (use_dora=True): install the plugin that "
                                            "provides it (pip install adapterhub-lite-dora)") from exc
     state, configs = {}, {}
-    kinds = module_kinds(model.model)
+    modules = model.base_modules()
+    kinds = module_kinds(model)
     for key, tensor in tensors.items():
         magnitude = _MAGNITUDE.match(key)
         if magnitude is not None and dora:
             state[f"{magnitude['module']}.lora_magnitude"] = tensor.reshape(-1)
             continue
-        match = _KEY.match(key)
+        match = _KEY.match(key) or _EMBEDDING_KEY.match(key)
         if match is None:
             raise IncompatibleAdapterError(f"{folder / WEIGHTS}: tensor {shown(key)} is not a LoRA factor "
                                            "(a DoRA magnitude without use_dora, a bias or a saved module?)")
         module = match["module"]
-        if kinds.get(module) not in ("Linear", "Conv2d"):
-            raise IncompatibleAdapterError(
-                f"{folder}: {shown(module)} is a {kinds.get(module, 'missing module')} in this model; PEFT LoRA imports "
-                "onto Linear and Conv2d modules")
+        if module not in modules:
+            raise IncompatibleAdapterError(f"{folder}: {shown(module)} is a missing module in this model")
+        if (kinds[module] == "Embedding") != (match.re is _EMBEDDING_KEY):
+            raise IncompatibleAdapterError(f"{folder / WEIGHTS}: {shown(key)} is laid out for "
+                                           f"{'an Embedding' if match.re is _EMBEDDING_KEY else 'a Linear or conv'}, "
+                                           f"but {shown(module)} is a {kinds[module]} in this model")
+        _check_peft_computes_it(modules[module], module, folder)
         state[f"{module}.lora_{match['ab']}"] = tensor
     for key, tensor in state.items():
         if key.endswith(".lora_A"):

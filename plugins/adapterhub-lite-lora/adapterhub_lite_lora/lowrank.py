@@ -24,17 +24,25 @@ from .config import LoraConfig
 
 
 class LoraFactors(nn.Module):
-    """One adapter's pair on one weight: down-projection A, up-projection B (zero at start)."""
+    """One adapter's pair on one weight: down-projection A, up-projection B (zero at start).
 
-    def __init__(self, a_shape: tuple[int, ...], b_shape: tuple[int, ...], config: LoraConfig, like: Tensor) -> None:
+    `zero="A"` is the embedding layout's init (PEFT's and the LoRA paper's): A zero, B normal, because A is read
+    by index, one row per token, and a zero B would leave A without gradient."""
+
+    def __init__(self, a_shape: tuple[int, ...], b_shape: tuple[int, ...], config: LoraConfig, like: Tensor,
+                 zero: str = "B") -> None:
         super().__init__()
         a = torch.empty(a_shape, dtype=torch.float32, device=like.device)  # init in fp32: same draw for every dtype
-        if config.init == "kaiming":
+        b = torch.zeros(b_shape, dtype=torch.float32, device=like.device)
+        if zero == "A":
+            a.zero_()
+            nn.init.normal_(b)
+        elif config.init == "kaiming":
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # nn.Linear's own init
         else:
             nn.init.normal_(a, std=1.0 / config.rank)
         self.lora_A = nn.Parameter(a.to(like.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(b_shape, dtype=like.dtype, device=like.device))
+        self.lora_B = nn.Parameter(b.to(like.dtype))
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.scale = config.scale
 
@@ -66,6 +74,8 @@ class LowRankLayer(AdapterLayer):
     groups = 1
     rank_axis = -1  # where the rank lives in down(x, A): last for Linear, 1 (channels) for Conv2d
     fast_merge = True  # one weight, W + B A: merge with addmm (attention, with several weights, opts out)
+    # the base keeps its weight as (in, out), the transpose of B @ A: transformers' Conv1D, nn.Embedding
+    weight_transposed = False
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__(base)
@@ -98,7 +108,8 @@ class LowRankLayer(AdapterLayer):
         """scale * B @ A, per group, reshaped like the base weight."""
         a = f.lora_A.unflatten(0, (self.groups, -1)).flatten(2)  # (g, r, in/g * k...)
         b = f.lora_B.flatten(1).unflatten(0, (self.groups, -1))  # (g, out/g, r)
-        return (b @ a).reshape(b.shape[0] * b.shape[1], *f.lora_A.shape[1:]) * f.scale
+        delta = (b @ a).reshape(b.shape[0] * b.shape[1], *f.lora_A.shape[1:]) * f.scale
+        return delta.t() if self.weight_transposed else delta
 
     def delta(self, name: str, x: Tensor) -> Tensor:
         return self.factor_delta(self.factors(name), x)
@@ -123,7 +134,10 @@ class LowRankLayer(AdapterLayer):
             a, b, alpha = _stack([(self.factors(n), w) for n, w in weighted], 1)
             flat = weight.data.reshape(weight.shape[0], -1)
             out = allocate("weight", weight.data).view(flat.shape)
-            torch.addmm(flat, b.reshape(b.shape[0], -1), a.reshape(a.shape[0], -1), alpha=alpha, out=out)
+            b, a = b.reshape(b.shape[0], -1), a.reshape(a.shape[0], -1)
+            if self.weight_transposed:  # W^T + B A  <=>  W + A^T B^T
+                b, a = a.t(), b.t()
+            torch.addmm(flat, b, a, alpha=alpha, out=out)
         return {"weight": out.view(weight.shape)}
 
     def describe(self, name: str) -> dict[str, object]:

@@ -1,0 +1,144 @@
+"""LoRA on transformers' Conv1D (a tiny GPT-2 built from its config), nn.Embedding and nn.Conv1d: PEFT folders
+both ways with the real peft (each compared with the float64 reference of tests/conftest.py), and the cases
+where PEFT would compute something else, refused."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import peft  # a test extra: installed by the README's command, never skipped
+import pytest
+import torch
+from adapterhub_lite_formats import peft as peft_format
+from adapterhub_lite_lora import LoraEmbedding
+from conftest import assert_matches_reference, reference_model
+from torch import nn
+from transformers import GPT2Config, GPT2Model
+
+from adapterhub_lite import AdaptedModel, IncompatibleAdapterError, LoraConfig, UnsupportedModuleError, get_registry
+
+
+def tiny_gpt2() -> GPT2Model:
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=40, n_positions=16, n_embd=8, n_layer=2, n_head=2, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2Model(config).eval()
+
+
+class Sequence(nn.Module):
+    """Token embedding, a dilation-free Conv1d over the sequence, a Linear head."""
+
+    def __init__(self, conv: nn.Conv1d | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)  # every instance the same base
+        self.emb = nn.Embedding(30, 6, padding_idx=0)
+        self.conv = conv or nn.Conv1d(6, 8, 3, padding=1, stride=2)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(self.emb(ids).transpose(1, 2)).transpose(1, 2))
+
+
+IDS = torch.randint(0, 30, (3, 9), generator=torch.Generator().manual_seed(3))
+MODELS = {
+    "gpt2": (tiny_gpt2, ["re:h\\.\\d\\.(attn\\.c_attn|attn\\.c_proj|mlp\\.c_fc)", "wte"], lambda m: m(IDS).last_hidden_state),
+    "embedding-conv1d": (Sequence, ["emb", "conv", "head"], lambda m: m(IDS)),
+}
+
+
+def _randomized(am: AdaptedModel, name: str, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    state = {k: torch.randn(v.shape, generator=gen) * 0.3 for k, v in am.adapter_state(name).items()}
+    am.load_adapter_state(name, state)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_our_export_loads_in_peft_and_comes_back_with_the_reference_outputs(model_name, rslora, tmp_path) -> None:
+    make, targets, run = MODELS[model_name]
+    am = AdaptedModel(make(), registry=get_registry())
+    am.add_adapter("x", LoraConfig(targets=targets, rank=3, alpha=5, rslora=rslora))
+    kinds = {am.kind_of(m, "x") for m in am.adapters["x"].modules}
+    assert kinds == ({"lora-transformers-conv1d", "lora-embedding"} if model_name == "gpt2"
+                     else {"lora-embedding", "lora-conv1d", "lora-linear"})
+    _randomized(am, "x")
+    with torch.no_grad():
+        want = run(reference_model(am))
+        assert_matches_reference(run(am.model), want)
+    folder = am.export("x", format="peft", dest=tmp_path / "peft")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["fan_in_fan_out"] is (model_name == "gpt2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.PeftModel.from_pretrained(make(), str(folder)).eval()
+    with torch.no_grad():
+        assert_matches_reference(run(theirs), want)
+        theirs.merge_adapter()
+        assert_matches_reference(run(theirs), want)
+    back = AdaptedModel(make(), registry=get_registry())
+    back.add_bundle(peft_format.import_(folder, back))
+    with torch.no_grad():
+        assert_matches_reference(run(back.model), want)
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_a_folder_peft_trained_and_saved_imports_with_its_outputs(model_name, tmp_path) -> None:
+    make, targets, run = MODELS[model_name]
+    peft_targets = targets if model_name != "gpt2" else ["c_attn", "c_proj", "c_fc", "wte"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT's notes on fan_in_fan_out for Conv1D
+        theirs = peft.get_peft_model(make(), peft.LoraConfig(r=2, lora_alpha=5, target_modules=peft_targets,
+                                                               rank_pattern={"c_fc": 3}, alpha_pattern={"wte": 2}))
+    optimizer = torch.optim.SGD([p for p in theirs.parameters() if p.requires_grad], lr=0.1)
+    theirs.train()
+    for _ in range(3):  # train, so B (or, on an embedding, A) is no longer zero
+        loss = run(theirs).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    theirs.eval()
+    theirs.save_pretrained(str(tmp_path / "theirs"), safe_serialization=True)
+    with torch.no_grad():
+        want = run(theirs)
+    ours = AdaptedModel(make(), registry=get_registry())
+    name = ours.add_bundle(peft_format.import_(tmp_path / "theirs", ours))
+    assert {m for m in ours.adapters[name].modules if ours.layers()[m].configs[name].rank == 3} == (
+        {"h.0.mlp.c_fc", "h.1.mlp.c_fc"} if model_name == "gpt2" else set())
+    with torch.no_grad():
+        assert_matches_reference(run(ours.model), want.double())
+
+
+@pytest.mark.parametrize("conv", [nn.Conv1d(6, 8, 3, padding=2, dilation=2), nn.Conv1d(6, 8, 3, padding=1,
+                                                                                           padding_mode="reflect")],
+                         ids=["dilation", "reflect-padding"])
+def test_peft_format_refuses_convs_where_peft_computes_other_outputs(conv, tmp_path) -> None:
+    """PEFT's A conv takes neither the base's dilation nor its padding mode: its unmerged outputs would differ."""
+    am = AdaptedModel(Sequence(conv), registry=get_registry())
+    am.add_adapter("x", LoraConfig(targets=["conv"], rank=2))
+    with pytest.raises(IncompatibleAdapterError, match=r"'conv' is a Conv1d with (dilation|padding_mode).*PEFT"):
+        am.export("x", format="peft", dest=tmp_path / "no")
+    assert not (tmp_path / "no").exists()
+    plain = AdaptedModel(Sequence(), registry=get_registry())  # a folder made on an ungrouped, undilated conv ...
+    plain.add_adapter("x", LoraConfig(targets=["conv"], rank=2))
+    folder = plain.export("x", format="peft", dest=tmp_path / "peft")
+    target = AdaptedModel(Sequence(conv), registry=get_registry())  # ... refused on a dilated or reflecting one
+    with pytest.raises(IncompatibleAdapterError, match="PEFT's LoRA runs its A conv without it"):
+        peft_format.import_(folder, target)
+
+
+def test_embedding_lora_starts_at_zero_learns_and_leaves_the_padding_row() -> None:
+    torch.manual_seed(0)
+    layer = LoraEmbedding(nn.Embedding(10, 4, padding_idx=0))
+    layer.add("e", LoraConfig(targets="*", rank=2, dropout=0.5))
+    f = layer.adapters["e"]
+    assert torch.count_nonzero(f.lora_A) == 0 and abs(f.lora_B.std().item() - 1) < 0.5  # PEFT's init
+    ids = torch.tensor([[0, 3, 3, 7]])
+    layer.train()
+    out = layer(ids)
+    assert torch.equal(out, layer.base(ids))  # a no-op at start, dropout or not (indices are not dropped)
+    out.square().sum().backward()
+    assert f.lora_A.grad is not None and torch.count_nonzero(f.lora_A.grad[:, [3, 7]]) > 0
+    assert torch.count_nonzero(f.lora_A.grad[:, 0]) == 0  # the padding row learns nothing, as in the table
+    with pytest.raises(UnsupportedModuleError, match="max_norm"):
+        LoraEmbedding(nn.Embedding(10, 4, max_norm=1.0))
