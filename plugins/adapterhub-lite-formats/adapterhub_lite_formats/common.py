@@ -24,14 +24,17 @@ def shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def plain_lora(am: AdaptedModel, name: str, fmt: str) -> dict[str, tuple[LoraConfig, str]]:
+def plain_lora(am: AdaptedModel, name: str, fmt: str, skip: frozenset[str] | set[str] = frozenset()
+               ) -> dict[str, tuple[LoraConfig, str]]:
     """Per target module: its config and kind, refusing what the format cannot hold exactly. The layer says
     whether it holds one (A, B) pair on one weight (the LoRA plugin's `plain_pair_refusal`), so a new kind is
-    judged by what it is, not by its name."""
+    judged by what it is, not by its name. Modules in `skip` are left out."""
     bundle = am.bundle(name)
     layers = am.layers()
     out = {}
     for module, config in bundle.configs.items():
+        if module in skip:  # the caller handles these itself
+            continue
         kind, layer = bundle.kinds[module], layers[module]
         if not isinstance(config, LoraConfig) or not isinstance(layer, LowRankLayer):
             raise IncompatibleAdapterError(

@@ -4,9 +4,10 @@ Keys are `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`
 (`.lora_embedding_A` / `.lora_embedding_B` on an nn.Embedding); the scale is
 `lora_alpha / r` (or `/ sqrt(r)` with `use_rslora`), with per-module
 `rank_pattern` / `alpha_pattern`. Only what PEFT and we compute identically
-is accepted: plain LoRA on Linear, transformers' Conv1D, Embedding and
-ungrouped Conv1d/Conv2d with zero padding and no dilation (PEFT's A conv takes
-neither the base's dilation nor its padding mode). Trained biases,
+is accepted: plain LoRA on Linear, transformers' Conv1D, Embedding,
+nn.MultiheadAttention (PEFT's packed layout, peft_mha.py) and ungrouped
+Conv1d/Conv2d with zero padding and no dilation (PEFT's A conv takes neither
+the base's dilation nor its padding mode). Trained biases,
 modules_to_save and pickled `.bin` weights are refused. `fan_in_fan_out` does
 not change the math: PEFT sets it per module by the module's type.
 """
@@ -29,9 +30,9 @@ from adapterhub_lite import (
     AdapterhubWarning,
     IncompatibleAdapterError,
 )
-from adapterhub_lite_lora import LoraConfig
+from adapterhub_lite_lora import LoraConfig, LoraMultiheadAttention
 
-from . import peft_ia3, peft_lycoris
+from . import peft_ia3, peft_lycoris, peft_mha
 from .common import dora_modules, module_kinds, plain_lora, read_safetensors, shown
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -58,12 +59,19 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
         raise IncompatibleAdapterError(f"the peft format holds lora, dora, {', '.join(peft_lycoris.PEFT_TYPES)} and "
                                        f"ia3 adapters; this one is {bundle.family!r} (export it as native)")
     dora = bundle.family == "dora"
-    modules = dora_modules(source, bundle, "peft") if dora else plain_lora(source, name, "peft")
+    layers = source.layers()
+    attention = {m for m in bundle.configs if isinstance(layers[m].layer_of(bundle.name), LoraMultiheadAttention)}
+    modules = dora_modules(source, bundle, "peft") if dora else plain_lora(source, name, "peft", skip=attention)
     bases = {m: source.model.get_submodule(m).base for m in modules}
     for module, base in bases.items():
         _check_peft_computes_it(base, module, "this adapter")
     ranks = {m: c.rank for m, (c, _) in modules.items()}
     alphas = {m: c.alpha for m, (c, _) in modules.items()}
+    attention_tensors = {}
+    for module in sorted(attention):  # PEFT's packed layout, at its own rank and alpha (peft_mha.py)
+        config = bundle.configs[module]
+        attention_tensors[module], ranks[module], alphas[module] = peft_mha.export_module(source, name, module, config)
+        modules[module] = (config, bundle.kinds[module])
     rslora = {c.rslora for c, _ in modules.values()}
     dropouts = {c.dropout for c, _ in modules.values()}
     if len(rslora) > 1:
@@ -88,8 +96,12 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
         "init_lora_weights": True, "inference_mode": True,
     }
     tensors = {}
+    for module, parts in attention_tensors.items():
+        tensors.update({f"{PREFIX}{module}.{key}": t for key, t in parts.items()})
     for key, tensor in source.adapter_state(name).items():
         module, _, factor = key.rpartition(".")
+        if module.rpartition(".")[0] in attention:
+            continue  # written above
         if factor == "lora_magnitude":  # PEFT's shape: (out,) for a Linear, (1, out, 1, 1) for a conv
             conv = isinstance(source.model.get_submodule(module).base, nn.Conv2d)
             tensors[f"{PREFIX}{module}.lora_magnitude_vector"] = (tensor.view(1, -1, 1, 1) if conv else tensor
@@ -101,7 +113,7 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
     return _write(dest, config, tensors)
 
 
-PEFT_LORA_TYPES = ("Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d")  # what PEFT's LoRA and ours both wrap
+PEFT_LORA_TYPES = ("Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d", "MultiheadAttention")  # what PEFT's LoRA and ours both wrap
 
 
 def _check_peft_computes_it(base: nn.Module, module: str, where: Any) -> None:
@@ -207,6 +219,7 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
     state, configs = {}, {}
     modules = model.base_modules()
     kinds = module_kinds(model)
+    attention: dict[str, dict[str, dict[str, Any]]] = {}  # module -> "in"/"out" -> "A"/"B" -> tensor
     for key, tensor in tensors.items():
         magnitude = _MAGNITUDE.match(key)
         if magnitude is not None and dora:
@@ -217,6 +230,10 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
             raise IncompatibleAdapterError(f"{folder / WEIGHTS}: tensor {shown(key)} is not a LoRA factor "
                                            "(a DoRA magnitude without use_dora, a bias or a saved module?)")
         module = match["module"]
+        owner = module.removesuffix(peft_mha.OUT_PROJ)
+        if isinstance(modules.get(owner), nn.MultiheadAttention) and match.re is _KEY:  # peft_mha.py
+            attention.setdefault(owner, {}).setdefault("out" if owner != module else "in", {})[match["ab"]] = tensor
+            continue
         if module not in modules:
             raise IncompatibleAdapterError(f"{folder}: {shown(module)} is a missing module in this model")
         if (kinds[module] == "Embedding") != (match.re is _EMBEDDING_KEY):
@@ -225,13 +242,23 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
                                            f"but {shown(module)} is a {kinds[module]} in this model")
         _check_peft_computes_it(modules[module], module, folder)
         state[f"{module}.lora_{match['ab']}"] = tensor
+    def module_config(module: str, rank: int, **extra: Any) -> Any:
+        return config_class(
+            targets=[module], rank=rank, rslora=bool(config.get("use_rslora", False)),
+            alpha=float(_pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))),
+            dropout=float(config.get("lora_dropout") or 0.0), **extra)
+
     for key, tensor in state.items():
         if key.endswith(".lora_A"):
             module = key[: -len(".lora_A")]
-            configs[module] = config_class(
-                targets=[module], rank=int(tensor.shape[0]), rslora=bool(config.get("use_rslora", False)),
-                alpha=float(_pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))),
-                dropout=float(config.get("lora_dropout") or 0.0))
+            configs[module] = module_config(module, int(tensor.shape[0]))
+    for module, pairs in attention.items():
+        if dora:
+            raise IncompatibleAdapterError(f"{folder}: DoRA on nn.MultiheadAttention ({shown(module)}) is not supported")
+        _check_peft_computes_it(modules[module], module, folder)
+        parts, projections, rank = peft_mha.import_module(module, pairs, modules[module], folder)
+        state.update(parts)
+        configs[module] = module_config(module, rank, attention_projections=projections)
     if not configs:
         raise AdapterFileError(f"{folder / WEIGHTS} holds no LoRA factors")
     missing = sorted(m for m in configs if dora and f"{m}.lora_magnitude" not in state)
