@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import shlex
+import subprocess
 from pathlib import Path
 
 import click
@@ -61,10 +63,16 @@ def _fenced_commands(text: str, after: str) -> list[str]:
 def test_ci_installs_and_tests_exactly_as_the_readme_says() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    install = [c for c in _fenced_commands(readme, "## Install") if c.startswith("pip install")]
-    assert install and all(c in ci.splitlines() for c in install)
-    test = _fenced_commands(readme, "## Test")
-    assert test == ["python -m pytest"] and "python -m pytest" in ci.splitlines()
+    two = [c.split("#")[0].strip() for c in _fenced_commands(readme, "## Two commands")]
+    assert two == ["make zoo", "make test"]
+    assert any(line.startswith("make test ") or line == "make test" for line in ci.splitlines())
+    # what `make` installs is the README's step-by-step install command, word for word
+    install = [c for c in _fenced_commands(readme, "## Step by step") if c.startswith("pip install")]
+    dry_run = subprocess.run(["make", "-n", "install", "VENV=/nonexistent-venv"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout
+    made = [line for line in dry_run.splitlines() if " -m pip install " in line]
+    assert len(install) == 1 and len(made) == 1
+    assert shlex.split(made[0].split(" -m ", 1)[1]) == shlex.split(install[0])
 
 
 def test_readme_links_point_at_files() -> None:
