@@ -33,6 +33,7 @@ from .cli.options import PluginOptionsCommand, config_values, first_positional
 from .layer import AdapterLayer
 from .model import AdaptedModel
 from .plugins import PluginManager, load_plugins
+from .progress import Progress, set_quiet
 from .refs import AdapterRef, parse_ref
 from .registry import Registry, get_registry
 from .serialization import load_adapter, read_adapter_file, save_adapter
@@ -83,6 +84,7 @@ __all__ = [
     "PluginError",
     "PluginManager",
     "PluginOptionsCommand",
+    "Progress",
     "RefError",
     "Registry",
     "Task",
@@ -109,6 +111,7 @@ __all__ = [
     "read_adapter_file",
     "read_header",
     "save_adapter",
+    "set_quiet",
     "state_fingerprint",
 ]
 

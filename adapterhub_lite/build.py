@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import replace
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 from .atomic import make_dirs_under, publish, write_text
 from .errors import ConfigError, NameRuleError
+from .progress import is_quiet
 from .refs import check_name
 from .registry import Registry
 from .training import TrainOptions
@@ -106,17 +106,22 @@ def run_profile(registry: Registry, zoo: Zoo, recipes: dict[str, Any], profile: 
     seeds = seeds if seeds is not None else spec.get("seeds", [0])
     per_seed: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
+    runs = sum(1 for seed in seeds for step in spec["steps"] if seed in step.get("seeds", seeds))
+    done = 0
     for seed in seeds:
         built: dict[str, str] = {}
         results: dict[str, Any] = {}
         for step in spec["steps"]:
             if seed not in step.get("seeds", seeds):
                 continue
+            done += 1
+            if not is_quiet():
+                log(f"[{done}/{runs}] seed {seed} {step['id']}: {step['command']} ...")
             t0 = time.perf_counter()
             result = _run_step(registry, zoo, step, seed, built, data_dir)
             result["seconds"] = round(time.perf_counter() - t0, 1)
             results[step["id"]] = result
-            log(f"seed {seed} {step['id']}: {_headline(result)} ({result['seconds']}s)")
+            log(f"[{done}/{runs}] seed {seed} {step['id']}: {_headline(result)} ({result['seconds']}s)")
         per_seed[str(seed)] = results
     summary = {step["id"]: _aggregate([per_seed[str(s)][step["id"]] for s in seeds if step["id"] in per_seed[str(s)]])
                for step in spec["steps"]}
@@ -138,7 +143,7 @@ def run_profile(registry: Registry, zoo: Zoo, recipes: dict[str, Any], profile: 
 
 def _run_step(registry: Registry, zoo: Zoo, step: dict[str, Any], seed: int, built: dict[str, str],
               data_dir: Path | None) -> dict[str, Any]:
-    options = TrainOptions(**{**step.get("options", {}), "seed": seed, "progress": sys.stderr.isatty()})
+    options = TrainOptions(**{**step.get("options", {}), "seed": seed})  # progress: see progress.py
     data = _data(step, data_dir)
     if step["command"] == "train-base":
         start = built[step["from"]] if step.get("from") else None

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .atomic import publish
 from .errors import AdapterFileError
+from .progress import Progress
 from .tensorfile import read_header
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -76,10 +77,13 @@ def fuse_file(src: str | Path, dst: str | Path, deltas: Mapping[str, Sequence[Lo
         if infos[name].dtype not in DTYPES:
             raise AdapterFileError(f"{src}: tensor {name!r} has dtype {infos[name].dtype}, which is not supported")
         specs.append((name, DTYPES[infos[name].dtype], infos[name].shape))
-    fused = 0
-    with open(src, "rb") as f:
+    fused = copied = 0
+    bar = Progress(len(names), f"fusing {Path(src).name}", unit="tensors")
+    with open(src, "rb") as f, bar:
         def fill(name: str, tensor: Tensor) -> None:
-            nonlocal fused
+            nonlocal fused, copied
+            copied += 1
+            bar.update(copied)
             begin, end = infos[name].begin, infos[name].end
             f.seek(start + begin)
             view = tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor.view(torch.uint8)

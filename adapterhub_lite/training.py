@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .progress import Progress
 from .specs import Task
 
 SCHEDULES = ("constant", "cosine")
@@ -107,30 +107,31 @@ def fit(model: nn.Module, params: Sequence[nn.Parameter], task: Task, inputs: to
     losses: list[float] = []
     started = time.perf_counter()
     model.train()
-    bar = _progress(total, label, enabled=options.progress and dist.is_main)
+    bar = Progress(total, label)
+    bar.enabled = bar.enabled and options.progress and dist.is_main
     permutation = torch.randperm(len(inputs), generator=order)
     torch.set_flush_denormal(True)  # process-wide; switched off again below (torch offers no getter)
     try:
-        for step in range(total):
-            if step and step % per_epoch == 0:
-                permutation = torch.randperm(len(inputs), generator=order)
-            at = (step % per_epoch) * options.batch_size
-            index = permutation[at:at + options.batch_size][dist.rank::dist.world]
-            x, y = inputs[index], labels[index]
-            if options.replay:
-                extra = torch.randint(0, len(replay[0]), (options.replay,), generator=order)[dist.rank::dist.world]
-                x, y = torch.cat([x, replay[0][extra]]), torch.cat([y, replay[1][extra]])
-            loss = task.loss(net, x, y, noise)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            losses.append(loss.item())
-            bar(step + 1, losses[-1])
+        with bar:
+            for step in range(total):
+                if step and step % per_epoch == 0:
+                    permutation = torch.randperm(len(inputs), generator=order)
+                at = (step % per_epoch) * options.batch_size
+                index = permutation[at:at + options.batch_size][dist.rank::dist.world]
+                x, y = inputs[index], labels[index]
+                if options.replay:
+                    extra = torch.randint(0, len(replay[0]), (options.replay,), generator=order)[dist.rank::dist.world]
+                    x, y = torch.cat([x, replay[0][extra]]), torch.cat([y, replay[1][extra]])
+                loss = task.loss(net, x, y, noise)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                losses.append(loss.item())
+                bar.update(step + 1, loss=losses[-1])
     finally:
         torch.set_flush_denormal(False)
-    bar(None, None)
     model.eval()
     tail = losses[-100:]
     # the same command gives the same weights bit for bit only at the same thread count (float sums are
@@ -138,30 +139,3 @@ def fit(model: nn.Module, params: Sequence[nn.Parameter], task: Task, inputs: to
     return {"steps": total, "world_size": dist.world, "threads": torch.get_num_threads(),
             "seconds": round(time.perf_counter() - started, 2), "first_loss": losses[0],
             "final_loss": sum(tail) / len(tail)}
-
-
-def _progress(total: int, label: str, enabled: bool):
-    """A small progress line on stderr: steps, rate, loss; redrawn at most ~10 times a second."""
-    if not enabled:
-        return lambda step, loss: None
-    state = {"last": 0.0, "start": time.perf_counter()}
-    interactive = sys.stderr.isatty()
-
-    def show(step: int | None, loss: float | None) -> None:
-        now = time.perf_counter()
-        if step is None:
-            sys.stderr.write("\n" if interactive else "")
-            return
-        final = step == total
-        if not final and now - state["last"] < (0.1 if interactive else 30.0):
-            return
-        state["last"] = now
-        rate = step / max(now - state["start"], 1e-9)
-        width = 24
-        filled = int(width * step / total)
-        line = (f"{label} [{'#' * filled}{'.' * (width - filled)}] {step}/{total} "
-                f"{rate:.1f} steps/s loss {loss:.4f}")
-        sys.stderr.write(("\r" + line) if interactive else line + "\n")
-        sys.stderr.flush()
-
-    return show

@@ -119,13 +119,22 @@ class AdaptersGroup(click.Group):
 
 @click.group(cls=AdaptersGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="adapterhub-lite", prog_name="adapters")
-def cli() -> None:
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress display and no step announcements (results and errors still print; "
+                   "ADAPTERS_QUIET=1 does the same). Progress goes to stderr, so --json output stays clean anyway.")
+def cli(quiet: bool) -> None:
     """Manage adapters (LoRA and any family a plugin adds) on PyTorch models: train, stack, merge, export, share.
 
     \b
     Plugins add adapter kinds, models, merge methods, formats and commands;
-    `adapters plugins` shows what is installed.
+    `adapters plugins` shows what is installed. Long jobs (training, zoo
+    builds, sampling) show progress on stderr: redrawn in place on a
+    terminal, a flushed line every few seconds into a file.
     """
+    if quiet:
+        from ..progress import set_quiet
+
+        set_quiet(True)
 
 
 def echo_json(data: Any) -> None:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapterhub_lite import Progress
+
 
 class Diffusion:
     def __init__(self, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> None:
@@ -30,13 +32,15 @@ class Diffusion:
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn(shape, generator=gen)
         times = torch.linspace(self.steps - 1, 0, steps).round().long().tolist()
-        for i, t in enumerate(times):
-            t_batch = torch.full((shape[0],), t, dtype=torch.long)
-            eps = model(x, t_batch)
-            a_t = self.alpha_bar[t].float()
-            a_prev = self.alpha_bar[times[i + 1]].float() if i + 1 < len(times) else torch.tensor(1.0)
-            x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
-            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        with Progress(len(times), f"sampling {shape[0]}") as bar:
+            for i, t in enumerate(times):
+                t_batch = torch.full((shape[0],), t, dtype=torch.long)
+                eps = model(x, t_batch)
+                a_t = self.alpha_bar[t].float()
+                a_prev = self.alpha_bar[times[i + 1]].float() if i + 1 < len(times) else torch.tensor(1.0)
+                x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+                x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+                bar.update(i + 1)
         return x.clamp(-1, 1)
 
     @torch.no_grad()
