@@ -10,7 +10,9 @@ bookkeeping); a plugin subclass owns the math. The contract, in three parts:
   fast merge into a tensor the core hands over), `combine` / `combine_routed`
   (several adapters at once, e.g. a fused stack), `forward_with` (the base op
   on replaced weights), `describe` (per-target file metadata), `invalidate`
-  (drop the plugin's own caches); class attributes `targets`, `composes`,
+  (drop the plugin's own caches), `prepare_static` / `fill_static` /
+  `static_forward` / `release_static` (a fixed-shape path for compiled
+  serving, see `AdaptedModel.compile`); class attributes `targets`, `composes`,
   `route_per_group`, `train_on_merged_weights`, `inference_merge_limit`,
   `inference_cache_budget`, `keep_merge_buffers`; a kind that acts on the
   whole layer (`composes = "wraps"`) gives `wrap_forward` and `wrap_weights`;
@@ -45,7 +47,7 @@ from torch import Tensor, nn
 
 from .buffers import MergeBuffers, empty_weight_like
 from .config import AdapterConfig
-from .errors import AdapterStateError, IncompatibleAdapterError, UnknownNameError
+from .errors import AdapterStateError, IncompatibleAdapterError, UnknownNameError, UnsupportedModuleError
 from .inference_cache import InferenceCache, cache_key
 from .merged_training import trains_on_merged_weights
 from .routing import Route, forward_routed, routed_adapters
@@ -80,6 +82,7 @@ class AdapterLayer(nn.Module):
     # Training on small layers through W + delta built inside autograd (kinds whose adapter activations cost
     # more than the base weight gradient, like convs, may opt in; LoraConv2d.train_on_merged_weights = True).
     train_on_merged_weights: ClassVar[bool] = False
+    _static: bool = False  # set by prepare_static: forward runs static_forward (AdaptedModel.compile)
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
@@ -161,6 +164,22 @@ class AdapterLayer(nn.Module):
         """("wraps" kinds) These base tensors (other families' deltas already in) with these adapters applied:
         the changed ones, as new tensors."""
         raise NotImplementedError(f"{type(self).__name__} composes by {self.composes!r}, not 'wraps'")
+
+    def prepare_static(self, max_rank: int) -> None:
+        """Allocate fixed-shape buffers that can hold any live set of total rank <= max_rank, and make forward
+        read them (`static_forward`): swapping adapters then changes tensors, never the compiled graph."""
+        raise UnsupportedModuleError(f"{type(self).__name__} has no fixed-shape path for compiled hot-swap")
+
+    def fill_static(self) -> None:
+        """Write the live adapters (at their weights) into the fixed-shape buffers; cheap when nothing changed."""
+        raise NotImplementedError
+
+    def static_forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def release_static(self) -> None:
+        """Back to the ordinary forward; the buffers are freed."""
+        self._static = False
 
     def layer_of(self, name: str) -> AdapterLayer:
         """The layer whose math runs adapter `name`: this one (a MixedLayer answers with the family's own)."""
@@ -244,6 +263,8 @@ class AdapterLayer(nn.Module):
 
     # --- provided: forward ---------------------------------------------------------------
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if self._static:
+            return self.static_forward(x, *args, **kwargs)
         if self.route is not None:
             return forward_routed(self, x, *args, **kwargs)
         live = self.live()

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,6 +249,9 @@ class AdaptedModel:
             raise AdapterStateError(f"adapters {list(self.merged)} are merged into every sample: unmerge() first")
         route = Route.of(per_sample)
         layers = list(self.layers().values())
+        if any(layer._static for layer in layers):
+            raise AdapterStateError("routing() runs the ordinary forward; this model is compiled for hot-swap: "
+                                    "release_compiled() first")
         for layer in layers:
             if layer.route is not None:
                 raise AdapterStateError("a route is already set: routing() blocks do not nest")
@@ -259,6 +262,47 @@ class AdaptedModel:
         finally:
             for layer in layers:
                 layer.route = None
+
+    # --- compiled serving -------------------------------------------------------------------------
+    def compile(self, max_rank: int, **options: Any) -> Callable[..., Any]:
+        """A torch.compile'd forward whose adapters swap without recompiling; call the returned function.
+
+        Each adapter layer holds its live adapters, folded at their weights, in zero-padded buffers of total
+        rank `max_rank`, and the compiled graph reads those buffers: `set_active`, `set_weight`, enabling,
+        disabling, merging and loading adapters (total live rank per layer <= max_rank) change tensors, not the
+        graph. Each call refreshes the buffers of layers whose live set changed, then runs the compiled model.
+        For inference: the buffers are copies, so no gradient reaches the adapters. Wrapping a module no adapter
+        wrapped before changes the model (one recompile). `options` go to torch.compile;
+        `release_compiled()` returns to the ordinary forward. Kinds without a fixed-shape path (attention,
+        DoRA, several families on one module, ...) are refused by name.
+        """
+        if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1:
+            raise ConfigError(f"max_rank must be a positive integer, got {max_rank!r}")
+        prepared = []
+        try:
+            for layer in self.layers().values():
+                layer.prepare_static(max_rank)
+                prepared.append(layer)
+                layer.fill_static()
+        except Exception:
+            for layer in prepared:
+                layer.release_static()
+            raise
+        compiled = torch.compile(self.model, **options)
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            for layer in self.layers().values():
+                if not layer._static:  # a module wrapped since compile
+                    layer.prepare_static(max_rank)
+                layer.fill_static()
+            return compiled(*args, **kwargs)
+
+        return run
+
+    def release_compiled(self) -> None:
+        """Back to the ordinary forward (the compiled function must not be called again); buffers freed."""
+        for layer in self.layers().values():
+            layer.release_static()
 
     # --- merge and unload -------------------------------------------------------------------------
     def merge(self, names: Sequence[str] | None = None) -> None:

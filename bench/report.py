@@ -168,6 +168,23 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
                        f"{r['peft_train_ms']:.1f} | {r['train_ratio']:.2f} | {r['max_relative_difference']:.0e} | "
                        f"{_verdict(forward_ok)} | {_verdict(r['train_ratio'] <= 1.0)} |")
         out.append("")
+    compiled = _rows(result, "compiled")
+    if compiled:
+        out += ["## Compiled hot-swap (`AdaptedModel.compile`, torch.compile with inductor)", "",
+                "8 LoRA adapters (r=8) loaded, one live, compiled for max_rank 8 (bench/compiled.py). Side by side, "
+                "round-robin: the compiled bare base, ours compiled, ours compiled with a swap (another adapter and "
+                "weight) before every call, and both eager. Recompiles: torch._dynamo's unique graphs added during "
+                "the swapping calls. Target: compiled ours <= 1.05 x the compiled base.", "",
+                "| model | compiled base ms | compiled ours ms | swapping every call ms | eager base ms | eager ours ms "
+                "| ours / base, compiled | swapping / base | compiled / eager ours | recompiles over swaps | compile s "
+                "| target |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in compiled:
+            out.append(f"| {r['model']} | {r['compiled_base_ms']:.2f} | {r['compiled_ours_ms']:.2f} | "
+                       f"{r['compiled_swap_ms']:.2f} | {r['eager_base_ms']:.2f} | {r['eager_ours_ms']:.2f} | "
+                       f"{r['ours_vs_compiled_base']:.3f} | {r['swap_vs_compiled_base']:.3f} | "
+                       f"{r['compiled_vs_eager_ours']:.3f} | {r['recompiles']} of {r['swaps']} | "
+                       f"{r['compile_seconds']:.0f} | {_verdict(r['ours_vs_compiled_base'] <= 1.05)} |")
+        out.append("")
     notes = Path(__file__).with_name("notes.md")
     if notes.is_file():
         out += [notes.read_text().rstrip(), ""]

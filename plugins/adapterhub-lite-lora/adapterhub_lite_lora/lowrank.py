@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapterhub_lite import AdapterLayer
+from adapterhub_lite import AdapterLayer, AdapterStateError, UnsupportedModuleError
 
 from .config import LoraConfig
 
@@ -139,6 +139,59 @@ class LowRankLayer(AdapterLayer):
                 b, a = a.t(), b.t()
             torch.addmm(flat, b, a, alpha=alpha, out=out)
         return {"weight": out.view(weight.shape)}
+
+    # --- compiled serving (AdaptedModel.compile): fixed-shape buffers, refilled eagerly on every change ---------
+    def prepare_static(self, max_rank: int) -> None:
+        """Small layers (within `inference_merge_limit`) keep one merged weight buffer, W + the live deltas, and
+        run the base op on it (the base's own cost, as the eager path's cache does); bigger ones keep the live
+        stack in zero-padded factor buffers of rank `max_rank` (the low-rank path, no weight-sized copy)."""
+        if type(self).combine is not LowRankLayer.combine or type(self).forward is not AdapterLayer.forward:
+            raise UnsupportedModuleError(f"{type(self).__name__} is not a plain low-rank sum; it has no fixed-shape "
+                                         "path for compiled hot-swap")
+        weight = self.base.weight
+        if self.base_numel <= self.inference_merge_limit:
+            self.register_buffer("static_W", torch.empty_like(weight.detach()), persistent=False)
+        else:
+            probe = self.create("static", LoraConfig(targets=("*",), rank=max_rank))
+            self.register_buffer("static_A", torch.zeros_like(probe.lora_A.detach()), persistent=False)
+            self.register_buffer("static_B", torch.zeros_like(probe.lora_B.detach()), persistent=False)
+        self.max_rank, self._static_key, self._static = max_rank, None, True
+
+    def fill_static(self) -> None:
+        live = self.live()
+        params = [*self.base.parameters(), *(p for n, _ in live for p in self.adapters[n].parameters())]
+        key = (tuple(live), tuple((p.data_ptr(), p._version) for p in params))
+        if key == self._static_key:
+            return
+        rank = sum(self.factors(n).lora_B.shape[1] for n, _ in live)
+        if rank > self.max_rank:
+            raise AdapterStateError(f"the live adapters {[n for n, _ in live]} have total rank {rank} on a layer "
+                                    f"compiled for at most {self.max_rank}: compile with a larger max_rank")
+        with torch.no_grad():
+            if "static_W" in self._buffers:
+                merged = self.merged_tensors(live, lambda path, current: self.static_W) if live else {}
+                weight = merged.get("weight", self.base.weight)
+                if weight.data_ptr() != self.static_W.data_ptr():  # the generic sum, or no live adapter
+                    self.static_W.copy_(weight)
+            else:
+                self.static_A.zero_()
+                self.static_B.zero_()
+                if live:
+                    a, b, alpha = _stack([(self.factors(n), w) for n, w in live], self.groups)
+                    g = self.groups  # per group: the first `rank` rows of A and columns of B, the rest stay zero
+                    self.static_A.unflatten(0, (g, -1))[:, :rank].copy_(a.unflatten(0, (g, -1)))
+                    self.static_B[:, :rank].copy_(b * alpha)
+        self._static_key = key
+
+    def static_forward(self, x: Tensor) -> Tensor:
+        if "static_W" in self._buffers:
+            return self.forward_with({"weight": self.static_W}, x)
+        return self.up_add(self.base(x), self.down(x, self.static_A), self.static_B, 1.0)
+
+    def release_static(self) -> None:
+        super().release_static()
+        for name in ("static_W", "static_A", "static_B"):
+            self._buffers.pop(name, None)
 
     def describe(self, name: str) -> dict[str, object]:
         config = self.configs[name]
