@@ -224,3 +224,26 @@ def test_attention_lora_peft_trained_imports_with_its_delta_weights(tmp_path) ->
     assert config.rank == 3 and config.attention_projections == ("q", "k", "v", "out")
     with torch.no_grad():
         assert_matches_reference(ours(X), want)
+
+
+@pytest.mark.parametrize("field,value,why", [
+    ("use_bdlora", {"block_size": 2}, "BD-LoRA"), ("alora_invocation_tokens", [1, 2], "aLoRA"),
+    ("trainable_token_indices", [3], "embedding rows"), ("lora_bias", True, "bias"),
+    ("use_qalora", True, "QALoRA"), ("arrow_config", {"top_k": 2}, "Arrow"), ("kasa_config", {}, "KaSA"), ("trainable_token_indices", [], None),
+    ("init_lora_weights", "pissa_niter_4", "path_initial_model_for_weight_conversion"),
+    ("init_lora_weights", "olora", "modified"), ("init_lora_weights", "loftq", "modified"),
+])
+def test_peft_variants_that_compute_otherwise_are_refused_from_their_config(field, value, why, tmp_path) -> None:
+    """Refused by the config field that makes the difference, with the reason: never by a tensor's name or shape."""
+    am = AdaptedModel(Sequence(), registry=get_registry())
+    am.add_adapter("x", LoraConfig(targets=["head"], rank=2))
+    folder = am.export("x", format="peft", dest=tmp_path / "peft")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config[field] = value
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    target = AdaptedModel(Sequence(), registry=get_registry())
+    if why is None:  # an empty list of tokens trains nothing
+        peft_format.import_(folder, target)
+        return
+    with pytest.raises(IncompatibleAdapterError, match=f"{field}=.*{why}" if field != "init_lora_weights" else why):
+        peft_format.import_(folder, target)

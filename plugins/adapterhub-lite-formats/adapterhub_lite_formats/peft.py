@@ -45,7 +45,19 @@ REFUSED = {  # config field -> (value that is fine, why anything else is refused
     "modules_to_save": (None, "it carries fully trained modules, not LoRA factors"),
     "layer_replication": (None, "layer replication changes the base model's structure"),
     "target_parameters": (None, "it adapts raw parameters, not modules"),
+    "lora_bias": (False, "its lora_B carries a bias, which a LoRA adapter here does not hold"),
+    "trainable_token_indices": (None, "it trains embedding rows for chosen tokens, not LoRA factors"),
+    "alora_invocation_tokens": (None, "activated LoRA (aLoRA) applies only after its invocation tokens"),
+    "use_qalora": (False, "QALoRA pools the input in groups before A, for quantized bases"),
+    "use_bdlora": (None, "BD-LoRA's block-diagonal factors are another product than B @ A"),
+    "arrow_config": (None, "Arrow routes among several LoRA experts per token"),
+    "kasa_config": (None, "KaSA adds a singular-value term to the LoRA product"),
+    "monteclora_config": (None, "MonteCLoRA adds variational Monte Carlo sampling on top of the factors"),
+    "megatron_config": (None, "it was made for Megatron's parallel layers"),
 }
+# init_lora_weights values whose adapter is only right on a base PEFT changed at init (the residual W - B A, or a
+# quantised W): PEFT converts them to a plain LoRA on save when given path_initial_model_for_weight_conversion
+_MODIFIED_BASE_INITS = ("pissa", "olora", "corda", "loftq")
 
 
 def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **options: Any) -> Path:
@@ -204,8 +216,15 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
                                        f"{', '.join(peft_lycoris.FAMILIES)} import")
     for field_name, (fine, why) in REFUSED.items():
         value = config.get(field_name, fine)
-        if value and value != fine:  # absent, empty, False, None or the fine value all pass
+        sub_config = fine is None and isinstance(value, dict)  # PEFT turns a sub-config on even when it is {}
+        if (value or sub_config) and value != fine:  # absent, empty, False, None or the fine value pass
             raise IncompatibleAdapterError(f"{folder}: {field_name}={shown(value)} is not supported: {why}")
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_MODIFIED_BASE_INITS):
+        raise IncompatibleAdapterError(
+            f"{folder}: init_lora_weights={shown(init)}: the adapter is only right on the base PEFT modified when "
+            "it initialised it, not on the original; save it with path_initial_model_for_weight_conversion (a plain "
+            "LoRA on the original base) and import that")
     tensors, _ = read_safetensors(folder / WEIGHTS)
     dora = bool(config.get("use_dora"))
     family = "dora" if dora else "lora"
