@@ -247,3 +247,27 @@ def test_peft_variants_that_compute_otherwise_are_refused_from_their_config(fiel
         return
     with pytest.raises(IncompatibleAdapterError, match=f"{field}=.*{why}" if field != "init_lora_weights" else why):
         peft_format.import_(folder, target)
+
+
+def test_extract_recovers_low_rank_changes_on_gpt2_conv1d_and_embeddings() -> None:
+    from adapterhub_lite_lora import extract_lora
+
+    base, tuned = tiny_gpt2(), tiny_gpt2()
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # rank-2 changes on a Conv1D (weight stored (in, out)), the token table and a Conv1d
+        tuned.h[0].attn.c_attn.weight += torch.randn(8, 2, generator=gen) @ torch.randn(2, 24, generator=gen)
+        tuned.wte.weight += torch.randn(40, 2, generator=gen) @ torch.randn(2, 8, generator=gen)
+    bundle, report = extract_lora(base, tuned, rank=2)
+    assert sorted(bundle.configs) == ["h.0.attn.c_attn", "wte"] and report["energy_kept"] == pytest.approx(1.0)
+    am = AdaptedModel(base, registry=get_registry())
+    am.add_bundle(bundle)
+    with torch.no_grad():
+        torch.testing.assert_close(am(IDS).last_hidden_state, tuned(IDS).last_hidden_state, rtol=1e-4, atol=1e-5)
+    seq, seq_tuned = Sequence(), Sequence()
+    with torch.no_grad():
+        seq_tuned.conv.weight += (torch.randn(8, 1, generator=gen) @ torch.randn(1, 18, generator=gen)).view(8, 6, 3)
+    bundle, _ = extract_lora(seq, seq_tuned, rank=1)
+    am = AdaptedModel(seq, registry=get_registry())
+    am.add_bundle(bundle)
+    with torch.no_grad():
+        torch.testing.assert_close(am(IDS), seq_tuned(IDS), rtol=1e-4, atol=1e-5)

@@ -17,6 +17,11 @@ from .lowrank import LoraFactors
 CONV1D = "transformers.pytorch_utils.Conv1D"
 
 
+def is_conv1d(module: object) -> bool:
+    """Whether the module is transformers' Conv1D (or a subclass), without importing transformers."""
+    return any(f"{c.__module__}.{c.__qualname__}" == CONV1D for c in type(module).__mro__)
+
+
 class LoraTransposedLinear(LoraLinear):
     targets = (CONV1D,)
     weight_transposed = True
