@@ -123,8 +123,12 @@ def _make_parents(folder: Path) -> list[Path]:
     made: list[Path] = []
     try:
         for path in reversed(missing):
-            os.mkdir(path)
-            made.append(path)
+            try:
+                os.mkdir(path)
+                made.append(path)
+            except FileExistsError:  # another writer made it in between
+                if not path.is_dir():
+                    raise
     except OSError:
         remove_made(made)
         raise
@@ -143,9 +147,12 @@ def make_dirs_under(root: Path, *parts: str) -> tuple[Path, list[Path]]:
             try:
                 mode = os.lstat(path).st_mode
             except FileNotFoundError:
-                os.mkdir(path)
-                made.append(path)
-                continue
+                try:
+                    os.mkdir(path)
+                    made.append(path)
+                    continue
+                except FileExistsError:  # another writer made it in between: check what it is, as below
+                    mode = os.lstat(path).st_mode
             if stat.S_ISLNK(mode):
                 raise WriteError(f"{path} is a symbolic link; the zoo never writes through links: replace it with "
                                  "a real folder or remove it", path)

@@ -126,3 +126,23 @@ def test_damaged_entries_are_clear_errors(tmp_path) -> None:
     entry.weights.unlink()
     with pytest.raises(ZooError, match="has no model.safetensors"):
         zoo.resolve("net")
+
+
+def test_a_folder_another_writer_makes_between_our_check_and_our_mkdir_is_used(tmp_path, monkeypatch) -> None:
+    """The race behind concurrent writers: the folder appears after lstat said it was missing."""
+    from adapterhub_lite import atomic
+
+    target = tmp_path / "net"
+    real_lstat = atomic.os.lstat
+    raced = []
+
+    def lstat(path, *args, **kwargs):
+        if Path(path) == target and not raced:
+            raced.append(path)
+            os.mkdir(target)  # the other writer, right after our check
+            raise FileNotFoundError(path)
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.os, "lstat", lstat)
+    folder, made = atomic.make_dirs_under(tmp_path, "net", "a")
+    assert raced and folder == target / "a" and made == [target / "a"]  # not ours to take back on failure
