@@ -94,3 +94,21 @@ def test_the_readme_library_snippet_runs_as_written(tmp_path, monkeypatch) -> No
     plain = namespace["plain"]
     assert plain is namespace["model"] and [type(m).__name__ for m in plain] == ["Linear", "ReLU", "Linear"]
     assert all(p.requires_grad for p in plain.parameters())  # unload gives the model back as it came: trainable
+
+
+def test_the_bring_your_own_model_page_runs_as_written(tmp_path, monkeypatch) -> None:
+    page = (ROOT / "docs" / "models.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, re.S)
+    assert len(blocks) == 3
+    monkeypatch.chdir(tmp_path)
+    spaces: list[dict] = []
+    for i, code in enumerate(blocks):
+        namespace: dict = {}
+        exec(compile(code, f"docs/models.md block {i + 1}", "exec"), namespace)  # noqa: S102 - our own docs
+        spaces.append(namespace)
+    resnet, gpt2, served = spaces
+    assert resnet["logits"].shape == (2, 10) and (tmp_path / "resnet-task.safetensors").is_file()
+    kinds = {gpt2["am"].kind_of(m, "chat") for m in gpt2["am"].adapters["chat"].modules}
+    assert kinds == {"lora-transformers-conv1d", "lora-embedding"}
+    assert (tmp_path / "chat-peft" / "adapter_model.safetensors").is_file()
+    assert served["y"].shape == (8, 10)
