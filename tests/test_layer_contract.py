@@ -261,6 +261,26 @@ def test_off_zero_and_removed_adapters_are_bit_identical_to_base(kind_name: str)
 
 
 @pytest.mark.parametrize("kind_name", KINDS)
+def test_a_fresh_adapter_starts_as_a_no_op(kind_name: str) -> None:
+    """`create` must start every adapter as a no-op (B zero, a unit scale, m = ||W||, ...): training begins at
+    the base model, on both inference paths and in training mode."""
+    @SETTINGS
+    @given(case_strategy(kind_name, dtypes=[torch.float32]))
+    def check(drawn: tuple[Case, torch.dtype, list[Any]]) -> None:
+        case, dtype, configs = drawn
+        with torch.no_grad():
+            base_out = case.run(case.module.eval().requires_grad_(False))
+        layer = get_registry().get_kind(kind_name).layer(case.module)
+        for i, config in enumerate(configs):
+            layer.add(f"a{i}", config)
+        with torch.no_grad():
+            _assert_close(case.run(layer.eval()), base_out, dtype)
+            _assert_close(case.run(layer.train()), base_out, dtype)
+
+    check()
+
+
+@pytest.mark.parametrize("kind_name", KINDS)
 def test_merged_equals_unmerged_and_unmerge_is_bit_exact(kind_name: str) -> None:
     @SETTINGS
     @given(case_strategy(kind_name), st.lists(st.floats(-1.5, 1.5), min_size=3, max_size=3))
