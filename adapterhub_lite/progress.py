@@ -36,10 +36,11 @@ class Progress:
     Use as a context manager, or call `close()`; `update(done, loss=...)` as often as you like: it draws only
     when a line is due."""
 
-    def __init__(self, total: int, label: str, unit: str = "steps", stream: TextIO | None = None) -> None:
+    def __init__(self, total: int, label: str, unit: str = "steps", stream: TextIO | None = None,
+                 enabled: bool = True) -> None:
         self.total, self.label, self.unit = max(int(total), 0), label, unit
         self.stream = stream or sys.stderr
-        self.enabled = not is_quiet()
+        self.enabled = enabled and not is_quiet()
         self.interactive = self.enabled and self.stream.isatty()
         self.started = self.last = time.perf_counter()
         self.done, self.fields, self.drawn = 0, {}, False

@@ -107,8 +107,7 @@ def fit(model: nn.Module, params: Sequence[nn.Parameter], task: Task, inputs: to
     losses: list[float] = []
     started = time.perf_counter()
     model.train()
-    bar = Progress(total, label)
-    bar.enabled = bar.enabled and options.progress and dist.is_main
+    bar = Progress(total, label, enabled=options.progress and dist.is_main)
     permutation = torch.randperm(len(inputs), generator=order)
     torch.set_flush_denormal(True)  # process-wide; switched off again below (torch offers no getter)
     try:

@@ -74,7 +74,24 @@ def test_twenty_swaps_among_eight_adapters_never_recompile(backend, path, monkey
         am.merge()  # merged adapters leave the buffers; the base weights carry them
         torch.testing.assert_close(run(IDS), _eager(am, IDS), rtol=1e-5, atol=1e-5)
     if backend == "counter":
-        assert counter.frame_count == 1  # (plain torch.compile of the ordinary forward: 13 frames here)
+        assert counter.frame_count == 1
+
+
+def test_the_ordinary_forward_compiled_recompiles_as_adapters_swap() -> None:
+    """Why compile() exists: torch.compile of the ordinary forward guards on which adapters are live and at which
+    weights, so the same swaps make new graphs (docs/index.md quotes this count)."""
+    am = _eight_adapters()
+    counter = CompileCounter()
+    compiled = torch.compile(am.model, backend=counter)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for call in range(20):
+            if call % 2 == 0:
+                picks = torch.randperm(8, generator=gen)[: 1 + call % 4 // 2].tolist()
+            am.set_active([f"a{i}" for i in picks], (torch.rand(len(picks), generator=gen) * 2 - 0.5).tolist())
+            compiled(IDS)
+    print(f"ordinary forward under torch.compile: {counter.frame_count} graphs over 20 swaps")
+    assert counter.frame_count > 1
 
 
 def test_a_live_set_over_the_declared_rank_is_refused_and_release_restores_the_ordinary_path() -> None:
