@@ -89,3 +89,16 @@ def test_startup_and_listing_never_import_torchvision() -> None:
             "print('torchvision' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_error_message() -> None:
+    """`adapters plugins | head -1`: the closed pipe is not an error worth a line."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "adapterhub_lite", "plugins"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, bufsize=0)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader goes away (as head does after its lines) before the command writes at all
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and stderr == ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -104,6 +105,10 @@ class AdaptersGroup(click.Group):
     def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # the reader went away (`adapters zoo list | head`): nothing to report, and nothing more to write
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(141) from None  # 128 + SIGPIPE: what a shell shows for a tool the pipe closed on
         except AdapterhubError as exc:
             if os.environ.get("ADAPTERS_DEBUG"):
                 raise
