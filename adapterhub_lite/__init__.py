@@ -1,10 +1,18 @@
 """adapterhub_lite: a plugin-style manager for adapters (LoRA and other families) on PyTorch models.
 
-Plugins (first-party ones included) import only the names in `__all__`. The
-core names no adapter family: the LoRA plugin's config class is re-exported
-lazily here (`_LAZY`), so code written when it lived in the core keeps
-importing it from here where that plugin is installed.
+Plugins (first-party ones included) import only the names in `__all__`.
+Importing the package is cheap: the light names (errors, hooks, configs,
+specs) load at once, every name that needs torch loads on first use
+(`_LAZY`, PEP 562), so commands that only read cards, headers or the plugin
+table never import torch. The core names no adapter family: the LoRA
+plugin's config class is re-exported lazily too, so code written when it
+lived in the core keeps importing it from here where that plugin is
+installed.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -27,20 +35,15 @@ from .errors import (
     WriteError,
     ZooError,
 )
-from .fingerprint import state_fingerprint
 from .hookspecs import hookimpl, hookspec
-from .cli.options import PluginOptionsCommand, config_values, first_positional
-from .layer import AdapterLayer
-from .model import AdaptedModel
+from .lazy import lazy_exports
 from .plugins import PluginManager, load_plugins
 from .progress import Progress, set_quiet
 from .refs import AdapterRef, parse_ref
-from .registry import Registry, get_registry
-from .serialization import load_adapter, read_adapter_file, save_adapter
-from .tensorfile import load_tensors, read_header
 from .specs import (
     AdapterBundle,
     AdapterKind,
+    DeferredTask,
     EvalContext,
     ExportFn,
     Format,
@@ -52,8 +55,42 @@ from .specs import (
     ModelSpec,
     Task,
 )
-from .workflow import DataOptions, add_adapter_version, load_base
-from .zoo import Zoo, ZooEntry
+from .tensorfile import read_header
+
+# name -> the module that defines it, imported on first use (these need torch, or click for the CLI helpers)
+_LAZY = {
+    "AdaptedModel": ".model",
+    "AdapterLayer": ".layer",
+    "DataOptions": ".workflow",
+    "PluginOptionsCommand": ".cli.options",
+    "Registry": ".registry",
+    "Zoo": ".zoo",
+    "ZooEntry": ".zoo",
+    "add_adapter_version": ".workflow",
+    "config_values": ".cli.options",
+    "first_positional": ".cli.options",
+    "get_registry": ".registry",
+    "load_adapter": ".serialization",
+    "load_base": ".workflow",
+    "load_tensors": ".tensorfile",
+    "read_adapter_file": ".serialization",
+    "save_adapter": ".serialization",
+    "state_fingerprint": ".fingerprint",
+    # the LoRA plugin's names, from when they lived in the core
+    "LoraConfig": "adapterhub_lite_lora",
+    "ATTENTION_PROJECTIONS": "adapterhub_lite_lora",
+}
+
+if TYPE_CHECKING:
+    from .cli.options import PluginOptionsCommand, config_values, first_positional
+    from .fingerprint import state_fingerprint
+    from .layer import AdapterLayer
+    from .model import AdaptedModel
+    from .registry import Registry, get_registry
+    from .serialization import load_adapter, read_adapter_file, save_adapter
+    from .tensorfile import load_tensors
+    from .workflow import DataOptions, add_adapter_version, load_base
+    from .zoo import Zoo, ZooEntry
 
 __all__ = [
     "AdaptedModel",
@@ -68,6 +105,7 @@ __all__ = [
     "AdapterhubWarning",
     "ConfigError",
     "DataOptions",
+    "DeferredTask",
     "EvalContext",
     "ExportFn",
     "Format",
@@ -103,6 +141,7 @@ __all__ = [
     "help_field",
     "hookimpl",
     "hookspec",
+    "lazy_exports",
     "load_adapter",
     "load_base",
     "load_plugins",
@@ -116,17 +155,18 @@ __all__ = [
 ]
 
 
-_LAZY = {"LoraConfig": "adapterhub_lite_lora", "ATTENTION_PROJECTIONS": "adapterhub_lite_lora"}
+_lazy_getattr = lazy_exports(__name__, _LAZY)
 
 
 def __getattr__(name: str) -> object:
-    """The lazy re-export of the LoRA plugin's config (the only place the core names it)."""
-    if name in _LAZY:
-        import importlib
+    """Import a lazy name's module on first use (the LoRA names say which plugin to install if it is missing)."""
+    try:
+        return _lazy_getattr(name)
+    except ImportError as exc:
+        if not _LAZY[name].startswith("adapterhub_lite_lora"):
+            raise
+        raise MissingDependencyError(f"{name} comes with the LoRA plugin: pip install adapterhub-lite-lora") from exc
 
-        try:
-            return getattr(importlib.import_module(_LAZY[name]), name)
-        except ImportError as exc:
-            raise MissingDependencyError(f"{name} comes with the LoRA plugin: pip install adapterhub-lite-lora") \
-                from exc
-    raise AttributeError(f"module 'adapterhub_lite' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

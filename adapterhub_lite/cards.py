@@ -75,3 +75,10 @@ def _fields(data: dict[str, Any], schema: dict[str, tuple[tuple[type, ...], bool
             names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             return f"field {prefix + key!r} is {shorten(value, 40)} ({type(value).__name__}), expected {names}"
     return None
+
+
+def metric_scopes(metrics: dict[str, Any], single: str = "test") -> list[tuple[str, dict[str, Any]]]:
+    """Adapter cards keep metrics per scope (the names a task's `scopes` gives, "all" first); base cards keep
+    one set of metrics, shown under `single`."""
+    scoped = bool(metrics) and all(isinstance(v, dict) and v for v in metrics.values())
+    return list(metrics.items()) if scoped else [(single, metrics)]

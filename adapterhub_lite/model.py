@@ -89,15 +89,15 @@ class AdaptedModel:
         for t in targets:  # build everything before touching the model
             layer = layers.get(t.name)
             if layer is None:
-                new_layers[t.name] = t.kind.layer(t.module)
-            elif type(layer) is not t.kind.layer and not isinstance(layer, MixedLayer):
+                new_layers[t.name] = t.kind.layer_class(t.module)
+            elif type(layer) is not t.kind.layer_class and not isinstance(layer, MixedLayer):
                 new_layers[t.name] = MixedLayer(layer)  # a second family on this module
         self.adapters[name] = AdapterInfo(config, [t.name for t in targets])
         try:
             for t in targets:
                 layer = new_layers.get(t.name) or layers[t.name]
                 if isinstance(layer, MixedLayer):
-                    layer.part_for(config.kind, t.kind.layer)
+                    layer.part_for(config.kind, t.kind.layer_class)
                 layer.add(name, per_module.get(t.name, config))
                 if not activate:
                     layer.disable(name)

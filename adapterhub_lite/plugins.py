@@ -15,6 +15,7 @@ tracing all apply.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -108,6 +109,13 @@ def load_plugins(pm: PluginManager | None = None) -> PluginManager:
         pm.add(plugin, name=ep.name, distribution=dist, version=version)
     pm.check()
     return pm
+
+
+@functools.lru_cache(maxsize=1)
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager (plugins imported once, on first use; their registrations are not
+    collected: `get_registry` does that, so a command that needs only the plugins' commands stays light)."""
+    return load_plugins()
 
 
 def call_each_plugin(pm: PluginManager, hook_name: str, **kwargs: Any) -> Iterator[str]:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import fnmatch
 import functools
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .config import AdapterConfig
 from .errors import ConfigError, PluginError, UnknownNameError, UnsupportedModuleError
-from .plugins import PluginManager, call_each_plugin, load_plugins
+from .plugins import PluginManager, call_each_plugin, get_plugin_manager, load_plugins
 from .specs import AdapterKind, Format, MergeMethod, ModelSpec
+
+if TYPE_CHECKING:
+    from torch import nn
 
 S = TypeVar("S")
 
@@ -166,7 +167,7 @@ class Registry:
 def _describe_spec(spec: Any) -> dict[str, Any]:
     data: dict[str, Any] = {"name": spec.name, "description": spec.description}
     if isinstance(spec, AdapterKind):
-        data.update(family=spec.family, targets=spec.target_names, layer=spec.layer.__qualname__)
+        data.update(family=spec.family, targets=spec.target_names, layer=spec.layer_name)
     elif isinstance(spec, ModelSpec):
         data.update(task=spec.task.name if spec.task else "")
     elif isinstance(spec, Format):
@@ -177,4 +178,4 @@ def _describe_spec(spec: Any) -> dict[str, Any]:
 @functools.lru_cache(maxsize=1)
 def get_registry() -> Registry:
     """The process-wide registry from installed plugins (built once, on first use)."""
-    return Registry.from_entry_points()
+    return Registry(get_plugin_manager())

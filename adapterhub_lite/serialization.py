@@ -17,12 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors.torch import save_file
-
 from .atomic import publish
 from .errors import AdapterFileError, IncompatibleAdapterError, UnknownNameError, shorten
-from .fingerprint import combine_fingerprints
-from .inject import named_base_modules
 from .specs import AdapterBundle
 from .tensorfile import load_tensors, read_header
 
@@ -90,6 +86,8 @@ def build_metadata(am: AdaptedModel, name: str) -> dict[str, Any]:
         overrides = {k: v for k, v in config.items() if base_config.get(k) != v}
         targets[module] = {"kind": am.kind_of(module, name), **layer.describe(name),
                            **({"config": overrides} if overrides else {})}
+    from .fingerprint import combine_fingerprints
+
     per_module = am.base_fingerprints(sorted(targets))
     return {
         **info.metadata,  # fields from a newer version are kept, not dropped
@@ -109,6 +107,8 @@ def build_metadata(am: AdaptedModel, name: str) -> dict[str, Any]:
 
 def save_adapter(am: AdaptedModel, name: str, path: str | Path) -> Path:
     """Write one adapter atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     meta = build_metadata(am, name)
     tensors = {k: t.detach().to("cpu").contiguous() for k, t in am.adapter_state(name).items()}
@@ -192,15 +192,17 @@ def load_adapter(am: AdaptedModel, path: str | Path, name: str | None = None, *,
             f"{file.path} was written by adapterhub_lite {meta.get('library_version', '?')} with fields this "
             f"version does not know ({', '.join(fields)}); they are kept but not used", stacklevel=2)
 
+    from .inject import named_base_modules
+
     modules = dict(named_base_modules(am.model))
     for module, target in sorted(meta["targets"].items()):
         if module not in modules:
             raise UnknownNameError("module", module, modules, f"{file.path} targets a module this model lacks")
         kind = am.registry.get_kind(target["kind"])
-        if not isinstance(modules[module], kind.targets):
+        if not kind.accepts(modules[module]):
             raise IncompatibleAdapterError(
                 f"{file.path}: module {module!r} is a {type(modules[module]).__name__}, "
-                f"but the adapter's {kind.name!r} layer wraps {', '.join(t.__name__ for t in kind.targets)}")
+                f"but the adapter's {kind.name!r} layer wraps {', '.join(kind.target_names)}")
     if not ignore_fingerprint:
         _check_fingerprints(am, file)
     return am.add_bundle(file.bundle(am.registry, name), activate=activate)

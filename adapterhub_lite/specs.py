@@ -2,11 +2,21 @@
 
 They carry data and callables only; the registry records which plugin owns
 each name and refuses duplicates.
+
+Deferred references: any class or function a spec holds (a kind's layer, a
+model's build, a merge function, a format's export and import, a task via
+`DeferredTask`) may be given as a string "package.module:attribute", imported
+on first use. A plugin that registers only references and light config
+classes is imported without torch, which keeps `adapters --help`, `plugins`
+and `zoo list` instant; the reference is checked (and a typo reported with
+the plugin's name) when the thing is first needed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+import importlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -17,6 +27,54 @@ if TYPE_CHECKING:
 
     from .config import AdapterConfig
     from .layer import AdapterLayer
+
+
+def resolve_reference(ref: str) -> Any:
+    """The object a "package.module:attribute" reference names (importing its module)."""
+    from .errors import PluginError
+
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise PluginError(f"invalid reference {ref!r}: write it as 'package.module:attribute'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(f"reference {ref!r} cannot be imported: {type(exc).__name__}: {exc}") from exc
+    return obj
+
+
+class Deferred:
+    """A function named by reference: imported on its first call, then called directly."""
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        self._target: Callable[..., Any] | None = None
+
+    def resolve(self) -> Callable[..., Any]:
+        if self._target is None:
+            self._target = resolve_reference(self.ref)
+        return self._target
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Deferred({self.ref!r})"
+
+
+def _deferred(value: Any) -> Any:
+    return Deferred(value) if isinstance(value, str) else value
+
+
+def _loaded_class(name: str) -> type | None:
+    """The class a qualified name ("torch.nn.Linear") names if its module is already imported, else None:
+    a module of that class exists only where that module was imported, so nothing needs importing."""
+    module_name, _, attr = name.rpartition(".")
+    module = sys.modules.get(module_name)
+    found = getattr(module, attr, None) if module is not None else None
+    return found if isinstance(found, type) else None
 
 
 @dataclass(frozen=True)
@@ -94,17 +152,39 @@ class AdapterKind:
     """
 
     name: str
-    layer: type[AdapterLayer]
+    layer: type[AdapterLayer] | str  # the class, or a deferred reference "package.module:Class"
     config: type[AdapterConfig]
-    # module classes, or their qualified names ("transformers.pytorch_utils.Conv1D") for classes of a package
-    # the plugin should not import (or depend on) just to say what it wraps
+    # module classes, or their names ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D") for classes the
+    # plugin should not import (or depend on) just to say what it wraps; required when `layer` is a reference
     targets: tuple[type[nn.Module] | str, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
         _check_name(self.name, "adapter kind")
+        object.__setattr__(self, "targets", tuple(self.targets))
         if not self.targets:
+            if isinstance(self.layer, str):
+                from .errors import PluginError
+
+                raise PluginError(f"adapter kind {self.name!r}: a layer given by reference needs targets=(...) "
+                                  "(class names such as 'torch.nn.Linear' keep the plugin import-light)")
             object.__setattr__(self, "targets", tuple(self.layer.targets))
+
+    @property
+    def layer_class(self) -> type[AdapterLayer]:
+        """The layer class (a reference is imported on first use)."""
+        if isinstance(self.layer, str):
+            cached = self.__dict__.get("_layer_class")
+            if cached is None:
+                cached = resolve_reference(self.layer)
+                object.__setattr__(self, "_layer_class", cached)
+            return cached
+        return self.layer
+
+    @property
+    def layer_name(self) -> str:
+        """The layer class's name, without importing a reference."""
+        return self.layer.rpartition(":")[2] if isinstance(self.layer, str) else self.layer.__qualname__
 
     @property
     def family(self) -> str:
@@ -112,7 +192,13 @@ class AdapterKind:
 
     def wraps(self, cls: type) -> bool:
         """Whether `cls` itself (not a subclass: the registry walks the MRO) is one of the targets."""
-        return cls in self.targets or qualified_name(cls) in self.targets
+        if cls in self.targets or qualified_name(cls) in self.targets:
+            return True
+        return any(isinstance(t, str) and _loaded_class(t) is cls for t in self.targets)
+
+    def accepts(self, module: nn.Module) -> bool:
+        """Whether this kind can wrap `module`: its class or one of its base classes is a target."""
+        return any(self.wraps(cls) for cls in type(module).__mro__)
 
     @property
     def target_names(self) -> list[str]:
@@ -185,6 +271,72 @@ class Task:
                 for label, value in self.headline(metrics).items()]
 
 
+class DeferredTask(Task):
+    """A task named by reference, built on first use: `DeferredTask("classify", "pkg.tasks:ClassifyTask",
+    noisy=True)`. Listing models needs only the name; training, evaluating or asking for the task's options
+    imports the task's module (and whatever it imports, torch usually)."""
+
+    def __init__(self, name: str, ref: str, **kwargs: Any) -> None:
+        self.name = name
+        self.ref = ref
+        self.kwargs = kwargs
+        self._task: Task | None = None
+
+    def resolve(self) -> Task:
+        if self._task is None:
+            from .errors import PluginError
+
+            made = resolve_reference(self.ref)
+            if isinstance(made, type) or (callable(made) and not isinstance(made, Task)):
+                made = made(**self.kwargs)
+            elif self.kwargs:
+                raise PluginError(f"task reference {self.ref!r} names an instance: it takes no arguments")
+            if not isinstance(made, Task):
+                raise PluginError(f"task reference {self.ref!r} gave {type(made).__name__}, not a Task")
+            if made.name != self.name:
+                raise PluginError(f"task reference {self.ref!r} is named {made.name!r}, registered as "
+                                  f"{self.name!r}: use one name")
+            self._task = made
+        return self._task
+
+    @property  # type: ignore[override]
+    def splits(self) -> Mapping[str, str]:
+        return self.resolve().splits
+
+    @property  # type: ignore[override]
+    def Options(self) -> type | None:  # noqa: N802  (mirrors Task.Options)
+        return self.resolve().Options
+
+    def load(self, split: str, **kwargs: Any) -> Any:
+        return self.resolve().load(split, **kwargs)
+
+    def loss(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve().loss(*args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve().evaluate(*args, **kwargs)
+
+    def sample(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve().sample(*args, **kwargs)
+
+    def scopes(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve().scopes(*args, **kwargs)
+
+    def complement(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve().complement(*args, **kwargs)
+
+    def headline(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve().headline(*args, **kwargs)
+
+    def report(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve().report(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # anything else the task defines
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.resolve(), name)
+
+
 @dataclass(frozen=True)
 class EvalContext:
     """What an evaluation may need beyond the model: the seed, the split, the task's options, other zoo
@@ -201,7 +353,7 @@ class ModelSpec:
     """A base model: how to build it and the task that trains and measures it."""
 
     name: str
-    build: Callable[..., nn.Module]
+    build: Callable[..., nn.Module] | str  # or a deferred reference "package.module:Model"
     description: str = ""
     task: Task | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -210,6 +362,7 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         _check_name(self.name, "model")
+        object.__setattr__(self, "build", _deferred(self.build))
 
 
 @dataclass(frozen=True)
@@ -224,7 +377,7 @@ class MergeMethod:
     """
 
     name: str
-    fn: MergeFn
+    fn: MergeFn | str  # or a deferred reference "package.module:function"
     families: tuple[str, ...] = ()
     description: str = ""
     options: tuple[str, ...] = ()
@@ -232,6 +385,7 @@ class MergeMethod:
 
     def __post_init__(self) -> None:
         _check_name(self.name, "merge method")
+        object.__setattr__(self, "fn", _deferred(self.fn))
         object.__setattr__(self, "families", tuple(self.families))
         if not self.families:
             from .errors import PluginError
@@ -249,13 +403,15 @@ class Format:
     """
 
     name: str
-    export: ExportFn | None = None
-    import_: ImportFn | None = None
+    export: ExportFn | str | None = None  # or deferred references "package.module:function"
+    import_: ImportFn | str | None = None
     description: str = ""
     holds: str = "adapter"
 
     def __post_init__(self) -> None:
         _check_name(self.name, "format")
+        object.__setattr__(self, "export", _deferred(self.export))
+        object.__setattr__(self, "import_", _deferred(self.import_))
         if self.holds not in ("adapter", "model"):
             from .errors import PluginError
 

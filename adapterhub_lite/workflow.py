@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .cards import metric_scopes
 from .config import AdapterConfig
 from .errors import (
     AdapterFileError,
@@ -48,13 +49,6 @@ class DataOptions:
 
     def with_task(self, task: Mapping[str, Any]) -> DataOptions:
         return replace(self, task=dict(task))
-
-
-def metric_scopes(metrics: dict[str, Any], single: str = "test") -> list[tuple[str, dict[str, Any]]]:
-    """Adapter cards keep metrics per scope (the names a task's `scopes` gives, "all" first); base cards keep
-    one set of metrics, shown under `single`."""
-    scoped = bool(metrics) and all(isinstance(v, dict) and v for v in metrics.values())
-    return list(metrics.items()) if scoped else [(single, metrics)]
 
 
 def task_of(registry: Registry, model_name: str) -> Task:

@@ -229,3 +229,20 @@ def as_double(value: Any) -> Any:
 def assert_matches_reference(out: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-4) -> None:
     """A float32 output against the float64 reference: float32 rounding, relative to the output's size."""
     torch.testing.assert_close(out.double(), reference, rtol=rtol, atol=rtol * 0.1 * (reference.abs().max().item() + 1))
+
+
+def entries_for_kind(kind: Any, table: dict[Any, Any]) -> list[Any]:
+    """The values of `table` (keyed by module class or qualified class name) whose module the kind wraps.
+
+    Matched through `kind.wraps`, so a kind that names its targets by string ("torch.nn.Linear") finds the
+    same examples as one that names the class."""
+    import importlib
+
+    found = []
+    for key, value in table.items():
+        if isinstance(key, str):
+            module_name, _, attr = key.rpartition(".")
+            key = getattr(importlib.import_module(module_name), attr)
+        if any(kind.wraps(cls) for cls in key.__mro__):
+            found.append(value)
+    return found

@@ -9,7 +9,7 @@ import peft  # a test extra: installed by the README's command, never skipped
 import pytest
 import torch
 from adapterhub_lite_formats import peft as peft_format
-from conftest import assert_matches_reference, reference_model
+from conftest import assert_matches_reference, entries_for_kind, reference_model
 from torch import nn
 
 from adapterhub_lite import AdaptedModel, get_registry
@@ -156,12 +156,12 @@ _MODULES = {nn.Linear: (lambda: nn.Linear(6, 4), lambda: (torch.randn(2, 6),)),
 
 
 @pytest.mark.parametrize("kind_name", sorted(k for k, o in get_registry().kinds.items()
-                                             if o.spec.targets[0] in _MODULES))
+                                             if entries_for_kind(o.spec, _MODULES)))
 def test_every_kind_saves_and_loads_through_the_native_file_with_its_own_kind(tmp_path, kind_name) -> None:
     """The file records each module's kind; one layer class serves a Linear kind and a Conv2d kind, so the kind
     is the registry's choice for the module, not the first kind with that class."""
     kind = get_registry().get_kind(kind_name)
-    make, inputs = _MODULES[kind.targets[0]]
+    make, inputs = entries_for_kind(kind, _MODULES)[0]
     torch.manual_seed(0)
     state = make().state_dict()
     models = []

@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 from adapterhub_lite import AdapterLayer, LoraConfig, get_registry
-from conftest import as_double, reference_module
+from conftest import as_double, entries_for_kind, reference_module
 
 KINDS = sorted(get_registry().kinds)
 # kinds whose output is base(x) + sum of deltas; attention is not, and its stack is checked by merge == unmerged
-ADDITIVE_KINDS = [k for k in KINDS if get_registry().get_kind(k).layer.forward is AdapterLayer.forward]
+ADDITIVE_KINDS = [k for k in KINDS if get_registry().get_kind(k).layer_class.forward is AdapterLayer.forward]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # max |merged - unmerged| relative to (max |output| + 1): a few ulps of each dtype, summed over layers of work
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 6e-2, torch.float16: 1e-2}
@@ -161,7 +161,7 @@ EXAMPLES: dict[type[nn.Module] | str, Callable[[torch.dtype], st.SearchStrategy[
 def case_strategy(kind_name: str, dtypes: list[torch.dtype] = DTYPES
                   ) -> st.SearchStrategy[tuple[Case, torch.dtype, list[Any]]]:
     kind = get_registry().get_kind(kind_name)
-    examples = [EXAMPLES[t] for t in kind.targets if t in EXAMPLES]
+    examples = entries_for_kind(kind, EXAMPLES)
     assert examples, f"kind {kind_name!r} wraps {kind.targets}: add an example module to EXAMPLES"
 
     @st.composite
@@ -197,7 +197,7 @@ def _config(config_cls: type, draw: st.DrawFn) -> Any:
 
 
 def _build(kind_name: str, case: Case, configs: list[Any], seed: int = 0) -> AdapterLayer:
-    layer = get_registry().get_kind(kind_name).layer(case.module)
+    layer = get_registry().get_kind(kind_name).layer_class(case.module)
     for i, config in enumerate(configs):
         layer.add(f"a{i}", config)
     gen = torch.Generator().manual_seed(seed)
@@ -270,7 +270,7 @@ def test_a_fresh_adapter_starts_as_a_no_op(kind_name: str) -> None:
         case, dtype, configs = drawn
         with torch.no_grad():
             base_out = case.run(case.module.eval().requires_grad_(False))
-        layer = get_registry().get_kind(kind_name).layer(case.module)
+        layer = get_registry().get_kind(kind_name).layer_class(case.module)
         for i, config in enumerate(configs):
             layer.add(f"a{i}", config)
         with torch.no_grad():
@@ -393,8 +393,8 @@ SMALL: dict[type[nn.Module] | str, Callable[[], Case]] = {  # one fixed small ca
 @pytest.mark.parametrize("kind_name", KINDS)
 def test_removed_adapter_tensors_are_freed(kind_name: str) -> None:
     kind = get_registry().get_kind(kind_name)
-    case = SMALL[kind.targets[0]]()
-    layer = kind.layer(case.module)
+    case = entries_for_kind(kind, SMALL)[0]()
+    layer = kind.layer_class(case.module)
     config = kind.config(targets=("*",))
     layer.add("gone", config)
     layer.add("kept", config)

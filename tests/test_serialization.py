@@ -201,7 +201,7 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, registry, monkeypatch
     def explode(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("adapterhub_lite.serialization.save_file", explode)
+    monkeypatch.setattr("safetensors.torch.save_file", explode)  # imported when save_adapter runs
     with pytest.raises(WriteError, match=r"cannot write .*a\.safetensors: disk full; nothing was written"):
         am.save_adapter("style", target)
     assert target.read_bytes() == original

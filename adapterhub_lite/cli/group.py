@@ -71,12 +71,11 @@ class AdaptersGroup(click.Group):
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
-        from ..plugins import call_each_plugin
-        from ..registry import get_registry
+        from ..plugins import call_each_plugin, get_plugin_manager
 
         try:
             before = set(self.commands)
-            for name in call_each_plugin(get_registry().pm, "register_commands", cli=self):
+            for name in call_each_plugin(get_plugin_manager(), "register_commands", cli=self):
                 self.command_owners[name] = sorted(set(self.commands) - before)
                 before = set(self.commands)
         except AdapterhubError as exc:

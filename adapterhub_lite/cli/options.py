@@ -37,7 +37,7 @@ def split_list(values: tuple[str, ...]) -> tuple[str, ...]:
 def summary_line(entry: Any) -> str:
     """One line per zoo entry: its ref and the headline figures its card stores (per scope: everything, and
     the part an adapter was trained on). Cards from before headlines show their top-level fractional numbers."""
-    from ..workflow import metric_scopes
+    from ..cards import metric_scopes
 
     card = entry.card
     headline = card.get("headline")

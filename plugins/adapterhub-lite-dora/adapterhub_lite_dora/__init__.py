@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from adapterhub_lite import AdapterKind, hookimpl
+from adapterhub_lite import AdapterKind, hookimpl, lazy_exports
 from adapterhub_lite_lora import LoraConfig
 
-from .layer import DoraConv2d, DoraLinear
+if TYPE_CHECKING:
+    from .layer import DoraConv2d, DoraLinear
 
 __all__ = ["DoraConfig", "DoraConv2d", "DoraLinear"]
+__getattr__ = lazy_exports(__name__, {"DoraConv2d": ".layer", "DoraLinear": ".layer"})  # torch on first use
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,9 @@ class DoraConfig(LoraConfig):
 
 @hookimpl
 def register_adapter_types(register: Callable[[AdapterKind], None]) -> None:
-    register(AdapterKind(name="dora-linear", layer=DoraLinear, config=DoraConfig,
+    register(AdapterKind(name="dora-linear", layer=f"{__name__}.layer:DoraLinear", config=DoraConfig,
+                         targets=("torch.nn.Linear",),
                          description="DoRA on nn.Linear: m * (W + s B A) / ||W + s B A|| per output row"))
-    register(AdapterKind(name="dora-conv2d", layer=DoraConv2d, config=DoraConfig,
+    register(AdapterKind(name="dora-conv2d", layer=f"{__name__}.layer:DoraConv2d", config=DoraConfig,
+                         targets=("torch.nn.Conv2d",),
                          description="DoRA on nn.Conv2d: the norm per output channel over in x kh x kw"))

@@ -7,20 +7,23 @@ adapterhub_lite's public names. Multiplicative (see `layer.py` for what stacking
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from adapterhub_lite import AdapterKind, hookimpl
+from adapterhub_lite import AdapterKind, hookimpl, lazy_exports
 
 from .config import IA3Config
-from .layer import IA3Layer
+
+if TYPE_CHECKING:
+    from .layer import IA3Layer
 
 __all__ = ["IA3Config", "IA3Layer"]
+__getattr__ = lazy_exports(__name__, {"IA3Layer": ".layer"})  # torch on first use
+LAYER = f"{__name__}.layer:IA3Layer"
 
 
 @hookimpl
 def register_adapter_types(register: Callable[[AdapterKind], None]) -> None:
-    register(AdapterKind(name="ia3-linear", layer=IA3Layer, config=IA3Config, targets=(nn.Linear,),
+    register(AdapterKind(name="ia3-linear", layer=LAYER, config=IA3Config, targets=("torch.nn.Linear",),
                          description="(IA)^3 on nn.Linear: learned scales on its output (or, feedforward, input)"))
-    register(AdapterKind(name="ia3-conv2d", layer=IA3Layer, config=IA3Config, targets=(nn.Conv2d,),
+    register(AdapterKind(name="ia3-conv2d", layer=LAYER, config=IA3Config, targets=("torch.nn.Conv2d",),
                          description="(IA)^3 on nn.Conv2d: learned scales on its output (or input) channels"))

@@ -3,53 +3,71 @@ nn.MultiheadAttention and transformers' Conv1D, and the ways to combine LoRA ada
 
 Registered through the `adapterhub_lite` entry point, exactly as a
 third-party package would be; imports only adapterhub_lite's public names.
+This module is the light registration: it names the layer classes and merge
+functions by reference, so listing plugins imports no torch; the classes
+below (`__all__`) load on first use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
-from adapterhub_lite import AdapterKind, MergeMethod, hookimpl
+from adapterhub_lite import AdapterKind, MergeMethod, hookimpl, lazy_exports
 
-from .attention import LoraMultiheadAttention
+from .commands import extract_command
 from .config import ATTENTION_PROJECTIONS, LoraConfig
-from .conv import LoraConv, LoraConv1d, LoraConv2d
-from .embedding import LoraEmbedding
-from .extract import extract_command, extract_lora
-from .linear import LoraLinear
-from .lowrank import LoraFactors, LowRankLayer
-from .merges import merge_methods
-from .transposed_linear import LoraTransposedLinear
+from .methods import METHODS
+
+if TYPE_CHECKING:
+    from .attention import LoraMultiheadAttention
+    from .conv import LoraConv, LoraConv1d, LoraConv2d
+    from .embedding import LoraEmbedding
+    from .extract import extract_lora
+    from .linear import LoraLinear
+    from .lowrank import LoraFactors, LowRankLayer
+    from .transposed_linear import LoraTransposedLinear
 
 __all__ = ["ATTENTION_PROJECTIONS", "LoraConfig", "LoraConv", "LoraConv1d", "LoraConv2d", "LoraEmbedding", "LoraFactors",
            "LoraLinear", "LoraMultiheadAttention", "LoraTransposedLinear", "LowRankLayer", "extract_lora"]
 
+_LAZY = {"LoraMultiheadAttention": ".attention", "LoraConv": ".conv", "LoraConv1d": ".conv", "LoraConv2d": ".conv",
+         "LoraEmbedding": ".embedding", "extract_lora": ".extract", "LoraLinear": ".linear",
+         "LoraFactors": ".lowrank", "LowRankLayer": ".lowrank", "LoraTransposedLinear": ".transposed_linear"}
+
+
+__getattr__ = lazy_exports(__name__, _LAZY)  # the layer classes, imported (with torch) on first use
+
+
+def _kind(name: str, layer: str, target: str, description: str) -> AdapterKind:
+    return AdapterKind(name=name, layer=f"{__name__}.{layer}", config=LoraConfig, targets=(target,),
+                       description=description)
+
 
 @hookimpl
 def register_adapter_types(register: Callable[[AdapterKind], None]) -> None:
-    register(AdapterKind(name="lora-linear", layer=LoraLinear, config=LoraConfig,
-                         description="LoRA on nn.Linear: W + (alpha/r) B A"))
-    register(AdapterKind(name="lora-conv2d", layer=LoraConv2d, config=LoraConfig,
-                         description="LoRA on nn.Conv2d: kxk conv to r channels, then 1x1 conv (any stride, "
-                                     "padding, dilation, groups)"))
-    register(AdapterKind(name="lora-conv1d", layer=LoraConv1d, config=LoraConfig,
-                         description="LoRA on nn.Conv1d: size-k conv to r channels, then size-1 conv (any stride, "
-                                     "padding, dilation, groups)"))
-    register(AdapterKind(name="lora-embedding", layer=LoraEmbedding, config=LoraConfig,
-                         description="LoRA on nn.Embedding: W + scale (B A)^T, A read by index (PEFT's layout)"))
-    register(AdapterKind(name="lora-transformers-conv1d", layer=LoraTransposedLinear, config=LoraConfig,
-                         description="LoRA on transformers' Conv1D (GPT-2): a Linear with its weight stored (in, out)"))
-    register(AdapterKind(name="lora-mha", layer=LoraMultiheadAttention, config=LoraConfig,
-                         description="LoRA on nn.MultiheadAttention q/k/v/out projections (cross-attention, "
-                                     "batch_first both ways)"))
+    register(_kind("lora-linear", "linear:LoraLinear", "torch.nn.Linear", "LoRA on nn.Linear: W + (alpha/r) B A"))
+    register(_kind("lora-conv2d", "conv:LoraConv2d", "torch.nn.Conv2d",
+                   "LoRA on nn.Conv2d: kxk conv to r channels, then 1x1 conv (any stride, padding, dilation, groups)"))
+    register(_kind("lora-conv1d", "conv:LoraConv1d", "torch.nn.Conv1d",
+                   "LoRA on nn.Conv1d: size-k conv to r channels, then size-1 conv (any stride, padding, dilation, "
+                   "groups)"))
+    register(_kind("lora-embedding", "embedding:LoraEmbedding", "torch.nn.Embedding",
+                   "LoRA on nn.Embedding: W + scale (B A)^T, A read by index (PEFT's layout)"))
+    register(_kind("lora-transformers-conv1d", "transposed_linear:LoraTransposedLinear",
+                   "transformers.pytorch_utils.Conv1D",
+                   "LoRA on transformers' Conv1D (GPT-2): a Linear with its weight stored (in, out)"))
+    register(_kind("lora-mha", "attention:LoraMultiheadAttention", "torch.nn.MultiheadAttention",
+                   "LoRA on nn.MultiheadAttention q/k/v/out projections (cross-attention, batch_first both ways)"))
 
 
 @hookimpl
 def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
-    for method in merge_methods():
-        register(method)
+    for name, (description, options, takes_rank) in METHODS.items():
+        register(MergeMethod(name=name, fn=f"{__name__}.merges:merge_{name.replace('-', '_')}", families=("lora",),
+                             description=description, options=options, takes_rank=takes_rank))
 
 
 @hookimpl

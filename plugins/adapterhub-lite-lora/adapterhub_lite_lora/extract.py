@@ -10,20 +10,11 @@ not silently dropped.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
 
-import click
 import torch
 from torch import nn
 
-from adapterhub_lite import (
-    AdapterBundle,
-    IncompatibleAdapterError,
-    PluginOptionsCommand,
-    config_values,
-    first_positional,
-)
+from adapterhub_lite import AdapterBundle, IncompatibleAdapterError
 
 from .config import LoraConfig
 from .transposed_linear import is_conv1d
@@ -67,55 +58,3 @@ def extract_lora(base: nn.Module, tuned: nn.Module, rank: int, name: str = "extr
     report = {"rank": rank, "energy_kept": kept / total, "energy_kept_per_layer": per_layer,
               "max_abs_change_not_held": other}
     return AdapterBundle(name=name, family="lora", configs=configs, state=state), report
-
-
-@click.command("extract", cls=PluginOptionsCommand, task=True, model_from=first_positional)
-@click.argument("model")
-@click.argument("tuned")
-@click.option("--base", "base_ref", default=None, help="The checkpoint TUNED was fine-tuned from (default: "
-              "the parent recorded in its card, else MODEL's latest base).")
-@click.option("--rank", type=int, required=True, help="Rank of the extracted LoRA.")
-@click.option("--out", "out", required=True, metavar="NAME", help="Name of the new adapter in the zoo.")
-@click.option("--eval", "do_eval", is_flag=True, help="Evaluate it (under the task's data options) and keep the "
-              "metrics in its card.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="The task's data folder.")
-@click.option("--zoo", "zoo_dir", type=click.Path(path_type=Path), default=None, help="Zoo directory.")
-@click.option("--json", "as_json", is_flag=True, help="Print the new card as JSON.")
-def extract_command(model: str, tuned: str, base_ref: str | None, rank: int, out: str, do_eval: bool,
-                    data_dir: Path | None, zoo_dir: Path | None, as_json: bool, **task_values: Any) -> None:
-    """Extract a rank-R LoRA from a fully fine-tuned base version (SVD of W_tuned - W_base per layer).
-
-    \b
-    Example: adapters extract MODEL MODEL/base@v2 --rank 8 --out ft-r8 --eval
-    """
-    import json
-
-    from adapterhub_lite import AdaptedModel, DataOptions, Zoo, add_adapter_version, get_registry, load_base
-
-    if rank < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--rank")
-    registry, zoo = get_registry(), Zoo(zoo_dir)
-    zoo.check_new(model, out, "adapter")
-    tuned_entry = zoo.resolve(tuned if "/" in tuned else f"{model}/{tuned}")
-    parents = tuned_entry.card.get("parents") or []
-    base_entry = zoo.resolve(base_ref or (parents[0] if parents else model))
-    for entry in (tuned_entry, base_entry):
-        if not entry.is_base or entry.model != model:
-            raise click.ClickException(f"{entry.ref} is not a {model} base version")
-    base_model = load_base(registry, base_entry)
-    bundle, report = extract_lora(base_model, load_base(registry, tuned_entry), rank, out)
-    am = AdaptedModel(base_model, base_id=base_entry.ref, registry=registry)
-    am.add_bundle(bundle)
-    task_options = config_values(click.get_current_context().command, task_values, "task")
-    data = DataOptions(data_dir, task_options) if do_eval else None
-    recipe: dict[str, Any] = {"command": "extract", "tuned": tuned_entry.ref, "base": base_entry.ref, "rank": rank}
-    entry = add_adapter_version(registry, zoo, base_entry, out, am, out, recipe,
-                                {"parents": [base_entry.ref, tuned_entry.ref], "extracted": report}, data)
-    if as_json:
-        click.echo(json.dumps(entry.card, indent=2))
-        return
-    shown = "".join(f", {k} {v:.4f}" for figures in (entry.card.get("headline") or {}).values()
-                    for k, v in figures.items() if isinstance(v, float))
-    click.echo(f"wrote {entry.ref}: rank {rank}, energy kept {report['energy_kept']:.4f}{shown}"
-               + (f"; biases etc. not held (max change {report['max_abs_change_not_held']:.3g})"
-                  if report["max_abs_change_not_held"] else ""))

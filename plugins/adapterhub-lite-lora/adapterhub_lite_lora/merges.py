@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from adapterhub_lite import ConfigError, IncompatibleAdapterError, MergeInput, MergeMethod, MergeResult
+from adapterhub_lite import ConfigError, IncompatibleAdapterError, MergeInput, MergeResult
 
 from .config import ATTENTION_PROJECTIONS, LoraConfig
+from .methods import METHODS
 
 Pair = tuple[Tensor, Tensor]  # (b: (out_g, r), a: (r, in_g)); delta = b @ a, weight and scale folded into b
 
@@ -194,27 +195,21 @@ def _dense(sparsify: str, elect: bool) -> Combine:
     return combine
 
 
-METHODS: dict[str, tuple[Combine, str, tuple[str, ...], bool]] = {
-    # name: (combine, description, options, takes --rank)
-    "cat": (_cat, "factors side by side: exact, rank = sum of ranks", (), False),
-    "linear": (_linear, "exact weighted sum of deltas at the smallest rank that holds it", (), True),
-    "svd": (_svd, "weighted sum of deltas truncated to the rank asked for (default: largest input rank); reports energy kept",
-            (), True),
-    "ties": (_dense("magnitude", True), "TIES: trim each delta to the density by magnitude, elect signs, disjoint mean, "
-             "SVD to the rank", ("density",), True),
-    "dare-linear": (_dense("random", False), "DARE: drop entries at random (seeded), rescale by 1/density, sum, "
-                    "SVD to the rank", ("density", "seed"), True),
-    "dare-ties": (_dense("random", True), "DARE drops (seeded), then TIES sign election, SVD to the rank",
-                  ("density", "seed"), True),
-    "magnitude-prune": (_dense("magnitude", False), "trim each delta to the density by magnitude, sum, SVD to the rank",
-                        ("density",), True),
+COMBINES: dict[str, Combine] = {  # the methods' descriptions and options: methods.py (read without torch)
+    "cat": _cat,
+    "linear": _linear,
+    "svd": _svd,
+    "ties": _dense("magnitude", True),
+    "dare-linear": _dense("random", False),
+    "dare-ties": _dense("random", True),
+    "magnitude-prune": _dense("magnitude", False),
 }
 
 
 def merge(method: str, inputs: list[MergeInput], *, rank: int | None = None, density: float = 0.5,
           seed: int = 0) -> MergeResult:
-    """Combine `inputs` with one of METHODS; see the module docstring."""
-    combine = METHODS[method][0]
+    """Combine `inputs` with one of the methods (methods.METHODS); see the module docstring."""
+    combine = COMBINES[method]
     if rank is not None and rank < 1:
         raise ConfigError(f"rank must be at least 1, got {rank}", option="rank")
     if not 0.0 < density <= 1.0:
@@ -241,8 +236,8 @@ def merge(method: str, inputs: list[MergeInput], *, rank: int | None = None, den
     report = {"method": method, "exact": exact, "ranks": ranks,
               "energy_kept": 1.0 if exact or not total else kept / total,
               "min_energy_kept": 1.0 if exact else worst}
-    if METHODS[method][2]:
-        report["options"] = {k: v for k, v in (("density", density), ("seed", seed)) if k in METHODS[method][2]}
+    if METHODS[method][1]:
+        report["options"] = {k: v for k, v in (("density", density), ("seed", seed)) if k in METHODS[method][1]}
     return MergeResult(configs=configs, state=state, report=report)
 
 
@@ -278,13 +273,14 @@ def _assemble(inputs: list[MergeInput], weights: dict[str, Weight],
     return state, configs, ranks
 
 
-def merge_methods() -> list[MergeMethod]:
-    def bind(name: str) -> Callable[..., MergeResult]:
-        def fn(inputs: list[MergeInput], *, rank: int | None = None, **options: float) -> MergeResult:
-            return merge(name, inputs, rank=rank, **options)
-        fn.__name__ = f"merge_{name.replace('-', '_')}"
-        return fn
+def _bound(name: str) -> Callable[..., MergeResult]:
+    def fn(inputs: list[MergeInput], *, rank: int | None = None, **options: float) -> MergeResult:
+        return merge(name, inputs, rank=rank, **options)
+    fn.__name__ = f"merge_{name.replace('-', '_')}"
+    return fn
 
-    return [MergeMethod(name=name, fn=bind(name), families=("lora",), description=description, options=options,
-                        takes_rank=takes_rank)
-            for name, (_, description, options, takes_rank) in METHODS.items()]
+
+# what each registered MergeMethod references (adapterhub_lite_lora.merges:merge_<name>)
+merge_cat, merge_linear, merge_svd = _bound("cat"), _bound("linear"), _bound("svd")
+merge_ties, merge_dare_linear, merge_dare_ties = _bound("ties"), _bound("dare-linear"), _bound("dare-ties")
+merge_magnitude_prune = _bound("magnitude-prune")
