@@ -28,6 +28,17 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "absolute times, are what carries to another machine.",
         "",
     ]
+    cli = _rows(result, "cli")
+    if cli:
+        out += ["## CLI start-up", "",
+                "Each command as a fresh process (the installed `adapters` script), round-robin with "
+                "`python -c \"import click\"` (bench/cli.py); the ratio is the median over rounds of command / "
+                "click import in the same round. A zoo with one base and one adapter. Target: <= 3x.", "",
+                "| command | ms | import click ms | ratio | target |", "|---|---|---|---|---|"]
+        for r in cli:
+            out.append(f"| `{r['command']}` | {r['command_ms']:.0f} | {r['click_ms']:.0f} | {r['vs_click']:.2f}x | "
+                       f"{_verdict(r['vs_click'] <= 3.0)} |")
+        out.append("")
     forward = _rows(result, "forward")
     if forward:
         out += ["## Forward latency", "",

@@ -2,7 +2,8 @@
 
     python bench/run.py                 # everything, writes docs/benchmarks.md and bench/results.json
     python bench/run.py --quick         # fewer repeats (a smoke run)
-    python bench/run.py --only forward  # one group: forward, train, merge, combine, routing, io, stream, families
+    python bench/run.py --only forward  # one group: cli, forward, train, merge, combine, routing, io, stream,
+                                        # families, compiled
 
 Latency is the median of repeated runs after warm-up; "overhead" is adapter
 latency minus base latency. Peak memory of a training step is measured in a
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cli import cli_group
 from compiled import compile_group
 from families import family_group
 from timing import interleaved, median_time, medians, no_merged_weight_cache, paired_ratio
@@ -506,8 +508,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="adapterhub_lite vs PEFT benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer repeats: a smoke run")
     parser.add_argument("--only", action="append",
-                        choices=["forward", "train", "merge", "combine", "routing", "io", "stream", "families",
-                                 "compiled"])
+                        choices=["cli", "forward", "train", "merge", "combine", "routing", "io", "stream",
+                                 "families", "compiled"])
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--child-train", nargs=3, metavar=("MODEL", "VARIANT", "STEPS"), help=argparse.SUPPRESS)
@@ -525,9 +527,12 @@ def main() -> None:
     warnings.simplefilter("ignore")
     models = ["richboynet", "wide-mlp", "mnist-cnn", "ddpm-unet"]
     repeats = 5 if args.quick else 50
-    groups = args.only or ["forward", "train", "merge", "combine", "routing", "io", "stream", "families", "compiled"]
+    groups = args.only or ["cli", "forward", "train", "merge", "combine", "routing", "io", "stream", "families",
+                           "compiled"]
     started = time.time()
     rows: list[dict[str, Any]] = []
+    if "cli" in groups:
+        rows += cli_group(5 if args.quick else 20)
     if "forward" in groups:
         rows += forward_group(models, repeats)
     if "train" in groups:
