@@ -270,6 +270,11 @@ class Task:
         return [f"{label} {value:.4f}" if isinstance(value, float) else f"{label} {value}"
                 for label, value in self.headline(metrics).items()]
 
+    def charts(self, metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+        """Bar charts of the metrics for `adapters zoo report`: title -> {bar label: value}, values in [0, 1]
+        drawn as shares. Default: none."""
+        return {}
+
 
 class DeferredTask(Task):
     """A task named by reference, built on first use: `DeferredTask("classify", "pkg.tasks:ClassifyTask",
@@ -330,6 +335,9 @@ class DeferredTask(Task):
 
     def report(self, *args: Any, **kwargs: Any) -> Any:
         return self.resolve().report(*args, **kwargs)
+
+    def charts(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve().charts(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:  # anything else the task defines
         if name.startswith("_"):

@@ -137,4 +137,11 @@ def fit(model: nn.Module, params: Sequence[nn.Parameter], task: Task, inputs: to
     # split differently across threads), so the card records it
     return {"steps": total, "world_size": dist.world, "threads": torch.get_num_threads(),
             "seconds": round(time.perf_counter() - started, 2), "first_loss": losses[0],
-            "final_loss": sum(tail) / len(tail)}
+            "final_loss": sum(tail) / len(tail), "curve": loss_curve(losses)}
+
+
+def loss_curve(losses: list[float], points: int = 50) -> list[list[float]]:
+    """The training loss as at most `points` [last step, mean loss of its window] pairs (for `zoo report`)."""
+    width = max(1, math.ceil(len(losses) / points))
+    return [[min(at + width, len(losses)), round(sum(window) / len(window), 6)]
+            for at in range(0, len(losses), width) if (window := losses[at:at + width])]

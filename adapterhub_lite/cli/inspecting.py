@@ -151,6 +151,58 @@ def zoo_show(ref: str, zoo_dir: Path | None, as_json: bool) -> None:
             click.echo(f"  {scope or 'test'}: {shown}")
 
 
+@zoo_group.command("report")
+@zoo_option
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Where to write the page (default: <zoo>/report.html).")
+@click.option("--json", "as_json", is_flag=True, help="Print what the page holds as JSON.")
+def zoo_report(zoo_dir: Path | None, out: Path | None, as_json: bool) -> None:
+    """Write the zoo as one HTML page: lineage, training curves, per-class charts, sample grids.
+
+    \b
+    Drawn from the cards (the charts by each model's task, from the stored
+    metrics); self-contained, no script. Open it in any browser.
+    Example: adapters zoo report --out zoo.html
+    """
+    from ..atomic import publish
+    from ..cards import metric_scopes
+    from ..errors import UnknownNameError, ZooError
+    from ..registry import get_registry
+    from ..zoo import Zoo
+    from ..zoo_report import render
+
+    zoo = Zoo(zoo_dir)
+    if not zoo.root.is_dir():
+        raise ZooError(f"no zoo at {zoo.root}: name one with --zoo, or build one with `adapters zoo build --quick`")
+    registry = get_registry()
+
+    def charts_for(entry: Any) -> Any:
+        metrics = entry.card.get("metrics")
+        if not isinstance(metrics, dict) or not metrics:
+            return {}
+        try:
+            task = registry.get_model(entry.model).task
+        except UnknownNameError:
+            return f"no charts: model {entry.model!r} is not installed (its plugin draws them)"
+        if task is None:
+            return {}
+        try:  # a task's code reading stored metrics: a card it cannot read costs its charts, not the page
+            return {scope: task.charts(values) for scope, values in metric_scopes(metrics, single="")
+                    if isinstance(values, dict)}
+        except Exception as exc:  # noqa: BLE001
+            return f"no charts: the task could not read these metrics ({type(exc).__name__}: {str(exc)[:80]})"
+
+    page, counts = render(zoo, charts_for)
+    dest = out or zoo.root / "report.html"
+    publish(dest, lambda target: target.write_text(page, encoding="utf-8") and None)
+    if as_json:
+        echo_json({"path": str(dest), **counts})
+        return
+    click.echo(f"wrote {dest}: {counts['entries']} entries, {counts['curves']} training curves, "
+               f"{counts['charts']} charts, {counts['grids']} sample grids"
+               + (f", {counts['damaged']} damaged entries listed" if counts["damaged"] else ""))
+
+
 def _tree(zoo: Any, entry: Any, weight: float = 1.0) -> list[str]:
     """A composition's parts as an indented tree, weights as written and as applied."""
     lines = []

@@ -170,6 +170,10 @@ class ClassifyTask(_DigitsTask):
                   for d, v in metrics.get("per_class", {}).items()]
         return lines
 
+    def charts(self, metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+        per_class = metrics.get("per_class") or {}
+        return {"accuracy per digit": {d: v["correct"] / v["total"] for d, v in per_class.items() if v["total"]}}
+
 
 @dataclass(frozen=True)
 class SampleOptions(DigitOptions):
@@ -225,6 +229,12 @@ class GenerateTask(_DigitsTask):
 
     def headline(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         return {k: metrics[k] for k in ("light_background", "recognisable", "max_class_share") if k in metrics}
+
+    def charts(self, metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+        counts = metrics.get("class_histogram")
+        if not counts or not sum(counts):
+            return {}
+        return {"share of samples judged as each digit": {str(d): n / sum(counts) for d, n in enumerate(counts)}}
 
 
 def light_background(images: torch.Tensor) -> torch.Tensor:
