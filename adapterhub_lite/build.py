@@ -141,6 +141,35 @@ def run_profile(registry: Registry, zoo: Zoo, recipes: dict[str, Any], profile: 
     return report
 
 
+def combine_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One profile run seed by seed in several processes (`--seeds 0`, `--seeds 1`, ... into separate zoos),
+    combined into the report one run over all those seeds writes: the seeds' results side by side, the
+    summary recomputed over all of them. A profile that selects recipes (search groups) chooses on the mean over
+    all its seeds, so its parts cannot be combined afterwards: that is refused."""
+    from .errors import ConfigError
+
+    if not reports:
+        raise ConfigError("no results to combine")
+    profiles = {r.get("profile") for r in reports}
+    if len(profiles) != 1:
+        raise ConfigError(f"results of different profiles cannot be combined: {', '.join(map(str, profiles))}")
+    if any(r.get("selected") for r in reports):
+        raise ConfigError("a profile that selects recipes chooses over all its seeds at once: run it in one build")
+    per_seed: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        for seed, results in report["per_seed"].items():
+            if seed in per_seed:
+                raise ConfigError(f"seed {seed} is in more than one of the results: each part must run other seeds")
+            per_seed[seed] = results
+    seeds = sorted(int(s) for s in per_seed)
+    steps = list(dict.fromkeys(step for r in reports for step in r["summary"]))
+    summary = {step: _aggregate([per_seed[str(s)][step] for s in seeds if step in per_seed[str(s)]])
+               for step in steps}
+    return {"profile": reports[0]["profile"], "seeds": seeds, "seconds": round(sum(r["seconds"] for r in reports), 1),
+            "parts": [{"seeds": r["seeds"], "seconds": r["seconds"]} for r in reports],
+            "summary": summary, "selected": {}, "per_seed": {str(s): per_seed[str(s)] for s in seeds}}
+
+
 def _run_step(registry: Registry, zoo: Zoo, step: dict[str, Any], seed: int, built: dict[str, str],
               data_dir: Path | None) -> dict[str, Any]:
     options = TrainOptions(**{**step.get("options", {}), "seed": seed})  # progress: see progress.py

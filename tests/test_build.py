@@ -138,3 +138,23 @@ def test_a_step_whose_adapter_name_breaks_the_rule_is_refused_before_training(tm
     path.write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match="step 'lr0.001': invalid adapter name 'lr0.001'"):
         load_recipes(path)
+
+
+def _part(seeds: list[int], accuracies: list[float], seconds: float) -> dict:
+    per_seed = {str(s): {"rb": {"metrics": {"accuracy": a}, "seconds": 1.0}} for s, a in zip(seeds, accuracies)}
+    return {"profile": "p", "seeds": seeds, "seconds": seconds, "summary": {"rb": {}}, "selected": {},
+            "per_seed": per_seed}
+
+
+def test_results_run_seed_by_seed_combine_into_one_report() -> None:
+    from adapterhub_lite.build import combine_reports
+
+    combined = combine_reports([_part([2], [0.5], 10.0), _part([0, 1], [0.9, 0.7], 20.0)])
+    assert combined["seeds"] == [0, 1, 2] and list(combined["per_seed"]) == ["0", "1", "2"]
+    assert combined["summary"]["rb"]["test.accuracy"] == {"mean": pytest.approx(0.7), "min": 0.5, "max": 0.9}
+    assert combined["seconds"] == 30.0 and [p["seeds"] for p in combined["parts"]] == [[2], [0, 1]]
+    with pytest.raises(ConfigError, match="seed 0 is in more than one"):
+        combine_reports([_part([0], [0.5], 1.0), _part([0], [0.6], 1.0)])
+    chose = {**_part([1], [0.5], 1.0), "selected": {"g": {"best": "rb"}}}
+    with pytest.raises(ConfigError, match="selects recipes"):
+        combine_reports([_part([0], [0.5], 1.0), chose])

@@ -2,6 +2,7 @@
 
     python docs/results/render.py                      # render the page from the committed JSON
     python docs/results/render.py --from-zoo ZOO       # first copy ZOO/results-*.json (and grids) here
+    python docs/results/render.py --from-zoo Z0 Z1 Z2  # a profile run seed by seed into several zoos: combined
     python docs/results/render.py --build ZOO          # first run every profile into ZOO (hours), then copy
 
 Every figure on the page is read from those files; the prose between the tables holds no number.
@@ -322,26 +323,32 @@ def render() -> str:
     return "\n".join(out)
 
 
-def copy_from_zoo(zoo: Path) -> None:
+def copy_from_zoo(zoos: list[Path]) -> None:
+    """Each profile's results (combined over the zoos when it ran seed by seed into several) and the grids."""
+    from adapterhub_lite.build import combine_reports
+
     for profile in PROFILES:
-        src = zoo / f"results-{profile}.json"
-        if src.is_file():
-            shutil.copyfile(src, HERE / f"{profile}.json")
-    for grid in sorted((zoo / "grids").glob("inverted-w*-seed*.png")):
-        weight, seed = grid.stem.removeprefix("inverted-w").split("-seed")
-        shutil.copyfile(grid, IMAGES / f"results-{seed}-w{weight}.png")
+        found = [json.loads(p.read_text()) for zoo in zoos if (p := zoo / f"results-{profile}.json").is_file()]
+        if found:
+            report = found[0] if len(found) == 1 else combine_reports(found)
+            (HERE / f"{profile}.json").write_text(json.dumps(report, indent=2) + "\n")
+    for zoo in zoos:
+        for grid in sorted((zoo / "grids").glob("inverted-w*-seed*.png")):
+            weight, seed = grid.stem.removeprefix("inverted-w").split("-seed")
+            shutil.copyfile(grid, IMAGES / f"results-{seed}-w{weight}.png")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--from-zoo", type=Path, help="copy results-*.json and grids from this zoo first")
+    parser.add_argument("--from-zoo", type=Path, nargs="+",
+                        help="copy results-*.json and grids from this zoo (or these zoos, combined) first")
     parser.add_argument("--build", type=Path, metavar="ZOO", help="run every profile into ZOO first (hours)")
     args = parser.parse_args()
     if args.build:
         for profile in PROFILES:
             subprocess.run(["adapters", "zoo", "build", "--profile", profile, "--zoo", str(args.build)], check=True,
                            env={**os.environ})
-        args.from_zoo = args.build
+        args.from_zoo = [args.build]
     if args.from_zoo:
         copy_from_zoo(args.from_zoo)
     (ROOT / "docs" / "results.md").write_text(render() + "\n")
