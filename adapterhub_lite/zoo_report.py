@@ -12,17 +12,21 @@ escaped (cards are data, not markup).
 
 from __future__ import annotations
 
-import base64
 import html
+import json
 import math
+import shutil
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+from .atomic import publish
 from .zoo import DamagedEntry, Zoo, ZooEntry
 
 KIND_COLOURS = {"base": "#d9e7fb", "adapter": "#e3f4df", "composition": "#fbecd5"}
 NODE_W, NODE_H, GAP_X, GAP_Y = 230, 28, 60, 12
+MARKER = '<meta name="generator" content="adapters zoo report">'  # how a rewrite knows the folder is a report
 
 ChartsFor = Callable[[ZooEntry], dict[str, dict[str, dict[str, float]]] | str]
 
@@ -158,19 +162,53 @@ def _entry_html(entry: ZooEntry, charts: dict[str, dict[str, dict[str, float]]] 
     return "".join(body)
 
 
-def _grids(zoo: Zoo) -> list[tuple[str, str]]:
+def grid_files(zoo: Zoo) -> list[Path]:
+    """The sample grids a zoo build wrote (real files only: links below the zoo are never followed)."""
     folder = zoo.root / "grids"
     if not folder.is_dir() or folder.is_symlink():
         return []
-    return [(p.name, base64.b64encode(p.read_bytes()).decode()) for p in sorted(folder.glob("*.png"))
-            if p.is_file() and not p.is_symlink()]
+    return [p for p in sorted(folder.glob("*.png")) if p.is_file() and not p.is_symlink()]
+
+
+def _number_cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{sum(values) / len(values):.4f} <small>({min(values):.4f}–{max(values):.4f})</small>"
+
+
+def results_tables(zoo: Zoo) -> list[str]:
+    """Per results-<profile>.json: each step's headline figures, mean (min–max) over its seeds."""
+    out = []
+    for path in sorted(zoo.root.glob("results-*.json")):
+        try:
+            report = json.loads(path.read_text())
+            per_seed = report["per_seed"]
+            seeds = list(per_seed)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            out.append(f'<p class="note">{_e(path.name)}: not readable ({_e(type(exc).__name__)})</p>')
+            continue
+        rows: dict[str, dict[str, list[float]]] = {}
+        for seed in seeds:
+            for step, result in (per_seed[seed] or {}).items():
+                for scope, figures in ((result or {}).get("headline") or {}).items():
+                    for label, value in (figures or {}).items():
+                        if isinstance(value, (int, float)) and not isinstance(value, bool):
+                            key = f"{scope or 'test'}: {label}"
+                            rows.setdefault(str(step), {}).setdefault(key, []).append(float(value))
+        body = "".join(f"<tr><td>{_e(step)}</td><td>{_e(key)}</td><td>{_number_cell(values)}</td></tr>"
+                       for step, figures in rows.items() for key, values in figures.items())
+        out.append(f'<h3>{_e(path.name)}</h3><p>profile {_e(report.get("profile"))}, seeds '
+                   f'{_e(", ".join(seeds))}</p><table class="results"><tr><th>step</th><th>figure</th>'
+                   f"<th>mean (min–max over seeds)</th></tr>{body}</table>")
+    return out
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}h2{margin-top:32px;border-bottom:1px solid #ccc}
 section.entry{display:inline-block;vertical-align:top;width:360px;margin:8px;padding:8px;border:1px solid #ddd;
 border-radius:6px}section.entry h3{font-size:14px;margin:0 0 4px}figure{margin:6px 0}figcaption{font-size:12px;
 color:#555}.note{color:#a33;font-size:12px}.damaged{color:#a33}.grid{display:inline-block;margin:6px}
-.grid img{image-rendering:pixelated;width:256px}.lineage-wrap{overflow-x:auto}section.entry{font-size:13px}"""
+.grid img{image-rendering:pixelated;width:256px}table.results{border-collapse:collapse;font-size:13px}
+table.results td,table.results th{border:1px solid #ddd;padding:2px 8px;text-align:left}.lineage-wrap{overflow-x:auto}section.entry{font-size:13px}"""
 
 
 def render(zoo: Zoo, charts_for: ChartsFor) -> tuple[str, dict[str, int]]:
@@ -180,9 +218,9 @@ def render(zoo: Zoo, charts_for: ChartsFor) -> tuple[str, dict[str, int]]:
     damaged = [e for e in found if isinstance(e, DamagedEntry)]
     counts = {"entries": len(entries), "damaged": len(damaged), "curves": 0, "charts": 0, "grids": 0}
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    out = [f'<!doctype html><html><head><meta charset="utf-8"><title>zoo report: {_e(zoo.root)}</title>'
+    out = [f'<!doctype html><html><head><meta charset="utf-8">{MARKER}<title>zoo report: {_e(zoo.root)}</title>'
            f"<style>{STYLE}</style></head><body><h1>Zoo report</h1>"
-           f"<p>{_e(zoo.root)}: {len(entries)} entries in {len(zoo.models())} models, made {stamp} by "
+           f"<p>{_e(zoo.root)}: {len(entries)} entries in {len({e.model for e in entries})} models, made {stamp} by "
            "<code>adapters zoo report</code>.</p>"]
     if damaged:
         out.append('<h2>Damaged entries</h2><ul class="damaged">'
@@ -198,11 +236,39 @@ def render(zoo: Zoo, charts_for: ChartsFor) -> tuple[str, dict[str, int]]:
             training = entry.card.get("training")
             counts["curves"] += bool(isinstance(training, dict) and curve_svg(training.get("curve")))
             out.append(_entry_html(entry, charts))
-    grids = _grids(zoo)
+    tables = results_tables(zoo)
+    if tables:
+        out += ["<h2>Results of zoo builds</h2>", *tables]
+    grids = grid_files(zoo)
     if grids:
         out.append("<h2>Sample grids</h2>")
-        out += [f'<figure class="grid"><img alt="{_e(name)}" src="data:image/png;base64,{data}">'
-                f"<figcaption>{_e(name)}</figcaption></figure>" for name, data in grids]
+        out += [f'<figure class="grid"><img alt="{_e(p.name)}" src="img/{_e(p.name)}">'
+                f"<figcaption>{_e(p.name)}</figcaption></figure>" for p in grids]
         counts["grids"] = len(grids)
+    counts["results"] = len(tables)
     out.append("</body></html>\n")
     return "".join(out), counts
+
+
+def write_report(zoo: Zoo, charts_for: ChartsFor, dest: Path) -> dict[str, int]:
+    """`dest`/index.html and the grids it shows in `dest`/img/, written all or nothing."""
+    page, counts = render(zoo, charts_for)
+
+    def write(target: Path) -> None:
+        (target / "img").mkdir(parents=True)
+        (target / "index.html").write_text(page, encoding="utf-8")
+        for grid in grid_files(zoo):
+            shutil.copyfile(grid, target / "img" / grid.name)
+
+    from .errors import WriteError
+
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise WriteError(f"{dest} is a file or a link: name a folder for the report (--out DIR)")
+    if dest.is_dir() and any(dest.iterdir()):
+        index = dest / "index.html"
+        if not (index.is_file() and MARKER in index.read_text(errors="replace")[:4000]):
+            raise WriteError(f"{dest} is a folder that holds something other than a zoo report: choose a new or "
+                             "empty folder (--out DIR); nothing was written")
+        shutil.rmtree(dest / "img", ignore_errors=True)  # the previous report's own images, replaced
+    publish(dest, write)
+    return counts

@@ -153,23 +153,23 @@ def zoo_show(ref: str, zoo_dir: Path | None, as_json: bool) -> None:
 
 @zoo_group.command("report")
 @zoo_option
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Where to write the page (default: <zoo>/report.html).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Folder to write index.html and its images into (default: <zoo>/report).")
 @click.option("--json", "as_json", is_flag=True, help="Print what the page holds as JSON.")
 def zoo_report(zoo_dir: Path | None, out: Path | None, as_json: bool) -> None:
-    """Write the zoo as one HTML page: lineage, training curves, per-class charts, sample grids.
+    """Write the zoo as a static HTML page: lineage, training curves, per-class charts, build results, grids.
 
     \b
     Drawn from the cards (the charts by each model's task, from the stored
-    metrics); self-contained, no script. Open it in any browser.
-    Example: adapters zoo report --out zoo.html
+    metrics) into DIR/index.html, the sample grids into DIR/img/; no script,
+    no network. Open DIR/index.html in any browser.
+    Example: adapters zoo report --out zoo-report
     """
-    from ..atomic import publish
     from ..cards import metric_scopes
     from ..errors import UnknownNameError, ZooError
     from ..registry import get_registry
     from ..zoo import Zoo
-    from ..zoo_report import render
+    from ..zoo_report import write_report
 
     zoo = Zoo(zoo_dir)
     if not zoo.root.is_dir():
@@ -192,14 +192,13 @@ def zoo_report(zoo_dir: Path | None, out: Path | None, as_json: bool) -> None:
         except Exception as exc:  # noqa: BLE001
             return f"no charts: the task could not read these metrics ({type(exc).__name__}: {str(exc)[:80]})"
 
-    page, counts = render(zoo, charts_for)
-    dest = out or zoo.root / "report.html"
-    publish(dest, lambda target: target.write_text(page, encoding="utf-8") and None)
+    dest = out or zoo.root / "report"
+    counts = write_report(zoo, charts_for, dest)
     if as_json:
-        echo_json({"path": str(dest), **counts})
+        echo_json({"path": str(dest / "index.html"), **counts})
         return
-    click.echo(f"wrote {dest}: {counts['entries']} entries, {counts['curves']} training curves, "
-               f"{counts['charts']} charts, {counts['grids']} sample grids"
+    click.echo(f"wrote {dest / 'index.html'}: {counts['entries']} entries, {counts['curves']} training curves, "
+               f"{counts['charts']} charts, {counts['results']} build results, {counts['grids']} sample grids"
                + (f", {counts['damaged']} damaged entries listed" if counts["damaged"] else ""))
 
 
