@@ -35,13 +35,29 @@ def _format(registry: Registry, name: str, direction: str) -> Format:
 
 
 def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, fmt_name: str, dest: Path,
-                model: str | None = None) -> tuple[Path, dict[str, Any]]:
+                model: str | None = None, stream: bool | None = None) -> tuple[Path, dict[str, Any]]:
     """Write what refs name in a format; returns the path written and what it holds. Refs are resolved once;
-    the writing itself is `AdaptedModel.export`'s (one owner for every export)."""
+    the writing itself is `AdaptedModel.export`'s (one owner for every export), except a streamed model
+    (`stream`, or None: when the base checkpoint is over `streaming_threshold()`), written tensor by tensor."""
     fmt = _format(registry, fmt_name, "export")
     resolved = resolve_stack(zoo, refs, model)
     base, adapters = resolved.base, resolved.adapters
     info: dict[str, Any] = {"base": base.ref, "format": fmt_name, "adapters": resolved.describe()}
+    if stream is None:
+        from .streaming import streaming_threshold
+
+        stream = fmt.stream_metadata is not None and bool(adapters) and \
+            base.weights.stat().st_size > streaming_threshold()
+    if stream:
+        if fmt.stream_metadata is None:
+            raise ConfigError(f"format {fmt_name!r} cannot be streamed: only a model format whose file is one "
+                              "safetensors state dict can (e.g. merged)", option="stream")
+        from .merge import fuse_streamed
+
+        path = dest / "model.safetensors" if dest.is_dir() else dest
+        written = fuse_streamed(registry, zoo, resolved, path, metadata=fmt.stream_metadata)
+        info.update(fingerprint=written["fingerprint"], streamed=True)
+        return path, info
     if fmt.holds == "model":
         am, _ = stack(registry, zoo, resolved)
         state = am.fused_state_dict()

@@ -415,6 +415,9 @@ class Format:
     import_: ImportFn | str | None = None
     description: str = ""
     holds: str = "adapter"
+    # a model format whose file is the state dict as one safetensors file sets the header metadata that file
+    # carries: the core may then write it tensor by tensor (`--stream`), never holding the model
+    stream_metadata: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.name, "format")

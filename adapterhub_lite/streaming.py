@@ -12,6 +12,7 @@ precision, whose work copy is float32) whatever the file size.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,12 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF1
           "BOOL": torch.bool}
 NAMES = {v: k for k, v in DTYPES.items()}
 LowRank = tuple[Tensor, Tensor, float]  # (B: (out, r), A: (r, in...)), multiplier: delta = m * B @ A
+
+
+def streaming_threshold() -> int:
+    """Bytes of base checkpoint above which fusing streams by default: $ADAPTERS_STREAM_ABOVE, else 4 GiB."""
+    value = os.environ.get("ADAPTERS_STREAM_ABOVE", "")
+    return int(value) if value.isdigit() else 4 << 30
 
 
 def write_streamed(dst: str | Path, specs: Sequence[tuple[str, torch.dtype, tuple[int, ...]]],
@@ -63,25 +70,23 @@ def write_streamed(dst: str | Path, specs: Sequence[tuple[str, torch.dtype, tupl
     return publish(dst, write)
 
 
-def fuse_file(src: str | Path, dst: str | Path, deltas: Mapping[str, Sequence[LowRank]],
-              metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Copy checkpoint `src` to `dst` with `W += m * B @ A` applied to every tensor named in `deltas`."""
+def rewrite_file(src: str | Path, dst: str | Path, change: Callable[[str, Tensor], None] | None = None,
+                 metadata: Mapping[str, str] | None = None, label: str | None = None) -> dict[str, Any]:
+    """Copy checkpoint `src` to `dst` tensor by tensor; `change(name, tensor)` may rewrite each one in place
+    after it is read (same shape and dtype). One buffer of the largest tensor is all this holds."""
     header = read_header(src)
     start, infos = header.data_start, header.tensors
     names = sorted(infos, key=lambda k: infos[k].begin)
-    unknown = sorted(set(deltas) - set(names))
-    if unknown:
-        raise AdapterFileError(f"{src} has no tensor {unknown[0]!r} to fuse into")
     specs = []
     for name in names:
         if infos[name].dtype not in DTYPES:
             raise AdapterFileError(f"{src}: tensor {name!r} has dtype {infos[name].dtype}, which is not supported")
         specs.append((name, DTYPES[infos[name].dtype], infos[name].shape))
-    fused = copied = 0
-    bar = Progress(len(names), f"fusing {Path(src).name}", unit="tensors")
+    copied = 0
+    bar = Progress(len(names), label or f"streaming {Path(src).name}", unit="tensors")
     with open(src, "rb") as f, bar:
         def fill(name: str, tensor: Tensor) -> None:
-            nonlocal fused, copied
+            nonlocal copied
             copied += 1
             bar.update(copied)
             begin, end = infos[name].begin, infos[name].end
@@ -89,18 +94,58 @@ def fuse_file(src: str | Path, dst: str | Path, deltas: Mapping[str, Sequence[Lo
             view = tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor.view(torch.uint8)
             if f.readinto(memoryview(view.numpy())) != end - begin:
                 raise AdapterFileError(f"{src} is truncated at tensor {name!r}")
-            terms = deltas.get(name)
-            if not terms:
-                return
-            work = tensor if tensor.dtype == torch.float32 else tensor.float()
-            flat = work.view(work.shape[0], -1)
-            for b, a, multiplier in terms:
-                flat.addmm_(b.float(), a.float().reshape(a.shape[0], -1), alpha=multiplier)
-            if work is not tensor:
-                tensor.copy_(work)
-            fused += 1
+            if change is not None:
+                change(name, tensor)
 
         out_meta = dict(header.metadata)
         out_meta.update(metadata or {})
         write_streamed(dst, specs, fill, out_meta)
-    return {"tensors": len(names), "fused": fused, "bytes": Path(dst).stat().st_size}
+    return {"tensors": len(names), "bytes": Path(dst).stat().st_size}
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """`state_fingerprint` of a safetensors file's tensors, read one at a time (the same hex digest)."""
+    import hashlib
+
+    header = read_header(path)
+    h = hashlib.sha256()
+    largest = max((i.end - i.begin for i in header.tensors.values()), default=0)
+    buffer = bytearray(largest)
+    with open(path, "rb") as f:
+        for name in sorted(header.tensors):
+            info = header.tensors[name]
+            if info.dtype not in DTYPES:
+                raise AdapterFileError(f"{path}: tensor {name!r} has dtype {info.dtype}, which is not supported")
+            dtype = str(DTYPES[info.dtype]).removeprefix("torch.")
+            h.update(f"{name}|{dtype}|{tuple(info.shape)}|".encode())
+            f.seek(header.data_start + info.begin)
+            view = memoryview(buffer)[:info.end - info.begin]
+            if f.readinto(view) != len(view):
+                raise AdapterFileError(f"{path} is truncated at tensor {name!r}")
+            h.update(view)
+    return h.hexdigest()
+
+
+def fuse_file(src: str | Path, dst: str | Path, deltas: Mapping[str, Sequence[LowRank]],
+              metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Copy checkpoint `src` to `dst` with `W += m * B @ A` applied to every tensor named in `deltas`."""
+    unknown = sorted(set(deltas) - set(read_header(src).tensors))
+    if unknown:
+        raise AdapterFileError(f"{src} has no tensor {unknown[0]!r} to fuse into")
+    fused = 0
+
+    def add_deltas(name: str, tensor: Tensor) -> None:
+        nonlocal fused
+        terms = deltas.get(name)
+        if not terms:
+            return
+        work = tensor if tensor.dtype == torch.float32 else tensor.float()
+        flat = work.view(work.shape[0], -1)
+        for b, a, multiplier in terms:
+            flat.addmm_(b.float(), a.float().reshape(a.shape[0], -1), alpha=multiplier)
+        if work is not tensor:
+            tensor.copy_(work)
+        fused += 1
+
+    info = rewrite_file(src, dst, add_deltas, metadata, label=f"fusing {Path(src).name}")
+    return {**info, "fused": fused}

@@ -23,6 +23,9 @@ from .options import PluginOptionsCommand, config_values, data_dir_option, first
               "default 0.5).")
 @click.option("--seed", type=int, default=None, help="Seed of DARE's random drops (default 0).")
 @click.option("--into-base", is_flag=True, help="Fuse the adapters into the base weights: write a new base.")
+@click.option("--stream/--no-stream", default=None,
+              help="With --into-base: fuse and write tensor by tensor, never holding the model (default: when the "
+                   "base checkpoint is over 4 GiB, or $ADAPTERS_STREAM_ABOVE bytes; not with --eval or --dry-run).")
 @click.option("--out", "out", required=True, metavar="NAME",
               help="Name of the new adapter (or, with --into-base, of the new base) in the zoo.")
 @click.option("--dry-run", is_flag=True, help="Check and compute, print the plan, write nothing.")
@@ -31,7 +34,8 @@ from .options import PluginOptionsCommand, config_values, data_dir_option, first
 @data_dir_option
 @zoo_option
 def merge_command(model: str, refs: tuple[str, ...], method: str, rank: int | None, density: float | None,
-                  seed: int | None, into_base: bool, out: str, dry_run: bool, do_eval: bool, as_json: bool,
+                  seed: int | None, into_base: bool, stream: bool | None, out: str, dry_run: bool, do_eval: bool,
+                  as_json: bool,
                   data_dir: Path | None, zoo_dir: Path | None, **task_values: Any) -> None:
     """Combine adapters of MODEL into a new adapter version, or fuse them into a new base.
 
@@ -42,6 +46,7 @@ def merge_command(model: str, refs: tuple[str, ...], method: str, rank: int | No
       adapters merge MODEL task=1 style=0.5 --method cat --out both
       adapters merge MODEL task --method svd --rank 1 --out task-r1   (resize)
       adapters merge MODEL style=0.5 --into-base --out half-styled
+      adapters merge MODEL style=0.5 --into-base --stream --out half-styled   (out of core)
       adapters merge MODEL task style --method ties --density 0.3 --out t --dry-run
     """
     from ..merge import fuse, plan_merge, write_merge
@@ -55,7 +60,7 @@ def merge_command(model: str, refs: tuple[str, ...], method: str, rank: int | No
     if into_base:
         if method != "linear" or rank is not None or density is not None or seed is not None:
             raise click.UsageError("--into-base fuses the exact weighted sum: drop --method, --rank, --density, --seed")
-        plan, entry = fuse(registry, zoo, model, list(refs), out, dry_run=dry_run, data=data)
+        plan, entry = fuse(registry, zoo, model, list(refs), out, dry_run=dry_run, data=data, stream=stream)
         if as_json:
             echo_json(plan if entry is None else entry.card)
         elif entry is None:
@@ -65,6 +70,8 @@ def merge_command(model: str, refs: tuple[str, ...], method: str, rank: int | No
         else:
             click.echo(f"wrote {summary_line(entry)}")
         return
+    if stream is not None:
+        raise click.UsageError("--stream applies to --into-base (a merged adapter is small)")
     zoo.check_new(model, out, "adapter", writable=not dry_run)
     options = {"density": density, "seed": seed}
     plan = plan_merge(registry, zoo, model, list(refs), method, rank, options)

@@ -16,9 +16,13 @@ from .options import summary_line, zoo_option
               help="native, peft, kohya, merged (see `adapters plugins`).")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True,
               help="File or folder to write (peft writes a folder).")
+@click.option("--stream/--no-stream", default=None,
+              help="--format merged: fuse and write tensor by tensor, never holding the model (default: when the "
+                   "base checkpoint is over 4 GiB, or $ADAPTERS_STREAM_ABOVE bytes).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @zoo_option
-def export_command(refs: tuple[str, ...], fmt: str, out: Path, as_json: bool, zoo_dir: Path | None) -> None:
+def export_command(refs: tuple[str, ...], fmt: str, out: Path, stream: bool | None, as_json: bool,
+                   zoo_dir: Path | None) -> None:
     """Write adapters (or, with --format merged, the fused model) in another format.
 
     \b
@@ -28,12 +32,13 @@ def export_command(refs: tuple[str, ...], fmt: str, out: Path, as_json: bool, zo
       adapters export MODEL/task --format peft --out task-peft/
       adapters export MODEL/task --format kohya --out task.safetensors
       adapters export MODEL/style=0.5 --format merged --out half-styled.safetensors
+      adapters export MODEL/style=0.5 --format merged --stream --out half-styled.safetensors
     """
     from ..exchange import export_refs
     from ..registry import get_registry
     from ..zoo import Zoo
 
-    path, info = export_refs(get_registry(), Zoo(zoo_dir), list(refs), fmt, out)
+    path, info = export_refs(get_registry(), Zoo(zoo_dir), list(refs), fmt, out, stream=stream)
     info["path"] = str(path)
     if as_json:
         echo_json(info)

@@ -22,4 +22,5 @@ def register_formats(register: Callable[[Format], None]) -> None:
     register(Format(name="kohya", export=f"{__name__}.kohya:export", import_=f"{__name__}.kohya:import_",
                     description="kohya/LyCORIS safetensors (A1111, ComfyUI): LoRA, DoRA, LoHa, LoKr tensors per module"))
     register(Format(name="merged", export=f"{__name__}.merged:export", import_=f"{__name__}.merged:import_", holds="model",
+                    stream_metadata={"format": "pt"},
                     description="the base with the adapters fused in: a plain state dict for the bare model class"))
