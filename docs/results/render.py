@@ -308,7 +308,8 @@ def render() -> str:
         made = sources.get(profile)
         if made:
             out.append(f"- `{profile}`: `{made['command']}` at commit {made['commit']}, {made['threads']} torch "
-                       f"thread(s) pinned to one core, {made['seconds'] / 60:.0f} minutes")
+                       f"thread(s) pinned to one core, {made['seconds'] / 60:.0f} minutes"
+                       + (f" ({made['note']})" if made.get("note") else ""))
     out += ["", "Training is seeded and reproducible: the same command gives the same weights bit for bit at the same "
             "thread count (cards record `training.threads`); another thread count rounds differently and moves "
             "figures within their spread over seeds. Recipes that were searched were chosen on the validation "
