@@ -185,8 +185,8 @@ def fuse_streamed(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, des
 
     import torch
 
-    from .streaming import file_fingerprint, rewrite_file
-    from .tensorfile import load_tensors, read_header
+    from .streaming import file_fingerprint, read_tensors, rewrite_file
+    from .tensorfile import read_header
 
     resolved = resolve_stack(zoo, refs, model)
     base, adapters = resolved.base, resolved.adapters
@@ -217,9 +217,10 @@ def fuse_streamed(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, des
     pending: dict[str, dict[str, torch.Tensor]] = {}
 
     def fused_module(module: str) -> dict[str, torch.Tensor]:
-        sub = copy.deepcopy(skeleton.get_submodule(module)).to_empty(device="cpu")
-        own, _ = load_tensors(src, [f"{module}.{k}" for k in sub.state_dict()])
-        sub.load_state_dict({k.removeprefix(module + "."): v for k, v in own.items()})
+        sub = copy.deepcopy(skeleton.get_submodule(module))  # on the meta device: no memory yet
+        own = read_tensors(src, [f"{module}.{k}" for k in sub.state_dict()])
+        sub.load_state_dict({k.removeprefix(module + "."): v for k, v in own.items()}, assign=True)  # no copy
+        del own
         holder = _holding(module, sub)
         am = AdaptedModel(holder, base_id=base.ref, registry=registry)
         actual = am.base_fingerprints([module])[module]

@@ -103,6 +103,24 @@ def rewrite_file(src: str | Path, dst: str | Path, change: Callable[[str, Tensor
     return {"tensors": len(names), "bytes": Path(dst).stat().st_size}
 
 
+def read_tensors(path: str | Path, names: Sequence[str]) -> dict[str, Tensor]:
+    """Some tensors of a safetensors file, each read into fresh memory (no mapping of the file stays behind)."""
+    header = read_header(path)
+    out = {}
+    with open(path, "rb") as f:
+        for name in names:
+            info = header.tensors[name]
+            if info.dtype not in DTYPES:
+                raise AdapterFileError(f"{path}: tensor {name!r} has dtype {info.dtype}, which is not supported")
+            tensor = torch.empty(info.shape, dtype=DTYPES[info.dtype])
+            f.seek(header.data_start + info.begin)
+            view = tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor.view(torch.uint8)
+            if f.readinto(memoryview(view.numpy())) != info.end - info.begin:
+                raise AdapterFileError(f"{path} is truncated at tensor {name!r}")
+            out[name] = tensor
+    return out
+
+
 def file_fingerprint(path: str | Path) -> str:
     """`state_fingerprint` of a safetensors file's tensors, read one at a time (the same hex digest)."""
     import hashlib

@@ -404,6 +404,12 @@ def stream_child(mode: str, src: str, dst: str) -> dict[str, Any]:
                 if mode == "copy":
                     out.write(buffer[:n])
         extra: dict[str, Any] = {}
+    elif mode == "zoo":  # src is a zoo prepared by stream_cli.prepare_zoo
+        from stream_cli import fuse_through_zoo
+
+        started = time.perf_counter()
+        extra = fuse_through_zoo(src, dst)
+        src = str(Path(src) / "big-mlp" / "base" / "v1" / "model.safetensors")
     else:
         infos = read_header(src).tensors
         gen = torch.Generator().manual_seed(0)
@@ -438,9 +444,12 @@ def stream_group(layers: int) -> list[dict[str, Any]]:
         gen = torch.Generator().manual_seed(0)
         write_streamed(src, specs, lambda name, t: t.normal_(generator=gen))
         results = {}
-        for mode in ("read", "copy", "fuse"):
+        from stream_cli import prepare_zoo
+
+        prepare_zoo(src, Path(tmp) / "zoo", layers)
+        for mode, source in (("read", src), ("copy", src), ("fuse", src), ("zoo", Path(tmp) / "zoo")):
             dst.unlink(missing_ok=True)
-            out = subprocess.run([sys.executable, __file__, "--child-stream", mode, str(src), str(dst)],
+            out = subprocess.run([sys.executable, __file__, "--child-stream", mode, str(source), str(dst)],
                                  capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"stream group: the {mode} child failed (exit {out.returncode}):\n"
@@ -453,7 +462,9 @@ def stream_group(layers: int) -> list[dict[str, Any]]:
            "read_gb_s": read["bytes"] / read["seconds"] / 1e9, "copy_gb_s": copy_["bytes"] / copy_["seconds"] / 1e9,
            "fuse_gb_s": fuse["bytes"] / fuse["seconds"] / 1e9, "fuse_peak_mb": fuse["peak_mb"],
            "fuse_start_mb": fuse["start_mb"], "read_peak_mb": read["peak_mb"], "copy_peak_mb": copy_["peak_mb"],
-           "fused_tensors": fuse["fused"]}
+           "fused_tensors": fuse["fused"], "zoo_fuse_s": results["zoo"]["seconds"],
+           "zoo_fuse_gb_s": results["zoo"]["bytes"] / results["zoo"]["seconds"] / 1e9,
+           "zoo_fuse_peak_mb": results["zoo"]["peak_mb"], "zoo_fuse_start_mb": results["zoo"]["start_mb"]}
     print(f"stream: {row['bytes']/1e9:.2f} GB, read {row['read_gb_s']:.2f} GB/s, fuse {row['fuse_gb_s']:.2f} GB/s, "
           f"peak {row['fuse_peak_mb']:.0f} MB", file=sys.stderr, flush=True)
     return [row]
