@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import make_dirs_under, publish, write_text
+from .cards import metric_scopes
 from .errors import ConfigError, NameRuleError
 from .progress import is_quiet
 from .refs import check_name
@@ -37,7 +38,6 @@ from .workflow import (
     DataOptions,
     evaluate,
     headlines,
-    metric_scopes,
     stack,
     task_of,
     test_metrics,

@@ -38,16 +38,15 @@ def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, fmt_n
                 model: str | None = None, stream: bool | None = None) -> tuple[Path, dict[str, Any]]:
     """Write what refs name in a format; returns the path written and what it holds. Refs are resolved once;
     the writing itself is `AdaptedModel.export`'s (one owner for every export), except a streamed model
-    (`stream`, or None: when the base checkpoint is over `streaming_threshold()`), written tensor by tensor."""
+    (`stream`, or None: `streams_by_default` decides by the base checkpoint's size), written tensor by tensor."""
     fmt = _format(registry, fmt_name, "export")
     resolved = resolve_stack(zoo, refs, model)
     base, adapters = resolved.base, resolved.adapters
     info: dict[str, Any] = {"base": base.ref, "format": fmt_name, "adapters": resolved.describe()}
     if stream is None:
-        from .streaming import streaming_threshold
+        from .streaming import streams_by_default
 
-        stream = fmt.stream_metadata is not None and bool(adapters) and \
-            base.weights.stat().st_size > streaming_threshold()
+        stream = fmt.stream_metadata is not None and bool(adapters) and streams_by_default(base.weights)
     if stream:
         if fmt.stream_metadata is None:
             raise ConfigError(f"format {fmt_name!r} cannot be streamed: only a model format whose file is one "

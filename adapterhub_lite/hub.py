@@ -16,8 +16,8 @@ from typing import Any
 
 from .atomic import publish
 from .errors import HubError, MissingDependencyError, RefError, ZooError, shorten
+from .cards import metric_scopes
 from .registry import Registry
-from .workflow import metric_scopes
 from .zoo import CARD, Zoo, ZooEntry
 
 

@@ -105,7 +105,7 @@ def fuse(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str] | Stack, 
          stream: bool | None = None) -> tuple[dict[str, Any], ZooEntry | None]:
     """Fold weighted adapters into their base and write the result as a new base version `model/name`;
     streamed tensor by tensor with `stream` (None: when the base checkpoint is over the threshold)."""
-    from .streaming import streaming_threshold
+    from .streaming import streams_by_default
 
     zoo.check_new(model, name, "base", writable=not dry_run)
     resolved = resolve_stack(zoo, refs, model)
@@ -113,7 +113,7 @@ def fuse(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str] | Stack, 
     if not adapters:
         raise RefError("name at least one adapter to fuse into the base")
     if stream is None:
-        stream = not dry_run and data is None and base.weights.stat().st_size > streaming_threshold()
+        stream = not dry_run and data is None and streams_by_default(base.weights)
     if stream:
         if dry_run or data is not None:
             from .errors import ConfigError
@@ -125,21 +125,25 @@ def fuse(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str] | Stack, 
     plain = fused_model(registry, zoo, resolved)
     state = {k: v.detach().contiguous() for k, v in plain.state_dict().items()}
     fingerprint = state_fingerprint(state)
-    fused = [{"ref": e.ref, "weight": w, "fingerprint": state_fingerprint(read_adapter_file(e.weights).tensors())}
-             for e, w in adapters]
-    plan = {"base": base.ref, "fused": fused, "fingerprint": fingerprint, "out": f"{model}/{name}",
+    card = _fused_base_card(resolved)
+    plan = {"base": base.ref, "fused": card["fused"], "fingerprint": fingerprint, "out": f"{model}/{name}",
             "parameters": sum(t.numel() for t in state.values()),
             "bytes": sum(t.numel() * t.element_size() for t in state.values())}
     if dry_run:
         return plan, None
-    card: dict[str, Any] = {
-        "config": base.card.get("config", {}), "task": base.card.get("task"),
-        "parents": [base.ref, *[f["ref"] for f in fused]],
-        "recipe": {"command": "merge --into-base", "base": base.ref, "fused": fused}, "fused": fused,
-    }
     if data is not None:
         card["metrics"] = evaluate(registry, zoo, model, plain.eval(), data)
     return plan, add_base_version(zoo, model, name, state, card, registry.get_model(model).task)
+
+
+def _fused_base_card(resolved: Stack, **recipe: Any) -> dict[str, Any]:
+    """The card fields of a base fused from `resolved` (both paths): its lineage and exactly what went in."""
+    base = resolved.base
+    fused = [{"ref": e.ref, "weight": w, "fingerprint": state_fingerprint(read_adapter_file(e.weights).tensors())}
+             for e, w in resolved.adapters]
+    return {"config": base.card.get("config", {}), "task": base.card.get("task"),
+            "parents": [base.ref, *[f["ref"] for f in fused]],
+            "recipe": {"command": "merge --into-base", "base": base.ref, "fused": fused, **recipe}, "fused": fused}
 
 
 def _fuse_streamed_into_zoo(registry: Registry, zoo: Zoo, model: str, resolved: Stack,
@@ -147,22 +151,15 @@ def _fuse_streamed_into_zoo(registry: Registry, zoo: Zoo, model: str, resolved: 
     from .tensorfile import read_header
 
     base = resolved.base
-    fused = [{"ref": e.ref, "weight": w, "fingerprint": state_fingerprint(read_adapter_file(e.weights).tensors())}
-             for e, w in resolved.adapters]
-    card: dict[str, Any] = {
-        "kind": "base", "config": base.card.get("config", {}), "task": base.card.get("task"),
-        "parents": [base.ref, *[f["ref"] for f in fused]],
-        "recipe": {"command": "merge --into-base", "base": base.ref, "fused": fused, "streamed": True},
-        "fused": fused,
-        "parameters": sum(math.prod(i.shape) for i in read_header(base.weights).tensors.values()),
-    }
+    card = {"kind": "base", **_fused_base_card(resolved, streamed=True),
+            "parameters": sum(math.prod(i.shape) for i in read_header(base.weights).tensors.values())}
 
-    def write(folder: Path) -> None:
+    def write(folder: Path) -> None:  # the fingerprint is known once the file is: the card is written after
         card["fingerprint"] = fuse_streamed(registry, zoo, resolved, folder / "model.safetensors")["fingerprint"]
 
     entry = zoo.add_version(model, name, write, card)
-    plan = {"base": base.ref, "fused": fused, "fingerprint": entry.card["fingerprint"], "out": f"{model}/{name}",
-            "parameters": card["parameters"], "bytes": entry.weights.stat().st_size}
+    plan = {"base": base.ref, "fused": card["fused"], "fingerprint": entry.card["fingerprint"],
+            "out": f"{model}/{name}", "parameters": card["parameters"], "bytes": entry.weights.stat().st_size}
     return plan, entry
 
 
@@ -204,21 +201,22 @@ def fuse_streamed(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, des
         raise IncompatibleAdapterError(f"module {nested[0]!r} and modules inside it are both adapted: streaming "
                                        "fuses one module at a time; fuse without --stream")
     owner: dict[str, str] = {}  # checkpoint tensor -> the adapted module it belongs to
-    for module in users:
+    for module, (_, entry, _) in ((m, found[0]) for m, found in users.items()):
         try:
             names = skeleton.get_submodule(module).state_dict()
         except AttributeError:
-            raise IncompatibleAdapterError(f"{files[0][0].path.name}: {base.model} has no module {module!r}") from None
+            raise IncompatibleAdapterError(f"{entry.ref} targets {module!r}, which {base.model} lacks") from None
         owner.update({f"{module}.{k}": module for k in names})
     src = base.weights
-    missing = sorted(set(owner) - set(read_header(src).tensors))
+    header = read_header(src)
+    missing = sorted(set(owner) - set(header.tensors))
     if missing:
         raise IncompatibleAdapterError(f"{base.ref}'s checkpoint has no tensor {missing[0]!r}")
     pending: dict[str, dict[str, torch.Tensor]] = {}
 
     def fused_module(module: str) -> dict[str, torch.Tensor]:
         sub = copy.deepcopy(skeleton.get_submodule(module))  # on the meta device: no memory yet
-        own = read_tensors(src, [f"{module}.{k}" for k in sub.state_dict()])
+        own = read_tensors(src, [f"{module}.{k}" for k in sub.state_dict()], header)
         sub.load_state_dict({k.removeprefix(module + "."): v for k, v in own.items()}, assign=True)  # no copy
         del own
         holder = _holding(module, sub)

@@ -15,6 +15,7 @@ the plugin's name) when the thing is first needed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+import functools
 import importlib
 import sys
 from dataclasses import dataclass, field
@@ -170,16 +171,10 @@ class AdapterKind:
                                   "(class names such as 'torch.nn.Linear' keep the plugin import-light)")
             object.__setattr__(self, "targets", tuple(self.layer.targets))
 
-    @property
+    @functools.cached_property
     def layer_class(self) -> type[AdapterLayer]:
         """The layer class (a reference is imported on first use)."""
-        if isinstance(self.layer, str):
-            cached = self.__dict__.get("_layer_class")
-            if cached is None:
-                cached = resolve_reference(self.layer)
-                object.__setattr__(self, "_layer_class", cached)
-            return cached
-        return self.layer
+        return resolve_reference(self.layer) if isinstance(self.layer, str) else self.layer
 
     @property
     def layer_name(self) -> str:
@@ -312,38 +307,26 @@ class DeferredTask(Task):
     def Options(self) -> type | None:  # noqa: N802  (mirrors Task.Options)
         return self.resolve().Options
 
-    def load(self, split: str, **kwargs: Any) -> Any:
-        return self.resolve().load(split, **kwargs)
-
-    def loss(self, *args: Any, **kwargs: Any) -> Any:
-        return self.resolve().loss(*args, **kwargs)
-
-    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
-        return self.resolve().evaluate(*args, **kwargs)
-
-    def sample(self, *args: Any, **kwargs: Any) -> Any:
-        return self.resolve().sample(*args, **kwargs)
-
-    def scopes(self, *args: Any, **kwargs: Any) -> Any:
-        return self.resolve().scopes(*args, **kwargs)
-
-    def complement(self, *args: Any, **kwargs: Any) -> Any:
-        return self.resolve().complement(*args, **kwargs)
-
-    def headline(self, *args: Any, **kwargs: Any) -> Any:
-        return self.resolve().headline(*args, **kwargs)
-
-    def report(self, *args: Any, **kwargs: Any) -> Any:
-        return self.resolve().report(*args, **kwargs)
-
-    def charts(self, *args: Any, **kwargs: Any) -> Any:
-        return self.resolve().charts(*args, **kwargs)
-
     def __getattr__(self, name: str) -> Any:  # anything else the task defines
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self.resolve(), name)
 
+
+
+def _forward(method: str) -> Callable[..., Any]:
+    def forward(self: DeferredTask, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.resolve(), method)(*args, **kwargs)
+
+    forward.__name__ = forward.__qualname__ = method
+    forward.__doc__ = getattr(Task, method).__doc__
+    return forward
+
+
+# every method Task defines goes to the real task (derived, so a method added to Task later cannot fall back
+# to Task's default on a deferred one)
+for _method in [n for n, v in vars(Task).items() if callable(v) and not n.startswith("_")]:
+    setattr(DeferredTask, _method, _forward(_method))
 
 @dataclass(frozen=True)
 class EvalContext:

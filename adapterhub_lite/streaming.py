@@ -16,7 +16,7 @@ import os
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor
@@ -24,7 +24,7 @@ from torch import Tensor
 from .atomic import publish
 from .errors import AdapterFileError
 from .progress import Progress
-from .tensorfile import read_header
+from .tensorfile import Header, TensorInfo, read_header
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -33,10 +33,31 @@ NAMES = {v: k for k, v in DTYPES.items()}
 LowRank = tuple[Tensor, Tensor, float]  # (B: (out, r), A: (r, in...)), multiplier: delta = m * B @ A
 
 
-def streaming_threshold() -> int:
-    """Bytes of base checkpoint above which fusing streams by default: $ADAPTERS_STREAM_ABOVE, else 4 GiB."""
+def streams_by_default(checkpoint: Path) -> bool:
+    """Whether fusing into this base checkpoint streams when not told: it is over $ADAPTERS_STREAM_ABOVE
+    bytes, else over 4 GiB."""
     value = os.environ.get("ADAPTERS_STREAM_ABOVE", "")
-    return int(value) if value.isdigit() else 4 << 30
+    return checkpoint.stat().st_size > (int(value) if value.isdigit() else 4 << 30)
+
+
+def _dtype(path: str | Path, name: str, info: TensorInfo) -> torch.dtype:
+    if info.dtype not in DTYPES:
+        raise AdapterFileError(f"{path}: tensor {name!r} has dtype {info.dtype}, which is not supported")
+    return DTYPES[info.dtype]
+
+
+def _bytes_of(tensor: Tensor) -> memoryview:
+    """A writable view of a contiguous CPU tensor's bytes."""
+    flat = tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor.view(torch.uint8)
+    return memoryview(flat.numpy())
+
+
+def _read_into(f: BinaryIO, path: str | Path, header: Header, name: str, into: memoryview) -> None:
+    """Read tensor `name`'s bytes from the open file into `into` (exactly its size)."""
+    info = header.tensors[name]
+    f.seek(header.data_start + info.begin)
+    if f.readinto(into) != info.end - info.begin:
+        raise AdapterFileError(f"{path} is truncated at tensor {name!r}")
 
 
 def write_streamed(dst: str | Path, specs: Sequence[tuple[str, torch.dtype, tuple[int, ...]]],
@@ -75,13 +96,9 @@ def rewrite_file(src: str | Path, dst: str | Path, change: Callable[[str, Tensor
     """Copy checkpoint `src` to `dst` tensor by tensor; `change(name, tensor)` may rewrite each one in place
     after it is read (same shape and dtype). One buffer of the largest tensor is all this holds."""
     header = read_header(src)
-    start, infos = header.data_start, header.tensors
+    infos = header.tensors
     names = sorted(infos, key=lambda k: infos[k].begin)
-    specs = []
-    for name in names:
-        if infos[name].dtype not in DTYPES:
-            raise AdapterFileError(f"{src}: tensor {name!r} has dtype {infos[name].dtype}, which is not supported")
-        specs.append((name, DTYPES[infos[name].dtype], infos[name].shape))
+    specs = [(name, _dtype(src, name, infos[name]), infos[name].shape) for name in names]
     copied = 0
     bar = Progress(len(names), label or f"streaming {Path(src).name}", unit="tensors")
     with open(src, "rb") as f, bar:
@@ -89,11 +106,7 @@ def rewrite_file(src: str | Path, dst: str | Path, change: Callable[[str, Tensor
             nonlocal copied
             copied += 1
             bar.update(copied)
-            begin, end = infos[name].begin, infos[name].end
-            f.seek(start + begin)
-            view = tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor.view(torch.uint8)
-            if f.readinto(memoryview(view.numpy())) != end - begin:
-                raise AdapterFileError(f"{src} is truncated at tensor {name!r}")
+            _read_into(f, src, header, name, _bytes_of(tensor))
             if change is not None:
                 change(name, tensor)
 
@@ -103,21 +116,16 @@ def rewrite_file(src: str | Path, dst: str | Path, change: Callable[[str, Tensor
     return {"tensors": len(names), "bytes": Path(dst).stat().st_size}
 
 
-def read_tensors(path: str | Path, names: Sequence[str]) -> dict[str, Tensor]:
-    """Some tensors of a safetensors file, each read into fresh memory (no mapping of the file stays behind)."""
-    header = read_header(path)
+def read_tensors(path: str | Path, names: Sequence[str], header: Header | None = None) -> dict[str, Tensor]:
+    """Some tensors of a safetensors file, each read into fresh memory (no mapping of the file stays behind);
+    pass the file's `header` when reading it piece by piece, so it is parsed once."""
+    header = header or read_header(path)
     out = {}
     with open(path, "rb") as f:
         for name in names:
             info = header.tensors[name]
-            if info.dtype not in DTYPES:
-                raise AdapterFileError(f"{path}: tensor {name!r} has dtype {info.dtype}, which is not supported")
-            tensor = torch.empty(info.shape, dtype=DTYPES[info.dtype])
-            f.seek(header.data_start + info.begin)
-            view = tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor.view(torch.uint8)
-            if f.readinto(memoryview(view.numpy())) != info.end - info.begin:
-                raise AdapterFileError(f"{path} is truncated at tensor {name!r}")
-            out[name] = tensor
+            out[name] = torch.empty(info.shape, dtype=_dtype(path, name, info))
+            _read_into(f, path, header, name, _bytes_of(out[name]))
     return out
 
 
@@ -132,14 +140,10 @@ def file_fingerprint(path: str | Path) -> str:
     with open(path, "rb") as f:
         for name in sorted(header.tensors):
             info = header.tensors[name]
-            if info.dtype not in DTYPES:
-                raise AdapterFileError(f"{path}: tensor {name!r} has dtype {info.dtype}, which is not supported")
-            dtype = str(DTYPES[info.dtype]).removeprefix("torch.")
+            dtype = str(_dtype(path, name, info)).removeprefix("torch.")
             h.update(f"{name}|{dtype}|{tuple(info.shape)}|".encode())
-            f.seek(header.data_start + info.begin)
             view = memoryview(buffer)[:info.end - info.begin]
-            if f.readinto(view) != len(view):
-                raise AdapterFileError(f"{path} is truncated at tensor {name!r}")
+            _read_into(f, path, header, name, view)
             h.update(view)
     return h.hexdigest()
 

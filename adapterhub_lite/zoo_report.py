@@ -132,7 +132,7 @@ def _headline_rows(entry: ZooEntry) -> str:
     return "".join(rows)
 
 
-def _entry_html(entry: ZooEntry, charts: dict[str, dict[str, dict[str, float]]] | str) -> str:
+def _entry_html(entry: ZooEntry, curve: str, charts: dict[str, dict[str, dict[str, float]]] | str) -> str:
     card = entry.card
     facts = [f"{_e(entry.kind)}"]
     if isinstance(card.get("family"), str):
@@ -145,8 +145,6 @@ def _entry_html(entry: ZooEntry, charts: dict[str, dict[str, dict[str, float]]] 
         facts.append(_e(card["created"]))
     body = [f'<section class="entry" id="{_e(entry.ref)}"><h3>{_e(entry.ref)}</h3><p>{", ".join(facts)}</p>',
             _headline_rows(entry)]
-    training = card.get("training")
-    curve = curve_svg(training.get("curve")) if isinstance(training, dict) else ""
     if curve:
         body.append(f'<figure><figcaption>training loss</figcaption>{curve}</figure>')
     if isinstance(charts, str):
@@ -208,11 +206,12 @@ section.entry{display:inline-block;vertical-align:top;width:360px;margin:8px;pad
 border-radius:6px}section.entry h3{font-size:14px;margin:0 0 4px}figure{margin:6px 0}figcaption{font-size:12px;
 color:#555}.note{color:#a33;font-size:12px}.damaged{color:#a33}.grid{display:inline-block;margin:6px}
 .grid img{image-rendering:pixelated;width:256px}table.results{border-collapse:collapse;font-size:13px}
-table.results td,table.results th{border:1px solid #ddd;padding:2px 8px;text-align:left}.lineage-wrap{overflow-x:auto}section.entry{font-size:13px}"""
+table.results td,table.results th{border:1px solid #ddd;padding:2px 8px;text-align:left}
+.lineage-wrap{overflow-x:auto}section.entry{font-size:13px}"""
 
 
-def render(zoo: Zoo, charts_for: ChartsFor) -> tuple[str, dict[str, int]]:
-    """The page, and counts of what it holds (entries, damaged, curves, charts, grids)."""
+def render(zoo: Zoo, charts_for: ChartsFor, grids: list[Path]) -> tuple[str, dict[str, int]]:
+    """The page (showing these sample grids from img/), and counts of what it holds."""
     found = list(zoo.scan())
     entries = [e for e in found if isinstance(e, ZooEntry)]
     damaged = [e for e in found if isinstance(e, DamagedEntry)]
@@ -229,17 +228,18 @@ def render(zoo: Zoo, charts_for: ChartsFor) -> tuple[str, dict[str, int]]:
         mine = [e for e in entries if e.model == model]
         if not mine:
             continue
-        out.append(f'<h2 id="model-{_e(model)}">{_e(model)}</h2><h3>Lineage</h3><div class="lineage-wrap">{lineage_svg(mine)}</div>')
+        out.append(f'<h2 id="model-{_e(model)}">{_e(model)}</h2><h3>Lineage</h3>'
+                   f'<div class="lineage-wrap">{lineage_svg(mine)}</div>')
         for entry in mine:
             charts = charts_for(entry)
             counts["charts"] += 0 if isinstance(charts, str) else sum(len(c) for c in charts.values())
             training = entry.card.get("training")
-            counts["curves"] += bool(isinstance(training, dict) and curve_svg(training.get("curve")))
-            out.append(_entry_html(entry, charts))
+            curve = curve_svg(training.get("curve")) if isinstance(training, dict) else ""
+            counts["curves"] += bool(curve)
+            out.append(_entry_html(entry, curve, charts))
     tables = results_tables(zoo)
     if tables:
         out += ["<h2>Results of zoo builds</h2>", *tables]
-    grids = grid_files(zoo)
     if grids:
         out.append("<h2>Sample grids</h2>")
         out += [f'<figure class="grid"><img alt="{_e(p.name)}" src="img/{_e(p.name)}">'
@@ -252,12 +252,13 @@ def render(zoo: Zoo, charts_for: ChartsFor) -> tuple[str, dict[str, int]]:
 
 def write_report(zoo: Zoo, charts_for: ChartsFor, dest: Path) -> dict[str, int]:
     """`dest`/index.html and the grids it shows in `dest`/img/, written all or nothing."""
-    page, counts = render(zoo, charts_for)
+    grids = grid_files(zoo)
+    page, counts = render(zoo, charts_for, grids)
 
     def write(target: Path) -> None:
         (target / "img").mkdir(parents=True)
         (target / "index.html").write_text(page, encoding="utf-8")
-        for grid in grid_files(zoo):
+        for grid in grids:
             shutil.copyfile(grid, target / "img" / grid.name)
 
     from .errors import WriteError

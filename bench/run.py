@@ -407,7 +407,6 @@ def stream_child(mode: str, src: str, dst: str) -> dict[str, Any]:
     elif mode == "zoo":  # src is a zoo prepared by stream_cli.prepare_zoo
         from stream_cli import fuse_through_zoo
 
-        started = time.perf_counter()
         extra = fuse_through_zoo(src, dst)
         src = str(Path(src) / "big-mlp" / "base" / "v1" / "model.safetensors")
     else:

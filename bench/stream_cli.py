@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 import adapterhub_lite_lora
-from adapterhub_lite import (AdaptedModel, LoraConfig, ModelSpec, PluginManager, Registry, Zoo, hookimpl,
-                             load_base)
+from adapterhub_lite import (AdaptedModel, LoraConfig, ModelSpec, PluginManager, Registry, Zoo,
+                             add_adapter_version, hookimpl, load_base)
 
 MODEL, ADAPTER = "big-mlp", "big-mlp/lora"
 
@@ -59,10 +59,7 @@ def prepare_zoo(src: Path, root: Path, layers: int) -> None:
         for name, param in am.model.named_parameters():
             if param.requires_grad:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.01)
-    card = {"kind": "adapter", "family": "lora", "config": config.to_dict(), "modules": am.adapters["lora"].modules,
-            "base": {"ref": base.ref, "version": base.version, "fingerprint": base.card["fingerprint"]},
-            "parents": [base.ref], "parameters": am.parameter_counts()["adapters"]["lora"]}
-    zoo.add_version(MODEL, "lora", lambda folder: am.save_adapter("lora", folder / "adapter.safetensors"), card)
+    add_adapter_version(registry, zoo, base, "lora", am, "lora", {"command": "bench"}, {})
 
 
 def fuse_through_zoo(root: str, dst: str) -> dict[str, Any]:

@@ -13,14 +13,17 @@ from collections.abc import Callable
 from adapterhub_lite import Format, hookimpl
 
 
+def _format(name: str, description: str, **extra: object) -> Format:
+    """A format whose reader and writer are `import_` and `export` of the module of the same name."""
+    return Format(name=name, export=f"{__name__}.{name}:export", import_=f"{__name__}.{name}:import_",
+                  description=description, **extra)
+
+
 @hookimpl
 def register_formats(register: Callable[[Format], None]) -> None:
-    register(Format(name="native", export=f"{__name__}.native:export", import_=f"{__name__}.native:import_",
-                    description="adapterhub_lite's own safetensors file (metadata and base fingerprints inside)"))
-    register(Format(name="peft", export=f"{__name__}.peft:export", import_=f"{__name__}.peft:import_",
-                    description="a PEFT adapter folder: adapter_config.json + adapter_model.safetensors"))
-    register(Format(name="kohya", export=f"{__name__}.kohya:export", import_=f"{__name__}.kohya:import_",
-                    description="kohya/LyCORIS safetensors (A1111, ComfyUI): LoRA, DoRA, LoHa, LoKr tensors per module"))
-    register(Format(name="merged", export=f"{__name__}.merged:export", import_=f"{__name__}.merged:import_", holds="model",
-                    stream_metadata={"format": "pt"},
-                    description="the base with the adapters fused in: a plain state dict for the bare model class"))
+    register(_format("native", "adapterhub_lite's own safetensors file (metadata and base fingerprints inside)"))
+    register(_format("peft", "a PEFT adapter folder: adapter_config.json + adapter_model.safetensors"))
+    register(_format("kohya", "kohya/LyCORIS safetensors (A1111, ComfyUI): LoRA, DoRA, LoHa, LoKr tensors per "
+                              "module"))
+    register(_format("merged", "the base with the adapters fused in: a plain state dict for the bare model class",
+                     holds="model", stream_metadata={"format": "pt"}))

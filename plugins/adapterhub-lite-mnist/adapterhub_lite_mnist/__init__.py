@@ -34,6 +34,7 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
                        task=DeferredTask("noisy-classify", f"{TASKS}:ClassifyTask", noisy=True),
                        description="3 conv + 4 linear denoising classifier on noisy MNIST",
                        default_targets=("fc*",), default_family="lora"))
-    register(ModelSpec(name="ddpm-unet", build=f"{__name__}.unet:UNet", task=DeferredTask("generate", f"{TASKS}:GenerateTask"),
+    register(ModelSpec(name="ddpm-unet", build=f"{__name__}.unet:UNet",
+                       task=DeferredTask("generate", f"{TASKS}:GenerateTask"),
                        description="32x32 DDPM UNet (32/64/64 channels, attention at 8x8), DDIM sampling",
                        default_targets=("*.attn.attn", "*.res.conv1", "*.res.conv2"), default_family="lora"))
