@@ -5,7 +5,7 @@
 
 VENV ?= .venv
 PYTHON ?= python3
-PLUGINS := lora mnist formats lycoris dora ia3
+PLUGINS := lora mnist formats lycoris dora ia3 hf
 INSTALL := -e ".[test]" $(foreach p,$(PLUGINS),-e plugins/adapterhub-lite-$(p))
 ADAPTERS_DATA ?= $(if $(wildcard ../shared/datasets/MNIST/raw),$(abspath ../shared/datasets),)
 ifneq ($(ADAPTERS_DATA),)

@@ -52,6 +52,7 @@ from .specs import (
     MergeInput,
     MergeMethod,
     MergeResult,
+    ModelSource,
     ModelSpec,
     Task,
 )
@@ -118,6 +119,7 @@ __all__ = [
     "MergeResult",
     "MissingDependencyError",
     "NameRuleError",
+    "ModelSource",
     "ModelSpec",
     "PluginError",
     "PluginManager",

@@ -24,7 +24,7 @@ _COMMON: dict[str, tuple[tuple[type, ...], bool]] = {
     "task": ((str, type(None)), False), "trainable_percent": (_NUMBER, False),
 }
 _BY_KIND: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
-    "base": {"fingerprint": ((str,), True)},
+    "base": {"fingerprint": ((str,), True), "source": ((str,), False)},
     "adapter": {"base": ((dict,), True), "family": ((str,), False), "modules": ((list,), False)},
     "composition": {"base": ((dict,), True), "parts": ((list,), True)},
 }

@@ -88,7 +88,7 @@ def import_file(registry: Registry, zoo: Zoo, src: Path, fmt_name: str, model: s
     am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
     recipe = {"command": "import", "format": fmt_name, "source": str(src)}
     if fmt.holds == "model":
-        return _import_model(registry, zoo, fmt, Path(src), am, base.card.get("config", {}), model, name,
+        return _import_model(registry, zoo, fmt, Path(src), am, base, model, name,
                              recipe, origin or {"format": fmt_name, "path": str(src)})
     bundle: AdapterBundle = fmt.import_(Path(src), am)
     return import_bundle(registry, zoo, bundle, am, base, name, recipe, force, data,
@@ -114,10 +114,11 @@ def import_bundle(registry: Registry, zoo: Zoo, bundle: AdapterBundle, am: Adapt
     return add_adapter_version(registry, zoo, base, name, am, name, recipe, {"imported_from": origin or {}}, data)
 
 
-def _import_model(registry: Registry, zoo: Zoo, fmt: Format, src: Path, am: AdaptedModel, config: dict[str, Any],
+def _import_model(registry: Registry, zoo: Zoo, fmt: Format, src: Path, am: AdaptedModel, base: ZooEntry,
                   model: str, name: str, recipe: dict[str, Any], origin: dict[str, Any]) -> Any:
+    config = base.card.get("config", {})
     state = fitting_state(registry, model, config, fmt.import_(src, am), str(src))
     spec = registry.get_model(model)
     card = {"config": config, "task": spec.task.name if spec.task else None, "parents": [], "recipe": recipe,
-            "imported_from": origin}
+            "imported_from": origin, **({"source": base.card["source"]} if "source" in base.card else {})}
     return add_base_version(zoo, model, name, state, card)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .atomic import publish
 from .errors import ConfigError
+from .tensorfile import untied
 
 if TYPE_CHECKING:
     from .model import AdaptedModel
@@ -31,8 +32,8 @@ def fused_state_dict(am: AdaptedModel) -> dict[str, Tensor]:
                 if rest.startswith("adapters."):
                     continue
                 key = f"{owner}.{rest.removeprefix('base.')}"
-            state[key] = value.detach().contiguous()
-        return state
+            state[key] = value
+        return untied(state)
     finally:
         if not was_merged:
             am.unmerge()

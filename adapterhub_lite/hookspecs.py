@@ -15,7 +15,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from .specs import AdapterKind, Format, MergeMethod, ModelSpec
+    from .specs import AdapterKind, Format, MergeMethod, ModelSource, ModelSpec
 
 PROJECT = "adapterhub_lite"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -35,6 +35,15 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
     """Register base model builders.
 
     Example: ``register(ModelSpec(name="my-model", build=MyModel, task=MyTask(), default_family="lora"))``
+    """
+
+
+@hookspec
+def register_model_sources(register: Callable[[ModelSource], None]) -> None:
+    """Register where users' own models come from (checkpoint folders, config files), for `adapters zoo
+    add-base`. A zoo model added this way is built by its source, named in the base's card.
+
+    Example: ``register(ModelSource(name="hf", load="my_pkg.sources:load", build="my_pkg.sources:build"))``
     """
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from .combining import combine
 from .errors import IncompatibleAdapterError, RefError
 from .fingerprint import state_fingerprint
-from .model import AdaptedModel
+from .model import AdaptedModel, refuse_tied_merge
 from .registry import Registry
 from .serialization import read_adapter_file
 from .specs import AdapterBundle, MergeInput, MergeMethod, MergeResult
@@ -142,6 +142,7 @@ def _fused_base_card(resolved: Stack, **recipe: Any) -> dict[str, Any]:
     fused = [{"ref": e.ref, "weight": w, "fingerprint": state_fingerprint(read_adapter_file(e.weights).tensors())}
              for e, w in resolved.adapters]
     return {"config": base.card.get("config", {}), "task": base.card.get("task"),
+            **({"source": base.card["source"]} if "source" in base.card else {}),
             "parents": [base.ref, *[f["ref"] for f in fused]],
             "recipe": {"command": "merge --into-base", "base": base.ref, "fused": fused, **recipe}, "fused": fused}
 
@@ -207,6 +208,7 @@ def fuse_streamed(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, des
         except AttributeError:
             raise IncompatibleAdapterError(f"{entry.ref} targets {module!r}, which {base.model} lacks") from None
         owner.update({f"{module}.{k}": module for k in names})
+    refuse_tied_merge(skeleton, sorted(users))
     src = base.weights
     header = read_header(src)
     missing = sorted(set(owner) - set(header.tensors))

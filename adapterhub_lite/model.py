@@ -310,10 +310,14 @@ class AdaptedModel:
         names = list(self.active) if names is None else list(names)
         for name in names:
             self._require(name)
+        self._refuse_tied([n for n, layer in self.layers().items() if any(a in layer.adapters for a in names)])
         for layer in self.layers().values():
             mine = [n for n in names if n in layer.adapters]
             if mine:
                 layer.merge(*mine)
+
+    def _refuse_tied(self, layer_names: Sequence[str]) -> None:
+        refuse_tied_merge(self.model, layer_names)
 
     def unmerge(self) -> None:
         for layer in self.layers().values():
@@ -335,6 +339,8 @@ class AdaptedModel:
         merge=False gives back the original base weights bit for bit; merge=True
         folds the active adapters in permanently (a fused model).
         """
+        if merge:
+            self._refuse_tied([n for n, layer in self.layers().items() if layer.live()])
         for name, layer in self.layers().items():
             if merge:
                 layer.merge(*[n for n, _ in layer.live()])
@@ -439,3 +445,22 @@ class AdaptedModel:
 
     def _layers_of(self, name: str) -> list[AdapterLayer]:
         return [layer for layer in self.layers().values() if name in layer.adapters]
+
+
+def refuse_tied_merge(model: nn.Module, module_names: Sequence[str]) -> None:
+    """Folding a delta into a weight that another module shares (tied weights: GPT-2's lm_head is its token
+    table) would change that module too, which the unmerged adapter does not: refused before any change."""
+    if not module_names:
+        return
+    users: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        users.setdefault(id(param), []).append(name)
+    for module_name in module_names:
+        for param in model.get_submodule(module_name).parameters():
+            others = [n for n in users.get(id(param), []) if not n.startswith(f"{module_name}.")]
+            if others:
+                raise AdapterStateError(
+                    f"cannot fold an adapter into {module_name!r}: its weight is tied to {others[0]!r}, which "
+                    "would change too, while the unmerged adapter leaves it alone; keep the adapter unmerged, "
+                    "or untie the weights in the base (e.g. tie_word_embeddings=False) and bring it in again")
+

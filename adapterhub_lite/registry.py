@@ -15,10 +15,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from .config import AdapterConfig
 from .errors import ConfigError, PluginError, UnknownNameError, UnsupportedModuleError
 from .plugins import PluginManager, call_each_plugin, get_plugin_manager, load_plugins
-from .specs import AdapterKind, Format, MergeMethod, ModelSpec
+from .specs import AdapterKind, Format, MergeMethod, ModelSource, ModelSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from torch import nn
+
+    from .zoo import Zoo
 
 S = TypeVar("S")
 
@@ -35,6 +39,7 @@ _TABLES: dict[str, tuple[str, type, str]] = {
     "register_models": ("models", ModelSpec, "model"),
     "register_merge_methods": ("merges", MergeMethod, "merge method"),
     "register_formats": ("formats", Format, "format"),
+    "register_model_sources": ("sources", ModelSource, "model source"),
 }
 
 
@@ -45,6 +50,7 @@ class Registry:
         self.models: dict[str, Owned[ModelSpec]] = {}
         self.merges: dict[str, Owned[MergeMethod]] = {}
         self.formats: dict[str, Owned[Format]] = {}
+        self.sources: dict[str, Owned[ModelSource]] = {}
         for hook_name in _TABLES:
             self._collect(hook_name)
 
@@ -134,6 +140,36 @@ class Registry:
     def create_model(self, name: str, **kwargs: Any) -> nn.Module:
         spec = self.get_model(name)
         return spec.build(**{**spec.defaults, **kwargs})
+
+    # --- zoo models a model source builds (added with `adapters zoo add-base`) ----------------------------------
+    def get_source(self, name: str) -> ModelSource:
+        if name not in self.sources:
+            raise UnknownNameError("model source", name, self.sources,
+                                   "Install the plugin that provides it (e.g. plugins/adapterhub-lite-hf)")
+        return self.sources[name].spec
+
+    def adopt(self, model: str, card: Mapping[str, Any]) -> bool:
+        """Make zoo model `model` buildable when its base card names the source it came from (its card's
+        `config` is then what the source's build takes). True if `model` is known afterwards."""
+        source = card.get("source")
+        if model in self.models or not isinstance(source, str):
+            return model in self.models
+        if source not in self.sources:
+            raise ConfigError(f"zoo model {model!r} was added from model source {source!r}, which no installed "
+                              "plugin provides: install that plugin (see `adapters plugins`)")
+        owned = self.sources[source]
+        spec = ModelSpec(name=model, build=owned.spec.build, default_family=owned.spec.default_family,
+                         description=f"added to the zoo from {source}")
+        self.models[model] = Owned(spec, owned.plugin)
+        return True
+
+    def adopt_zoo_models(self, zoo: Zoo) -> None:
+        """`adopt` every model of `zoo` that no plugin registers and whose base card names a source."""
+        for model in zoo.models():
+            if model not in self.models:
+                card = next((e.card for e in zoo.entries(model) if e.is_base and "source" in e.card), None)
+                if card is not None:
+                    self.adopt(model, card)
 
     def get_merge_method(self, name: str) -> MergeMethod:
         if name not in self.merges:

@@ -357,6 +357,31 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class ModelSource:
+    """Where a user's own model comes from (a transformers, diffusers or timm checkpoint, say): brought into
+    the zoo as a base with `adapters zoo add-base NAME --from-pretrained DIR | --config FILE`.
+
+    `load(pretrained=DIR | None, config=FILE | None)` returns the model (with the checkpoint's weights, or
+    freshly initialised from a config) and a JSON-able dict; `build(**that dict)` rebuilds the same
+    architecture later, whose weights the zoo then loads. `detect(path)` says whether a directory or config
+    file is this source's (used when the user names no source). The zoo records the source's name in the
+    base's card, so the zoo model NAME needs no plugin of its own.
+    """
+
+    name: str
+    load: Callable[..., tuple[nn.Module, dict[str, Any]]] | str  # or deferred references "package.module:fn"
+    build: Callable[..., nn.Module] | str
+    detect: Callable[[Path], bool] | str | None = None
+    description: str = ""
+    default_family: str | None = None  # the adapter family its models train when none is named
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "model source")
+        for attr in ("load", "build", "detect"):
+            object.__setattr__(self, attr, _deferred(getattr(self, attr)))
+
+
+@dataclass(frozen=True)
 class MergeMethod:
     """A way to combine adapters into a new adapter.
 

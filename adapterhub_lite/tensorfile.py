@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import AdapterFileError, shorten
 
@@ -141,3 +141,17 @@ def check_finite_floats(tensors: Mapping[str, Tensor], source: object, what: str
         if not bool(torch.isfinite(tensor).all()):
             raise AdapterFileError(f"{source}: {what} {shorten(key, 80)} holds NaN or infinity; refusing it (it "
                                    "would poison every output)")
+
+
+def untied(state: dict[str, Any]) -> dict[str, Any]:
+    """`state` detached and contiguous, with tied tensors (one storage under two names, e.g. a language-model
+    head tied to its token table) copied apart: a safetensors file holds each tensor once, and loading the
+    file sets both names again."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for key, tensor in state.items():
+        tensor = tensor.detach().contiguous()
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        out[key] = tensor.clone() if where in seen and tensor.numel() else tensor
+        seen.add(where)
+    return out

@@ -32,7 +32,7 @@ from .refs import AdapterRef
 from .registry import Registry
 from .specs import EvalContext, Task
 from .stacks import Stack, resolve_stack
-from .tensorfile import check_finite_floats, load_tensors
+from .tensorfile import check_finite_floats, load_tensors, untied
 from .training import Distributed, TrainOptions, fit
 from .zoo import BASE, Zoo, ZooEntry
 
@@ -54,7 +54,7 @@ class DataOptions:
 def task_of(registry: Registry, model_name: str) -> Task:
     spec = registry.get_model(model_name)
     if spec.task is None:
-        raise ConfigError(f"model {spec.name!r} registers no task, so it cannot be trained or evaluated")
+        raise ConfigError(f"model {spec.name!r} registers no task, so it cannot be trained, evaluated or sampled")
     return spec.task
 
 
@@ -68,6 +68,7 @@ def headlines(task: Task | None, metrics: dict[str, Any]) -> dict[str, dict[str,
 
 def load_base(registry: Registry, entry: ZooEntry) -> nn.Module:
     """Build a zoo base and load its weights, checking them against the card's fingerprint."""
+    registry.adopt(entry.model, entry.card)  # a model brought in with `zoo add-base` is built by its source
     try:
         model = registry.create_model(entry.model, **entry.card.get("config", {}))
     except TypeError as exc:
@@ -119,7 +120,7 @@ def add_base_version(zoo: Zoo, model: str, name: str, state: dict[str, Any], car
     zoo.check_new(model, name, "base")
     if card.get("metrics") and "headline" not in card:
         card = {**card, "headline": headlines(task, card["metrics"])}
-    state = {k: v.detach().contiguous() for k, v in state.items()}
+    state = untied(state)
     fingerprint = state_fingerprint(state)
     card = {"kind": "base", **card, "fingerprint": fingerprint, "parameters": sum(t.numel() for t in state.values())}
     return zoo.add_version(model, name, lambda folder: save_file(

@@ -99,16 +99,40 @@ def test_the_readme_library_snippet_runs_as_written(tmp_path, monkeypatch) -> No
 def test_the_bring_your_own_model_page_runs_as_written(tmp_path, monkeypatch) -> None:
     page = (ROOT / "docs" / "models.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", page, re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     monkeypatch.chdir(tmp_path)
     spaces: list[dict] = []
     for i, code in enumerate(blocks):
         namespace: dict = {}
         exec(compile(code, f"docs/models.md block {i + 1}", "exec"), namespace)  # noqa: S102 - our own docs
         spaces.append(namespace)
-    resnet, gpt2, served = spaces
+    resnet, gpt2, unet, served = spaces
     assert resnet["logits"].shape == (2, 10) and (tmp_path / "resnet-task.safetensors").is_file()
     kinds = {gpt2["am"].kind_of(m, "chat") for m in gpt2["am"].adapters["chat"].modules}
     assert kinds == {"lora-transformers-conv1d", "lora-embedding"}
     assert (tmp_path / "chat-peft" / "adapter_model.safetensors").is_file()
     assert served["y"].shape == (8, 10)
+    assert unet["noise"].shape == (1, 4, 16, 16)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "style.safetensors"), "pt") as f:
+        assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha" in f.keys()
+
+    # the shell block: the GPT-2 through the zoo, its output the library's
+    import torch
+    from click.testing import CliRunner
+    from safetensors.torch import load_file
+
+    from adapterhub_lite.cli import cli
+
+    shell = re.findall(r"```bash\n(.*?)```", page, re.S)
+    commands = [line.split()[1:] for block in shell for line in block.splitlines() if line.startswith("adapters ")]
+    assert [c[:2] for c in commands] == [["zoo", "add-base"], ["import", "chat-peft"], ["apply", "my-gpt2/chat"],
+                                         ["export", "my-gpt2/chat"]]
+    for args in commands:
+        result = CliRunner().invoke(cli, [*args, "--zoo", str(tmp_path / "zoo")])
+        assert result.exit_code == 0, (args, result.output)
+    with torch.no_grad():
+        expected = gpt2["am"](gpt2["ids"]).last_hidden_state
+    torch.testing.assert_close(load_file(str(tmp_path / "hidden.safetensors"))["last_hidden_state"], expected,
+                               rtol=1e-5, atol=1e-6)

@@ -168,7 +168,8 @@ def test_unet_sampling_grid(tmp_path) -> None:
     runner.invoke(cli, ["apply", "ddpm-unet", "--sample", "4", "--sample-steps", "3", "--out", str(again),
                         "--zoo", zoo])
     assert again.read_bytes() == out.read_bytes()  # fixed seed: grids compare across weights
-    assert runner.invoke(cli, ["apply", "ddpm-unet", "--zoo", zoo]).exit_code == 2
+    checked = runner.invoke(cli, ["apply", "ddpm-unet", "--zoo", zoo])  # no action: the stack is loaded, described
+    assert checked.exit_code == 0 and "ddpm-unet/base@v1 with no adapters" in checked.output
     assert "needs --out" in runner.invoke(cli, ["apply", "ddpm-unet", "--sample", "2", "--zoo", zoo]).stderr
     no_samples = runner.invoke(cli, ["apply", "richboynet", "--sample", "2", "--out", str(out), "--zoo", zoo])
     assert no_samples.exit_code == 1

@@ -11,7 +11,7 @@ import click
 
 from ..hookspecs import PROJECT
 from .group import AdaptersGroup, cli, echo_json
-from .options import summary_line, zoo_option
+from .options import registry_and_zoo, summary_line, zoo_option
 
 
 @cli.command("plugins")
@@ -34,7 +34,8 @@ def plugins_command(as_json: bool) -> None:
     if not described:
         click.echo(f"no plugins found (entry-point group {PROJECT!r}); install one, e.g. plugins/adapterhub-lite-lora")
         return
-    labels = {"kinds": "adapter kinds", "models": "models", "merges": "merge methods", "formats": "formats"}
+    labels = {"kinds": "adapter kinds", "models": "models", "merges": "merge methods", "formats": "formats",
+              "sources": "model sources"}
     for entry in described:
         source = f" ({entry['distribution']} {entry['version']})" if entry["distribution"] else ""
         click.echo(f"{entry['name']}{source}")
@@ -149,6 +150,44 @@ def zoo_show(ref: str, zoo_dir: Path | None, as_json: bool) -> None:
         if isinstance(figures, dict) and figures:
             shown = "; ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
             click.echo(f"  {scope or 'test'}: {shown}")
+
+
+@zoo_group.command("add-base")
+@click.argument("name")
+@click.option("--from-pretrained", "pretrained", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="A local checkpoint folder (config.json + *.safetensors, a diffusers model or pipeline folder, "
+                   "a timm folder); its weights become the base.")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="A model config (JSON) to build with fresh random weights instead.")
+@click.option("--source", default=None,
+              help="Model source to load with (see `adapters plugins`; default: the one that recognises the path).")
+@zoo_option
+@click.option("--json", "as_json", is_flag=True, help="Print the new base's card as JSON.")
+def zoo_add_base(name: str, pretrained: Path | None, config: Path | None, source: str | None,
+                 zoo_dir: Path | None, as_json: bool) -> None:
+    """Bring your own model into the zoo as base NAME/base@vN.
+
+    \b
+    A model source plugin (e.g. adapterhub-lite-hf: transformers, diffusers,
+    timm) loads the folder or config; the zoo keeps the weights (safetensors,
+    fingerprinted like any base) and what rebuilds the model, so `apply`,
+    `merge`, `export` and `import` work on NAME afterwards. A pickled
+    checkpoint (pytorch_model.bin) is refused: convert it to safetensors.
+    Nothing is downloaded: give a local folder.
+    Example: adapters zoo add-base my-gpt2 --from-pretrained ./gpt2-local
+    """
+    from ..sources import add_source_base
+
+    if (pretrained is None) == (config is None):
+        raise click.UsageError("give --from-pretrained DIR or --config FILE (one of them)")
+    registry, zoo = registry_and_zoo(zoo_dir)
+    entry = add_source_base(registry, zoo, name, pretrained=pretrained, config=config, source=source)
+    if as_json:
+        echo_json(entry.card)
+        return
+    card = entry.card
+    click.echo(f"wrote {entry.ref}  [base from {card['source']}, {card['parameters']:,} params, "
+               f"fp {card['fingerprint'][:12]}]")
 
 
 @zoo_group.command("report")

@@ -8,7 +8,15 @@ from typing import Any
 import click
 
 from .group import cli, echo_json
-from .options import PluginOptionsCommand, config_values, data_dir_option, first_positional, summary_line, zoo_option
+from .options import (
+    PluginOptionsCommand,
+    config_values,
+    data_dir_option,
+    first_positional,
+    registry_and_zoo,
+    summary_line,
+    zoo_option,
+)
 
 
 @cli.command("merge", cls=PluginOptionsCommand, task=True, model_from=first_positional)
@@ -50,11 +58,9 @@ def merge_command(model: str, refs: tuple[str, ...], method: str, rank: int | No
       adapters merge MODEL task style --method ties --density 0.3 --out t --dry-run
     """
     from ..merge import fuse, plan_merge, write_merge
-    from ..registry import get_registry
     from ..workflow import DataOptions
-    from ..zoo import Zoo
 
-    registry, zoo = get_registry(), Zoo(zoo_dir)
+    registry, zoo = registry_and_zoo(zoo_dir)
     task_options = config_values(click.get_current_context().command, task_values, "task")
     data = DataOptions(data_dir, task_options) if do_eval else None
     if into_base:

@@ -30,6 +30,17 @@ def train_options(f: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="Print the new version's card as JSON.")(f)
 
 
+def registry_and_zoo(zoo_dir: Path | None) -> tuple[Any, Any]:
+    """The registry and the zoo a command works on; zoo models brought in with `zoo add-base` are made
+    buildable through the source their card names."""
+    from ..registry import get_registry
+    from ..zoo import Zoo
+
+    registry, zoo = get_registry(), Zoo(zoo_dir)
+    registry.adopt_zoo_models(zoo)
+    return registry, zoo
+
+
 def split_list(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
 
@@ -83,6 +94,13 @@ class PluginOptionsCommand(click.Command):
 
         registry = get_registry()
         model = self.model_from(args, self) if self.model_from else None
+        if model is not None and model not in registry.models:
+            from ..zoo import Zoo
+
+            try:  # a model brought in with `zoo add-base` is known through its zoo card
+                registry.adopt_zoo_models(Zoo(peek_option(args, "--zoo")))
+            except AdapterhubError:
+                pass
         if model is not None and model not in registry.models:
             model = None  # the command itself reports an unknown model, with the valid names
         added: list[click.Parameter] = []

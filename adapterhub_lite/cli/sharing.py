@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .group import cli, echo_json
-from .options import summary_line, zoo_option
+from .options import registry_and_zoo, summary_line, zoo_option
 
 
 @cli.command("export")
@@ -35,10 +35,8 @@ def export_command(refs: tuple[str, ...], fmt: str, out: Path, stream: bool | No
       adapters export MODEL/style=0.5 --format merged --stream --out half-styled.safetensors
     """
     from ..exchange import export_refs
-    from ..registry import get_registry
-    from ..zoo import Zoo
 
-    path, info = export_refs(get_registry(), Zoo(zoo_dir), list(refs), fmt, out, stream=stream)
+    path, info = export_refs(*registry_and_zoo(zoo_dir), list(refs), fmt, out, stream=stream)
     info["path"] = str(path)
     if as_json:
         echo_json(info)
@@ -66,10 +64,8 @@ def import_command(path: Path, fmt: str, model: str, name: str, base_ref: str | 
       adapters import model.safetensors --format merged --model MODEL --name fused
     """
     from ..exchange import import_file
-    from ..registry import get_registry
-    from ..zoo import Zoo
 
-    entry = import_file(get_registry(), Zoo(zoo_dir), path, fmt, model, name, base_ref, force)
+    entry = import_file(*registry_and_zoo(zoo_dir), path, fmt, model, name, base_ref, force)
     if as_json:
         echo_json(entry.card)
     else:
@@ -116,10 +112,8 @@ def pull_command(repo: str, name: str | None, force: bool, as_json: bool, zoo_di
     Example: adapters pull me/model-task@main
     """
     from ..hub import pull
-    from ..registry import get_registry
-    from ..zoo import Zoo
 
-    entry = pull(get_registry(), Zoo(zoo_dir), repo, name=name, force=force)
+    entry = pull(*registry_and_zoo(zoo_dir), repo, name=name, force=force)
     if as_json:
         echo_json(entry.card)
     else:

@@ -15,6 +15,7 @@ from .options import (
     first_positional,
     summary_line,
     train_options,
+    registry_and_zoo,
     zoo_option,
 )
 
@@ -35,14 +36,12 @@ def train_base_command(model: str, start: str | None, as_json: bool, epochs: int
     Example: adapters train-base MODEL --epochs 1 --batch-size 10 --seed 0
     Runs under torchrun too (DDP, gloo): one zoo version is written.
     """
-    from ..registry import get_registry
     from ..training import TrainOptions
     from ..workflow import DataOptions, train_base
-    from ..zoo import Zoo
 
     options = TrainOptions(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, schedule=schedule)
     data = DataOptions(data_dir, config_values(click.get_current_context().command, task_values, "task"))
-    entry = train_base(get_registry(), Zoo(zoo_dir), model, options, data, start=start)
+    entry = train_base(*registry_and_zoo(zoo_dir), model, options, data, start=start)
     _report(entry, as_json)
 
 
@@ -68,12 +67,10 @@ def train_command(model: str, name: str, family: str | None, base_ref: str | Non
     model's default targets are adapted.
     Example: adapters train MODEL style --rank 4 --alpha 4 --steps 500 --seed 0
     """
-    from ..registry import get_registry
     from ..training import TrainOptions
     from ..workflow import DataOptions, train_adapter
-    from ..zoo import Zoo
 
-    registry = get_registry()
+    registry, zoo = registry_and_zoo(zoo_dir)
     registry.get_model(model)  # an unknown model is one clear line, with the valid names
     command = click.get_current_context().command
     family = family or registry.default_family(model)
@@ -84,7 +81,7 @@ def train_command(model: str, name: str, family: str | None, base_ref: str | Non
     options = TrainOptions(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, replay=replay,
                            schedule=schedule)
     data = DataOptions(data_dir, config_values(command, plugin_values, "task"))
-    entry = train_adapter(registry, Zoo(zoo_dir), model, name, config, options, data, base=base_ref)
+    entry = train_adapter(registry, zoo, model, name, config, options, data, base=base_ref)
     _report(entry, as_json)
 
 
