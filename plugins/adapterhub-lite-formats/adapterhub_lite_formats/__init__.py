@@ -1,4 +1,4 @@
-"""First-party formats plugin: native, peft, kohya (with LyCORIS's families) and merged, through the format hook.
+"""First-party formats plugin: native, peft, kohya (with LyCORIS's families), diffusers (import) and merged.
 
 Registered through the `adapterhub_lite` entry point exactly as a third-party
 package would be; imports only adapterhub_lite's public names. The
@@ -25,5 +25,7 @@ def register_formats(register: Callable[[Format], None]) -> None:
     register(_format("peft", "a PEFT adapter folder: adapter_config.json + adapter_model.safetensors"))
     register(_format("kohya", "kohya/LyCORIS safetensors (A1111, ComfyUI): LoRA, DoRA, LoHa, LoKr tensors per "
                               "module"))
+    register(Format(name="diffusers", import_=f"{__name__}.diffusers:import_",
+                    description="diffusers' LoRA file (save_lora_weights: unet./text_encoder. PEFT keys); import only"))
     register(_format("merged", "the base with the adapters fused in: a plain state dict for the bare model class",
                      holds="model", stream_metadata={"format": "pt"}))

@@ -44,7 +44,45 @@ _ALLOWED = {"lora": {"lora_down.weight", "lora_up.weight", "alpha"},
 _PLUGINS = {"dora": "adapterhub-lite-dora", "loha": "adapterhub-lite-lycoris", "lokr": "adapterhub-lite-lycoris"}
 
 
-def flat_name(module: str, prefix: str = PREFIX) -> str:
+# kohya's prefixes for the parts of a Stable Diffusion pipeline (sd-scripts' LORA_PREFIX_UNET and
+# LORA_PREFIX_TEXT_ENCODER; SDXL's two text encoders are lora_te1 and lora_te2; a DiT's transformer is written
+# under lora_unet as kohya does for Flux and SD3)
+PIPELINE_PREFIXES = {"unet": PREFIX, "transformer": PREFIX, "text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
+
+
+def prefixes(model: nn.Module) -> dict[str, list[str]]:
+    """Module-path prefix -> the kohya prefixes of that part, the first one written, all read.
+
+    A model whose children are a pipeline's parts (`unet`, `text_encoder`, ...: the hf plugin's pipeline
+    modules) is named as kohya names that pipeline, each part under its own prefix (`unet.down_blocks.0...` ->
+    `lora_unet_down_blocks_0...`). kohya's text-encoder names follow CLIPTextModel's layout with its
+    `text_model` module (`lora_te_text_model_encoder_layers_0_self_attn_q_proj`); transformers 5 dropped that
+    level from CLIPTextModel, so a text encoder without it gets `text_model` back in its kohya names (and a file
+    without it is read too). Any other model is one network under `lora_unet`.
+    """
+    children = dict(model.named_children())
+    if not children.keys() & PIPELINE_PREFIXES.keys():
+        return {"": [PREFIX]}
+    found = {}
+    for part, prefix in PIPELINE_PREFIXES.items():
+        if part not in children:
+            continue
+        if part == "text_encoder" and "text_encoder_2" in children:
+            prefix = "lora_te1"
+        sub = {name for name, _ in children[part].named_children()}
+        flat_clip = part.startswith("text_encoder") and "text_model" not in sub and "encoder" in sub
+        found[f"{part}."] = [f"{prefix}_text_model", prefix] if flat_clip else [prefix]
+    return found
+
+
+def flat_name(module: str, prefix: str | dict[str, list[str]] = PREFIX, alternative: int = 0) -> str:
+    """The kohya name of `module`: its path under the prefix that owns it, '.' -> '_'."""
+    if isinstance(prefix, dict):
+        owner = next((p for p in prefix if module.startswith(p)), None)
+        if owner is None:
+            raise IncompatibleAdapterError(f"{module!r} is not in a part of the pipeline kohya names "
+                                           f"({', '.join(p.rstrip('.') for p in prefix)})")
+        module, prefix = module[len(owner):], prefix[owner][min(alternative, len(prefix[owner]) - 1)]
     return f"{prefix}_{module.replace('.', '_')}"
 
 
@@ -70,13 +108,14 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
     else:
         raise IncompatibleAdapterError(f"the kohya format holds lora, dora, loha and lokr adapters; this one is "
                                        f"{family!r} (export it as peft or native)")
-    flats = {flat_name(m): m for m in modules}
+    named = prefixes(source.model)
+    flats = {flat_name(m, named): m for m in modules}
     if len(flats) != len(modules):
         raise IncompatibleAdapterError("two target modules flatten to the same kohya name ('.' -> '_')")
     state = source.adapter_state(name)
     tensors: dict[str, Tensor] = {}
     for module, config in modules.items():
-        flat = flat_name(module)
+        flat = flat_name(module, named)
         own = {key[len(module) + 1:]: t for key, t in state.items() if key.rpartition(".")[0] == module}
         if family in kohya_lycoris.FACTORS:
             tensors.update(kohya_lycoris.export_tensors(flat, family, config, own))
@@ -141,10 +180,14 @@ def _alpha(found: dict[str, Tensor], where: str) -> float | None:
 
 def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
     tensors, header = read_safetensors(src)
-    modules = {n: m for n, m in model.model.named_modules() if n}  # a fresh model: no adapter layers
+    modules = {n: m for n, m in model.base_modules().items() if n}  # under any adapter layers already there
     by_flat: dict[str, str] = {}
-    for prefix in PREFIXES:
-        for module in modules:
+    named = prefixes(model.model)
+    for module in modules:
+        if any(module.startswith(p) for p in named):
+            for alternative in range(max(len(v) for v in named.values())):
+                by_flat.setdefault(flat_name(module, named, alternative), module)
+        for prefix in PREFIXES:
             by_flat.setdefault(flat_name(module, prefix), module)
     parts: dict[str, dict[str, Tensor]] = {}
     for key, tensor in tensors.items():
@@ -174,12 +217,13 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
     for flat, found in sorted(parts.items()):
         module = by_flat.get(flat)
         if module is None:
+            expected = sorted({*(p for v in named.values() for p in v), *PREFIXES})
             raise IncompatibleAdapterError(f"{src}: {shown(flat)} names no module of this model (expected "
-                                           f"{' or '.join(PREFIXES)}_<module path with '_'>)")
+                                           f"{' or '.join(expected)}_<module path with '_'>); nothing was imported")
         base = modules[module]
-        if not isinstance(base, (nn.Linear, nn.Conv2d)):
-            raise IncompatibleAdapterError(f"{src}: {module!r} is a {type(base).__name__}; this layout imports onto "
-                                           "Linear and Conv2d")
+        if model.registry.kind_for(base, family) is None:
+            raise IncompatibleAdapterError(f"{src}: {module!r} is a {type(base).__name__}, which no installed "
+                                           f"{family} kind wraps")
         alpha = _alpha(found, f"{src}: {flat}")
         if family in kohya_lycoris.FACTORS:
             factors = {k: v for k, v in found.items() if k != "alpha"}

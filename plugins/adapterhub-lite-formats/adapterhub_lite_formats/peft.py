@@ -203,14 +203,21 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
             else "no weights"
         raise AdapterFileError(f"{folder} has {found}; re-save it with safe_serialization=True to get {WEIGHTS}")
     try:
-        config = _check_config(json.loads((folder / CONFIG).read_text()), folder / CONFIG)
+        config = json.loads((folder / CONFIG).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise AdapterFileError(f"{folder / CONFIG} is not valid JSON ({shown(str(exc), 80)})") from exc
+    return bundle_from(config, read_safetensors(folder / WEIGHTS)[0], model, folder)
+
+
+def bundle_from(config: Any, tensors: dict[str, Any], model: AdaptedModel, folder: Path) -> AdapterBundle:
+    """The adapter a PEFT config and its tensors (keyed `base_model.model.<module>...`) describe on `model`;
+    `folder` names where they came from in messages. Also used by readers of files that hold PEFT state dicts
+    (diffusers' LoRA files)."""
+    config = _check_config(config, folder / CONFIG)
     if config.get("peft_type") == "IA3":
-        return peft_ia3.import_bundle(folder, config, read_safetensors(folder / WEIGHTS)[0], model)
+        return peft_ia3.import_bundle(folder, config, tensors, model)
     if config.get("peft_type") in peft_lycoris.FAMILIES:
-        return peft_lycoris.import_bundle(folder, config, read_safetensors(folder / WEIGHTS)[0], model,
-                                          _pattern_value)
+        return peft_lycoris.import_bundle(folder, config, tensors, model, _pattern_value)
     if config.get("peft_type") != "LORA":
         raise IncompatibleAdapterError(f"{folder} holds a {shown(config.get('peft_type'))} adapter; LORA, "
                                        f"{', '.join(peft_lycoris.FAMILIES)} import")
@@ -225,7 +232,6 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
             f"{folder}: init_lora_weights={shown(init)}: the adapter is only right on the base PEFT modified when "
             "it initialised it, not on the original; save it with path_initial_model_for_weight_conversion (a plain "
             "LoRA on the original base) and import that")
-    tensors, _ = read_safetensors(folder / WEIGHTS)
     dora = bool(config.get("use_dora"))
     family = "dora" if dora else "lora"
     config_class = LoraConfig
