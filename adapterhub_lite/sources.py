@@ -12,6 +12,7 @@ from pathlib import Path
 from .errors import AdapterFileError, ConfigError
 from .registry import Registry
 from .specs import ModelSource
+from .tensorfile import load_tensors, read_header
 from .workflow import add_base_version, fitting_state
 from .zoo import BASE, Zoo, ZooEntry
 
@@ -35,11 +36,13 @@ def choose_source(registry: Registry, path: Path, source: str | None = None) -> 
 
 
 def add_source_base(registry: Registry, zoo: Zoo, model: str, *, pretrained: Path | None = None,
-                    config: Path | None = None, source: str | None = None) -> ZooEntry:
-    """Load a checkpoint folder (`pretrained`) or build from a config file (`config`, random weights) through
-    a model source and write it as a new version of base `model/base`."""
+                    config: Path | None = None, weights: Path | None = None, source: str | None = None) -> ZooEntry:
+    """Load a checkpoint folder (`pretrained`), or build from a config file (`config`: random weights, or those
+    of the safetensors file `weights`), through a model source; write it as a new version of base `model/base`."""
     if (pretrained is None) == (config is None):
         raise ConfigError("give a pretrained folder or a config file (one of them)")
+    if weights is not None and config is None:
+        raise ConfigError("a weights file goes with a config file (the folder of --from-pretrained has its own)")
     path = Path(pretrained if pretrained is not None else config)  # type: ignore[arg-type]
     zoo.check_new(model, BASE, "base")
     owner = registry.models.get(model)
@@ -51,12 +54,18 @@ def add_source_base(registry: Registry, zoo: Zoo, model: str, *, pretrained: Pat
         raise ConfigError(f"zoo model {model!r} already holds bases "
                           f"{'from ' + repr(earlier.card['source']) if earlier.card.get('source') else 'of a plugin'}"
                           f"; bring this one in under another name")
+    if weights is not None:
+        read_header(weights)  # a damaged or hostile file is refused before the model is built
     module, built_from = chosen.load(pretrained=pretrained, config=config)
-    state = module.state_dict()
     registry.adopt(model, {"source": chosen.name})
-    fitting_state(registry, model, built_from, state, str(path))  # the card's config must rebuild this model
+    if weights is not None:  # strictly, into the architecture the card's config rebuilds
+        state = fitting_state(registry, model, built_from, load_tensors(weights)[0], str(weights))
+    else:
+        state = module.state_dict()
+        fitting_state(registry, model, built_from, state, str(path))  # the card's config must rebuild this model
     recipe = {"command": "zoo add-base", "source": chosen.name,
-              **({"from_pretrained": str(pretrained)} if pretrained is not None else {"config": str(config)})}
+              **({"from_pretrained": str(pretrained)} if pretrained is not None else {"config": str(config)}),
+              **({"weights": str(weights)} if weights is not None else {})}
     card = {"source": chosen.name, "config": built_from, "task": None, "parents": [], "recipe": recipe}
     return add_base_version(zoo, model, BASE, state, card)
 

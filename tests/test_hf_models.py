@@ -152,7 +152,21 @@ def test_bases_from_configs_are_reproducible_and_timm_folders_load(folders, adap
     one = json.loads(adapters("zoo", "add-base", "unet-a", "--config", str(folders / "unet.json"), "--json").stdout)
     two = json.loads(adapters("zoo", "add-base", "unet-b", "--config", str(folders / "unet.json"), "--json").stdout)
     assert one["fingerprint"] == two["fingerprint"] and one["config"]["class"] == "UNet2DConditionModel"
+    shifted = {k: v + 0.5 if v.is_floating_point() else v for k, v in tiny_unet().state_dict().items()}
+    weights = tmp_path / "shifted.safetensors"
+    save_file(shifted, str(weights))
+    loaded = json.loads(adapters("zoo", "add-base", "unet-w", "--config", str(folders / "unet.json"), "--weights",
+                                 str(weights), "--json").stdout)
+    assert loaded["fingerprint"] != one["fingerprint"] and loaded["recipe"]["weights"] == str(weights)
+    stored = load_file(str(adapters.zoo / "unet-w" / "base" / "v1" / "model.safetensors"))
+    assert stored.keys() == shifted.keys() and all(torch.equal(stored[k], shifted[k]) for k in shifted)
+    wrong = adapters("zoo", "add-base", "unet-x", "--config", str(folders / "gpt2.json"), "--weights", str(weights),
+                     code=1)
+    assert "does not fit model 'GPT2LMHeadModel'" in wrong.stderr and len(wrong.stderr.splitlines()) == 1
     vit = json.loads(adapters("zoo", "add-base", "vit", "--from-pretrained", str(folders / "vit"), "--json").stdout)
+    from_config = json.loads(adapters("zoo", "add-base", "vit-c", "--config", str(folders / "vit" / "config.json"),
+                                      "--weights", str(folders / "vit" / "model.safetensors"), "--json").stdout)
+    assert from_config["fingerprint"] == vit["fingerprint"] and from_config["source"] == "timm"
     assert vit["source"] == "timm" and vit["config"]["architecture"] == "vit_tiny_patch16_224"
     image = torch.randn(2, 3, 32, 32)
     save_file({"x": image}, str(tmp_path / "img.safetensors"))

@@ -158,20 +158,23 @@ def zoo_show(ref: str, zoo_dir: Path | None, as_json: bool) -> None:
               help="A local checkpoint folder (config.json + *.safetensors, a diffusers model or pipeline folder, "
                    "a timm folder); its weights become the base.")
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None, metavar="FILE",
-              help="A model config (JSON) to build with fresh random weights instead.")
+              help="A model config (JSON) to build with fresh random weights instead (or those of --weights).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="With --config: a safetensors state dict for that model (e.g. timm's model.safetensors).")
 @click.option("--source", default=None,
               help="Model source to load with (see `adapters plugins`; default: the one that recognises the path).")
 @zoo_option
 @click.option("--json", "as_json", is_flag=True, help="Print the new base's card as JSON.")
-def zoo_add_base(name: str, pretrained: Path | None, config: Path | None, source: str | None,
-                 zoo_dir: Path | None, as_json: bool) -> None:
+def zoo_add_base(name: str, pretrained: Path | None, config: Path | None, weights: Path | None,
+                 source: str | None, zoo_dir: Path | None, as_json: bool) -> None:
     """Bring your own model into the zoo as base NAME/base@vN.
 
     \b
     A model source plugin (e.g. adapterhub-lite-hf: transformers, diffusers,
     timm) loads the folder or config; the zoo keeps the weights (safetensors,
     fingerprinted like any base) and what rebuilds the model, so `apply`,
-    `merge`, `export` and `import` work on NAME afterwards. A pickled
+    `merge`, `export` and `import` work on NAME afterwards. --config with
+    --weights builds from the config and loads a safetensors state dict. A pickled
     checkpoint (pytorch_model.bin) is refused: convert it to safetensors.
     Nothing is downloaded: give a local folder.
     Example: adapters zoo add-base my-gpt2 --from-pretrained ./gpt2-local
@@ -180,8 +183,11 @@ def zoo_add_base(name: str, pretrained: Path | None, config: Path | None, source
 
     if (pretrained is None) == (config is None):
         raise click.UsageError("give --from-pretrained DIR or --config FILE (one of them)")
+    if weights is not None and config is None:
+        raise click.UsageError("--weights goes with --config (a --from-pretrained folder has its own weights)")
     registry, zoo = registry_and_zoo(zoo_dir)
-    entry = add_source_base(registry, zoo, name, pretrained=pretrained, config=config, source=source)
+    entry = add_source_base(registry, zoo, name, pretrained=pretrained, config=config, weights=weights,
+                            source=source)
     if as_json:
         echo_json(entry.card)
         return
