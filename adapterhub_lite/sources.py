@@ -22,7 +22,8 @@ def choose_source(registry: Registry, path: Path, source: str | None = None) -> 
     if source is not None:
         return registry.get_source(source)
     if not path.exists():
-        raise AdapterFileError(f"nothing at {path}: give a local model folder or config file (nothing is downloaded)")
+        raise AdapterFileError(f"nothing at {path}: give a local model folder or config file (to download a Hub "
+                               "model, give its id owner/name and its source, e.g. --source transformers)")
     if not registry.sources:
         raise ConfigError("no model source is installed: install one (e.g. pip install -e plugins/adapterhub-lite-hf)")
     fitting = [o.spec for o in registry.sources.values() if o.spec.detect is None or o.spec.detect(path)]

@@ -208,3 +208,25 @@ def test_sdxl_names_on_the_sd1_shaped_zoo_base_name_the_first_unmatched_key(fold
     assert f"'{flat}' names no module of this model" in result.stderr and len(result.stderr.splitlines()) == 1
     assert tree(adapters.zoo) == before
 
+
+
+def test_a_hub_id_is_downloaded_only_when_its_source_is_named_and_failures_are_one_line(
+        folders, adapters, monkeypatch, tmp_path) -> None:
+    """The download path users with a network take, tried against a dead endpoint and offline (never a real
+    download here)."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
+    not_named = adapters("zoo", "add-base", "g", "--from-pretrained", "someone/tiny-gpt2", code=1)
+    assert "to download a Hub model, give its id owner/name and its source" in not_named.stderr
+    dead = adapters("zoo", "add-base", "g", "--from-pretrained", "someone/tiny-gpt2", "--source", "transformers",
+                    code=1)
+    assert "could not download someone/tiny-gpt2 from the Hub: check the name, the network" in dead.stderr
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = adapters("zoo", "add-base", "g", "--from-pretrained", "someone/tiny-gpt2@main", "--source", "timm",
+                       code=1)
+    assert "HF_HUB_OFFLINE is set and it is not in the local cache" in offline.stderr
+    for result in (not_named, dead, offline):
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not adapters.zoo.exists() or not any(adapters.zoo.iterdir())

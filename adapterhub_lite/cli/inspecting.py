@@ -176,7 +176,7 @@ def zoo_add_base(name: str, pretrained: Path | None, config: Path | None, weight
     `merge`, `export` and `import` work on NAME afterwards. --config with
     --weights builds from the config and loads a safetensors state dict. A pickled
     checkpoint (pytorch_model.bin) is refused: convert it to safetensors.
-    Nothing is downloaded: give a local folder.
+    A Hub id (owner/name) is downloaded only with --source named.
     Example: adapters zoo add-base my-gpt2 --from-pretrained ./gpt2-local
     """
     from ..sources import add_source_base

@@ -7,7 +7,8 @@ Each source has three functions the core calls through `ModelSource`:
   dict that rebuilds it;
 - `build_<source>(**that dict)`: the same architecture, whose weights the zoo then loads.
 
-Nothing is downloaded: every `from_pretrained` runs with `local_files_only=True` on a folder.
+`from_pretrained` always runs with `local_files_only=True` on a folder; a Hub id (`owner/name[@revision]`)
+given with `--source` is first downloaded to the Hub cache (configs and safetensors weights only).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import functools
 import importlib
 import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from adapterhub_lite import AdapterFileError, ConfigError, MissingDependencyError
+from adapterhub_lite import AdapterFileError, ConfigError, HubError, MissingDependencyError
 
 PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 PIPELINE_PARTS = ("unet", "transformer", "prior", "text_encoder", "text_encoder_2", "text_encoder_3")
@@ -78,6 +81,37 @@ def _folder(path: Path) -> Path:
                                    "safe_serialization=True) where you trust the file) and try again")
         raise AdapterFileError(f"{path} holds no *.safetensors weights")
     return path
+
+
+def _checkpoint(pretrained: Path) -> Path:
+    """A local checkpoint folder, or, for a path that is not there but reads as a Hub id (`owner/name`), the
+    folder the Hub download gives: configs first, then only the safetensors weights the model needs (never a
+    pickle, no fp16/bf16 variants). Tests never download; users with a network may."""
+    path = Path(pretrained)
+    if path.exists() or not _HUB_ID.fullmatch(str(pretrained)):
+        return path
+    return _download(str(pretrained))
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
+_VARIANTS = ["*.fp16.*", "*.bf16.*", "*non_ema*", "*.ema.*"]
+
+
+def _download(repo: str) -> Path:
+    hub = _need("huggingface_hub")
+    repo, _, revision = repo.partition("@")
+    try:
+        local = Path(hub.snapshot_download(repo, revision=revision or None, allow_patterns=["*.json"]))
+        index = _json(local / "model_index.json")
+        weights = ([f"{part}/*.safetensors" for part in PIPELINE_PARTS if part in index] if index is not None
+                   else ["*.safetensors"])
+        return Path(hub.snapshot_download(repo, revision=revision or None, allow_patterns=["*.json", *weights],
+                                          ignore_patterns=_VARIANTS))
+    except Exception as exc:  # noqa: BLE001 - network, token, offline mode, a missing repo: one line each
+        offline = "HF_HUB_OFFLINE is set and it is not in the local cache" if os.environ.get("HF_HUB_OFFLINE") \
+            not in (None, "", "0") else "check the name, the network and HF_TOKEN"
+        raise HubError(f"could not download {repo} from the Hub: {offline}; or give a local folder "
+                       f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from exc
 
 
 def _config_file(path: Path, what: str) -> dict[str, Any]:
@@ -196,7 +230,7 @@ def _from_config(cls: Any, config: Any) -> Any:
 @_quietly("transformers")
 def load_transformers(pretrained: Path | None = None, config: Path | None = None) -> tuple[Any, dict[str, Any]]:
     if pretrained is not None:
-        folder = _folder(pretrained)
+        folder = _folder(_checkpoint(pretrained))
         data = _config_file(folder, "transformers")
         cls = _transformers_class(data)
         try:
@@ -288,8 +322,8 @@ def _pipeline(folder: Path) -> tuple[Any, dict[str, Any]]:
 @_quietly("diffusers", "transformers")
 def load_diffusers(pretrained: Path | None = None, config: Path | None = None) -> tuple[Any, dict[str, Any]]:
     if pretrained is not None:
-        path = Path(pretrained)
-        if path.is_dir() and (path / "model_index.json").is_file():
+        path = _checkpoint(pretrained)
+        if (path / "model_index.json").is_file():
             model, spec = _pipeline(path)
         else:
             model, spec = _diffusers_model(_folder(path))
@@ -338,7 +372,7 @@ def load_timm(pretrained: Path | None = None, config: Path | None = None) -> tup
     from safetensors.torch import load_file
 
     if pretrained is not None:
-        folder = _folder(pretrained)
+        folder = _folder(_checkpoint(pretrained))
         spec = _timm_spec(_config_file(folder, "timm"))
         model = _timm_create(spec, folder)
         weights = folder / "model.safetensors"
