@@ -90,9 +90,16 @@ def import_file(am: AdaptedModel, path, fmt: str, name: str) -> None:
     am.add_bundle(bundle, name)
 
 
-def test_our_kohya_export_uses_sd_names_and_loads_in_diffusers_with_the_same_outputs(tmp_path) -> None:
+# LoCon-style: the UNet's convs too (3x3 resnet convs, the shortcut, down/upsamplers, conv_in/out, time embedding)
+CONV_TARGETS = ["unet.*.resnets.*.conv1", "unet.*.resnets.*.conv2", "unet.*.time_emb_proj", "unet.*.conv_shortcut",
+                "unet.conv_in", "unet.conv_out", "unet.*.downsamplers.0.conv", "unet.*.upsamplers.0.conv"]
+
+
+@pytest.mark.parametrize("targets", [UNET_TARGETS + TE_TARGETS, UNET_TARGETS + CONV_TARGETS + TE_TARGETS],
+                         ids=["attention-and-text", "with-convs"])
+def test_our_kohya_export_uses_sd_names_and_loads_in_diffusers_with_the_same_outputs(tmp_path, targets) -> None:
     am = ours()
-    am.add_adapter("style", LoraConfig(targets=UNET_TARGETS + TE_TARGETS, rank=4, alpha=2))
+    am.add_adapter("style", LoraConfig(targets=targets, rank=4, alpha=2))
     randomized(am, "style", 0)
     path = am.export("style", format="kohya", dest=tmp_path / "style.safetensors")
     with safe_open(str(path), "pt") as f:
