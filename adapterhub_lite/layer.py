@@ -55,6 +55,17 @@ from .routing import Route, forward_routed, routed_adapters
 Allocate = Callable[[str, Tensor], Tensor]  # (base parameter path, the current tensor) -> a tensor to write into
 
 
+class AdapterDict(nn.ModuleDict):
+    """The adapters of a layer by name. Any name the zoo allows is a key, also one that is an attribute of a
+    torch module ("half", "train", "to"): ModuleDict would refuse those, but they are only ever looked up as
+    keys here."""
+
+    def __setitem__(self, key: str, module: nn.Module) -> None:
+        if not isinstance(key, str) or not key or "." in key:
+            raise KeyError(f"adapter name {key!r} cannot name a module")
+        self._modules[key] = module
+
+
 class AdapterLayer(nn.Module):
     targets: ClassVar[tuple[type[nn.Module] | str, ...]] = ()  # classes or qualified class names
     # How this kind's adapters stack with other families' on one module: "adds" (base(x) + delta, the delta taken
@@ -88,7 +99,7 @@ class AdapterLayer(nn.Module):
         super().__init__()
         self.base = base
         base.requires_grad_(False)
-        self.adapters = nn.ModuleDict().train(base.training)
+        self.adapters = AdapterDict().train(base.training)
         self.configs: dict[str, AdapterConfig] = {}
         self._weights: dict[str, float] = {}
         self._disabled: set[str] = set()

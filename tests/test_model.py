@@ -307,3 +307,26 @@ def test_memory_after_unmerge_and_in_the_inference_cache_is_bounded(registry) ->
             layers = am.layers().values()
             assert all(len(layer._inference_cache) == 1 for layer in layers)
             assert sum(layer.inference_cache_bytes for layer in layers) <= model_bytes
+
+
+def test_adapter_names_that_are_torch_module_attributes_work(registry) -> None:
+    """'half', 'train', 'to' ... are fine zoo names; the layer keeps them as keys, never as attributes."""
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        plain = model(x)
+    am = AdaptedModel(model, registry=registry)
+    for name in ("half", "train", "to", "forward", "state_dict"):
+        am.add_adapter(name, LoraConfig(targets=["fc1"], rank=1))
+    randomize_adapters(model)
+    with torch.no_grad():
+        stacked = am(x)
+        am.merge()
+        torch.testing.assert_close(am(x), stacked, rtol=1e-5, atol=1e-6)
+        am.unmerge()
+    assert callable(model.fc1.half) and "fc1.adapters.half.lora_A" in model.state_dict()
+    for name in ("half", "train", "to", "forward", "state_dict"):
+        am.delete_adapter(name)
+    with torch.no_grad():
+        assert torch.equal(am(x), plain)
