@@ -218,7 +218,7 @@ def _transformers_config(data: dict[str, Any], path: Path) -> Any:
     try:
         config_class = transformers.AutoConfig.for_model(model_type).__class__
         return config_class.from_dict({k: v for k, v in data.items() if k != "transformers_version"})
-    except (ValueError, TypeError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the library raises on this input: one line
         raise _rejected("transformers", path, exc) from exc
 
 
@@ -237,7 +237,7 @@ def load_transformers(pretrained: Path | None = None, config: Path | None = None
             loader = cls if cls.__name__ != "AutoModel" else _need("transformers").AutoModel
             model = loader.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
                                            trust_remote_code=False)
-        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the library raises on this input: one line
             raise _rejected("transformers", folder, exc) from exc
     else:
         data = _config_file(config, "transformers")  # type: ignore[arg-type]
@@ -245,7 +245,7 @@ def load_transformers(pretrained: Path | None = None, config: Path | None = None
         built = _transformers_config(data, Path(config))  # type: ignore[arg-type]
         try:
             model = _seeded(lambda: _from_config(cls, built))
-        except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the library raises on this input: one line
             raise _rejected("transformers", Path(config), exc) from exc  # type: ignore[arg-type]
     spec = {"class": type(model).__name__, "config": model.config.to_dict(), "dtype": _dtype_name(model)}
     return model.eval(), spec
@@ -288,7 +288,7 @@ def _diffusers_model(folder: Path) -> tuple[Any, dict[str, Any]]:
     cls = _diffusers_class(data.get("_class_name"), folder)
     try:
         model = cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the library raises on this input: one line
         raise _rejected("diffusers", folder, exc) from exc
     return model, _diffusers_spec(model)
 
@@ -332,7 +332,7 @@ def load_diffusers(pretrained: Path | None = None, config: Path | None = None) -
     cls = _diffusers_class(data.get("_class_name"), Path(config))  # type: ignore[arg-type]
     try:
         model = _seeded(lambda: cls.from_config(data))
-    except (ValueError, TypeError, KeyError, RuntimeError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the library raises on this input: one line
         raise _rejected("diffusers", Path(config), exc) from exc  # type: ignore[arg-type]
     return model.eval(), _diffusers_spec(model)
 
@@ -356,7 +356,7 @@ def _timm_create(spec: dict[str, Any], where: Path) -> Any:
     timm = _need("timm")
     try:
         return timm.create_model(spec["architecture"], pretrained=False, **spec.get("kwargs", {}))
-    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the library raises on this input: one line
         raise _rejected("timm", where, exc) from exc
 
 
