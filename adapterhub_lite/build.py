@@ -13,8 +13,10 @@ validation split only (its card has no test metrics), and once every seed has
 run, the candidate of group G with the best mean METRIC over seeds (a summary
 key such as `val.trained_classes.accuracy`; `"lower": true` to minimise) is
 the group's choice, written under `selected` in the results with every
-candidate's score. A reporting profile then uses the chosen recipe and
-measures test once.
+candidate's score. `"require": {METRIC: {"min": X}}` (or `"max"`) adds
+constraints on other validation means: the best candidate that meets them is
+chosen (if none does, the best of all, recorded as not meeting them). A
+reporting profile then uses the chosen recipe and measures test once.
 """
 
 from __future__ import annotations
@@ -77,11 +79,28 @@ def load_recipes(path: Path) -> dict[str, Any]:
                                       "METRIC}} on a training step")
                 if metric_of_group.setdefault(search["group"], search["on"]) != search["on"]:
                     raise ConfigError(f"{path}: search group {search['group']!r} compares on two metrics")
+                _check_require(search.get("require", {}), f"{path}: step {step['id']!r}")
             for ref in (step.get("base"), step.get("from")):
                 if ref and ref not in ids:
                     raise ConfigError(f"{path}: step {step['id']!r} refers to {ref!r} before it is built")
             ids.add(step["id"])
     return recipes
+
+
+def _check_require(require: Any, where: str) -> None:
+    if not isinstance(require, dict) or not all(
+            isinstance(bound, dict) and bound and set(bound) <= {"min", "max"} and all(_number(v) for v in
+                                                                                      bound.values())
+            for bound in require.values()):
+        raise ConfigError(f"{where}: search require must map a metric to {{\"min\": X}} and/or {{\"max\": X}}")
+
+
+def _meets(require: dict[str, dict[str, float]], means: dict[str, Any]) -> bool:
+    for metric, bound in require.items():
+        value = means.get(metric, {}).get("mean")
+        if value is None or value < bound.get("min", value) or value > bound.get("max", value):
+            return False
+    return True
 
 
 def _data(step: dict[str, Any], data_dir: Path | None) -> DataOptions:
@@ -127,7 +146,10 @@ def run_profile(registry: Registry, zoo: Zoo, recipes: dict[str, Any], profile: 
                for step in spec["steps"]}
     selected = _select(spec["steps"], summary)
     for group, choice in selected.items():
-        log(f"{group}: chose {choice['best']} on {choice['on']} ({choice['scores'][choice['best']]:.4f} mean)")
+        met = "" if "require_met" not in choice else (
+            f"; {len(choice['meeting'])} of {len(choice['scores'])} candidates meet {', '.join(choice['require'])}"
+            if choice["require_met"] else f"; no candidate meets {', '.join(choice['require'])}: best of all")
+        log(f"{group}: chose {choice['best']} on {choice['on']} ({choice['scores'][choice['best']]:.4f} mean){met}")
         _test_once(registry, zoo, next(s for s in spec["steps"] if s["id"] == choice["best"]), choice, per_seed,
                    data_dir)
         task = task_of(registry, next(s for s in spec["steps"] if s["id"] == choice["best"])["model"])
@@ -214,13 +236,20 @@ def _select(steps: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, A
     selected = {}
     for group, candidates in groups.items():
         on, lower = candidates[0]["search"]["on"], bool(candidates[0]["search"].get("lower", False))
+        require = candidates[0]["search"].get("require", {})
         scores = {c["id"]: summary[c["id"]][on]["mean"] for c in candidates if on in summary.get(c["id"], {})}
         if not scores:
             raise ConfigError(f"search group {group!r}: no candidate reports {on!r} (see the summary's keys)")
-        best = (min if lower else max)(scores, key=scores.__getitem__)
+        meeting = [c for c in scores if _meets(require, summary[c])]
+        pool = meeting or list(scores)
+        best = (min if lower else max)(pool, key=scores.__getitem__)
         chosen = next(c for c in candidates if c["id"] == best)
         selected[group] = {"on": on, "lower": lower, "best": best, "scores": scores,
                            "recipe": {k: chosen[k] for k in ("model", "options", "adapter", "data") if k in chosen}}
+        if require:
+            selected[group].update(require=require, meeting=meeting, require_met=bool(meeting),
+                                   constrained={c: {m: summary[c].get(m, {}).get("mean") for m in require}
+                                                for c in scores})
     return selected
 
 

@@ -158,3 +158,31 @@ def test_results_run_seed_by_seed_combine_into_one_report() -> None:
     chose = {**_part([1], [0.5], 1.0), "selected": {"g": {"best": "rb"}}}
     with pytest.raises(ConfigError, match="selects recipes"):
         combine_reports([_part([0], [0.5], 1.0), chose])
+
+
+def test_a_search_requirement_picks_the_best_candidate_that_meets_it() -> None:
+    """Best validation accuracy overall among the candidates whose digit-9 accuracy reaches the bar; none
+    reaching it: the best of all, marked as not meeting it."""
+    from adapterhub_lite.build import _select
+
+    search = {"group": "g", "on": "val.all.accuracy", "require": {"val.trained_classes.accuracy": {"min": 0.98}}}
+    steps = [{"id": c, "command": "train", "model": "m", "search": search} for c in ("a", "b", "c")]
+
+    def summary(**values):
+        return {c: {"val.all.accuracy": {"mean": acc}, "val.trained_classes.accuracy": {"mean": nines}}
+                for c, (acc, nines) in values.items()}
+
+    choice = _select(steps, summary(a=(0.97, 0.97), b=(0.96, 0.985), c=(0.95, 0.99)))["g"]
+    assert choice["best"] == "b" and choice["meeting"] == ["b", "c"] and choice["require_met"] is True
+    assert choice["constrained"]["a"] == {"val.trained_classes.accuracy": 0.97}
+    choice = _select(steps, summary(a=(0.97, 0.97), b=(0.96, 0.975), c=(0.95, 0.96)))["g"]
+    assert choice["best"] == "a" and choice["require_met"] is False
+
+
+def test_a_search_requirement_must_be_bounds(tmp_path) -> None:
+    bad = json.loads(json.dumps(SEARCH))
+    bad["profiles"]["search"]["steps"][1]["search"]["require"] = {"val.all.accuracy": 0.9}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="search require must map a metric"):
+        load_recipes(path)
