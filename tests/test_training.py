@@ -43,3 +43,52 @@ def test_training_lowers_the_loss_changes_outputs_and_leaves_the_base(registry) 
     for key, param in am.layers()["0"].base.named_parameters():
         assert torch.equal(param, base_state[f"0.{key}"])  # the base never moved
     assert summary["threads"] == torch.get_num_threads()
+
+
+def test_weight_average_follows_its_formula_and_is_what_training_keeps() -> None:
+    """EMA: a = d a + (1 - d) p after each step, d = min(decay, (1 + n) / (10 + n)); fit saves the averages, and
+    the run itself (its losses) is the same as without it."""
+    from adapterhub_lite.training import WeightAverage
+
+    param = nn.Parameter(torch.zeros(3))
+    average = WeightAverage([param], decay=0.9)
+    expected = torch.zeros(3)
+    for n, value in enumerate([1.0, 2.0, 3.0, 4.0], start=1):
+        param.data.fill_(value)
+        average.update()
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * value
+    torch.testing.assert_close(average.averages[0], expected)
+    average.apply()
+    torch.testing.assert_close(param.detach(), expected)
+
+    gen = torch.Generator().manual_seed(1)
+    inputs = torch.randn(256, 8, generator=gen)
+    labels = inputs @ torch.randn(8, 4, generator=gen)
+    runs = {}
+    for ema in (None, 0.95):
+        torch.manual_seed(0)
+        model = nn.Linear(8, 4)
+        start = model.weight.detach().clone()
+        steps = []
+        original = WeightAverage.update
+
+        def record(self, model=model, steps=steps, original=original) -> None:  # the weights each step leaves
+            original(self)
+            steps.append(model.weight.detach().clone())
+
+        WeightAverage.update = record
+        try:
+            summary = fit(model, list(model.parameters()), Regression(), inputs, labels,
+                          TrainOptions(steps=50, batch_size=32, lr=1e-2, ema=ema, progress=False))
+        finally:
+            WeightAverage.update = original
+        runs[ema] = (summary, model.weight.detach().clone(), steps, start)
+    (plain, plain_weight, _, _), (averaged, averaged_weight, seen, start) = runs[None], runs[0.95]
+    assert plain["curve"] == averaged["curve"]  # the average never feeds back into training
+    assert not torch.equal(plain_weight, averaged_weight) and torch.equal(plain_weight, seen[-1])
+    manual = start
+    for n, weight in enumerate(seen, start=1):
+        d = min(0.95, (1 + n) / (10 + n))
+        manual = d * manual + (1 - d) * weight
+    torch.testing.assert_close(averaged_weight, manual, rtol=1e-6, atol=1e-7)

@@ -20,6 +20,9 @@ def data_dir_option(f: Any) -> Any:
 
 
 def train_options(f: Any) -> Any:
+    f = click.option("--ema", type=float, default=None, metavar="DECAY",
+                     help="Keep an exponential moving average of the trained weights (e.g. 0.999) and save it "
+                          "instead of the last step's weights.")(f)
     f = click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
                      help="Learning-rate schedule (cosine decays to 0 over the run).")(f)
     f = click.option("--seed", type=int, default=0, show_default=True, help="Seeds init, batches and noise.")(f)

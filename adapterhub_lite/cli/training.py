@@ -28,8 +28,8 @@ from .options import (
 @data_dir_option
 @zoo_option
 def train_base_command(model: str, start: str | None, as_json: bool, epochs: int, steps: int | None,
-                       batch_size: int, lr: float, seed: int, schedule: str, data_dir: Path | None,
-                       zoo_dir: Path | None, **task_values: Any) -> None:
+                       batch_size: int, lr: float, seed: int, schedule: str, ema: float | None,
+                       data_dir: Path | None, zoo_dir: Path | None, **task_values: Any) -> None:
     """Train base MODEL from scratch into the zoo as MODEL/base@vN.
 
     \b
@@ -39,7 +39,8 @@ def train_base_command(model: str, start: str | None, as_json: bool, epochs: int
     from ..training import TrainOptions
     from ..workflow import DataOptions, train_base
 
-    options = TrainOptions(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, schedule=schedule)
+    options = TrainOptions(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, schedule=schedule,
+                           ema=ema)
     data = DataOptions(data_dir, config_values(click.get_current_context().command, task_values, "task"))
     entry = train_base(*registry_and_zoo(zoo_dir), model, options, data, start=start)
     _report(entry, as_json)
@@ -58,7 +59,7 @@ def train_base_command(model: str, start: str | None, as_json: bool, epochs: int
 @zoo_option
 def train_command(model: str, name: str, family: str | None, base_ref: str | None, replay: int, as_json: bool,
                   epochs: int, steps: int | None, batch_size: int, lr: float, seed: int, schedule: str,
-                  data_dir: Path | None, zoo_dir: Path | None, **plugin_values: Any) -> None:
+                  ema: float | None, data_dir: Path | None, zoo_dir: Path | None, **plugin_values: Any) -> None:
     """Train adapter NAME on a MODEL base into the zoo as MODEL/NAME@vN.
 
     \b
@@ -79,7 +80,7 @@ def train_command(model: str, name: str, family: str | None, base_ref: str | Non
         values["targets"] = registry.get_model(model).default_targets
     config = registry.config_class(family)(**values)
     options = TrainOptions(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, replay=replay,
-                           schedule=schedule)
+                           schedule=schedule, ema=ema)
     data = DataOptions(data_dir, config_values(command, plugin_values, "task"))
     entry = train_adapter(registry, zoo, model, name, config, options, data, base=base_ref)
     _report(entry, as_json)
