@@ -9,6 +9,7 @@ the same source (`Registry.adopt`) and load the weights, checked by fingerprint 
 from __future__ import annotations
 
 from pathlib import Path
+
 from .errors import AdapterFileError, ConfigError
 from .registry import Registry
 from .specs import ModelSource

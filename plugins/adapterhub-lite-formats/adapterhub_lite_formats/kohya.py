@@ -8,8 +8,9 @@
     LoKr   lokr_w1 | lokr_w1_a + lokr_w1_b, lokr_w2 | lokr_w2_a + lokr_w2_b, alpha
 
 with `ss_network_*` fields in the header. Export writes the prefix `lora_unet` (kohya's sd-scripts and
-LyCORIS's kohya network write it; A1111 and ComfyUI read it); import also takes `lycoris` (LyCORIS's own
-wrapper). A missing or zero alpha means alpha = rank, as both write it. kohya has no rsLoRA: its alpha is
+LyCORIS's kohya network write it; A1111 and ComfyUI read it); on a pipeline's modules (children `unet`,
+`text_encoder`, ...) each part gets Stable Diffusion's prefix (`prefixes`); import also takes `lycoris`
+(LyCORIS's own wrapper). A missing or zero alpha means alpha = rank, as both write it. kohya has no rsLoRA: its alpha is
 written as alpha*sqrt(r), which gives the same delta. Module names are recovered by matching against the
 target model's own names. What this layout holds beyond these (Tucker/CP conv kernels, LyCORIS's IA3, OFT,
 full or norm modules) is refused by name.
