@@ -71,6 +71,10 @@ def test_light_background_and_polarity() -> None:
     metrics = sample_metrics(torch.cat([dark, light]), Oracle())
     assert metrics["light_background"] == 0.5 and metrics["recognisable"] == 1.0
     assert metrics["class_histogram"][1] == 6  # light samples were re-inverted before judging
+    grey = torch.full((2, 1, 32, 32), 0.25)
+    grey[:, :, 2:-2, 2:-2] = 1.0  # the inside does not count
+    assert sample_metrics(torch.cat([dark, light, grey]), None)["border_brightness"] == pytest.approx(
+        (3 * 0.0 + 3 * 1.0 + 2 * 0.25) / 8)
 
 
 def test_ddim_is_seeded_and_in_range() -> None:

@@ -237,17 +237,25 @@ class GenerateTask(_DigitsTask):
         return {"share of samples judged as each digit": {str(d): n / sum(counts) for d, n in enumerate(counts)}}
 
 
-def light_background(images: torch.Tensor) -> torch.Tensor:
-    """Per image: is the mean border pixel (2-pixel frame) above 0.5?"""
+def border_brightness(images: torch.Tensor) -> torch.Tensor:
+    """Per image: the mean pixel of its 2-pixel border frame, in [0, 1] (0 black, 1 white)."""
     frame = torch.ones_like(images[0, 0], dtype=torch.bool)
     frame[2:-2, 2:-2] = False
-    return images[:, :, frame].mean(dim=(1, 2)) > 0.5
+    return images[:, :, frame].mean(dim=(1, 2))
+
+
+def light_background(images: torch.Tensor) -> torch.Tensor:
+    """Per image: is the mean border pixel (2-pixel frame) above 0.5?"""
+    return border_brightness(images) > 0.5
 
 
 def sample_metrics(images: torch.Tensor, classifier: nn.Module | None) -> dict[str, Any]:
-    """Light-background share and, with a classifier, recognisability in the right polarity."""
-    light = light_background(images)
-    metrics: dict[str, Any] = {"samples": len(images), "light_background": float(light.float().mean())}
+    """Light-background share, mean border brightness (how far a style dial has turned) and, with a
+    classifier, recognisability in the right polarity."""
+    border = border_brightness(images)
+    light = border > 0.5
+    metrics: dict[str, Any] = {"samples": len(images), "light_background": float(light.float().mean()),
+                               "border_brightness": float(border.mean())}
     if classifier is None:
         return metrics
     digits = images[:, :1, 2:-2, 2:-2]  # back to (N, 1, 28, 28)
