@@ -88,10 +88,11 @@ def load_recipes(path: Path) -> dict[str, Any]:
 
 
 def _check_require(require: Any, where: str) -> None:
-    if not isinstance(require, dict) or not all(
-            isinstance(bound, dict) and bound and set(bound) <= {"min", "max"} and all(_number(v) for v in
-                                                                                      bound.values())
-            for bound in require.values()):
+    def is_bound(bound: Any) -> bool:
+        return isinstance(bound, dict) and bool(bound) and set(bound) <= {"min", "max"} and all(
+            _number(v) for v in bound.values())
+
+    if not isinstance(require, dict) or not all(is_bound(b) for b in require.values()):
         raise ConfigError(f"{where}: search require must map a metric to {{\"min\": X}} and/or {{\"max\": X}}")
 
 

@@ -310,14 +310,12 @@ class AdaptedModel:
         names = list(self.active) if names is None else list(names)
         for name in names:
             self._require(name)
-        self._refuse_tied([n for n, layer in self.layers().items() if any(a in layer.adapters for a in names)])
+        refuse_tied_merge(self.model, [n for n, layer in self.layers().items()
+                                       if any(a in layer.adapters for a in names)])
         for layer in self.layers().values():
             mine = [n for n in names if n in layer.adapters]
             if mine:
                 layer.merge(*mine)
-
-    def _refuse_tied(self, layer_names: Sequence[str]) -> None:
-        refuse_tied_merge(self.model, layer_names)
 
     def unmerge(self) -> None:
         for layer in self.layers().values():
@@ -340,7 +338,7 @@ class AdaptedModel:
         folds the active adapters in permanently (a fused model).
         """
         if merge:
-            self._refuse_tied([n for n, layer in self.layers().items() if layer.live()])
+            refuse_tied_merge(self.model, [n for n, layer in self.layers().items() if layer.live()])
         for name, layer in self.layers().items():
             if merge:
                 layer.merge(*[n for n, _ in layer.live()])

@@ -92,9 +92,7 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
         if ours is None:
             raise IncompatibleAdapterError(f"{path}: {shown(part + '.' + match['module'])} names no module of this "
                                            "model; nothing was imported")
-        suffix = ".lora_magnitude_vector" if match["tensor"] == "lora_magnitude_vector" else \
-            f".{match['tensor']}"
-        grouped.setdefault(part, {})[f"{peft.PREFIX}{ours}{suffix}"] = tensor
+        grouped.setdefault(part, {})[f"{peft.PREFIX}{ours}.{match['tensor']}"] = tensor
     if not grouped:
         raise AdapterFileError(f"{path} holds no LoRA tensors")
     if not pipeline and len(grouped) > 1:
@@ -120,6 +118,6 @@ def _scale_one(tensors: dict[str, Any]) -> dict[str, Any]:
     """The config diffusers makes when a file carries no metadata: every module at alpha = its rank."""
     ranks = {key.removeprefix(peft.PREFIX).removesuffix(".lora_A.weight"): int(t.shape[0])
              for key, t in tensors.items() if key.endswith(".lora_A.weight")}
-    patterns = {peft._anchored(module): rank for module, rank in ranks.items()}
+    patterns = {peft.anchored(module): rank for module, rank in ranks.items()}
     use_dora = any(key.endswith(".lora_magnitude_vector") for key in tensors)
     return {"r": 8, "lora_alpha": 8, "rank_pattern": patterns, "alpha_pattern": patterns, "use_dora": use_dora}

@@ -63,7 +63,7 @@ _MODIFIED_BASE_INITS = ("pissa", "olora", "corda", "loftq")
 def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **options: Any) -> Path:
     bundle = source.bundle(name)
     if bundle.family in peft_lycoris.PEFT_TYPES:
-        config = peft_lycoris.export_config(source, bundle, _anchored)
+        config = peft_lycoris.export_config(source, bundle, anchored)
         return _write(dest, config, peft_lycoris.export_tensors(source, name, PREFIX))
     if bundle.family == "ia3":
         return _write(dest, *peft_ia3.export(source, name, PREFIX))
@@ -100,8 +100,8 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
         "target_modules": "^(" + "|".join(re.escape(m) for m in sorted(modules)) + ")$",  # exact names only
         # PEFT reads each key as a regex matched against the end of a module name (`(.*\.)?(KEY)$`), so a bare
         # `lin0` would also set `block.lin0`: anchored, a key matches its own module only
-        "rank_pattern": {_anchored(m): ranks[m] for m in sorted(modules) if ranks[m] != r},
-        "alpha_pattern": {_anchored(m): alphas[m] for m in sorted(modules) if alphas[m] != alpha},
+        "rank_pattern": {anchored(m): ranks[m] for m in sorted(modules) if ranks[m] != r},
+        "alpha_pattern": {anchored(m): alphas[m] for m in sorted(modules) if alphas[m] != alpha},
         "bias": "none", "use_dora": dora, "modules_to_save": None,
         # PEFT sets it per module by type anyway (warning when the config disagrees): true where Conv1D is
         "fan_in_fan_out": any(type(b).__name__ == "Conv1D" for b in bases.values()),
@@ -150,7 +150,7 @@ def _write(dest: Path, config: dict[str, Any], tensors: dict[str, Any]) -> Path:
     return dest
 
 
-def _anchored(module: str) -> str:
+def anchored(module: str) -> str:
     """A rank_pattern / alpha_pattern key that PEFT matches to exactly this module name."""
     return "^" + re.escape(module)
 

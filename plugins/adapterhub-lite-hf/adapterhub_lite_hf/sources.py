@@ -180,7 +180,7 @@ def _quiet() -> Iterator[None]:
         if module not in sys.modules:
             continue
         utils = importlib.import_module(f"{module}.utils.logging")
-        if utils is not None and utils.is_progress_bar_enabled():
+        if utils.is_progress_bar_enabled():
             utils.disable_progress_bar()
             hidden.append(utils)
     for lg in loggers:
