@@ -81,8 +81,9 @@ def load_recipes(path: Path) -> dict[str, Any]:
                     raise ConfigError(f"{path}: search group {search['group']!r} compares on two metrics")
                 _check_require(search.get("require", {}), f"{path}: step {step['id']!r}")
             for ref in (step.get("base"), step.get("from")):
-                if ref and ref not in ids:
-                    raise ConfigError(f"{path}: step {step['id']!r} refers to {ref!r} before it is built")
+                if ref and ref not in ids and "/" not in ref:  # 'model/base': what the zoo already holds
+                    raise ConfigError(f"{path}: step {step['id']!r} refers to {ref!r} before it is built "
+                                      "(name an earlier step's id, or a zoo entry as MODEL/NAME)")
             ids.add(step["id"])
     return recipes
 
@@ -110,7 +111,8 @@ def _data(step: dict[str, Any], data_dir: Path | None) -> DataOptions:
 
 
 def _ref(built: dict[str, str], text: str) -> str:
-    """A step's ref may name an earlier step's id: 'style=0.5' -> 'mymodel/style@v3=0.5'."""
+    """A step's ref may name an earlier step's id: 'style=0.5' -> 'mymodel/style@v3=0.5'; anything else is a
+    zoo ref (a profile may build on what an earlier build left in the zoo: 'base': 'mymodel/base')."""
     head, eq, weight = text.partition("=")
     return built.get(head, head) + (eq + weight if eq else "")
 
@@ -198,14 +200,14 @@ def _run_step(registry: Registry, zoo: Zoo, step: dict[str, Any], seed: int, bui
     options = TrainOptions(**{**step.get("options", {}), "seed": seed})  # progress: see progress.py
     data = _data(step, data_dir)
     if step["command"] == "train-base":
-        start = built[step["from"]] if step.get("from") else None
+        start = _ref(built, step["from"]) if step.get("from") else None
         entry = train_base(registry, zoo, step["model"], options, data, step.get("model_args"), start=start)
     elif step["command"] == "train":
         adapter = dict(step.get("adapter", {}))
         adapter.setdefault("targets", list(registry.get_model(step["model"]).default_targets))
         family = step.get("family") or registry.default_family(step["model"])
         entry = train_adapter(registry, zoo, step["model"], step.get("name", step["id"]),
-                              registry.config_class(family)(**adapter), options, data, base=built[step["base"]])
+                              registry.config_class(family)(**adapter), options, data, base=_ref(built, step["base"]))
     else:
         return _evaluate_step(registry, zoo, step, seed, built, data_dir)
     assert entry is not None  # a build runs in one process

@@ -243,6 +243,15 @@ class Task:
 
         raise ConfigError(f"task {self.name!r} does not generate samples")
 
+    def blend(self, inputs: Tensor, labels: Tensor, weight: float, generator: torch.Generator, *,
+              options: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        """A batch of the data `options` select (loaded by `load`), turned into what an adapter run at
+        `weight` should learn: at 0 the base's own data, at 1 the batch as loaded (`train --dial`).
+        Default: this task cannot blend."""
+        from .errors import ConfigError
+
+        raise ConfigError(f"task {self.name!r} cannot blend its targets by weight, which --dial needs", option="dial")
+
     def scopes(self, options: Mapping[str, Any], *, trained: bool) -> dict[str, Mapping[str, Any]]:
         """Under which names an adapter is measured, each with its options. The default measures everything,
         as "all". A task whose options select part of its data measures an adapter trained on that part on

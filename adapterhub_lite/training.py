@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ class TrainOptions:
     replay: int = 0  # extra samples per batch drawn from the replay set (other classes), against forgetting
     schedule: str = "constant"  # or "cosine": decay the learning rate to 0 over the run
     ema: float | None = None  # keep an exponential moving average of the trained weights; the result is the average
+    dial: bool = False  # train an adapter for every weight in [0, 1]: see `fit`
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -48,7 +49,8 @@ class TrainOptions:
             raise ConfigError(f"ema is a decay between 0 and 1 (e.g. 0.999), got {self.ema!r}", option="ema")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "progress" and not (k == "ema" and v is None)}
+        return {k: v for k, v in asdict(self).items()
+                if k != "progress" and not (k == "ema" and v is None) and not (k == "dial" and not v)}
 
 
 class WeightAverage:
@@ -76,6 +78,14 @@ class WeightAverage:
     def apply(self) -> None:
         for param, average in zip(self.params, self.averages):
             param.copy_(average)
+
+
+@dataclass(frozen=True)
+class Dial:
+    """How `fit` turns an adapter's weight and asks for targets at that weight (`TrainOptions.dial`)."""
+
+    set_weight: Callable[[float], None]
+    blend: Callable[[torch.Tensor, torch.Tensor, float, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -114,10 +124,17 @@ def steps_for(options: TrainOptions, samples: int) -> int:
 
 def fit(model: nn.Module, params: Sequence[nn.Parameter], task: Task, inputs: torch.Tensor, labels: torch.Tensor,
         options: TrainOptions, replay: tuple[torch.Tensor, torch.Tensor] | None = None,
-        label: str = "training") -> dict[str, Any]:
-    """Train `params` of `model` on (inputs, labels); returns a summary for the zoo card."""
+        label: str = "training", dial: Dial | None = None) -> dict[str, Any]:
+    """Train `params` of `model` on (inputs, labels); returns a summary for the zoo card.
+
+    With `options.dial`, every batch draws a weight w uniformly from [0, 1], runs the adapter at w
+    (`dial.set_weight`) and trains on the task's targets blended by w (`dial.blend`): so the adapter
+    learns what each weight should give, and its weight becomes a dial rather than a strength.
+    """
     if len(inputs) == 0:
         raise ConfigError("no training data: the data options select nothing")
+    if options.dial and dial is None:
+        raise ConfigError("dial training needs an adapter to turn (train, not train-base)", option="dial")
     if options.replay and (replay is None or len(replay[0]) == 0):
         raise ConfigError("replay needs samples outside the training data", option="replay")
     dist = Distributed.from_env()
@@ -153,6 +170,10 @@ def fit(model: nn.Module, params: Sequence[nn.Parameter], task: Task, inputs: to
                 if options.replay:
                     extra = torch.randint(0, len(replay[0]), (options.replay,), generator=order)[dist.rank::dist.world]
                     x, y = torch.cat([x, replay[0][extra]]), torch.cat([y, replay[1][extra]])
+                if options.dial:
+                    weight = float(torch.rand((), generator=order))  # the same weight on every rank
+                    dial.set_weight(weight)
+                    x, y = dial.blend(x, y, weight, noise)
                 loss = task.loss(net, x, y, noise)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -165,6 +186,8 @@ def fit(model: nn.Module, params: Sequence[nn.Parameter], task: Task, inputs: to
                 bar.update(step + 1, loss=losses[-1])
     finally:
         torch.set_flush_denormal(False)
+        if options.dial:
+            dial.set_weight(1.0)
     if average is not None:
         average.apply()  # the saved weights are the average (the card records `ema`)
     model.eval()

@@ -33,7 +33,7 @@ from .registry import Registry
 from .specs import EvalContext, Task
 from .stacks import Stack, resolve_stack
 from .tensorfile import check_finite_floats, load_tensors, untied
-from .training import Distributed, TrainOptions, fit
+from .training import Dial, Distributed, TrainOptions, fit
 from .zoo import BASE, Zoo, ZooEntry
 
 @dataclass(frozen=True)
@@ -251,8 +251,10 @@ def train_adapter(registry: Registry, zoo: Zoo, model_name: str, name: str, conf
     replay = None
     if options.replay:
         replay = task.load("train", data_dir=data.data_dir, options=task.complement(data.task))
+    dial = Dial(set_weight=lambda weight: am.set_weight(name, weight),
+                blend=lambda x, y, weight, generator: task.blend(x, y, weight, generator, options=data.task))
     summary = fit(model, am.trainable_parameters(), task, inputs, labels, options, replay,
-                  label=f"{model_name}/{name}")
+                  label=f"{model_name}/{name}", dial=dial)
     dist = Distributed.from_env()
     entry = None
     if dist.is_main:

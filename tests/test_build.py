@@ -186,3 +186,30 @@ def test_a_search_requirement_must_be_bounds(tmp_path) -> None:
     path.write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match="search require must map a metric"):
         load_recipes(path)
+
+
+def test_a_profile_builds_on_what_the_zoo_already_holds(tmp_path) -> None:
+    """A step's base may be a zoo entry (MODEL/NAME) rather than an earlier step: a profile that adds a dial
+    adapter to the bases an earlier build left. A bare name that is no step is still refused up front."""
+    zoo_dir = tmp_path / "zoo"
+    result = CliRunner().invoke(cli, ["train-base", "ddpm-unet", "--steps", "2", "--batch-size", "4",
+                                      "--eval-samples", "4", "--zoo", str(zoo_dir)])
+    assert result.exit_code == 0, result.output
+    more = {"profiles": {"more": {"seeds": [0], "steps": [
+        {"id": "dialed", "command": "train", "model": "ddpm-unet", "base": "ddpm-unet/base", "adapter": {"rank": 2},
+         "options": {"steps": 2, "batch_size": 4, "dial": True}, "data": {"style": "inverted", "eval_samples": 4}},
+        {"id": "dialed-quarter", "command": "evaluate", "refs": ["dialed=0.25"], "data": {"eval_samples": 4}},
+    ]}}}
+    recipes = tmp_path / "recipes.json"
+    recipes.write_text(json.dumps(more))
+    result = CliRunner().invoke(cli, ["zoo", "build", "--profile", "more", "--recipes", str(recipes),
+                                      "--zoo", str(zoo_dir)])
+    assert result.exit_code == 0, result.output
+    card = Zoo(zoo_dir).resolve("ddpm-unet/dialed").card
+    assert card["base"]["ref"] == "ddpm-unet/base@v1" and card["recipe"]["dial"] is True
+    report = json.loads((zoo_dir / "results-more.json").read_text())
+    assert report["per_seed"]["0"]["dialed-quarter"]["refs"] == ["ddpm-unet/dialed@v1=0.25"]
+    more["profiles"]["more"]["steps"][0]["base"] = "ddpm-unet-base"
+    recipes.write_text(json.dumps(more))
+    with pytest.raises(ConfigError, match="refers to 'ddpm-unet-base' before it is built .* as MODEL/NAME"):
+        load_recipes(recipes)

@@ -102,3 +102,83 @@ def test_the_validation_split_is_held_out_of_training_and_fixed() -> None:
     assert set(val_labels.tolist()) == set(range(10)) and set(train_labels.tolist()) == set(range(10))
     with pytest.raises(Exception, match="unknown split 'valid'"):
         load_mnist("valid")
+
+
+def test_v_prediction_and_min_snr_weighting() -> None:
+    """The network's output turns back into the exact noise and image for either prediction; Min-SNR weighs
+    each sample's squared error by min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v)."""
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(6, 1, 32, 32, generator=gen) * 2 - 1, torch.randn(6, 1, 32, 32, generator=gen)
+    t = torch.tensor([0, 10, 200, 500, 900, 999])
+    for prediction in ("epsilon", "v"):
+        diffusion = Diffusion(prediction=prediction)
+        a = diffusion._at(diffusion.alpha_bar, t)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        exact = noise if prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+        got_noise, got_image = diffusion.noise_and_image(exact, x_t, a)
+        torch.testing.assert_close(got_noise, noise, atol=2e-3, rtol=0)
+        torch.testing.assert_close(got_image, x0, atol=2e-3, rtol=0)
+
+    class Constant(nn.Module):  # predicts zeros: the squared error is the target's own square
+        def forward(self, x, t):
+            return torch.zeros_like(x)
+
+    for prediction, gamma in (("epsilon", 5.0), ("v", 5.0), ("epsilon", None)):
+        diffusion = Diffusion(prediction=prediction, min_snr=gamma)
+        got = diffusion.loss(Constant(), x0, torch.Generator().manual_seed(3))
+        replay = torch.Generator().manual_seed(3)  # the same draws, by hand
+        t = torch.randint(0, 1000, (6,), generator=replay)
+        noise = torch.randn(x0.shape, generator=replay)
+        a = diffusion.alpha_bar[t].float()
+        target = noise if prediction == "epsilon" else (a.sqrt()[:, None, None, None] * noise
+                                                         - (1 - a).sqrt()[:, None, None, None] * x0)
+        error = target.pow(2).mean(dim=(1, 2, 3))
+        snr = a / (1 - a)
+        weight = (torch.ones(6) if gamma is None else
+                  snr.clamp(max=gamma) / (snr if prediction == "epsilon" else snr + 1))
+        torch.testing.assert_close(got, (error * weight).mean())
+    with pytest.raises(Exception, match="choose 'epsilon' or 'v'"):
+        Diffusion(prediction="x0")
+    with pytest.raises(Exception, match="positive gamma"):
+        Diffusion(min_snr=0)
+
+
+def test_generate_task_blends_styled_and_plain_images_by_weight() -> None:
+    """--dial on the generate task: at weight w each image keeps its style with probability w, else is the plain
+    digit again (an inverted image in [-1, 1] negated); without a style there is nothing to blend."""
+    from adapterhub_lite_mnist.tasks import GenerateTask
+
+    task = GenerateTask()
+    styled = torch.rand(4000, 1, 4, 4) * 2 - 1
+    labels = torch.arange(4000) % 10
+    for weight in (0.0, 0.3, 1.0):
+        out, same_labels = task.blend(styled, labels, weight, torch.Generator().manual_seed(0),
+                                      options={"style": "inverted"})
+        kept = (out == styled).flatten(1).all(dim=1)
+        assert torch.equal(out[~kept], -styled[~kept]) and torch.equal(same_labels, labels)
+        assert abs(kept.float().mean().item() - weight) < 0.03
+    with pytest.raises(Exception, match="give a --style"):
+        task.blend(styled, labels, 0.5, torch.Generator(), options={})
+
+
+def test_the_generate_task_trains_and_samples_with_the_objective_the_network_declares(registry) -> None:
+    """A UNet built with prediction='v' (its config, so also every rebuild from a card) is trained on v and
+    sampled as v, also inside an AdaptedModel; an unknown objective is refused when the network is built."""
+    from adapterhub_lite_mnist.tasks import GenerateTask
+
+    from adapterhub_lite import AdaptedModel, LoraConfig
+
+    torch.manual_seed(0)
+    unet = UNet(channels=(8, 8, 8), prediction="v", min_snr=5.0).eval()
+    task = GenerateTask()
+    assert (task.diffusion(unet).prediction, task.diffusion(unet).min_snr) == ("v", 5.0)
+    assert task.diffusion(UNet(channels=(8, 8, 8))).prediction == "epsilon"
+    am = AdaptedModel(unet, registry=registry)
+    am.add_adapter("s", LoraConfig(targets=["out"], rank=1))
+    assert task.diffusion(am).prediction == "v"
+    images = task.sample(unet, 2, seed=1, steps=3)
+    by_hand = (Diffusion(prediction="v").ddim(unet, (2, 1, 32, 32), steps=3, seed=1) + 1) / 2
+    assert torch.equal(images, by_hand)
+    assert not torch.equal(images, (Diffusion().ddim(unet, (2, 1, 32, 32), steps=3, seed=1) + 1) / 2)
+    with pytest.raises(Exception, match="choose 'epsilon' or 'v'"):
+        UNet(channels=(8, 8, 8), prediction="x0")

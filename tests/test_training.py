@@ -92,3 +92,58 @@ def test_weight_average_follows_its_formula_and_is_what_training_keeps() -> None
         d = min(0.95, (1 + n) / (10 + n))
         manual = d * manual + (1 - d) * weight
     torch.testing.assert_close(averaged_weight, manual, rtol=1e-6, atol=1e-7)
+
+
+def test_dial_training_runs_each_batch_at_its_weight_against_targets_blended_by_it(registry) -> None:
+    """--dial: every batch draws a weight w in [0, 1], the adapter runs at w and the task's blend gives the
+    targets at w; afterwards the adapter is at weight 1 again and its weight turns the learnt blend."""
+    from adapterhub_lite.training import Dial
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4))
+    gen = torch.Generator().manual_seed(1)
+    inputs = torch.randn(512, 8, generator=gen)
+    shift = torch.randn(8, 4, generator=gen)
+    with torch.no_grad():
+        plain = model(inputs)
+    am = AdaptedModel(model, registry=registry)
+    am.add_adapter("fit", LoraConfig(targets=["0"], rank=4, alpha=4))
+    seen: list[float] = []  # the adapter's weight in each loss
+    blended: list[float] = []  # the weight each batch's targets were blended by
+
+    class Recording(Regression):
+        def loss(self, net, x, y, generator):
+            seen.append(am.active["fit"])
+            return super().loss(net, x, y, generator)
+
+    def blend_by_weight(x, y, weight, generator):
+        blended.append(weight)
+        with torch.no_grad(), am.routing([None] * len(x)):  # the base alone
+            base = model(x)
+        return x, base + weight * (x @ shift)
+
+    summary = fit(model, am.trainable_parameters(), Recording(), inputs, inputs[:, :4],
+                  TrainOptions(steps=400, batch_size=32, lr=2e-2, dial=True, progress=False),
+                  dial=Dial(set_weight=lambda w: am.set_weight("fit", w), blend=blend_by_weight))
+    assert seen == blended and len(seen) == 400
+    assert min(seen) < 0.05 and max(seen) > 0.95 and len(set(seen)) > 300
+    assert am.active["fit"] == 1.0
+    with torch.no_grad():
+        for weight in (0.0, 0.5, 1.0):
+            am.set_weight("fit", weight)
+            assert nn.functional.mse_loss(am(inputs), plain + weight * (inputs @ shift)).item() < 0.01
+    assert TrainOptions(dial=True).to_dict()["dial"] is True and "dial" not in TrainOptions().to_dict()
+    assert summary["steps"] == 400
+
+
+def test_dial_needs_an_adapter_and_a_task_that_blends() -> None:
+    import pytest
+
+    from adapterhub_lite import ConfigError
+
+    model = nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="needs an adapter"):
+        fit(model, list(model.parameters()), Regression(), torch.randn(4, 2), torch.randn(4, 2),
+            TrainOptions(steps=1, dial=True, progress=False))
+    with pytest.raises(ConfigError, match="cannot blend"):
+        Regression().blend(torch.randn(4, 2), torch.randn(4, 2), 0.5, torch.Generator(), options={})

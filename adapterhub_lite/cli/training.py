@@ -54,10 +54,14 @@ def train_base_command(model: str, start: str | None, as_json: bool, epochs: int
 @click.option("--base", "base_ref", default=None, help="Base version to train on (default: MODEL's latest base).")
 @click.option("--replay", type=int, default=0, show_default=True,
               help="Per batch, add this many samples from outside the training data (limits forgetting).")
+@click.option("--dial", is_flag=True,
+              help="Train for every weight: each batch runs the adapter at a random weight w in [0, 1] against "
+                   "the task's data blended by w, so NAME=0.5 gives a halfway result (the task must blend).")
 @train_options
 @data_dir_option
 @zoo_option
-def train_command(model: str, name: str, family: str | None, base_ref: str | None, replay: int, as_json: bool,
+def train_command(model: str, name: str, family: str | None, base_ref: str | None, replay: int, dial: bool,
+                  as_json: bool,
                   epochs: int, steps: int | None, batch_size: int, lr: float, seed: int, schedule: str,
                   ema: float | None, data_dir: Path | None, zoo_dir: Path | None, **plugin_values: Any) -> None:
     """Train adapter NAME on a MODEL base into the zoo as MODEL/NAME@vN.
@@ -80,7 +84,7 @@ def train_command(model: str, name: str, family: str | None, base_ref: str | Non
         values["targets"] = registry.get_model(model).default_targets
     config = registry.config_class(family)(**values)
     options = TrainOptions(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, replay=replay,
-                           schedule=schedule, ema=ema)
+                           schedule=schedule, ema=ema, dial=dial)
     data = DataOptions(data_dir, config_values(command, plugin_values, "task"))
     entry = train_adapter(registry, zoo, model, name, config, options, data, base=base_ref)
     _report(entry, as_json)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -194,8 +195,16 @@ class GenerateTask(_DigitsTask):
     EVAL_SAMPLES, EVAL_STEPS = 256, 25
 
     def __init__(self, judge: str = "richboynet") -> None:
-        self.diffusion = Diffusion()
         self.judge = judge  # the zoo model whose latest base judges samples (white digits on black)
+
+    @staticmethod
+    def diffusion(model: nn.Module) -> Diffusion:
+        """The noise schedule and objective `model` was built for: its `prediction` ('epsilon' or 'v') and
+        `min_snr` attributes when it has them (any model plugin's network may), else DDPM's noise prediction."""
+        for wrapper in ("module", "model"):  # DistributedDataParallel, AdaptedModel
+            inner = getattr(model, wrapper, None)
+            model = inner if isinstance(inner, nn.Module) else model
+        return _diffusion(getattr(model, "prediction", "epsilon"), getattr(model, "min_snr", None))
 
     def load(self, split: str, *, data_dir: str | Path | None = None,
              options: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,7 +215,17 @@ class GenerateTask(_DigitsTask):
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
              generator: torch.Generator) -> torch.Tensor:
-        return self.diffusion.loss(model, inputs, generator)
+        return self.diffusion(model).loss(model, inputs, generator)
+
+    def blend(self, inputs: torch.Tensor, labels: torch.Tensor, weight: float, generator: torch.Generator, *,
+              options: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image keeps its style with probability `weight`, else is turned back to the plain digit: at
+        weight w a share w of the samples is styled. (Blending pixels instead would erase the digit halfway:
+        an inverted image averaged with its original is flat grey.)"""
+        if self.Options.of(options).style is None:
+            raise ConfigError("--dial blends styled images with plain ones: give a --style", option="dial")
+        keep = torch.rand(len(inputs), generator=generator) < weight
+        return torch.where(keep[:, None, None, None], inputs, -inputs), labels  # inverting [-1, 1] is negation
 
     def sample(self, model: nn.Module, n: int, *, seed: int = 0, steps: int = 25) -> torch.Tensor:
         was_training = model.training
@@ -214,7 +233,7 @@ class GenerateTask(_DigitsTask):
         try:
             shape = (n, getattr(model, "in_channels", 1), getattr(model, "image_size", 32),
                      getattr(model, "image_size", 32))
-            return (self.diffusion.ddim(model, shape, steps=steps, seed=seed) + 1) / 2
+            return (self.diffusion(model).ddim(model, shape, steps=steps, seed=seed) + 1) / 2
         finally:
             model.train(was_training)
 
@@ -235,6 +254,11 @@ class GenerateTask(_DigitsTask):
         if not counts or not sum(counts):
             return {}
         return {"share of samples judged as each digit": {str(d): n / sum(counts) for d, n in enumerate(counts)}}
+
+
+@functools.lru_cache(maxsize=8)
+def _diffusion(prediction: str, min_snr: float | None) -> Diffusion:
+    return Diffusion(prediction=prediction, min_snr=min_snr)
 
 
 def border_brightness(images: torch.Tensor) -> torch.Tensor:

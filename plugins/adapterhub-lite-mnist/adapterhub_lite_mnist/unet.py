@@ -1,7 +1,9 @@
 """A small DDPM UNet for 32x32 images: sinusoidal time embedding, residual blocks,
 self-attention (nn.MultiheadAttention, so LoRA can target it) at the low resolutions.
 
-Default: channels 32/64/64, attention at 8x8, about 0.9M parameters.
+Default: channels 32/64/64, attention at 8x8, about 0.9M parameters. `prediction` and `min_snr` are the
+training objective (see diffusion.py); they are part of the config so the weights are always sampled,
+and adapters on them trained, the way the base was.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .diffusion import Diffusion
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -67,9 +71,12 @@ class Level(nn.Module):
 
 class UNet(nn.Module):
     def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (32, 64, 64), image_size: int = 32,
-                 attention_resolutions: tuple[int, ...] = (8,), dropout: float = 0.0) -> None:
+                 attention_resolutions: tuple[int, ...] = (8,), dropout: float = 0.0, prediction: str = "epsilon",
+                 min_snr: float | None = None) -> None:
         super().__init__()
         self.in_channels, self.image_size = in_channels, image_size
+        Diffusion(prediction=prediction, min_snr=min_snr)  # an unknown objective is refused now, not when trained
+        self.prediction, self.min_snr = prediction, min_snr
         t_dim = channels[0] * 4
         self.t_dim = channels[0]
         self.time_mlp = nn.Sequential(nn.Linear(channels[0], t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
