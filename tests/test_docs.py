@@ -136,3 +136,13 @@ def test_the_bring_your_own_model_page_runs_as_written(tmp_path, monkeypatch) ->
         expected = gpt2["am"](gpt2["ids"]).last_hidden_state
     torch.testing.assert_close(load_file(str(tmp_path / "hidden.safetensors"))["last_hidden_state"], expected,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_the_results_page_is_what_its_renderer_writes_from_the_committed_results() -> None:
+    """docs/results.md holds no hand-edited figure: rendering the committed JSON again gives the same page."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_results", DOCS / "results" / "render.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    assert render.render() + "\n" == (DOCS / "results.md").read_text()

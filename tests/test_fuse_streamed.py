@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import randomize_adapters, seed_adapter, seed_base
+from conftest import seed_adapter, seed_base
 from safetensors.torch import load_file
 
 from adapterhub_lite import IncompatibleAdapterError, LoraConfig, get_registry, state_fingerprint

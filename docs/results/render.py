@@ -22,7 +22,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-PROFILES = ("richboynet", "mnist-cnn", "ddpm-unet", "families")
+PROFILES = ("richboynet", "mnist-cnn", "ddpm-unet", "ddpm-dial", "families")
+DIAL_WEIGHTS = ("0", "0.25", "0.5", "0.75", "1")
+SEEDS = (0, 1, 2)
+PER_SEED_ZOO = ("ddpm-unet", "ddpm-dial")  # ddpm-dial trains on the latest ddpm-unet base of its zoo
 IMAGES = ROOT / "docs" / "img"
 
 
@@ -266,6 +269,54 @@ def ddpm(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def dial(result: dict[str, Any]) -> list[str]:
+    seeds = result["seeds"]
+    trained = runs(result, "inverted-dial")
+    recipe = next(s for s in recipe_steps("ddpm-dial") if s["id"] == "inverted-dial")
+    out = ["## 3b. A style dial: the inverted style at w = 0 ... 1", "",
+           "Profile `ddpm-dial`, run on the zoos the `ddpm-unet` profile built (its base of each seed): an "
+           f"inverted-style LoRA (rank {recipe['adapter']['rank']}, {recipe['options']['steps']:,} steps) trained "
+           "with `--dial`: each batch runs the adapter at a random weight w in [0, 1] against images that keep "
+           "the style with probability w. Then samples at w = 0, 0.25, 0.5, 0.75, 1 (w = 0 is the base itself). "
+           "Metrics as in section 3; border brightness is the mean border pixel (0 black, 1 white).", "",
+           *header(seeds)]
+    found = {w: [r["metrics"] for r in runs(result, f"dial-w{w}")] for w in DIAL_WEIGHTS}
+    if any(len(v) != len(seeds) for v in found.values()):
+        return out[:-2] + ["(Incomplete results: not every weight was measured on every seed.)", ""]
+    border = {w: [m["border_brightness"] for m in found[w]] for w in DIAL_WEIGHTS}
+    base_rec = [m.get("recognisable", 0.0) for m in found["0"]]
+    for w in DIAL_WEIGHTS:
+        out.append(row(f"w={w}: border brightness", [f"{v:.3f}" for v in border[w]], f"{mean(border[w]):.3f}"))
+        light = [m["light_background"] for m in found[w]]
+        out.append(row(f"w={w}: light background", [pct(v) for v in light], pct(mean(light)),
+                       verdict(min(light) >= 0.9, ">= 90% on every seed") if w == "1" else ""))
+        rec = [m.get("recognisable", 0.0) for m in found[w]]
+        out.append(row(f"w={w}: recognisable", [pct(v) for v in rec], pct(mean(rec))))
+        kept = [r / b if b else 0.0 for r, b in zip(rec, base_rec)]
+        out.append(row(f"w={w}: recognisable / the base's", [pct(k) for k in kept], pct(mean(kept)),
+                       verdict(min(kept) >= 0.6, ">= 60% on every seed")))
+        share = [m.get("max_class_share", 0.0) for m in found[w]]
+        out.append(row(f"w={w}: largest class share", [pct(v) for v in share], pct(mean(share)),
+                       verdict(max(share) <= 0.3, "<= 30% on every seed")))
+    rising = [all(border[a][i] < border[b][i] for a, b in zip(DIAL_WEIGHTS, DIAL_WEIGHTS[1:]))
+              for i in range(len(seeds))]
+    out.append(row("border brightness rises with w", ["yes" if r else "no" for r in rising], "",
+                   verdict(all(rising), "monotone on every seed")))
+    out += ["", f"- The adapter: {trained[0]['parameters']:,} parameters ({trained[0]['trainable_percent']:.1f}% of "
+                f"the base), {min(r['training_seconds'] for r in trained) / 60:.1f}-"
+                f"{max(r['training_seconds'] for r in trained) / 60:.1f} minutes of training "
+                f"({threads_note(result)}).", ""]
+    if all((IMAGES / f"results-dial-{s}-w{w}.png").is_file() for s in seeds for w in DIAL_WEIGHTS):
+        out += ["Grids (64 samples, the same noise in every column): rows are seeds, columns w = 0, 0.25, 0.5, "
+                "0.75, 1.", "", "| " + " | ".join(f"w = {w}" for w in DIAL_WEIGHTS) + " |",
+                "|" + "---|" * len(DIAL_WEIGHTS)]
+        for s in seeds:
+            out.append("| " + " | ".join(f"![seed {s}, w={w}](img/results-dial-{s}-w{w}.png)"
+                                         for w in DIAL_WEIGHTS) + " |")
+        out.append("")
+    return out
+
+
 # --- the page --------------------------------------------------------------------------------------------------
 def families(result: dict[str, Any]) -> list[str]:
     seeds = result["seeds"]
@@ -358,7 +409,7 @@ def render() -> str:
             "figures within their spread over seeds. Recipes that were searched were chosen on the validation "
             "split (5,000 training images held out, fixed seed) and measured on test once.", ""]
     for profile, section in (("richboynet", richboynet), ("mnist-cnn", cnn), ("ddpm-unet", ddpm),
-                             ("families", families)):
+                             ("ddpm-dial", dial), ("families", families)):
         result = load(profile)
         out += section(result) if result else [f"(No committed results for `{profile}` yet.)", ""]
     notes = HERE / "notes.md"
@@ -377,9 +428,11 @@ def copy_from_zoo(zoos: list[Path]) -> None:
             report = found[0] if len(found) == 1 else combine_reports(found)
             (HERE / f"{profile}.json").write_text(json.dumps(report, indent=2) + "\n")
     for zoo in zoos:
-        for grid in sorted((zoo / "grids").glob("inverted-w*-seed*.png")):
-            weight, seed = grid.stem.removeprefix("inverted-w").split("-seed")
-            shutil.copyfile(grid, IMAGES / f"results-{seed}-w{weight}.png")
+        for prefix, name in (("inverted-w", "results-{seed}-w{weight}.png"),
+                             ("dial-w", "results-dial-{seed}-w{weight}.png")):
+            for grid in sorted((zoo / "grids").glob(f"{prefix}*-seed*.png")):
+                weight, seed = grid.stem.removeprefix(prefix).split("-seed")
+                shutil.copyfile(grid, IMAGES / name.format(seed=seed, weight=weight))
 
 
 def main() -> None:
@@ -389,10 +442,18 @@ def main() -> None:
     parser.add_argument("--build", type=Path, metavar="ZOO", help="run every profile into ZOO first (hours)")
     args = parser.parse_args()
     if args.build:
+        zoos = [args.build]
         for profile in PROFILES:
-            subprocess.run(["adapters", "zoo", "build", "--profile", profile, "--zoo", str(args.build)], check=True,
-                           env={**os.environ})
-        args.from_zoo = [args.build]
+            if profile in PER_SEED_ZOO:  # each seed into its own zoo, where 'ddpm-unet/base' is that seed's
+                for seed in SEEDS:
+                    zoo = args.build / f"ddpm-s{seed}"
+                    subprocess.run(["adapters", "zoo", "build", "--profile", profile, "--seeds", str(seed),
+                                    "--zoo", str(zoo)], check=True, env={**os.environ})
+                    zoos += [zoo] if zoo not in zoos else []
+            else:
+                subprocess.run(["adapters", "zoo", "build", "--profile", profile, "--zoo", str(args.build)],
+                               check=True, env={**os.environ})
+        args.from_zoo = zoos
     if args.from_zoo:
         copy_from_zoo(args.from_zoo)
     (ROOT / "docs" / "results.md").write_text(render() + "\n")
