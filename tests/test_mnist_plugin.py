@@ -137,6 +137,8 @@ def test_v_prediction_and_min_snr_weighting() -> None:
         weight = (torch.ones(6) if gamma is None else
                   snr.clamp(max=gamma) / (snr if prediction == "epsilon" else snr + 1))
         torch.testing.assert_close(got, (error * weight).mean())
+        if gamma is None:  # unweighted: exactly DDPM's loss as it always was computed (bit for bit)
+            assert torch.equal(got, nn.functional.mse_loss(torch.zeros_like(target), target))
     with pytest.raises(Exception, match="choose 'epsilon' or 'v'"):
         Diffusion(prediction="x0")
     with pytest.raises(Exception, match="positive gamma"):

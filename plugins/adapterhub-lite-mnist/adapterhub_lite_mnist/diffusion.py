@@ -11,6 +11,7 @@ which stops the nearly clean steps from dominating training.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from adapterhub_lite import ConfigError, Progress
@@ -39,9 +40,10 @@ class Diffusion:
         a = self._at(self.alpha_bar, t)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         target = noise if self.prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
-        per_sample = (model(x_t, t) - target).pow(2).mean(dim=(1, 2, 3))
+        prediction = model(x_t, t)
         if self.min_snr is None:
-            return per_sample.mean()
+            return F.mse_loss(prediction, target)
+        per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3))
         snr = (a / (1 - a)).flatten()
         weight = snr.clamp(max=self.min_snr) / (snr if self.prediction == "epsilon" else snr + 1)
         return (per_sample * weight).mean()
