@@ -22,10 +22,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-PROFILES = ("richboynet", "mnist-cnn", "ddpm-unet", "ddpm-dial", "families")
+PROFILES = ("richboynet", "mnist-cnn", "ddpm-unet", "ddpm-v", "ddpm-dial", "families")
 DIAL_WEIGHTS = ("0", "0.25", "0.5", "0.75", "1")
 SEEDS = (0, 1, 2)
-PER_SEED_ZOO = ("ddpm-unet", "ddpm-dial")  # ddpm-dial trains on the latest ddpm-unet base of its zoo
+PER_SEED_ZOO = ("ddpm-unet", "ddpm-v", "ddpm-dial")  # ddpm-dial trains on the latest ddpm-unet base of its zoo
 IMAGES = ROOT / "docs" / "img"
 
 
@@ -269,6 +269,40 @@ def ddpm(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def ddpm_v(result: dict[str, Any]) -> list[str]:
+    seeds = result["seeds"]
+    base = runs(result, "ddpm-unet-base")
+    step = next(s for s in recipe_steps("ddpm-v") if s["id"] == "ddpm-unet-base")
+    out = ["## 3a. A DDPM base that draws", "",
+           f"Profile `ddpm-v`: the judge as in section 3, then the UNet base with the seed recipe's "
+           f"{step['options']['steps']:,} steps, batch {step['options']['batch_size']} and cosine schedule, but "
+           f"predicting v (`model_args` {json.dumps(step['model_args'])}: v-prediction, Min-SNR-5 loss weighting). "
+           "Chosen on validation samples (seed 0, sample seeds 10,000+) among the seed recipe, epsilon with "
+           "Min-SNR-5, and v with Min-SNR-5 (notes below). 256 DDIM samples (25 steps) judged on test.", "",
+           *header(seeds)]
+    metrics = [r["metrics"] for r in base]
+    rec = [m.get("recognisable", 0.0) for m in metrics]
+    out.append(row("recognisable", [pct(v) for v in rec], pct(mean(rec)), verdict(min(rec) >= 0.5, ">= 50% on every seed")))
+    share = [m.get("max_class_share", 0.0) for m in metrics]
+    out.append(row("largest class share", [pct(v) for v in share], pct(mean(share)),
+                   verdict(max(share) <= 0.2, "<= 20% on every seed")))
+    fewest = [min(m.get("class_histogram", [0])) for m in metrics]
+    out.append(row("samples of the rarest digit", [str(v) for v in fewest], "",
+                   verdict(min(fewest) > 0, "every digit drawn on every seed")))
+    val = [r["validation"].get("recognisable", 0.0) for r in base if r.get("validation")]
+    if len(val) == len(seeds):
+        out.append(row("recognisable on validation samples", [pct(v) for v in val], pct(mean(val))))
+    parts = result.get("parts") or [{"seeds": seeds, "seconds": result["seconds"]}]
+    built = {s: p["seconds"] for p in parts for s in p["seeds"]} if all(len(p["seeds"]) == 1 for p in parts) else {}
+    if built:
+        minutes = [built[s] / 60 for s in seeds]
+        out.append(row("build minutes (judge, base, its evaluation)", [f"{m:.1f}" for m in minutes],
+                       f"{mean(minutes):.1f}", verdict(max(minutes) <= 30, "<= 30 on 2 cores, every seed")))
+    trained = ", ".join(f"{r['training_seconds'] / 60:.1f}" for r in base)
+    out += ["", f"- Base training alone: {trained} minutes (seeds in order; {threads_note(result)}).", ""]
+    return out
+
+
 def dial(result: dict[str, Any]) -> list[str]:
     seeds = result["seeds"]
     trained = runs(result, "inverted-dial")
@@ -382,7 +416,9 @@ def recipe_steps(profile: str) -> list[dict[str, Any]]:
 
 def threads_note(result: dict[str, Any]) -> str:
     threads = _sources().get(result["profile"], {}).get("threads")
-    return f"{threads} torch thread{'s' if threads != 1 else ''}, one core" if threads else "the recorded threads"
+    if not threads:
+        return "the recorded threads"
+    return "1 torch thread, one core" if threads == 1 else f"{threads} torch threads on {threads} cores"
 
 
 def _sources() -> dict[str, Any]:
@@ -401,15 +437,15 @@ def render() -> str:
     for profile in PROFILES:
         made = sources.get(profile)
         if made:
-            out.append(f"- `{profile}`: `{made['command']}` at commit {made['commit']}, {made['threads']} torch "
-                       f"thread(s) pinned to one core, {made['seconds'] / 60:.0f} minutes"
+            out.append(f"- `{profile}`: `{made['command']}` at commit {made['commit']}, {threads_note({'profile': profile})}"
+                       f", {made['seconds'] / 60:.0f} minutes"
                        + (f" ({made['note']})" if made.get("note") else ""))
     out += ["", "Training is seeded and reproducible: the same command gives the same weights bit for bit at the same "
             "thread count (cards record `training.threads`); another thread count rounds differently and moves "
             "figures within their spread over seeds. Recipes that were searched were chosen on the validation "
             "split (5,000 training images held out, fixed seed) and measured on test once.", ""]
     for profile, section in (("richboynet", richboynet), ("mnist-cnn", cnn), ("ddpm-unet", ddpm),
-                             ("ddpm-dial", dial), ("families", families)):
+                             ("ddpm-v", ddpm_v), ("ddpm-dial", dial), ("families", families)):
         result = load(profile)
         out += section(result) if result else [f"(No committed results for `{profile}` yet.)", ""]
     notes = HERE / "notes.md"
