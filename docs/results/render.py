@@ -133,7 +133,7 @@ def digit9_fix(result: dict[str, Any], base: list[dict[str, Any]]) -> list[str]:
     seeds = result["seeds"]
     test = [choice["test"][str(s)]["metrics"]["all"] for s in seeds if str(s) in choice["test"]]
     chosen = runs(result, choice["best"])[0]
-    recipe = next(st for st in recipe_steps("richboynet") if st["id"] == choice["best"])
+    recipe = recipe_step("richboynet", choice["best"])
     e9 = [errors(m, 9) for m in test]
     change = [100 * (m["accuracy"] - b["accuracy"]) for m, b in zip(test, base)]
     label = f"**chosen on validation** `{choice['best']}`"
@@ -155,7 +155,7 @@ def digit9_fix(result: dict[str, Any], base: list[dict[str, Any]]) -> list[str]:
             "| candidate | rank | B + P | steps | learning rate | validation overall | validation nines | "
             "reaches the bar | chosen |", "|---|---|---|---|---|---|---|---|---|"]
     for candidate, score in sorted(choice["scores"].items(), key=lambda kv: -kv[1]):
-        st = next(x for x in recipe_steps("richboynet") if x["id"] == candidate)
+        st = recipe_step("richboynet", candidate)
         opt = st["options"]
         nines = choice["constrained"][candidate]["val.trained_classes.accuracy"]
         out.append(f"| `{candidate}` | {st['adapter']['rank']} | {opt['batch_size']} + {opt['replay']} | "
@@ -210,7 +210,7 @@ def cnn(result: dict[str, Any]) -> list[str]:
                 "|---|---|---|---|---|---|"]
         for candidate, score in choice["scores"].items():
             found = runs(result, candidate)
-            options = found[0] and next(s for s in recipe_steps("mnist-cnn") if s["id"] == candidate)["options"]
+            options = found[0] and recipe_step("mnist-cnn", candidate)["options"]
             seconds = mean([r["training_seconds"] for r in found])
             out.append(f"| `{candidate}` | {options['lr']:g} | {options['epochs']} | {pct(score)} | {seconds:.0f} | "
                        f"{'**yes**' if candidate == choice['best'] else ''} |")
@@ -272,7 +272,7 @@ def ddpm(result: dict[str, Any]) -> list[str]:
 def ddpm_v(result: dict[str, Any]) -> list[str]:
     seeds = result["seeds"]
     base = runs(result, "ddpm-unet-base")
-    step = next(s for s in recipe_steps("ddpm-v") if s["id"] == "ddpm-unet-base")
+    step = recipe_step("ddpm-v", "ddpm-unet-base")
     out = ["## 3a. A DDPM base that draws", "",
            f"Profile `ddpm-v`: the judge as in section 3, then the UNet base with the seed recipe's "
            f"{step['options']['steps']:,} steps, batch {step['options']['batch_size']} and cosine schedule, but "
@@ -306,9 +306,9 @@ def ddpm_v(result: dict[str, Any]) -> list[str]:
 def dial(result: dict[str, Any]) -> list[str]:
     seeds = result["seeds"]
     trained = runs(result, "inverted-dial")
-    recipe = next(s for s in recipe_steps("ddpm-dial") if s["id"] == "inverted-dial")
+    recipe = recipe_step("ddpm-dial", "inverted-dial")
     out = ["## 3b. A style dial: the inverted style at w = 0 ... 1", "",
-           "Profile `ddpm-dial`, run on the zoos the `ddpm-unet` profile built (its base of each seed): an "
+           "Profile `ddpm-dial`, run on the zoos the `ddpm-v` profile built (section 3a's base of each seed): an "
            f"inverted-style LoRA (rank {recipe['adapter']['rank']}, {recipe['options']['steps']:,} steps) trained "
            "with `--dial`: each batch runs the adapter at a random weight w in [0, 1] against images that keep "
            "the style with probability w. Then samples at w = 0, 0.25, 0.5, 0.75, 1 (w = 0 is the base itself). "
@@ -412,6 +412,10 @@ def families(result: dict[str, Any]) -> list[str]:
 def recipe_steps(profile: str) -> list[dict[str, Any]]:
     recipes = json.loads((ROOT / "zoo" / "recipes.json").read_text())
     return recipes["profiles"][profile]["steps"]
+
+
+def recipe_step(profile: str, step_id: str) -> dict[str, Any]:
+    return next(step for step in recipe_steps(profile) if step["id"] == step_id)
 
 
 def threads_note(result: dict[str, Any]) -> str:
