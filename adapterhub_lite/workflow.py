@@ -252,7 +252,8 @@ def train_adapter(registry: Registry, zoo: Zoo, model_name: str, name: str, conf
     if options.replay:
         replay = task.load("train", data_dir=data.data_dir, options=task.complement(data.task))
     dial = Dial(set_weight=lambda weight: am.set_weight(name, weight),
-                blend=lambda x, y, weight, generator: task.blend(x, y, weight, generator, options=data.task))
+                blend=lambda x, y, weight, generator: task.blend(x, y, weight, generator, options=data.task)
+                ) if options.dial else None
     summary = fit(model, am.trainable_parameters(), task, inputs, labels, options, replay,
                   label=f"{model_name}/{name}", dial=dial)
     dist = Distributed.from_env()
