@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .config import AdapterConfig
-from .errors import ConfigError, PluginError, UnknownNameError, UnsupportedModuleError
+from .errors import AdapterhubError, ConfigError, PluginError, UnknownNameError, UnsupportedModuleError
 from .plugins import PluginManager, call_each_plugin, get_plugin_manager, load_plugins
-from .specs import AdapterKind, Format, MergeMethod, ModelSource, ModelSpec
+from .specs import AdapterKind, Deferred, Format, MergeMethod, ModelSource, ModelSpec
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -139,7 +140,17 @@ class Registry:
 
     def create_model(self, name: str, **kwargs: Any) -> nn.Module:
         spec = self.get_model(name)
-        return spec.build(**{**spec.defaults, **kwargs})
+        build = spec.build.resolve() if isinstance(spec.build, Deferred) else spec.build
+        _check_arguments(name, build, kwargs)
+        if not kwargs:
+            return build(**spec.defaults)
+        try:
+            return build(**{**spec.defaults, **kwargs})
+        except AdapterhubError:  # the model's own check said what is wrong
+            raise
+        except (TypeError, ValueError) as error:  # a value of the wrong type or range for the constructor
+            given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+            raise ConfigError(f"model {name!r} cannot be built with {given}: {error}") from error
 
     # --- zoo models a model source builds (added with `adapters zoo add-base`) ----------------------------------
     def get_source(self, name: str) -> ModelSource:
@@ -215,3 +226,19 @@ def _describe_spec(spec: Any) -> dict[str, Any]:
 def get_registry() -> Registry:
     """The process-wide registry from installed plugins (built once, on first use)."""
     return Registry(get_plugin_manager())
+
+
+def _check_arguments(model: str, build: Any, kwargs: Mapping[str, Any]) -> None:
+    """Refuse, in one line naming what the model takes, arguments its constructor does not take (a recipe's
+    `model_args` or `train-base --model-arg`), instead of a TypeError from deep inside the build."""
+    try:
+        parameters = inspect.signature(build).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check against
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    takes = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(kwargs) - set(takes))
+    if unknown:
+        raise ConfigError(f"model {model!r} takes no argument {', '.join(map(repr, unknown))}; it takes: "
+                          f"{', '.join(takes) or 'none'}")

@@ -11,6 +11,7 @@ from torch import nn
 
 from adapterhub_lite import (
     AdapterKind,
+    ConfigError,
     LoraConfig,
     ModelSpec,
     PluginError,
@@ -102,6 +103,16 @@ def test_models_are_created_by_name_with_defaults() -> None:
     assert registry.create_model("mlp", width=7).out_features == 7
     with pytest.raises(UnknownNameError, match="unknown model 'mpl'; did you mean 'mlp'"):
         registry.create_model("mpl")
+
+
+def test_model_arguments_the_constructor_does_not_take_are_refused_in_one_line() -> None:
+    models = _plugin(register_models=lambda register: register(
+        ModelSpec(name="mlp", build=lambda width=3: nn.Linear(2, width))))
+    registry = _registry(models)
+    with pytest.raises(ConfigError, match="model 'mlp' takes no argument 'depth'; it takes: width"):
+        registry.create_model("mlp", depth=2)
+    with pytest.raises(ConfigError, match="model 'mlp' cannot be built with width='wide': "):
+        registry.create_model("mlp", width="wide")  # the constructor's TypeError, named with what was given
 
 
 def test_unknown_kind_family_merge_and_format(registry) -> None:

@@ -108,6 +108,10 @@ def test_cli_errors_leave_the_zoo_untouched(zoo_with_base) -> None:
         (["train", "richboynet", "x", "--rank", "0", "--zoo", zoo], "rank must be a positive integer"),
         (["train-base", "richboynet", "--data-dir", "/nonexistent", "--steps", "1", "--zoo", zoo],
          "MNIST is not readable under /nonexistent"),
+        (["train-base", "richboynet", "--model-arg", "depth=2", "--steps", "1", "--zoo", zoo],
+         "model 'richboynet' takes no argument 'depth'; it takes: hidden1, hidden2, num_classes"),
+        (["train-base", "richboynet", "--model-arg", "hidden1=wide", "--steps", "1", "--zoo", zoo],
+         "model 'richboynet' cannot be built with hidden1='wide'"),
     ]
     for args, message in cases:
         result = runner.invoke(cli, args)
@@ -117,6 +121,24 @@ def test_cli_errors_leave_the_zoo_untouched(zoo_with_base) -> None:
     assert sorted(str(p) for p in Path(zoo).rglob("*")) == listing
     usage = runner.invoke(cli, ["train", "richboynet", "x", "--classes", "12", "--zoo", zoo])
     assert usage.exit_code == 2 and "digits are 0 to 9" in usage.stderr
+    for model_arg, message in [("hidden1", "is not KEY=VALUE"), ("hidden1=NaN", "NaN is not a finite number")]:
+        usage = runner.invoke(cli, ["train-base", "richboynet", "--model-arg", model_arg, "--zoo", zoo])
+        assert usage.exit_code == 2 and message in usage.stderr, usage.stderr
+    usage = runner.invoke(cli, ["train-base", "richboynet", "--from", "richboynet/base@v1", "--model-arg",
+                                "hidden1=8", "--zoo", zoo])
+    assert usage.exit_code == 2 and "--from fine-tunes a base with its own config" in usage.stderr
+    assert sorted(str(p) for p in Path(zoo).rglob("*")) == listing
+
+
+def test_train_base_model_args_build_the_network_and_stay_in_its_card(tmp_path) -> None:
+    result = CliRunner().invoke(cli, ["train-base", "richboynet", "--model-arg", "hidden1=16", "--model-arg",
+                                      "hidden2=8", "--steps", "2", "--batch-size", "4", "--classes", "0,1",
+                                      "--zoo", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    entry = Zoo(tmp_path).resolve("richboynet")
+    assert entry.card["config"] == {"hidden1": 16, "hidden2": 8}  # JSON values, not text
+    model = load_base(get_registry(), entry)
+    assert model.linear1.out_features == 16 and model.linear2.out_features == 8
 
 
 def test_torchrun_two_processes_write_exactly_one_version(tmp_path) -> None:

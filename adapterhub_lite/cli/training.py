@@ -24,11 +24,15 @@ from .options import (
 @click.argument("model")
 @click.option("--from", "start", default=None, metavar="REF",
               help="Fine-tune all weights of this zoo base (e.g. MODEL/base@v1) instead of starting from scratch.")
+@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+              help="An argument of the model's constructor, recorded in the card's config so every load rebuilds "
+                   "the same network; VALUE is read as JSON when it parses (5, 0.1, [32, 64], true), else as "
+                   "text. Repeatable; a KEY the model does not take is refused with the list of those it does.")
 @train_options
 @data_dir_option
 @zoo_option
-def train_base_command(model: str, start: str | None, as_json: bool, epochs: int, steps: int | None,
-                       batch_size: int, lr: float, seed: int, schedule: str, ema: float | None,
+def train_base_command(model: str, start: str | None, model_args: tuple[str, ...], as_json: bool, epochs: int,
+                       steps: int | None, batch_size: int, lr: float, seed: int, schedule: str, ema: float | None,
                        data_dir: Path | None, zoo_dir: Path | None, **task_values: Any) -> None:
     """Train base MODEL from scratch into the zoo as MODEL/base@vN.
 
@@ -39,10 +43,12 @@ def train_base_command(model: str, start: str | None, as_json: bool, epochs: int
     from ..training import TrainOptions
     from ..workflow import DataOptions, train_base
 
+    if model_args and start is not None:
+        raise click.UsageError("--model-arg sets up a new network; --from fine-tunes a base with its own config")
     options = TrainOptions(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, schedule=schedule,
                            ema=ema)
     data = DataOptions(data_dir, config_values(click.get_current_context().command, task_values, "task"))
-    entry = train_base(*registry_and_zoo(zoo_dir), model, options, data, start=start)
+    entry = train_base(*registry_and_zoo(zoo_dir), model, options, data, parse_model_args(model_args), start=start)
     _report(entry, as_json)
 
 
@@ -97,3 +103,25 @@ def _report(entry: Any, as_json: bool) -> None:
         echo_json(entry.card)
     else:
         click.echo(f"wrote {summary_line(entry)}")
+
+
+def parse_model_args(values: tuple[str, ...]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs as constructor arguments: VALUE as JSON where it parses, else the text itself."""
+    import json
+
+    parsed: dict[str, Any] = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key.isidentifier():
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE (e.g. min_snr=5)", param_hint="--model-arg")
+        if key in parsed:
+            raise click.BadParameter(f"{key!r} is given twice", param_hint="--model-arg")
+        try:
+            parsed[key] = json.loads(text, parse_constant=_not_finite)
+        except ValueError:
+            parsed[key] = text
+    return parsed
+
+
+def _not_finite(text: str) -> None:
+    raise click.BadParameter(f"{text} is not a finite number", param_hint="--model-arg")

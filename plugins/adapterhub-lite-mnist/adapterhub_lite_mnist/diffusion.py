@@ -23,9 +23,9 @@ class Diffusion:
     def __init__(self, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  prediction: str = "epsilon", min_snr: float | None = None) -> None:
         if prediction not in PREDICTIONS:
-            raise ConfigError(f"prediction {prediction!r}: choose 'epsilon' or 'v'", option="prediction")
+            raise ConfigError(f"prediction {prediction!r}: choose 'epsilon' or 'v' (a model argument)")
         if min_snr is not None and min_snr <= 0:
-            raise ConfigError(f"min_snr is a positive gamma (e.g. 5), got {min_snr!r}", option="min_snr")
+            raise ConfigError(f"min_snr is a positive gamma (e.g. 5), got {min_snr!r} (a model argument)")
         self.steps, self.prediction, self.min_snr = steps, prediction, min_snr
         self.betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
         self.alpha_bar = torch.cumprod(1.0 - self.betas, dim=0)
