@@ -121,7 +121,8 @@ def test_cli_errors_leave_the_zoo_untouched(zoo_with_base) -> None:
     assert sorted(str(p) for p in Path(zoo).rglob("*")) == listing
     usage = runner.invoke(cli, ["train", "richboynet", "x", "--classes", "12", "--zoo", zoo])
     assert usage.exit_code == 2 and "digits are 0 to 9" in usage.stderr
-    for model_arg, message in [("hidden1", "is not KEY=VALUE"), ("hidden1=NaN", "NaN is not a finite number")]:
+    for model_arg, message in [("hidden1", "is not KEY=VALUE"), ("hidden1=NaN", "NaN is not a finite number"),
+                               ("1x=8", "is not an argument name")]:
         usage = runner.invoke(cli, ["train-base", "richboynet", "--model-arg", model_arg, "--zoo", zoo])
         assert usage.exit_code == 2 and message in usage.stderr, usage.stderr
     usage = runner.invoke(cli, ["train-base", "richboynet", "--from", "richboynet/base@v1", "--model-arg",
