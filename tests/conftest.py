@@ -147,6 +147,23 @@ def _family_delta(layer: Any, name: str) -> dict[str, torch.Tensor] | None:
     return None
 
 
+def dora_cancellation(layer: Any, names: list[str]) -> float:
+    """How nearly the named DoRA adapters cancel a channel of the base weight: max over channels of
+    (||W|| + ||s B A||) / ||W + s B A|| (1 for other families). DoRA's direction (W + s B A) / ||W + s B A|| is
+    undefined where a channel's W + s B A vanishes, and its rounding error grows with this ratio near there, in
+    PEFT's layers as in ours (neither guards the division): no dtype meets a fixed tolerance on such a draw."""
+    worst = 1.0
+    for name in names:
+        config = layer.configs[name]
+        if config.kind != "dora":
+            continue
+        weight = _d(layer.base_state()["weight"]).flatten(1)
+        low = _low_rank(layer.adapters[name], config, getattr(layer.base, "groups", 1)).flatten(1)
+        ratio = (weight.norm(dim=1) + low.norm(dim=1)) / (weight + low).norm(dim=1)
+        worst = max(worst, ratio.max().item())
+    return worst
+
+
 def reference_delta(layer: Any, name: str) -> dict[str, torch.Tensor]:
     """The adapter's change to each base parameter, in float64, written here from each family's definition
     and the adapter's own factors: independent of the plugin's merge, cache and forward code."""
