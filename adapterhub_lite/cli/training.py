@@ -115,8 +115,8 @@ def parse_model_args(values: tuple[str, ...]) -> dict[str, Any]:
         if not sep:
             raise click.BadParameter(f"{value!r} is not KEY=VALUE (e.g. min_snr=5)", param_hint="--model-arg")
         if not key.isidentifier():
-            raise click.BadParameter(f"{key!r} is not an argument name (letters, digits and _, not starting with "
-                                     "a digit)", param_hint="--model-arg")
+            raise click.BadParameter(f"{key!r} is not an argument name (a Python identifier, e.g. min_snr)",
+                                     param_hint="--model-arg")
         if key in parsed:
             raise click.BadParameter(f"{key!r} is given twice", param_hint="--model-arg")
         try:
