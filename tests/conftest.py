@@ -126,13 +126,19 @@ def _d(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().double()
 
 
+def _dora_terms(layer: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """W and s B A of a DoRA adapter's layer, in float64, shaped like the base weight."""
+    groups = getattr(layer.base, "groups", 1)
+    return _d(layer.base_state()["weight"]), _low_rank(layer.adapters[name], layer.configs[name], groups)
+
+
 def _family_delta(layer: Any, name: str) -> dict[str, torch.Tensor] | None:
     """Families other than LoRA, each from its published definition."""
     base, f, config = layer.base, layer.adapters[name], layer.configs[name]
     shape = getattr(base, "weight", torch.empty(0)).shape
     if config.kind == "dora":  # m * (W + s B A) / ||W + s B A|| - W, the norm per output channel
-        weight = _d(layer.base_state()["weight"])
-        directed = weight + _low_rank(f, config, getattr(base, "groups", 1))
+        weight, low = _dora_terms(layer, name)
+        directed = weight + low
         ratio = _d(f.lora_magnitude) / directed.flatten(1).norm(dim=1)
         return {"weight": ratio.view(-1, *(1,) * (weight.dim() - 1)) * directed - weight}
     if config.kind == "loha":  # (w1a w1b) * (w2a w2b) * alpha / r
@@ -154,11 +160,9 @@ def dora_cancellation(layer: Any, names: list[str]) -> float:
     PEFT's layers as in ours (neither guards the division): no dtype meets a fixed tolerance on such a draw."""
     worst = 1.0
     for name in names:
-        config = layer.configs[name]
-        if config.kind != "dora":
+        if layer.configs[name].kind != "dora":
             continue
-        weight = _d(layer.base_state()["weight"]).flatten(1)
-        low = _low_rank(layer.adapters[name], config, getattr(layer.base, "groups", 1)).flatten(1)
+        weight, low = (t.flatten(1) for t in _dora_terms(layer, name))
         ratio = (weight.norm(dim=1) + low.norm(dim=1)) / (weight + low).norm(dim=1)
         worst = max(worst, ratio.max().item())
     return worst
