@@ -287,8 +287,8 @@ def ddpm_fast(result: dict[str, Any]) -> list[str]:
         f"resolution with a fourth level (`model_args` {json.dumps(step['model_args'])}), the v-prediction and "
         f"Min-SNR-5 of `ddpm-v`, {step['options']['steps']:,} steps, batch {step['options']['batch_size']}, cosine "
         f"schedule, samples from an exponential moving average of the weights (`ema` {step['options']['ema']}). "
-        "Sized to the build time of the machine it ran on (sources above; about a quarter of the earlier "
-        "machine's training speed), then tried once, on seed 1 (where `ddpm-v` and `ddpm-v-long` missed), on "
+        "Sized to the build time of the slower machine it ran on (sources above; its speed in the notes below), "
+        "then tried once, on seed 1 (where `ddpm-v` and `ddpm-v-long` missed), on "
         "validation samples, before every seed ran (notes below)."])
 
 
@@ -325,8 +325,7 @@ def dial(result: dict[str, Any]) -> list[str]:
     trained = runs(result, "inverted-dial")
     recipe = recipe_step("ddpm-dial", "inverted-dial")
     out = ["## 3b. A style dial: the inverted style at w = 0 ... 1", "",
-           "Profile `ddpm-dial`, run on the zoos the `ddpm-fast` profile built (each seed's base of section 3a'): "
-           "an "
+           "Profile `ddpm-dial`, run on the zoos the `ddpm-fast` profile built (each seed's base of section 3a'): an "
            f"inverted-style LoRA (rank {recipe['adapter']['rank']}, {recipe['options']['steps']:,} steps) trained "
            "with `--dial`: each batch runs the adapter at a random weight w in [0, 1] against images that keep "
            "the style with probability w. Then samples at w = 0, 0.25, 0.5, 0.75, 1 (w = 0 is the base itself). "
