@@ -137,9 +137,10 @@ def _family_delta(layer: Any, name: str) -> dict[str, torch.Tensor] | None:
     base, f, config = layer.base, layer.adapters[name], layer.configs[name]
     shape = getattr(base, "weight", torch.empty(0)).shape
     if config.kind == "dora":  # m * (W + s B A) / ||W + s B A|| - W, the norm per output channel
-        weight, low = _dora_terms(layer, name)
+        weight, low = _dora_terms(layer, name)  # a channel where W + s B A is zero has no direction: W' = 0 there
         directed = weight + low
-        ratio = _d(f.lora_magnitude) / directed.flatten(1).norm(dim=1)
+        norm = directed.flatten(1).norm(dim=1)
+        ratio = torch.where(norm > 0, _d(f.lora_magnitude) / norm, 0.0)
         return {"weight": ratio.view(-1, *(1,) * (weight.dim() - 1)) * directed - weight}
     if config.kind == "loha":  # (w1a w1b) * (w2a w2b) * alpha / r
         product = (_d(f.hada_w1_a) @ _d(f.hada_w1_b)) * (_d(f.hada_w2_a) @ _d(f.hada_w2_b))
@@ -157,7 +158,8 @@ def dora_cancellation(layer: Any, names: list[str]) -> float:
     """How nearly the named DoRA adapters cancel a channel of the base weight: max over channels of
     (||W|| + ||s B A||) / ||W + s B A|| (1 for other families). DoRA's direction (W + s B A) / ||W + s B A|| is
     undefined where a channel's W + s B A vanishes, and its rounding error grows with this ratio near there, in
-    PEFT's layers as in ours (neither guards the division): no dtype meets a fixed tolerance on such a draw."""
+    PEFT's layers as in ours (ours takes only an exactly zero channel as zero): no dtype meets a fixed tolerance
+    on such a draw."""
     worst = 1.0
     for name in names:
         if layer.configs[name].kind != "dora":

@@ -81,6 +81,37 @@ def test_ours_export_loads_in_peft_with_the_same_outputs(tmp_path, base_state, f
         assert_matches_reference(loaded(X), want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dora_on_zero_channels_keeps_them_zero_instead_of_nan(base_state, dtype) -> None:
+    """A pruned or zero-initialised output channel (Llama-3.1-8B's o_proj has hundreds: PEFT issue #2049, where
+    DoRA gives NaN at the first step) has no direction: DoRA leaves it at its bias, and everything stays finite."""
+    base_state = {k: v.clone() for k, v in base_state.items()}
+    base_state["conv.weight"][2] = 0
+    base_state["fc1.weight"][5] = 0
+    am = AdaptedModel(small(base_state).to(dtype), registry=get_registry())
+    am.add_adapter("x", _config("dora", "plain"))
+    inputs = X.to(dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(am(inputs), small(base_state).to(dtype)(inputs))  # a fresh adapter changes nothing
+    trainable = [p for p in am.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        am(inputs).square().mean().backward()
+        assert all(torch.isfinite(p.grad).all() for p in trainable)
+        optimizer.step()
+    with torch.no_grad():
+        conv, fc1 = am.model.conv(inputs), am.model.fc1(torch.ones(2, 6, dtype=dtype))
+        assert torch.isfinite(am(inputs)).all() and torch.isfinite(conv).all()
+        assert torch.equal(conv[:, 2], am.model.conv.base.bias[2].expand_as(conv[:, 2]))
+        assert torch.equal(fc1[:, 5], am.model.fc1.base.bias[5].expand(2))
+        if dtype == torch.float32:  # the definition in float64 (tests/conftest.py), and the merged weights
+            assert_matches_reference(am(inputs), reference_model(am)(inputs.double()))
+            unmerged = am(inputs)
+            am.merge(["x"])
+            torch.testing.assert_close(am(inputs), unmerged)
+
+
 PEFT_CONFIGS = {
     "loha": lambda: peft.LoHaConfig(r=2, alpha=3, target_modules=TARGETS, init_weights=False,
                                     rank_pattern={"fc2": 3}, alpha_pattern={"conv": 5}),

@@ -6,6 +6,11 @@ autograd records (the paper's section 4.3: the norm is treated as a constant, so
 with a live dropout in training both terms see the dropped input. Several DoRA adapters on one layer add
 their deltas, each taken against the base weight (PEFT instead feeds a second adapter the first one's output,
 which makes its stack depend on the order).
+
+Two guards PEFT lacks (its issue #2049: DoRA on Llama-3.1-8B's o_proj gives NaN at the first step): n and m / n
+are computed in float32 at least and rounded to the weight's dtype once, so half-precision weights lose no
+digits in the norm; and a channel whose W + s B A is exactly zero (a pruned or zero-initialised row) has no
+direction, so it is taken as zero, W' = 0 there (as `F.normalize` does), instead of 0 / 0.
 """
 
 from __future__ import annotations
@@ -33,16 +38,19 @@ class _Dora:
         return factors
 
     def _norm(self, weight: Tensor, delta: Tensor) -> Tensor:
-        """||W + delta|| per output channel, flat (out,)."""
-        return (weight + delta).flatten(1).norm(dim=1)
+        """||W + delta|| per output channel, flat (out,), in float32 at least."""
+        wide = torch.promote_types(weight.dtype, torch.float32)
+        return (weight.to(wide) + delta.to(wide)).flatten(1).norm(dim=1)
 
     def _ratio(self, name: str) -> Tensor:
-        """m / n per output channel (n detached while autograd records, as PEFT does)."""
+        """m / n per output channel in the weight's dtype (n detached while autograd records, as PEFT does); 0
+        where W + s B A is exactly zero, so that channel's W' is zero rather than 0 / 0."""
         factors = self.factors(name)  # type: ignore[attr-defined]
         weight = self.base_state()["weight"]  # type: ignore[attr-defined]
-        lora = self.factor_weight(factors)  # type: ignore[attr-defined]
-        norm = self._norm(weight, lora.to(weight.dtype))
-        return factors.lora_magnitude / norm.detach()
+        norm = self._norm(weight, self.factor_weight(factors)).detach()  # type: ignore[attr-defined]
+        magnitude = factors.lora_magnitude.to(norm.dtype)
+        ratio = torch.where(norm > 0, magnitude / norm.where(norm > 0, 1.0), 0.0)
+        return ratio.to(weight.dtype)
 
     def delta(self, name: str, x: Tensor) -> Tensor:
         x = self.factors(name).dropout(x)  # type: ignore[attr-defined]
