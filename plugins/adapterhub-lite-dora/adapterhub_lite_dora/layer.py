@@ -8,8 +8,8 @@ their deltas, each taken against the base weight (PEFT instead feeds a second ad
 which makes its stack depend on the order).
 
 Two guards PEFT lacks (its issue #2049: DoRA on Llama-3.1-8B's o_proj gives NaN at the first step): n and m / n
-are computed in float32 at least and rounded to the weight's dtype once, so half-precision weights lose no
-digits in the norm; and a channel whose W + s B A is exactly zero (a pruned or zero-initialised row) has no
+are computed in float32 at least and rounded to the weight's dtype once, so half-precision weights are not
+rounded again in the sum W + s B A and its norm; and a channel whose W + s B A is exactly zero (a pruned or zero-initialised row) has no
 direction, so it is taken as zero, W' = 0 there (as `F.normalize` does), instead of 0 / 0.
 """
 
