@@ -83,7 +83,7 @@ def test_ours_export_loads_in_peft_with_the_same_outputs(tmp_path, base_state, f
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_dora_on_zero_channels_keeps_them_zero_instead_of_nan(base_state, dtype) -> None:
-    """A pruned or zero-initialised output channel (Llama-3.1-8B's o_proj has hundreds: PEFT issue #2049, where
+    """A pruned or zero-initialised output channel (PEFT issue #2049 reports them in Llama-3.1-8B's o_proj, where
     DoRA gives NaN at the first step) has no direction: DoRA leaves it at its bias, and everything stays finite."""
     base_state = {k: v.clone() for k, v in base_state.items()}
     base_state["conv.weight"][2] = 0

@@ -477,8 +477,7 @@ def render() -> str:
             "split (5,000 training images held out, fixed seed) and measured on test once.", ""]
     for profile, section in (("richboynet", richboynet), ("mnist-cnn", cnn), ("ddpm-unet", ddpm),
                              ("ddpm-v", ddpm_v), ("ddpm-fast", ddpm_fast), ("ddpm-fast32", ddpm_fast32),
-                             ("ddpm-dial", dial),
-                             ("families", families)):
+                             ("ddpm-dial", dial), ("families", families)):
         result = load(profile)
         out += section(result) if result else [f"(No committed results for `{profile}` yet.)", ""]
     notes = HERE / "notes.md"

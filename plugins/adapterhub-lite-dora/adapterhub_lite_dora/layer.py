@@ -9,8 +9,9 @@ which makes its stack depend on the order).
 
 Two guards PEFT lacks (its issue #2049: DoRA on Llama-3.1-8B's o_proj gives NaN at the first step): n and m / n
 are computed in float32 at least and rounded to the weight's dtype once, so half-precision weights are not
-rounded again in the sum W + s B A and its norm; and a channel whose W + s B A is exactly zero (a pruned or zero-initialised row) has no
-direction, so it is taken as zero, W' = 0 there (as `F.normalize` does), instead of 0 / 0.
+rounded again in the sum W + s B A and its norm; and a channel whose W + s B A is exactly zero (a pruned or
+zero-initialised row) has no direction, so it is taken as zero, W' = 0 there (as `F.normalize` does), instead
+of 0 / 0.
 """
 
 from __future__ import annotations
@@ -49,8 +50,7 @@ class _Dora:
         weight = self.base_state()["weight"]  # type: ignore[attr-defined]
         norm = self._norm(weight, self.factor_weight(factors)).detach()  # type: ignore[attr-defined]
         magnitude = factors.lora_magnitude.to(norm.dtype)
-        ratio = torch.where(norm > 0, magnitude / norm.where(norm > 0, 1.0), 0.0)
-        return ratio.to(weight.dtype)
+        return (magnitude / norm.where(norm > 0, torch.inf)).to(weight.dtype)  # m / inf = 0
 
     def delta(self, name: str, x: Tensor) -> Tensor:
         x = self.factors(name).dropout(x)  # type: ignore[attr-defined]
