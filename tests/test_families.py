@@ -12,7 +12,7 @@ from adapterhub_lite_formats import peft as peft_format
 from conftest import assert_matches_reference, entries_for_kind, reference_model
 from torch import nn
 
-from adapterhub_lite import AdaptedModel, get_registry
+from adapterhub_lite import AdaptedModel, AdapterhubWarning, get_registry
 
 X = torch.randn(3, 4, 6, 6, generator=torch.Generator().manual_seed(5))
 TARGETS = ["conv", "fc1", "fc2"]
@@ -110,6 +110,23 @@ def test_dora_on_zero_channels_keeps_them_zero_instead_of_nan(base_state, dtype)
             unmerged = am(inputs)
             am.merge(["x"])
             torch.testing.assert_close(am(inputs), unmerged)
+
+
+@pytest.mark.parametrize("fmt", ["peft", "kohya"])
+def test_exporting_dora_with_zero_channels_warns_that_readers_give_nan(tmp_path, base_state, fmt) -> None:
+    """The file is exact, but PEFT divides by each channel's norm of W + s B A: where it is zero, NaN."""
+    plain = AdaptedModel(small(base_state), registry=get_registry())
+    plain.add_adapter("x", _config("dora", "plain"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AdapterhubWarning)
+        plain.export("x", format=fmt, dest=tmp_path / "plain")  # no zero channel: no warning
+    base_state = {k: v.clone() for k, v in base_state.items()}
+    base_state["conv.weight"][2] = 0
+    base_state["fc1.weight"][4:6] = 0
+    pruned = AdaptedModel(small(base_state), registry=get_registry())
+    pruned.add_adapter("x", _config("dora", "plain"))
+    with pytest.warns(AdapterhubWarning, match=r"in conv \(1\), fc1 \(2\): .* NaN"):
+        pruned.export("x", format=fmt, dest=tmp_path / "pruned")
 
 
 PEFT_CONFIGS = {

@@ -52,6 +52,13 @@ class _Dora:
         magnitude = factors.lora_magnitude.to(norm.dtype)
         return (magnitude / norm.where(norm > 0, torch.inf)).to(weight.dtype)  # m / inf = 0
 
+    def zero_channels(self, name: str) -> int:
+        """How many output channels have W + s B A exactly zero (kept at their bias here; a reader that divides
+        by their norm, as PEFT does, gives NaN there: exporters warn)."""
+        weight = self.base_state()["weight"]  # type: ignore[attr-defined]
+        lora = self.factor_weight(self.factors(name))  # type: ignore[attr-defined]
+        return int((self._norm(weight, lora) == 0).sum())
+
     def delta(self, name: str, x: Tensor) -> Tensor:
         x = self.factors(name).dropout(x)  # type: ignore[attr-defined]
         return self._delta_on(name, x, self.forward_with({"weight": self.base_state()["weight"], "bias": None}, x))  # type: ignore[attr-defined]

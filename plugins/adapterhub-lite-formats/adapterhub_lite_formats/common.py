@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from adapterhub_lite import AdaptedModel, AdapterFileError, IncompatibleAdapterError, load_tensors
+from adapterhub_lite import (AdaptedModel, AdapterFileError, AdapterhubWarning, IncompatibleAdapterError,
+                            load_tensors)
 from adapterhub_lite_lora import LoraConfig, LowRankLayer
 
 
@@ -51,14 +53,26 @@ def plain_lora(am: AdaptedModel, name: str, fmt: str, skip: frozenset[str] | set
 
 def dora_modules(am: AdaptedModel, bundle: Any, fmt: str) -> dict[str, tuple[Any, str]]:
     """DoRA's modules as files hold them (a LoRA pair and a magnitude on Linear or ungrouped Conv2d): per
-    module, its config and kind."""
+    module, its config and kind. Warns when a channel's W + s B A is exactly zero: the file is exact, but a
+    reader that divides by that norm gives NaN there."""
     out = {}
+    zero: dict[str, int] = {}
+    layers = am.layers()
     for module, config in bundle.configs.items():
         base = am.model.get_submodule(module).base
         if not isinstance(base, (nn.Linear, nn.Conv2d)) or getattr(base, "groups", 1) != 1:
             raise IncompatibleAdapterError(f"the {fmt} format holds DoRA on Linear and ungrouped Conv2d; {module!r} "
                                            "is not one")
         out[module] = (config, bundle.kinds[module])
+        count = getattr(layers[module].layer_of(bundle.name), "zero_channels", None)
+        if count is not None and count(bundle.name):
+            zero[module] = count(bundle.name)
+    if zero:
+        shown_zero = ", ".join(f"{m} ({n})" for m, n in sorted(zero.items()))
+        warnings.warn(f"DoRA channels whose W + s B A is exactly zero, in {shown_zero}: they stay at their bias "
+                      f"here, but PEFT (0.21) divides by their norm and gives NaN there: keep the native format, "
+                      f"or leave those modules out of the adapter, for readers of this {fmt} file", AdapterhubWarning,
+                      stacklevel=3)
     return out
 
 
