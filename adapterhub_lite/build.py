@@ -260,7 +260,7 @@ def _evaluate_step(registry: Registry, zoo: Zoo, step: dict[str, Any], seed: int
                    data_dir: Path | None) -> dict[str, Any]:
     refs = [_ref(built, r) for r in step["refs"]]
     am, base = stack(registry, zoo, refs)
-    result: dict[str, Any] = {"refs": refs}
+    result: dict[str, Any] = {"refs": refs, "base": base.ref}  # the exact version: a ref 'MODEL/base' names the latest
     if step.get("sample"):
         task = registry.get_model(base.model).task
         images = task.sample(am.model, step["sample"], seed=seed)

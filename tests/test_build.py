@@ -52,6 +52,7 @@ def test_build_runs_every_seed_and_aggregates(tmp_path) -> None:
     summary = report["summary"]["nines"]["all.accuracy"]
     assert summary == {"mean": pytest.approx(sum(accuracies) / 2), "min": min(accuracies), "max": max(accuracies)}
     assert report["per_seed"]["0"]["nines-half"]["refs"] == ["richboynet/nines@v1=0.5"]
+    assert report["per_seed"]["1"]["nines-half"]["base"] == "richboynet/base@v2"  # the exact base it measured on
     half = report["per_seed"]["0"]["inv-half"]
     assert Path(half["grid"]).is_file()
     # the metric, recomputed here from the same 4 samples: the share whose 2-pixel border averages above 0.5
