@@ -64,9 +64,9 @@ def dora_modules(am: AdaptedModel, bundle: Any, fmt: str) -> dict[str, tuple[Any
             raise IncompatibleAdapterError(f"the {fmt} format holds DoRA on Linear and ungrouped Conv2d; {module!r} "
                                            "is not one")
         out[module] = (config, bundle.kinds[module])
-        count = getattr(layers[module].layer_of(bundle.name), "zero_channels", None)
-        if count is not None and count(bundle.name):
-            zero[module] = count(bundle.name)
+        count = getattr(layers[module].layer_of(bundle.name), "zero_channels", None)  # the DoRA layer's
+        if count is not None and (channels := count(bundle.name)):
+            zero[module] = channels
     if zero:
         shown_zero = ", ".join(f"{m} ({n})" for m, n in sorted(zero.items()))
         warnings.warn(f"DoRA channels whose W + s B A is exactly zero, in {shown_zero}: they stay at their bias "
