@@ -310,7 +310,7 @@ def ddpm_fast32(result: dict[str, Any]) -> list[str]:
 
 def recount(result: dict[str, Any], again: dict[str, Any] | None) -> list[str]:
     """Rows for the same bases judged again on more test samples (profile `ddpm-recount`, run in the zoos the
-    base's profile built): one run's share of 256 samples moves by about 3 points, of 1,024 by about 1.5."""
+    base's profile built): one run's share of 256 samples moves by about 3 points, of 1,024 by about 1.6."""
     if not again:
         return []
     seeds = result["seeds"]
@@ -320,14 +320,20 @@ def recount(result: dict[str, Any], again: dict[str, Any] | None) -> list[str]:
         return [row("(ddpm-recount judged other bases than these: not shown)", ["" for _ in seeds])]
     metrics = [r["metrics"] for r in judged]
     n = f"{metrics[0]['samples']:,}"
-    rec = [m["recognisable"] for m in metrics]
-    share = [m["max_class_share"] for m in metrics]
-    fewest = [min(m["class_histogram"]) for m in metrics]
-    return [row(f"recognisable, {n} test samples", [pct(v) for v in rec], pct(mean(rec)),
+    return judged_rows(metrics, f", {n} test samples", f", of {n}")
+
+
+def judged_rows(metrics: list[dict[str, Any]], samples: str = "", rarest: str = "") -> list[str]:
+    """The judge's verdicts on each seed's DDPM samples (issue 16's targets), labels ending in `samples` and
+    `rarest`."""
+    rec = [m.get("recognisable", 0.0) for m in metrics]
+    share = [m.get("max_class_share", 0.0) for m in metrics]
+    fewest = [min(m.get("class_histogram", [0])) for m in metrics]
+    return [row(f"recognisable{samples}", [pct(v) for v in rec], pct(mean(rec)),
                 verdict(min(rec) >= 0.5, ">= 50% on every seed")),
-            row(f"largest class share, {n} test samples", [pct(v) for v in share], pct(mean(share)),
+            row(f"largest class share{samples}", [pct(v) for v in share], pct(mean(share)),
                 verdict(max(share) <= 0.2, "<= 20% on every seed")),
-            row(f"samples of the rarest digit, of {n}", [str(v) for v in fewest], "",
+            row(f"samples of the rarest digit{rarest}", [str(v) for v in fewest], "",
                 verdict(min(fewest) > 0, "every digit drawn on every seed"))]
 
 
@@ -339,15 +345,7 @@ def ddpm_base(result: dict[str, Any], title: str, intro: list[str], more: list[s
     base = runs(result, "ddpm-unet-base")
     out = [title, "", " ".join([*intro, "256 DDIM samples (25 steps) judged on test.", *more_intro]), "",
            *header(seeds)]
-    metrics = [r["metrics"] for r in base]
-    rec = [m.get("recognisable", 0.0) for m in metrics]
-    out.append(row("recognisable", [pct(v) for v in rec], pct(mean(rec)), verdict(min(rec) >= 0.5, ">= 50% on every seed")))
-    share = [m.get("max_class_share", 0.0) for m in metrics]
-    out.append(row("largest class share", [pct(v) for v in share], pct(mean(share)),
-                   verdict(max(share) <= 0.2, "<= 20% on every seed")))
-    fewest = [min(m.get("class_histogram", [0])) for m in metrics]
-    out.append(row("samples of the rarest digit", [str(v) for v in fewest], "",
-                   verdict(min(fewest) > 0, "every digit drawn on every seed")))
+    out += judged_rows([r["metrics"] for r in base])
     out += more
     val = [r["validation"].get("recognisable", 0.0) for r in base if r.get("validation")]
     if len(val) == len(seeds):
