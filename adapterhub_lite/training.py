@@ -36,6 +36,7 @@ class TrainOptions:
     schedule: str = "constant"  # or "cosine": decay the learning rate to 0 over the run
     ema: float | None = None  # keep an exponential moving average of the trained weights; the result is the average
     dial: bool = False  # train an adapter for every weight in [0, 1]: see `fit`
+    dial_power: float = 1.0  # dial weights drawn with density proportional to w^(power - 1): 1 is uniform
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -47,10 +48,16 @@ class TrainOptions:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise ConfigError(f"ema is a decay between 0 and 1 (e.g. 0.999), got {self.ema!r}", option="ema")
+        if not self.dial_power > 0:
+            raise ConfigError(f"dial power must be positive (1 draws weights uniformly), got {self.dial_power!r}",
+                              option="dial_power")
+        if self.dial_power != 1.0 and not self.dial:
+            raise ConfigError("dial power sets how dial weights are drawn: it needs --dial", option="dial_power")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items()
-                if k != "progress" and not (k == "ema" and v is None) and not (k == "dial" and not v)}
+                if k != "progress" and not (k == "ema" and v is None) and not (k == "dial" and not v)
+                and not (k == "dial_power" and v == 1.0)}
 
 
 class WeightAverage:
@@ -127,9 +134,11 @@ def fit(model: nn.Module, params: Sequence[nn.Parameter], task: Task, inputs: to
         label: str = "training", dial: Dial | None = None) -> dict[str, Any]:
     """Train `params` of `model` on (inputs, labels); returns a summary for the zoo card.
 
-    With `options.dial`, every batch draws a weight w uniformly from [0, 1], runs the adapter at w
+    With `options.dial`, every batch draws a weight w from [0, 1], runs the adapter at w
     (`dial.set_weight`) and trains on the task's targets blended by w (`dial.blend`): so the adapter
-    learns what each weight should give, and its weight becomes a dial rather than a strength.
+    learns what each weight should give, and its weight becomes a dial rather than a strength. The draw is
+    uniform, or with `dial_power` p the density is p w^(p-1): at p = 2 twice as many batches near w = 1 as
+    at 0.5 and few near 0, where a LoRA delta scaled by w barely moves the output.
     """
     if len(inputs) == 0:
         raise ConfigError("no training data: the data options select nothing")
@@ -171,7 +180,8 @@ def fit(model: nn.Module, params: Sequence[nn.Parameter], task: Task, inputs: to
                     extra = torch.randint(0, len(replay[0]), (options.replay,), generator=order)[dist.rank::dist.world]
                     x, y = torch.cat([x, replay[0][extra]]), torch.cat([y, replay[1][extra]])
                 if options.dial:
-                    weight = float(torch.rand((), generator=order))  # the same weight on every rank
+                    # the same weight on every rank; u^(1/p) has density p w^(p-1) on [0, 1]
+                    weight = float(torch.rand((), generator=order)) ** (1.0 / options.dial_power)
                     dial.set_weight(weight)
                     x, y = dial.blend(x, y, weight, noise)
                 loss = task.loss(net, x, y, noise)

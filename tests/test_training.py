@@ -136,6 +136,40 @@ def test_dial_training_runs_each_batch_at_its_weight_against_targets_blended_by_
     assert summary["steps"] == 400
 
 
+def test_dial_power_draws_weights_nearer_one_from_the_same_uniform_draws(registry) -> None:
+    """dial_power p draws w = u^(1/p) (density p w^(p-1)): the same run at p = 2 turns each uniform draw u into
+    sqrt(u), so three quarters of the batches train above w = 0.5; p = 1 is the uniform draw itself."""
+    from adapterhub_lite.training import Dial
+
+    def weights(power: float) -> list[float]:
+        model = nn.Sequential(nn.Linear(2, 2))
+        am = AdaptedModel(model, registry=registry)
+        am.add_adapter("fit", LoraConfig(targets=["0"], rank=1, alpha=1))
+        drawn: list[float] = []
+        fit(model, am.trainable_parameters(), Regression(), torch.randn(8, 2), torch.randn(8, 2),
+            TrainOptions(steps=2000, batch_size=4, dial=True, dial_power=power, progress=False),
+            dial=Dial(set_weight=lambda w: None, blend=lambda x, y, w, g: (drawn.append(w), (x, y))[1]))
+        return drawn
+
+    uniform, squared = weights(1.0), weights(2.0)
+    assert squared == [u ** 0.5 for u in uniform]
+    assert abs(sum(w < 0.5 for w in uniform) / 2000 - 0.5) < 0.05
+    assert abs(sum(w < 0.5 for w in squared) / 2000 - 0.25) < 0.05
+    assert TrainOptions(dial=True, dial_power=2).to_dict()["dial_power"] == 2
+    assert "dial_power" not in TrainOptions(dial=True).to_dict()
+
+
+def test_dial_power_is_positive_and_needs_dial() -> None:
+    import pytest
+
+    from adapterhub_lite import ConfigError
+
+    with pytest.raises(ConfigError, match="must be positive"):
+        TrainOptions(dial=True, dial_power=0)
+    with pytest.raises(ConfigError, match="needs --dial"):
+        TrainOptions(dial_power=2)
+
+
 def test_dial_needs_an_adapter_and_a_task_that_blends() -> None:
     import pytest
 
