@@ -138,7 +138,7 @@ def fit(model: nn.Module, params: Sequence[nn.Parameter], task: Task, inputs: to
     (`dial.set_weight`) and trains on the task's targets blended by w (`dial.blend`): so the adapter
     learns what each weight should give, and its weight becomes a dial rather than a strength. The draw is
     uniform, or with `dial_power` p the density is p w^(p-1): at p = 2 twice as many batches near w = 1 as
-    at 0.5 and few near 0, where a LoRA delta scaled by w barely moves the output.
+    at 0.5 and few near 0, where an adapter's change scaled by w barely moves the output.
     """
     if len(inputs) == 0:
         raise ConfigError("no training data: the data options select nothing")

@@ -65,7 +65,7 @@ def train_base_command(model: str, start: str | None, model_args: tuple[str, ...
                    "the task's data blended by w, so NAME=0.5 gives a halfway result (the task must blend).")
 @click.option("--dial-power", type=float, default=1.0, show_default=True, metavar="P",
               help="With --dial, draw w with density P w^(P-1): 1 is uniform, 2 trains twice as often near w = 1 "
-                   "as at 0.5 (where a dial that falls short of full style at w = 1 needs it).")
+                   "as at 0.5, for a dial that falls short of the full style at w = 1.")
 @train_options
 @data_dir_option
 @zoo_option
