@@ -23,7 +23,7 @@ from adapterhub_lite.workflow import load_base, stack
 from adapterhub_lite_mnist.tasks import GenerateTask, sample_metrics
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-SAMPLES = 256
+SAMPLES, STEPS = GenerateTask.EVAL_SAMPLES, GenerateTask.EVAL_STEPS  # as a build's evaluate step samples
 
 
 def main() -> None:
@@ -37,18 +37,18 @@ def main() -> None:
     torch.set_num_threads(2)
     registry, zoo, task = get_registry(), Zoo(args.zoo), GenerateTask()
     judge = load_base(registry, zoo.resolve("richboynet"))
-    sample_seed = args.seed + (10_000 if args.split == "val" else 0)
+    sample_seed = args.seed + (GenerateTask.VAL_SEED_OFFSET if args.split == "val" else 0)
     share_draw = torch.rand(SAMPLES, generator=torch.Generator().manual_seed(12345)).tolist()
+    adapted, _ = stack(registry, zoo, [f"ddpm-unet/{args.name}=1"])  # loaded once; weight or route per row
     rows = []
     for weight in WEIGHTS:
         if args.output_space:
-            adapted, _ = stack(registry, zoo, [f"ddpm-unet/{args.name}=1"])
             route = [args.name if draw < weight else None for draw in share_draw]
             with torch.no_grad(), adapted.routing(route):
-                images = task.sample(adapted.model, SAMPLES, seed=sample_seed, steps=25)
+                images = task.sample(adapted.model, SAMPLES, seed=sample_seed, steps=STEPS)
         else:
-            adapted, _ = stack(registry, zoo, [f"ddpm-unet/{args.name}={weight}"])
-            images = task.sample(adapted.model, SAMPLES, seed=sample_seed, steps=25)
+            adapted.set_weight(args.name, weight)
+            images = task.sample(adapted.model, SAMPLES, seed=sample_seed, steps=STEPS)
         metrics = sample_metrics(images, judge)
         rows.append(metrics)
         print(json.dumps({"w": weight, "split": args.split, "light_background": metrics["light_background"],
