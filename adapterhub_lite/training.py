@@ -8,6 +8,7 @@ gradients sinks into float32 denormals and slows every step ~2.5x otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -37,6 +38,7 @@ class TrainOptions:
     ema: float | None = None  # keep an exponential moving average of the trained weights; the result is the average
     dial: bool = False  # train an adapter for every weight in [0, 1]: see `fit`
     dial_power: float = 1.0  # dial weights drawn with density proportional to w^(power - 1): 1 is uniform
+    dial_draws: int = 1  # dial weights per batch, one per part of the batch, stratified over [0, 1]
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -53,11 +55,17 @@ class TrainOptions:
                               option="dial_power")
         if self.dial_power != 1.0 and not self.dial:
             raise ConfigError("dial power sets how dial weights are drawn: it needs --dial", option="dial_power")
+        if not (isinstance(self.dial_draws, int) and self.dial_draws >= 1):
+            raise ConfigError(f"dial draws is a whole number of weights per batch (1 or more), got "
+                              f"{self.dial_draws!r}", option="dial_draws")
+        if self.dial_draws != 1 and not self.dial:
+            raise ConfigError("dial draws sets how many dial weights each batch trains: it needs --dial",
+                              option="dial_draws")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items()
                 if k != "progress" and not (k == "ema" and v is None) and not (k == "dial" and not v)
-                and not (k == "dial_power" and v == 1.0)}
+                and not (k == "dial_power" and v == 1.0) and not (k == "dial_draws" and v == 1)}
 
 
 class WeightAverage:
@@ -138,7 +146,8 @@ def fit(model: nn.Module, params: Sequence[nn.Parameter], task: Task, inputs: to
     (`dial.set_weight`) and trains on the task's targets blended by w (`dial.blend`): so the adapter
     learns what each weight should give, and its weight becomes a dial rather than a strength. The draw is
     uniform, or with `dial_power` p the density is p w^(p-1): at p = 2 twice as many batches near w = 1 as
-    at 0.5 and few near 0, where an adapter's change scaled by w barely moves the output.
+    at 0.5 and few near 0, where an adapter's change scaled by w barely moves the output. With `dial_draws` K
+    each batch trains K weights at once, one per part of the batch (`_dial_step`).
     """
     if len(inputs) == 0:
         raise ConfigError("no training data: the data options select nothing")
@@ -179,14 +188,12 @@ def fit(model: nn.Module, params: Sequence[nn.Parameter], task: Task, inputs: to
                 if options.replay:
                     extra = torch.randint(0, len(replay[0]), (options.replay,), generator=order)[dist.rank::dist.world]
                     x, y = torch.cat([x, replay[0][extra]]), torch.cat([y, replay[1][extra]])
-                if options.dial:
-                    # the same weight on every rank; u^(1/p) has density p w^(p-1) on [0, 1]
-                    weight = float(torch.rand((), generator=order)) ** (1.0 / options.dial_power)
-                    dial.set_weight(weight)
-                    x, y = dial.blend(x, y, weight, noise)
-                loss = task.loss(net, x, y, noise)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if options.dial:
+                    loss = _dial_step(net, task, x, y, options, dial, order, noise)
+                else:
+                    loss = task.loss(net, x, y, noise)
+                    loss.backward()
                 optimizer.step()
                 if average is not None:
                     average.update()
@@ -207,6 +214,28 @@ def fit(model: nn.Module, params: Sequence[nn.Parameter], task: Task, inputs: to
     return {"steps": total, "world_size": dist.world, "threads": torch.get_num_threads(),
             "seconds": round(time.perf_counter() - started, 2), "first_loss": losses[0],
             "final_loss": sum(tail) / len(tail), "curve": loss_curve(losses)}
+
+
+def _dial_step(net: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor, options: TrainOptions, dial: Dial,
+               order: torch.Generator, noise: torch.Generator) -> torch.Tensor:
+    """One batch of dial training, gradients accumulated part by part (the memory of one part at a time): the
+    batch splits into `dial_draws` parts, part k at a weight drawn from the k-th of as many equal slices of
+    [0, 1] (stratified), so each step sees the whole dial. Every rank draws the same weights (all K, even for a
+    part it has no samples of); u^(1/p) has density p w^(p-1) on [0, 1]."""
+    draws = options.dial_draws
+    slices = torch.randperm(draws, generator=order).tolist() if draws > 1 else [0]
+    weights = [((k + float(torch.rand((), generator=order))) / draws) ** (1.0 / options.dial_power) for k in slices]
+    parts = [(part, w) for part, w in zip(torch.arange(len(x)).tensor_split(draws), weights) if len(part)]
+    total = torch.zeros(())
+    for i, (part, weight) in enumerate(parts):
+        dial.set_weight(weight)
+        xs, ys = dial.blend(x[part], y[part], weight, noise)
+        last = i == len(parts) - 1  # under torchrun, gradients are averaged over ranks once, after the last part
+        with net.no_sync() if hasattr(net, "no_sync") and not last else contextlib.nullcontext():
+            loss = task.loss(net, xs, ys, noise) * (len(part) / len(x))
+            loss.backward()
+        total = total + loss.detach()
+    return total
 
 
 def loss_curve(losses: list[float], points: int = 50) -> list[list[float]]:

@@ -102,3 +102,15 @@ def test_a_reader_that_stops_early_gets_no_error_message() -> None:
     proc.stdout.close()  # the reader goes away (as head does after its lines) before the command writes at all
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and stderr == ""
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--dial-draws", "4"], "dial draws sets how many dial weights each batch trains: it needs --dial"),
+    (["--dial", "--dial-draws", "0"], "dial draws is a whole number of weights per batch (1 or more), got 0"),
+    (["--dial-power", "2"], "dial power sets how dial weights are drawn: it needs --dial"),
+])
+def test_train_dial_options_are_refused_before_the_zoo_is_touched(runner, tmp_path, options, message) -> None:
+    zoo = tmp_path / "zoo"
+    line = _one_error_line(runner.invoke(cli, ["train", "richboynet", "style", *options, "--zoo", str(zoo)]))
+    assert message in line
+    assert not zoo.exists()

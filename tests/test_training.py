@@ -159,6 +159,41 @@ def test_dial_power_draws_weights_nearer_one_from_the_same_uniform_draws(registr
     assert "dial_power" not in TrainOptions(dial=True).to_dict()
 
 
+def test_dial_draws_split_each_batch_over_every_slice_of_the_dial(registry) -> None:
+    """dial_draws K: each batch splits into K parts, part k at a weight from its own slice [k/K, (k+1)/K), so
+    every step trains the whole dial; the gradients add up to the whole batch's (here the same weights as K = 1
+    when the weight changes nothing), and the card records K only when it is not 1."""
+    from adapterhub_lite.training import Dial
+
+    gen = torch.Generator().manual_seed(3)
+    inputs, targets = torch.randn(64, 4, generator=gen), torch.randn(64, 2, generator=gen)
+
+    def run(draws: int, batch_size: int = 8) -> tuple[list[tuple[float, int]], dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 2))
+        am = AdaptedModel(model, registry=registry)
+        am.add_adapter("fit", LoraConfig(targets=["0"], rank=2, alpha=2, init="gaussian"))
+        parts: list[tuple[float, int]] = []
+        fit(model, am.trainable_parameters(), Regression(), inputs, targets,
+            TrainOptions(steps=8, batch_size=batch_size, lr=1e-2, dial=True, dial_draws=draws, progress=False),
+            dial=Dial(set_weight=lambda w: None, blend=lambda x, y, w, g: (parts.append((w, len(x))), (x, y))[1]))
+        return parts, {k: v.clone() for k, v in am.adapter_state("fit").items()}
+
+    one, whole = run(1)
+    four, split = run(4)
+    assert [n for _, n in one] == [8] * 8 and [n for _, n in four] == [2] * 32
+    for step in range(8):
+        slices = sorted(int(w * 4) for w, _ in four[4 * step:4 * step + 4])
+        assert slices == [0, 1, 2, 3]
+    for key in whole:
+        torch.testing.assert_close(split[key], whole[key], rtol=1e-5, atol=1e-6)
+    small, _ = run(4, batch_size=2)  # more draws than samples: the empty parts are skipped
+    assert [n for _, n in small] == [1] * 16
+    assert all(len({int(w * 4) for w, _ in small[2 * step:2 * step + 2]}) == 2 for step in range(8))
+    assert TrainOptions(dial=True, dial_draws=4).to_dict()["dial_draws"] == 4
+    assert "dial_draws" not in TrainOptions(dial=True).to_dict()
+
+
 def test_dial_power_is_positive_and_needs_dial() -> None:
     import pytest
 
@@ -168,6 +203,10 @@ def test_dial_power_is_positive_and_needs_dial() -> None:
         TrainOptions(dial=True, dial_power=0)
     with pytest.raises(ConfigError, match="needs --dial"):
         TrainOptions(dial_power=2)
+    with pytest.raises(ConfigError, match="whole number"):
+        TrainOptions(dial=True, dial_draws=0)
+    with pytest.raises(ConfigError, match="needs --dial"):
+        TrainOptions(dial_draws=4)
 
 
 def test_dial_needs_an_adapter_and_a_task_that_blends() -> None:

@@ -66,11 +66,14 @@ def train_base_command(model: str, start: str | None, model_args: tuple[str, ...
 @click.option("--dial-power", type=float, default=1.0, show_default=True, metavar="P",
               help="With --dial, draw w with density P w^(P-1): 1 is uniform, 2 trains twice as often near w = 1 "
                    "as at 0.5, for a dial that falls short of the full style at w = 1.")
+@click.option("--dial-draws", type=int, default=1, show_default=True, metavar="K",
+              help="With --dial, split each batch into K parts, each at its own weight from one of K equal slices "
+                   "of [0, 1] (gradients added up), so every step trains the whole dial.")
 @train_options
 @data_dir_option
 @zoo_option
 def train_command(model: str, name: str, family: str | None, base_ref: str | None, replay: int, dial: bool,
-                  dial_power: float, as_json: bool,
+                  dial_power: float, dial_draws: int, as_json: bool,
                   epochs: int, steps: int | None, batch_size: int, lr: float, seed: int, schedule: str,
                   ema: float | None, data_dir: Path | None, zoo_dir: Path | None, **plugin_values: Any) -> None:
     """Train adapter NAME on a MODEL base into the zoo as MODEL/NAME@vN.
@@ -93,7 +96,8 @@ def train_command(model: str, name: str, family: str | None, base_ref: str | Non
         values["targets"] = registry.get_model(model).default_targets
     config = registry.config_class(family)(**values)
     options = TrainOptions(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, replay=replay,
-                           schedule=schedule, ema=ema, dial=dial, dial_power=dial_power)
+                           schedule=schedule, ema=ema, dial=dial, dial_power=dial_power,
+                           dial_draws=dial_draws)
     data = DataOptions(data_dir, config_values(command, plugin_values, "task"))
     entry = train_adapter(registry, zoo, model, name, config, options, data, base=base_ref)
     _report(entry, as_json)
