@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import warnings
 from typing import Any
@@ -37,8 +38,32 @@ def _with_flag(exc: AdapterhubError) -> str:
     return message
 
 
+# Characters a terminal acts on rather than shows: C0 controls (but newline and tab), DEL, C1 controls, and the
+# bidirectional overrides that reorder what is shown. Text from cards and files never reaches the terminal raw.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _printable(text: str) -> str:
+    """`text` with every control character written out as an escape (`\\x1b`), as Python shows it in a repr."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class _PrintableStream:
+    """Standard output for the length of a command, with control characters escaped (see `_printable`): a card
+    pulled from a Hub repo may hold terminal escape sequences, and `zoo show` prints its fields."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: Any) -> Any:
+        return self._stream.write(_printable(text) if isinstance(text, str) else text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def _one_line(text: str) -> str:
-    text = " ".join(str(text).split())
+    text = " ".join(_printable(str(text)).split())
     if len(text) > MESSAGE_LIMIT:
         text = f"{text[:MESSAGE_LIMIT]}... ({len(text) - MESSAGE_LIMIT:,} more characters)"
     return text
@@ -57,6 +82,19 @@ def _outside_fault(exc: BaseException) -> str | None:
     if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
         return f"a file is not valid JSON or text: {exc}; {DEBUG_HINT}"
     return None
+
+
+def _echo_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Each distinct warning once, as one `warning:` line; a foreign one names its category. Printed, not
+    re-issued through `warnings`, so nothing can record it again (re-issuing inside the recording block looped)."""
+    seen: set[tuple[type[Warning], str]] = set()
+    for warning in caught:
+        text = _one_line(str(warning.message))
+        if (warning.category, text) in seen:
+            continue
+        seen.add((warning.category, text))
+        own = issubclass(warning.category, AdapterhubWarning)
+        click.echo(f"warning: {text}" if own else f"warning: {warning.category.__name__}: {text}", err=True)
 
 
 class AdaptersGroup(click.Group):
@@ -92,14 +130,12 @@ class AdaptersGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", AdapterhubWarning)
+            stdout, sys.stdout = sys.stdout, _PrintableStream(sys.stdout)
             try:
                 return self._invoke(ctx)
             finally:
-                for warning in caught:  # ours become `warning:` lines; any other is shown as Python shows it
-                    if issubclass(warning.category, AdapterhubWarning):
-                        click.echo(f"warning: {_one_line(str(warning.message))}", err=True)
-                    else:
-                        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+                sys.stdout = stdout
+                _echo_warnings(list(caught))  # a snapshot: echoing never appends to the list it reads
 
     def _invoke(self, ctx: click.Context) -> Any:
         try:
