@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .bounded_json import parse_json
 from .atomic import make_dirs_under, publish, write_text
 from .cards import metric_scopes
 from .errors import ConfigError, NameRuleError
@@ -53,11 +54,11 @@ COMMANDS = ("train-base", "train", "evaluate")
 
 def load_recipes(path: Path) -> dict[str, Any]:
     try:
-        recipes = json.loads(path.read_text())
+        recipes = parse_json(path.read_bytes())
     except FileNotFoundError:
         raise ConfigError(f"no recipe file at {path}: name a recipe file (the repository has zoo/recipes.json)",
                           option="recipes") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # malformed, not UTF-8, or past the limits of bounded_json
         raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
     for name, profile in recipes.get("profiles", {}).items():
         ids = set()

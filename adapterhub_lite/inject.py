@@ -7,15 +7,15 @@ a wrapped module keeps its name, its original sits at `<name>.base`.
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torch import nn
 
 from .config import AdapterConfig
-from .errors import ConfigError, UnknownNameError, UnsupportedModuleError
+from .errors import UnknownNameError, UnsupportedModuleError, shorten
 from .layer import AdapterLayer
+from .patterns import safe_pattern
 from .registry import Registry
 from .specs import AdapterKind
 
@@ -47,10 +47,7 @@ def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
 
 def pattern_matches(pattern: str, name: str) -> bool:
     if pattern.startswith("re:"):
-        try:
-            return re.fullmatch(pattern[3:], name) is not None
-        except re.error as exc:
-            raise ConfigError(f"invalid regex in target {pattern!r}: {exc}") from exc
+        return safe_pattern(pattern[3:], f"target {shorten(pattern, 80)}").fullmatch(name) is not None
     return fnmatch.fnmatchcase(name, pattern)
 
 

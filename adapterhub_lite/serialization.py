@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import publish
+from .bounded_json import parse_json
 from .errors import AdapterFileError, IncompatibleAdapterError, UnknownNameError, shorten
 from .specs import AdapterBundle
 from .tensorfile import load_tensors, read_header
@@ -136,8 +137,8 @@ def read_adapter_file(path: str | Path) -> AdapterFile:
         raise AdapterFileError(f"{path}: its adapterhub_lite metadata is {len(header[HEADER_KEY]):,} characters, "
                                f"over the {METADATA_LIMIT:,} a real adapter needs: refusing it")
     try:
-        meta = json.loads(header[HEADER_KEY])
-    except (json.JSONDecodeError, RecursionError) as exc:
+        meta = parse_json(header[HEADER_KEY])
+    except ValueError as exc:  # malformed or past the limits of bounded_json
         raise AdapterFileError(f"{path}: its adapterhub_lite metadata is not valid JSON "
                                f"({shorten(str(exc), 80)})") from exc
     problem = _metadata_problem(meta)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .bounded_json import parse_json
 from .errors import AdapterFileError, shorten
 
 if TYPE_CHECKING:
@@ -78,8 +79,8 @@ def read_header(path: str | Path) -> Header:
     except OSError as exc:
         raise AdapterFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        header = parse_json(raw)
+    except ValueError as exc:  # malformed, not UTF-8, or past the limits of bounded_json
         raise AdapterFileError(f"{path} is not a readable safetensors file: its header is not JSON "
                                f"({shorten(str(exc), 80)})") from exc
     if not isinstance(header, dict):

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import fsync_dir, fsync_tree, make_dirs_under, remove_made, write_error, write_failure
+from .bounded_json import check_shape, parse_json
 from .cards import card_problem
 from .errors import NameRuleError, RefError, UnknownNameError, WriteError, ZooError, shorten
 from .refs import AdapterRef, check_name, parse_ref
@@ -156,10 +157,10 @@ class Zoo:
         if kind != "file":
             raise ZooError(f"{card_path} is {kind}; the zoo never follows links: restore or delete {path}")
         try:
-            if os.lstat(card_path).st_size > _CARD_LIMIT:
-                raise ZooError(f"{card_path} is over {_CARD_LIMIT >> 20} MB, not a card: restore or delete {path}")
-            card = json.loads(card_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            if os.lstat(card_path).st_size > CARD_LIMIT:
+                raise ZooError(f"{card_path} is over {CARD_LIMIT >> 20} MB, not a card: restore or delete {path}")
+            card = parse_json(card_path.read_bytes())
+        except ValueError as exc:  # malformed, not UTF-8, or past the limits of bounded_json
             raise ZooError(f"{card_path} is not valid JSON ({shorten(str(exc), 80)}); restore or delete {path}") \
                 from exc
         except OSError as exc:
@@ -231,6 +232,7 @@ class Zoo:
         if name == BASE and kind != "base":
             raise NameRuleError(f"'{BASE}' is reserved for base models: pick another name for this {kind}")
         self.check_kind(model, name, kind)
+        _card_text({"model": model, "name": name, "version": 1, **card}, f"{model}/{name}")  # before any write
         parent, made = make_dirs_under(self.root, model, name)
         tmp: Path | None = None
         try:
@@ -246,7 +248,7 @@ class Zoo:
                 problem = card_problem(full, model, name, version)
                 if problem:
                     raise ZooError(f"refusing to write a card for {model}/{name}: {problem}")
-                _write_json(tmp / CARD, full)
+                _write_text(tmp / CARD, _card_text(full, f"{model}/{name}"))
                 fsync_tree(tmp)
                 os.rename(tmp, parent / f"v{version}")
                 tmp = None
@@ -262,7 +264,7 @@ class Zoo:
         return self._entry(model, name, version)
 
 
-_CARD_LIMIT = 16 << 20  # bytes: a card is a few KB; anything this big is not one
+CARD_LIMIT = 16 << 20  # bytes: a card is a few KB; anything this big is not one
 
 
 def _file_kind(path: Path) -> str | None:
@@ -304,10 +306,24 @@ def _read_only(folder: Path) -> bool:
         return False
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def _card_text(card: dict[str, Any], what: str) -> str:
+    """The card as it is written, refused when the zoo could not read it back (over the size or shape limits):
+    a config holding a 25-million-item list is refused here, not published as a damaged entry."""
+    try:
+        check_shape(card)
+        text = json.dumps(card, indent=2) + "\n"
+    except (ValueError, RecursionError) as exc:
+        raise ZooError(f"refusing to write a card for {what}: {shorten(str(exc), 120)}") from None
+    if len(text.encode()) > CARD_LIMIT:
+        raise ZooError(f"refusing to write a card for {what}: it would be {len(text.encode()):,} bytes, over the "
+                       f"{CARD_LIMIT >> 20} MB a card may hold (a model config or recipe that large is not a "
+                       "config: check what was given)")
+    return text
+
+
+def _write_text(path: Path, text: str) -> None:
     with open(path, "w") as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import publish
+from .bounded_json import parse_json
 from .zoo import DamagedEntry, Zoo, ZooEntry
 
 KIND_COLOURS = {"base": "#d9e7fb", "adapter": "#e3f4df", "composition": "#fbecd5"}
@@ -83,11 +84,17 @@ def lineage_svg(entries: list[ZooEntry]) -> str:
     return "".join(parts)
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
 def curve_svg(curve: Any) -> str:
-    """A training loss curve from [step, loss] pairs, or "" when the card has none."""
-    points = [(float(s), float(v)) for s, v in curve if math.isfinite(float(v))] \
-        if isinstance(curve, list) and all(isinstance(p, list) and len(p) == 2 for p in curve) else []
-    if len(points) < 2:
+    """A training loss curve from [step, loss] pairs, or "" when the card has none that can be drawn (pairs of
+    finite numbers, steps from 0 up to a positive last step; anything else in a card is skipped)."""
+    pairs = curve if isinstance(curve, list) else []
+    points = [(float(p[0]), float(p[1])) for p in pairs
+              if isinstance(p, list) and len(p) == 2 and _finite(p[0]) and _finite(p[1]) and p[0] >= 0]
+    if len(points) < 2 or max(p[0] for p in points) <= 0:
         return ""
     w, h, pad = 320, 110, 28
     steps, losses = [p[0] for p in points], [p[1] for p in points]
@@ -124,7 +131,8 @@ def bars_svg(values: Mapping[str, float]) -> str:
 
 def _headline_rows(entry: ZooEntry) -> str:
     rows = []
-    for scope, figures in (entry.card.get("headline") or {}).items():
+    headline = entry.card.get("headline")
+    for scope, figures in (headline.items() if isinstance(headline, dict) else ()):
         if isinstance(figures, dict):
             shown = "; ".join(f"{_e(k)} {v:.4f}" if isinstance(v, float) else f"{_e(k)} {_e(v)}"
                               for k, v in figures.items())
@@ -179,7 +187,7 @@ def results_tables(zoo: Zoo) -> list[str]:
     out = []
     for path in sorted(zoo.root.glob("results-*.json")):
         try:
-            report = json.loads(path.read_text())
+            report = parse_json(path.read_bytes())
             per_seed = report["per_seed"]
             seeds = list(per_seed)
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -231,12 +239,20 @@ def render(zoo: Zoo, charts_for: ChartsFor, grids: list[Path]) -> tuple[str, dic
         out.append(f'<h2 id="model-{_e(model)}">{_e(model)}</h2><h3>Lineage</h3>'
                    f'<div class="lineage-wrap">{lineage_svg(mine)}</div>')
         for entry in mine:
-            charts = charts_for(entry)
+            try:
+                charts = charts_for(entry)
+                training = entry.card.get("training")
+                curve = curve_svg(training.get("curve")) if isinstance(training, dict) else ""
+                html = _entry_html(entry, curve, charts)
+            except (TypeError, ValueError, AttributeError, KeyError, OverflowError, ZeroDivisionError) as exc:
+                # a card whose fields have shapes no writer gives them: shown as damaged, the page goes on
+                counts["damaged"] += 1
+                out.append(f'<section class="entry damaged" id="{_e(entry.ref)}"><h3>{_e(entry.ref)}</h3><p>damaged '
+                           f"card: {_e(type(exc).__name__)} while drawing it</p></section>")
+                continue
             counts["charts"] += 0 if isinstance(charts, str) else sum(len(c) for c in charts.values())
-            training = entry.card.get("training")
-            curve = curve_svg(training.get("curve")) if isinstance(training, dict) else ""
             counts["curves"] += bool(curve)
-            out.append(_entry_html(entry, curve, charts))
+            out.append(html)
     tables = results_tables(zoo)
     if tables:
         out += ["<h2>Results of zoo builds</h2>", *tables]

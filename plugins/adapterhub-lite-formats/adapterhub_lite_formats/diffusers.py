@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from adapterhub_lite import AdaptedModel, AdapterBundle, AdapterFileError, IncompatibleAdapterError
+from adapterhub_lite import AdaptedModel, AdapterBundle, AdapterFileError, IncompatibleAdapterError, parse_json
 
 from . import peft
 from .common import read_safetensors, shown
@@ -46,8 +46,8 @@ def _part_configs(header: dict[str, str], where: Path) -> dict[str, dict[str, An
     if raw is None:
         return {}
     try:
-        packed = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        packed = parse_json(raw)
+    except ValueError as exc:  # malformed or past the limits of adapterhub_lite's bounded JSON
         raise AdapterFileError(f"{where}: its {METADATA} is not valid JSON ({shown(str(exc), 80)})") from exc
     if not isinstance(packed, dict):
         raise AdapterFileError(f"{where}: its {METADATA} is a JSON {type(packed).__name__}, not an object")

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from adapterhub_lite_lora import LoraConfig, LoraMultiheadAttention
 from safetensors.torch import save_file
 from torch import nn
 
@@ -28,14 +29,17 @@ from adapterhub_lite import (
     AdapterBundle,
     AdapterFileError,
     AdapterhubWarning,
+    ConfigError,
     IncompatibleAdapterError,
+    read_json,
+    safe_pattern,
 )
-from adapterhub_lite_lora import LoraConfig, LoraMultiheadAttention
 
 from . import peft_ia3, peft_lycoris, peft_mha
 from .common import dora_modules, module_kinds, plain_lora, read_safetensors, shown
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+CONFIG_LIMIT = 4 << 20  # bytes of adapter_config.json: a real one, rank patterns for every module included, is KBs
 PREFIX = "base_model.model."
 _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_-]+)?\.weight$")
 _EMBEDDING_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_embedding_(?P<ab>[AB])(?:\.[A-Za-z0-9_-]+)?$")
@@ -158,6 +162,7 @@ def anchored(module: str) -> str:
 def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     """PEFT's lookup: the first pattern key that matches the end of the module name."""
     for key, value in patterns.items():
+        safe_pattern(key, "a rank_pattern / alpha_pattern key")  # bounded work, or one line (cached)
         if re.match(rf"(.*\.)?({key})$", module):
             return value
     return default
@@ -187,10 +192,9 @@ def _check_config(config: Any, where: Path) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise AdapterFileError(f"{where}: {field_name}[{shown(key)}] is {shown(value)}, not a number")
             try:
-                re.compile(key)
-            except (re.error, RecursionError) as exc:
-                raise AdapterFileError(f"{where}: {field_name} key {shown(key)} is not a valid regular expression "
-                                       f"({exc})") from None
+                safe_pattern(key, f"{where}: {field_name} key")
+            except ConfigError as exc:
+                raise AdapterFileError(str(exc)) from None
     return config
 
 
@@ -203,8 +207,8 @@ def import_(src: Path, model: AdaptedModel, **options: Any) -> AdapterBundle:
             else "no weights"
         raise AdapterFileError(f"{folder} has {found}; re-save it with safe_serialization=True to get {WEIGHTS}")
     try:
-        config = json.loads((folder / CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        config = read_json(folder / CONFIG, CONFIG_LIMIT)
+    except ValueError as exc:  # malformed, not UTF-8, or past the limits of adapterhub_lite's bounded JSON
         raise AdapterFileError(f"{folder / CONFIG} is not valid JSON ({shown(str(exc), 80)})") from exc
     return bundle_from(config, read_safetensors(folder / WEIGHTS)[0], model, folder)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from adapterhub_lite import AdaptedModel, AdapterBundle, AdapterFileError, IncompatibleAdapterError
+from adapterhub_lite import AdaptedModel, AdapterBundle, AdapterFileError, IncompatibleAdapterError, safe_pattern
 
 from .common import shown
 
@@ -47,7 +47,7 @@ def _is_feedforward(config: dict[str, Any], module: str) -> bool:
     with."""
     wanted = config.get("feedforward_modules") or []
     if isinstance(wanted, str):
-        return re.fullmatch(wanted, module) is not None
+        return safe_pattern(wanted, "feedforward_modules").fullmatch(module) is not None
     return any(module.endswith(item) for item in wanted)
 
 
