@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+from .bounded_json import parse_json, read_json
 from .config import AdapterConfig, help_field
 from .errors import (
     AdapterFileError,
@@ -23,20 +24,23 @@ from .errors import (
     AdapterhubWarning,
     AdapterStateError,
     ConfigError,
-    IncompatibleAdapterError,
     HubError,
+    IncompatibleAdapterError,
     MissingDependencyError,
     NameRuleError,
     PluginError,
     RefError,
-    UnknownNameError,
     TrainingError,
+    UnknownNameError,
     UnsupportedModuleError,
     WriteError,
     ZooError,
 )
 from .hookspecs import hookimpl, hookspec
+from .hub_download import hub_snapshot
 from .lazy import lazy_exports
+from .model_budget import build_within_budget, check_declared_size
+from .patterns import safe_pattern
 from .plugins import PluginManager, load_plugins
 from .progress import Progress, set_quiet
 from .refs import AdapterRef, parse_ref
@@ -137,20 +141,26 @@ __all__ = [
     "ZooError",
     "__version__",
     "add_adapter_version",
+    "build_within_budget",
+    "check_declared_size",
     "config_values",
     "first_positional",
     "get_registry",
     "help_field",
     "hookimpl",
+    "hub_snapshot",
     "hookspec",
     "lazy_exports",
     "load_adapter",
     "load_base",
     "load_plugins",
     "load_tensors",
+    "parse_json",
     "parse_ref",
     "read_adapter_file",
     "read_header",
+    "read_json",
+    "safe_pattern",
     "save_adapter",
     "set_quiet",
     "state_fingerprint",

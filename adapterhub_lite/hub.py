@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import publish
-from .errors import HubError, MissingDependencyError, RefError, ZooError, shorten
+from .bounded_json import read_json
 from .cards import metric_scopes
+from .errors import HubError, MissingDependencyError, RefError, ZooError, shorten
+from .hub_download import REPO_ID, check_revision, hub_snapshot
 from .registry import Registry
-from .zoo import CARD, Zoo, ZooEntry
+from .zoo import CARD, CARD_LIMIT, Zoo, ZooEntry
 
 
 def _hub() -> Any:
@@ -136,8 +138,7 @@ def _is_network(exc: BaseException) -> bool:
 
 def _check_repo(spec: str) -> str:
     repo = spec.partition("@")[0]
-    owner, _, name = repo.partition("/")
-    if not owner or not name or "/" in name or any(c.isspace() for c in repo) or len(repo) > 200:
+    if not REPO_ID.fullmatch(repo) or ".." in repo:
         raise HubError(f"bad repo {shorten(spec, 80)}: expected OWNER/NAME[@REVISION]")
     return repo
 
@@ -149,18 +150,20 @@ def pull(registry: Registry, zoo: Zoo, spec: str, *, name: str | None = None, fo
     from .serialization import read_adapter_file
     from .workflow import load_base
 
-    repo, revision = _check_repo(spec), spec.partition("@")[2]
-    hub = _hub()
-    try:
-        folder = Path(hub.snapshot_download(repo_id=repo, revision=revision or None, repo_type="model"))
+    repo, revision = _check_repo(spec), check_revision(spec.partition("@")[2])
+    _hub()
+    try:  # only the files a pushed entry holds: whatever else the repo has is never fetched
+        folder = hub_snapshot(repo, revision, allow_patterns=[CARD, "adapter.safetensors", "model.safetensors"])
+    except HubError:
+        raise
     except Exception as exc:  # the network boundary: network, auth, offline cache miss are one line each
         raise hub_failure("download", spec, exc) from exc
     card_path = folder / CARD
     if not card_path.is_file():
         raise ZooError(f"{spec} has no {CARD}: it was not pushed by adapterhub_lite")
     try:
-        card = json.loads(card_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        card = read_json(card_path, CARD_LIMIT)
+    except ValueError as exc:  # malformed, not UTF-8, or past the limits of bounded_json
         raise ZooError(f"{spec}: its {CARD} is not valid JSON ({shorten(str(exc), 80)})") from exc
     if not isinstance(card, dict) or not all(isinstance(card.get(k), str) for k in ("model", "name", "kind")):
         raise ZooError(f"{spec}: its {CARD} lacks model, name or kind: it was not pushed by adapterhub_lite")
@@ -196,6 +199,10 @@ def _pull_base(registry: Registry, zoo: Zoo, folder: Path, model: str, name: str
     state, _ = load_tensors(folder / "model.safetensors")
     if state_fingerprint(state) != card.get("fingerprint"):
         raise ZooError(f"{origin['repo']}: model.safetensors does not match the fingerprint in its card.json")
-    state = fitting_state(registry, model, card.get("config", {}), state, origin["repo"])
-    keep = {k: card[k] for k in ("config", "task", "metrics", "recipe") if k in card}
+    config = card.get("config", {})
+    if not isinstance(config, dict):
+        raise ZooError(f"{origin['repo']}: its card.json's config is not an object")
+    registry.adopt(model, card)  # a base a model source built is rebuilt by that source (checked there)
+    state = fitting_state(registry, model, config, state, origin["repo"])
+    keep = {k: card[k] for k in ("source", "config", "task", "metrics", "recipe") if k in card}
     return add_base_version(zoo, model, name, state, {**keep, "parents": [], "imported_from": origin})

@@ -9,6 +9,12 @@ Each source has three functions the core calls through `ModelSource`:
 
 `from_pretrained` always runs with `local_files_only=True` on a folder; a Hub id (`owner/name[@revision]`)
 given with `--source` is first downloaded to the Hub cache (configs and safetensors weights only).
+
+Folders, configs and cards are hostile input: no code from them ever runs (remote code is refused, classes come
+only from each library's model classes, never a tokenizer, pipeline or trainer), no pickle is opened (checkpoint
+paths in timm's arguments are refused), nothing reaches the network but a download the user asked for, a
+declared size is checked before memory is taken (`build_within_budget`), and a folder's weights must fill the
+model exactly: missing, unexpected or mis-shaped tensors and integer weights for float parameters are refused.
 """
 
 from __future__ import annotations
@@ -27,18 +33,29 @@ from typing import Any
 
 from torch import nn
 
-from adapterhub_lite import AdapterFileError, ConfigError, HubError, MissingDependencyError
+from adapterhub_lite import (
+    AdapterFileError,
+    ConfigError,
+    HubError,
+    MissingDependencyError,
+    build_within_budget,
+    check_declared_size,
+    hub_snapshot,
+    read_header,
+    read_json,
+)
 
 PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 PIPELINE_PARTS = ("unet", "transformer", "prior", "text_encoder", "text_encoder_2", "text_encoder_3")
 SEED = 0  # a model built from a config starts from these random weights, so add-base is reproducible
+CONFIG_LIMIT = 4 << 20  # bytes of a config.json / model_index.json: real ones are a few KB, id2label maps included
 
 
 # --- what a path holds ------------------------------------------------------------------------------------------
 def _json(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+        data = read_json(path, CONFIG_LIMIT)
+    except (OSError, ValueError):  # missing, malformed, not UTF-8, or past the limits of bounded JSON
         return None
     return data if isinstance(data, dict) else None
 
@@ -98,16 +115,20 @@ _VARIANTS = ["*.fp16.*", "*.bf16.*", "*non_ema*", "*.ema.*"]
 
 
 def _download(repo: str) -> Path:
-    hub = _need("huggingface_hub")
+    """Through the core's guarded Hub download (repo, revision and every server answer checked)."""
+    _need("huggingface_hub")
     repo, _, revision = repo.partition("@")
     try:
-        local = Path(hub.snapshot_download(repo, revision=revision or None, allow_patterns=["*.json"]))
-        index = _json(local / "model_index.json")
-        weights = ([f"{part}/*.safetensors" for part in PIPELINE_PARTS if part in index] if index is not None
-                   else ["*.safetensors"])
-        return Path(hub.snapshot_download(repo, revision=revision or None, allow_patterns=["*.json", *weights],
-                                          ignore_patterns=_VARIANTS))
-    except Exception as exc:  # noqa: BLE001 - network, token, offline mode, a missing repo: one line each
+        with _online():
+            local = hub_snapshot(repo, revision or None, allow_patterns=["*.json"])
+            index = _json(local / "model_index.json")
+            weights = ([f"{part}/*.safetensors" for part in PIPELINE_PARTS if part in index] if index is not None
+                       else ["*.safetensors"])
+            return hub_snapshot(repo, revision or None, allow_patterns=["*.json", *weights],
+                                ignore_patterns=_VARIANTS)
+    except HubError:
+        raise
+    except Exception as exc:
         offline = "HF_HUB_OFFLINE is set and it is not in the local cache" if os.environ.get("HF_HUB_OFFLINE") \
             not in (None, "", "0") else "check the name, the network and HF_TOKEN"
         raise HubError(f"could not download {repo} from the Hub: {offline}; or give a local folder "
@@ -120,8 +141,11 @@ def _config_file(path: Path, what: str) -> dict[str, Any]:
         path = path / "config.json"
     if not path.is_file():
         raise AdapterFileError(f"no config file at {path}")
-    data = _json(path)
-    if data is None:
+    try:
+        data = read_json(path, CONFIG_LIMIT)
+    except ValueError as exc:  # malformed, not UTF-8, or past the limits of bounded JSON
+        raise ConfigError(f"{path} is not a {what} config: {' '.join(str(exc).split())[:160]}") from None
+    if not isinstance(data, dict):
         raise ConfigError(f"{path} is not a JSON object: not a {what} config")
     return data
 
@@ -174,6 +198,7 @@ def _quiet() -> Iterator[None]:
     """The libraries' info logs and loading bars off while we load (errors still raise): the command prints
     its own one line."""
     loggers = [logging.getLogger(name) for name in ("transformers", "diffusers", "timm")]
+    offline = _set_offline(True)  # a local load never reaches the network, whatever a config names
     levels = [lg.level for lg in loggers]
     hidden = []
     for module in ("transformers", "diffusers"):
@@ -188,10 +213,32 @@ def _quiet() -> Iterator[None]:
     try:
         yield
     finally:
+        _set_offline(offline)
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
         for utils in hidden:
             utils.enable_progress_bar()
+
+
+def _set_offline(value: bool) -> bool:
+    """Set huggingface_hub's offline switch (every request through its session then fails at once); returns
+    the value it had."""
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is None:
+        import huggingface_hub.constants as constants
+    before = bool(constants.HF_HUB_OFFLINE)
+    constants.HF_HUB_OFFLINE = value
+    return before
+
+
+@contextlib.contextmanager
+def _online() -> Iterator[None]:
+    """The user's own offline setting back, for a download they asked for."""
+    before = _set_offline(os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"})
+    try:
+        yield
+    finally:
+        _set_offline(before)
 
 
 def _need(module: str) -> Any:
@@ -202,29 +249,40 @@ def _need(module: str) -> Any:
 
 
 # --- transformers -------------------------------------------------------------------------------------------------
-def _transformers_class(config: dict[str, Any]) -> Any:
+def _transformers_class(config: dict[str, Any], where: Path | str) -> Any:
+    """The model class `architectures` names (AutoModel when none), if it is one: a `PreTrainedModel` or an
+    AutoModel class. A tokenizer, pipeline, trainer or any other name is refused: none of them is a base."""
     transformers = _need("transformers")
     names = config.get("architectures") or []
-    name = names[0] if names and isinstance(names[0], str) else "AutoModel"
-    cls = getattr(transformers, name, None)
-    if cls is None:
-        raise ConfigError(f"transformers has no model class {name!r} (architectures in config.json)")
+    name = names[0] if isinstance(names, list) and names and isinstance(names[0], str) else "AutoModel"
+    cls = getattr(transformers, name, None) if name.isidentifier() else None
+    auto = importlib.import_module("transformers.models.auto.auto_factory")._BaseAutoModelClass
+    if not (isinstance(cls, type) and issubclass(cls, (transformers.PreTrainedModel, auto))):
+        raise ConfigError(f"{where}: transformers has no model class {name[:80]!r} (architectures in config.json; "
+                          "tokenizers, pipelines and trainers are not models)")
     return cls
 
 
-def _transformers_config(data: dict[str, Any], path: Path) -> Any:
+def _transformers_config(data: dict[str, Any], path: Path | str) -> Any:
+    """The config object, for a model type transformers itself ships; custom code (`auto_map`) is refused."""
     transformers = _need("transformers")
+    if "auto_map" in data:
+        raise ConfigError(f"{path} asks for custom code (auto_map): code from a model folder, config or card is "
+                          "never run here; use a model type transformers ships")
     model_type = data.get("model_type")
+    if not isinstance(model_type, str) or model_type not in transformers.CONFIG_MAPPING:
+        raise ConfigError(f"{path}: transformers knows no model_type {str(model_type)[:80]!r}")
     try:
-        config_class = transformers.AutoConfig.for_model(model_type).__class__
+        config_class = transformers.CONFIG_MAPPING[model_type]
         return config_class.from_dict({k: v for k, v in data.items() if k != "transformers_version"})
-    except Exception as exc:  # noqa: BLE001 - whatever the library raises on this input: one line
+    except Exception as exc:
         raise _rejected("transformers", path, exc) from exc
 
 
 def _from_config(cls: Any, config: Any) -> Any:
-    transformers = _need("transformers")
-    return (transformers.AutoModel.from_config(config) if cls is transformers.AutoModel else cls(config))
+    if hasattr(cls, "_from_config"):  # a PreTrainedModel
+        return cls(config)
+    return cls.from_config(config, trust_remote_code=False)  # an AutoModel class: the type it maps, never code
 
 
 @_quietly("transformers")
@@ -232,20 +290,28 @@ def load_transformers(pretrained: Path | None = None, config: Path | None = None
     if pretrained is not None:
         folder = _folder(_checkpoint(pretrained))
         data = _config_file(folder, "transformers")
-        cls = _transformers_class(data)
+        _transformers_config(data, folder / "config.json")  # refuses custom code and unknown types first
+        cls = _transformers_class(data, folder / "config.json")
+        weights = _weights_files(folder)
         try:
-            loader = cls if cls.__name__ != "AutoModel" else _need("transformers").AutoModel
-            model = loader.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
-                                           trust_remote_code=False)
-        except Exception as exc:  # noqa: BLE001 - whatever the library raises on this input: one line
+            model, info = build_within_budget(
+                lambda: cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
+                                            trust_remote_code=False, output_loading_info=True,
+                                            ignore_mismatched_sizes=True), str(folder))  # reported, then refused
+        except ConfigError:
+            raise
+        except Exception as exc:
             raise _rejected("transformers", folder, exc) from exc
+        _check_filled(folder, info, model, weights)
     else:
         data = _config_file(config, "transformers")  # type: ignore[arg-type]
-        cls = _transformers_class(data)
         built = _transformers_config(data, Path(config))  # type: ignore[arg-type]
+        cls = _transformers_class(data, Path(config))  # type: ignore[arg-type]
         try:
-            model = _seeded(lambda: _from_config(cls, built))
-        except Exception as exc:  # noqa: BLE001 - whatever the library raises on this input: one line
+            model = build_within_budget(lambda: _seeded(lambda: _from_config(cls, built)), str(config))
+        except ConfigError:
+            raise
+        except Exception as exc:
             raise _rejected("transformers", Path(config), exc) from exc  # type: ignore[arg-type]
     spec = {"class": type(model).__name__, "config": model.config.to_dict(), "dtype": _dtype_name(model)}
     return model.eval(), spec
@@ -253,10 +319,58 @@ def load_transformers(pretrained: Path | None = None, config: Path | None = None
 
 @_quietly("transformers")
 def build_transformers(**spec: Any) -> Any:
-    transformers = _need("transformers")
-    config = _transformers_config(spec["config"], Path("the card"))
-    cls = getattr(transformers, spec["class"])
-    return _to_dtype(_from_config(cls, config), spec.get("dtype", "float32")).eval()
+    data = spec.get("config")
+    if not isinstance(data, dict):
+        raise ConfigError("the card's transformers config is not an object")
+    config = _transformers_config(data, "the card")
+    cls = _transformers_class({"architectures": [spec.get("class")]}, "the card")
+    return _to_dtype(build_within_budget(lambda: _from_config(cls, config), "the card"),
+                     spec.get("dtype", "float32")).eval()
+
+
+# --- what a folder's weights hold ----------------------------------------------------------------------------------
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
+def _weights_files(folder: Path) -> dict[Path, Any]:
+    """Each safetensors file in the folder with its header (read and checked, no tensor loaded), their total
+    size checked against the model budget; a sharded index naming a file outside the folder is refused."""
+    for index in folder.glob("*.safetensors.index.json"):
+        data = _config_file(index, "safetensors index")
+        names = set((data.get("weight_map") or {}).values()) if isinstance(data.get("weight_map"), dict) else set()
+        bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n.startswith(".")]
+        if bad:
+            raise AdapterFileError(f"{index} names weights outside its folder ({str(bad[0])[:80]!r}): refusing it")
+    files = {path: read_header(path) for path in sorted(folder.glob("*.safetensors"))}
+    check_declared_size(str(folder), sum(path.stat().st_size for path in files))
+    return files
+
+
+def _check_filled(folder: Path, info: dict[str, Any], model: Any, files: dict[Path, Any]) -> None:
+    """The folder's tensors fill the model exactly (the library's own loading report, which knows tied and
+    ignorable keys), and no integer tensor was cast into a float weight."""
+    for label, key in (("lack", "missing_keys"), ("hold unexpected", "unexpected_keys"),
+                       ("hold mis-shaped", "mismatched_keys")):
+        keys = sorted(str(k if isinstance(k, str) else k[0]) for k in (info.get(key) or []))
+        if keys:
+            raise AdapterFileError(f"{folder}: its weights {label} tensors for this model ({len(keys)}: "
+                                   f"{', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}): the base would not "
+                                   "be what the folder holds; check the folder and its config.json")
+    _check_float(folder, model, files)
+
+
+def _check_float(folder: Path, model: Any, files: dict[Path, Any]) -> None:
+    """No integer tensor in the files lands in a float weight (libraries cast silently). A file's key may carry
+    or lack the model's prefix (`transformer.h.0...` for `h.0...`), as the libraries allow."""
+    floating = {name for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    for path, header in files.items():
+        for name, tensor in header.tensors.items():
+            if tensor.dtype in _FLOAT_DTYPES:
+                continue
+            if {name, name.partition(".")[2], f"{prefix}.{name}"} & floating:
+                raise AdapterFileError(f"{path}: tensor {name[:80]} is {tensor.dtype}, where the model has "
+                                       "floating-point weights: refusing to cast it")
 
 
 # --- diffusers ---------------------------------------------------------------------------------------------------
@@ -275,21 +389,40 @@ class PipelineModules(nn.Module):
                         f"({', '.join(n for n, _ in self.named_children())})")
 
 
-def _diffusers_class(name: Any, where: Path) -> Any:
+def _diffusers_class(name: Any, where: Path | str) -> Any:
+    """The model class `_class_name` names, if it is one (a `ModelMixin`): pipelines, schedulers and anything
+    else are refused."""
     diffusers = _need("diffusers")
-    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
-    if cls is None or not hasattr(cls, "from_config"):
-        raise ConfigError(f"{where}: diffusers has no model class {name!r} (_class_name)")
+    cls = getattr(diffusers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
+        raise ConfigError(f"{where}: diffusers has no model class {str(name)[:80]!r} (_class_name; pipelines and "
+                          "schedulers are not models)")
     return cls
+
+
+def _diffusers_from_config(cls: Any, data: dict[str, Any], where: Path | str) -> Any:
+    if "auto_map" in data or "_custom_pipeline" in data:
+        raise ConfigError(f"{where} asks for custom code: code from a model folder, config or card is never run "
+                          "here; use a model class diffusers ships")
+    return build_within_budget(lambda: _seeded(lambda: cls.from_config(data)), str(where))
 
 
 def _diffusers_model(folder: Path) -> tuple[Any, dict[str, Any]]:
     data = _config_file(folder, "diffusers")
     cls = _diffusers_class(data.get("_class_name"), folder)
+    if "auto_map" in data:
+        raise ConfigError(f"{folder / 'config.json'} asks for custom code (auto_map): code from a model folder is "
+                          "never run here; use a model class diffusers ships")
+    weights = _weights_files(folder)
     try:
-        model = cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
-    except Exception as exc:  # noqa: BLE001 - whatever the library raises on this input: one line
+        model, info = build_within_budget(
+            lambda: cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
+                                        output_loading_info=True, ignore_mismatched_sizes=True), str(folder))
+    except ConfigError:
+        raise
+    except Exception as exc:
         raise _rejected("diffusers", folder, exc) from exc
+    _check_filled(folder, info, model, weights)
     return model, _diffusers_spec(model)
 
 
@@ -300,7 +433,7 @@ def _diffusers_spec(model: Any) -> dict[str, Any]:
 
 
 def _pipeline(folder: Path) -> tuple[Any, dict[str, Any]]:
-    index = _json(folder / "model_index.json") or {}
+    index = _config_file(folder / "model_index.json", "diffusers pipeline")
     parts, specs = {}, {}
     for name in PIPELINE_PARTS:
         entry = index.get(name)
@@ -331,40 +464,72 @@ def load_diffusers(pretrained: Path | None = None, config: Path | None = None) -
     data = _config_file(config, "diffusers")  # type: ignore[arg-type]
     cls = _diffusers_class(data.get("_class_name"), Path(config))  # type: ignore[arg-type]
     try:
-        model = _seeded(lambda: cls.from_config(data))
-    except Exception as exc:  # noqa: BLE001 - whatever the library raises on this input: one line
+        model = _diffusers_from_config(cls, data, Path(config))  # type: ignore[arg-type]
+    except ConfigError:
+        raise
+    except Exception as exc:
         raise _rejected("diffusers", Path(config), exc) from exc  # type: ignore[arg-type]
     return model.eval(), _diffusers_spec(model)
 
 
 def _build_part(spec: dict[str, Any]) -> Any:
+    if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
+        raise ConfigError("the card's model config is not an object")
     if spec.get("library") == "transformers":
         return build_transformers(**{k: v for k, v in spec.items() if k != "library"})
-    cls = _diffusers_class(spec["class"], Path("the card"))
-    return _to_dtype(cls.from_config(spec["config"]), spec.get("dtype", "float32"))
+    cls = _diffusers_class(spec.get("class"), "the card")
+    try:
+        model = _diffusers_from_config(cls, spec["config"], "the card")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise _rejected("diffusers", Path("the card"), exc) from exc
+    return _to_dtype(model, spec.get("dtype", "float32"))
 
 
 @_quietly("diffusers", "transformers")
 def build_diffusers(**spec: Any) -> Any:
     if "pipeline" in spec:
-        return PipelineModules({name: _build_part(part) for name, part in spec["pipeline"].items()}).eval()
+        parts = spec["pipeline"]
+        if not isinstance(parts, dict) or not set(parts) <= set(PIPELINE_PARTS):
+            raise ConfigError(f"the card's pipeline names parts other than {', '.join(PIPELINE_PARTS)}")
+        return PipelineModules({name: _build_part(part) for name, part in parts.items()}).eval()
     return _build_part(spec).eval()
 
 
 # --- timm ----------------------------------------------------------------------------------------------------
-def _timm_create(spec: dict[str, Any], where: Path) -> Any:
+# Model arguments that make timm load or fetch something (a checkpoint it would torch.load, a Hub config): a base
+# is built here with random weights and filled from safetensors only, so none of them is ever passed on.
+_TIMM_LOADING = ("pretrained", "checkpoint", "path", "file", "cache", "url", "hub")
+
+
+def _timm_create(spec: dict[str, Any], where: Path | str) -> Any:
     timm = _need("timm")
+    architecture, kwargs = spec.get("architecture"), spec.get("kwargs", {})
+    if not (isinstance(architecture, str) and ":" not in architecture and timm.is_model(architecture)):
+        raise ConfigError(f"{where}: timm has no model {str(architecture)[:80]!r} (architecture; Hub and local "
+                          "references such as hf-hub:... are not followed)")
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{where}: model_args is not an object")
+    loading = sorted(k for k in kwargs if any(word in str(k).lower() for word in _TIMM_LOADING))
+    if loading:
+        raise ConfigError(f"{where}: model_args {', '.join(repr(k[:40]) for k in loading[:3])} would make timm load "
+                          "a checkpoint or reach the network; a base takes its weights from safetensors only: "
+                          "remove them")
     try:
-        return timm.create_model(spec["architecture"], pretrained=False, **spec.get("kwargs", {}))
-    except Exception as exc:  # noqa: BLE001 - whatever the library raises on this input: one line
-        raise _rejected("timm", where, exc) from exc
+        return build_within_budget(lambda: timm.create_model(architecture, pretrained=False, **kwargs), str(where))
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise _rejected("timm", Path(str(where)), exc) from exc
 
 
 def _timm_spec(data: dict[str, Any]) -> dict[str, Any]:
-    kwargs = dict(data.get("model_args") or {})
-    if "num_classes" in data:
+    kwargs = data.get("model_args") or {}
+    kwargs = dict(kwargs) if isinstance(kwargs, dict) else kwargs
+    if "num_classes" in data and isinstance(kwargs, dict):
         kwargs.setdefault("num_classes", data["num_classes"])
-    return {"architecture": data["architecture"], "kwargs": kwargs}
+    return {"architecture": data.get("architecture"), "kwargs": kwargs}
 
 
 @_quietly("timm")
@@ -374,10 +539,12 @@ def load_timm(pretrained: Path | None = None, config: Path | None = None) -> tup
     if pretrained is not None:
         folder = _folder(_checkpoint(pretrained))
         spec = _timm_spec(_config_file(folder, "timm"))
-        model = _timm_create(spec, folder)
         weights = folder / "model.safetensors"
         if not weights.is_file():
             raise AdapterFileError(f"{folder} holds no model.safetensors (timm's weights file)")
+        headers = _weights_files(folder)
+        model = _timm_create(spec, folder)
+        _check_float(folder, model, {weights: headers[weights]})
         try:
             model.load_state_dict(load_file(str(weights)), strict=True)
         except RuntimeError as exc:
@@ -390,4 +557,4 @@ def load_timm(pretrained: Path | None = None, config: Path | None = None) -> tup
 
 @_quietly("timm")
 def build_timm(**spec: Any) -> Any:
-    return _to_dtype(_timm_create(spec, Path("the card")), spec.get("dtype", "float32")).eval()
+    return _to_dtype(_timm_create(spec, "the card"), spec.get("dtype", "float32")).eval()
