@@ -39,7 +39,7 @@ def budget_bytes() -> int:
 
 
 def _over(what: str, detail: str, limit: int) -> ConfigError:
-    return ConfigError(f"{what} declares a model {detail}, over the limit of {limit / (1 << 30):.1f} GB (half this "
+    return ConfigError(f"{what} declares a model {detail}, over the limit of {limit / (1 << 30):,.1f} GB (half this "
                        f"machine's memory unless {LIMIT_VARIABLE} is set): check the config's sizes, or raise "
                        f"{LIMIT_VARIABLE} if the model is meant to be that large")
 
@@ -57,7 +57,7 @@ def model_budget(what: str, limit: int | None = None) -> Iterator[None]:
         if tensor is not None:
             used[0] += tensor.numel() * tensor.element_size()
             if used[0] > limit:
-                raise _over(what, f"of more than {used[0] / (1 << 30):.1f} GB", limit)
+                raise _over(what, f"of more than {used[0] / (1 << 30):,.1f} GB", limit)
 
     def on_module(_module: Any, _name: str, _child: Any) -> None:
         modules[0] += 1
@@ -79,7 +79,7 @@ def check_declared_size(what: str, size: int, limit: int | None = None) -> None:
     """Refuse weights files that together hold more than the budget, before any of them is read."""
     limit = budget_bytes() if limit is None else limit
     if size > limit:
-        raise _over(what, f"whose weights files hold {size / (1 << 30):.1f} GB", limit)
+        raise _over(what, f"whose weights files hold {size / (1 << 30):,.1f} GB", limit)
 
 
 def build_within_budget(build: Callable[[], T], what: str) -> T:
