@@ -279,6 +279,19 @@ def test_downloads_are_bounded_in_size(pushed, tmp_path, hub_env) -> None:
                        for method, path in hub.requests[-1:])
 
 
+@pytest.mark.parametrize("text, needle", [("9" * 5000, "characters long"), ("[" * 5000 + "]" * 5000, "nested"),
+                                         ('"\\u001b[2J"', "lacks model, name or kind")])
+def test_a_pulled_card_with_hostile_json_is_one_line(pushed, tmp_path, hub_env, text, needle) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(pushed["adapter"], repo)
+    card = (repo / "card.json").read_text()
+    (repo / "card.json").write_text(card.replace('"model":', f'"x": {text}, "model":', 1) if "lacks" not in needle
+                                    else text)
+    with FakeHub({"me/a": repo}) as hub:
+        _one_line(_adapters("pull", "me/a", env=hub_env(hub)), needle)
+    assert not (tmp_path / "zoo").exists()
+
+
 def _base_card(pushed: Path, tmp_path: Path, change) -> Path:
     folder = tmp_path / "hostile-base"
     shutil.copytree(pushed, folder)
