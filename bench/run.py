@@ -509,9 +509,43 @@ def machine() -> dict[str, Any]:
 
     import adapterhub_lite
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": THREADS,
-            "torch": torch.__version__, "peft": peft.__version__, "adapterhub_lite": adapterhub_lite.__version__,
-            "python": platform.python_version()}
+    return {"cpu": _cpu_model(), "cpu_flags": _vector_flags(), "arch": platform.machine(), "cores": os.cpu_count(),
+            "threads": THREADS, "torch": torch.__version__,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "peft": peft.__version__,
+            "adapterhub_lite": adapterhub_lite.__version__, "python": platform.python_version(), "commit": _commit()}
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields from /proc/cpuinfo ({} where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    first = text.split("\n\n")[0]
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines()) if k.strip()}
+
+
+def _cpu_model() -> str:
+    """The processor's name as lscpu shows it (platform.processor() is empty on Linux)."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def _vector_flags() -> list[str]:
+    """The vector extensions that decide kernel speed (two machines 4x apart differ in these)."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+
+
+def _commit() -> str:
+    """HEAD of the checkout the bench runs from, with '+changes' when the tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + ("+changes" if dirty else "")
 
 
 def main() -> None:
