@@ -37,10 +37,7 @@ from .errors import (
     ZooError,
 )
 from .hookspecs import hookimpl, hookspec
-from .hub_download import hub_snapshot
 from .lazy import lazy_exports
-from .model_budget import build_within_budget, check_declared_size
-from .patterns import safe_pattern
 from .plugins import PluginManager, load_plugins
 from .progress import Progress, set_quiet
 from .refs import AdapterRef, parse_ref
@@ -72,6 +69,10 @@ _LAZY = {
     "Zoo": ".zoo",
     "ZooEntry": ".zoo",
     "add_adapter_version": ".workflow",
+    "build_within_budget": ".model_budget",
+    "check_declared_size": ".model_budget",
+    "hub_snapshot": ".hub_download",
+    "safe_pattern": ".patterns",
     "config_values": ".cli.options",
     "first_positional": ".cli.options",
     "get_registry": ".registry",
@@ -89,6 +90,9 @@ _LAZY = {
 if TYPE_CHECKING:
     from .cli.options import PluginOptionsCommand, config_values, first_positional
     from .fingerprint import state_fingerprint
+    from .hub_download import hub_snapshot
+    from .model_budget import build_within_budget, check_declared_size
+    from .patterns import safe_pattern
     from .layer import AdapterLayer
     from .model import AdaptedModel
     from .registry import Registry, get_registry
