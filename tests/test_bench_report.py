@@ -26,3 +26,45 @@ def test_a_skipped_stream_group_is_reported_with_its_reason(tmp_path) -> None:
     text = out.read_text()
     assert f"Not measured in this run: {reason}." in text
     assert "read + fuse + write" not in text
+
+
+def _forward_row(**figures) -> dict:
+    row = {"group": "forward", "model": "m", "adapters": 1, "base_ms": 1.0, "ours_ms": 1.1, "peft_ms": 1.2,
+           "ours_overhead": 0.1, "peft_overhead": 0.2, "overhead_ratio": 0.5, "ours_lowrank_overhead": 0.1,
+           "peft_lowrank_overhead": 0.2, "lowrank_ratio": 0.5, "ours_cold_overhead": 0.1, "cache_bytes": 0,
+           "model_bytes": 1}
+    return {**row, **figures}
+
+
+def test_like_for_like_and_cold_rows_carry_verdicts_and_the_words_follow_the_figures(tmp_path) -> None:
+    """The same report with the figures flipped says the opposite: no sentence is fixed text."""
+    machine = {"cpu": "AMD EPYC", "cpu_flags": ["avx2"], "cores": 2, "threads": 2, "torch": "t",
+               "torch_cpu_capability": "AVX2", "peft": "p", "adapterhub_lite": "a", "python": "3",
+               "commit": "abc1234"}
+    io = {"group": "io", "model": "m", "ours_save_ms": 5.0, "peft_save_ms": 4.1, "ours_load_ms": 1.0,
+          "peft_load_ms": 2.0, "ours_bytes": 1, "peft_bytes": 1}
+    module, out = _report_module(), tmp_path / "bench.md"
+    good = {"machine": machine, "command": "c", "seconds": 1, "rows": [_forward_row()]}
+    module.write_markdown(good, out)
+    text = out.read_text()
+    assert "at commit abc1234. Machine: AMD EPYC, 2 cores (avx2), torch t (CPU kernels: AVX2)" in text
+    assert "| 0.50 | met | +10.0% | met |" in text  # low-rank ratio and its verdict, cold and its verdict
+    assert "like for like (merged-weight cache off, the same low-rank products as PEFT): ours costs no more " \
+           "than PEFT at m x1; more at none" in text
+    bad = {**good, "rows": [_forward_row(ours_lowrank_overhead=0.3, ours_cold_overhead=0.5), io]}
+    module.write_markdown(bad, out)
+    text = out.read_text()
+    assert "| 1.50 |" not in text and "| **missed** | +50.0% | **missed** |" in text
+    assert "ours costs no more than PEFT at none; more at m x1" in text
+    assert "The first call after a switch costs more than PEFT's call at m x1." in text
+    assert "slower in one or both on m." in text and "| 1.22 | 0.50 |" in text
+
+
+def test_the_benchmark_prose_holds_no_measured_figure() -> None:
+    """bench/notes.md explains; figures and verdicts come from the run (report.py). A time, percentage, ratio,
+    rate or size measured by a run in the prose would go stale with the next run."""
+    import re
+
+    measured = re.compile(r"\d[\d.,]*\s?(ms|s|%|x\b|GB/s|MB/s)|~\s?\d|about \d|\d+(\.\d+)? (MB|GB)\b(?! per| transparent)")
+    found = [line for line in (ROOT / "bench" / "notes.md").read_text().splitlines() if measured.search(line)]
+    assert not found, found
