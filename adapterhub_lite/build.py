@@ -214,8 +214,8 @@ def _run_step(registry: Registry, zoo: Zoo, step: dict[str, Any], seed: int, bui
     assert entry is not None  # a build runs in one process
     built[step["id"]] = entry.ref
     card = entry.card
-    return {"ref": entry.ref, "metrics": card["metrics"], "headline": card.get("headline", {}),
-            "validation": card.get("validation"),
+    return {"ref": entry.ref, "fingerprint": card.get("fingerprint"), "metrics": card["metrics"],
+            "headline": card.get("headline", {}), "validation": card.get("validation"),
             "training_seconds": card["training"]["seconds"], "trainable_percent": card.get("trainable_percent"),
             "parameters": card["parameters"]}
 
@@ -261,7 +261,9 @@ def _evaluate_step(registry: Registry, zoo: Zoo, step: dict[str, Any], seed: int
                    data_dir: Path | None) -> dict[str, Any]:
     refs = [_ref(built, r) for r in step["refs"]]
     am, base = stack(registry, zoo, refs)
-    result: dict[str, Any] = {"refs": refs, "base": base.ref}  # the exact version: a ref 'MODEL/base' names the latest
+    # the exact version (a ref 'MODEL/base' names the latest) and its fingerprint: versions are per zoo, so only
+    # the fingerprint says whether two results files measured the same base
+    result: dict[str, Any] = {"refs": refs, "base": base.ref, "base_fingerprint": base.card.get("fingerprint")}
     if step.get("sample"):
         task = registry.get_model(base.model).task
         images = task.sample(am.model, step["sample"], seed=seed)

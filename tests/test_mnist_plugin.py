@@ -71,6 +71,14 @@ def test_light_background_and_polarity() -> None:
     metrics = sample_metrics(torch.cat([dark, light]), Oracle())
     assert metrics["light_background"] == 0.5 and metrics["recognisable"] == 1.0
     assert metrics["class_histogram"][1] == 6  # light samples were re-inverted before judging
+    # every sample called "1": a fooled judge, and its recognisable figure is shown as such
+    from adapterhub_lite_mnist.tasks import GenerateTask
+
+    assert metrics["judge_fooled"] is True
+    shown = GenerateTask.headline(None, metrics)
+    assert "recognisable" not in shown and shown["recognisable (judge fooled)"] == 1.0
+    honest = {**metrics, "max_class_share": 0.12, "judge_fooled": False}
+    assert GenerateTask.headline(None, honest)["recognisable"] == 1.0
     grey = torch.full((2, 1, 32, 32), 0.25)
     grey[:, :, 2:-2, 2:-2] = 1.0  # the inside does not count
     assert sample_metrics(torch.cat([dark, light, grey]), None)["border_brightness"] == pytest.approx(
