@@ -6,8 +6,9 @@
 Weight space turns the adapter's weight to w. Output space is the baseline a dial is compared against: each
 sample runs the adapter at weight 1 with probability w, else the bare base (per-sample routing over the whole
 DDIM chain, the same noise; one seeded draw, so the styled samples at w are among those at any larger w).
-256 samples per weight, 25 DDIM steps, judged by the zoo's RichBoyNet; validation noise (sample seed 10,000 +
-SEED) unless --split test (sample seed SEED). Prints one JSON line per weight, then the recognisability kept
+256 samples per weight, 25 DDIM steps, judged by the zoo's RichBoyNet, on validation noise only (sample seed
+10,000 + SEED): this is a selection tool, and a selection tool prints no test figure (the test figures of a chosen
+variant come from its build profile). Prints one JSON line per weight, then the recognisability kept
 (against w = 0) and the largest class share. Two threads, about 30 s per weight.
 """
 
@@ -31,13 +32,12 @@ def main() -> None:
     parser.add_argument("zoo")
     parser.add_argument("seed", type=int)
     parser.add_argument("name", help="a ddpm-unet adapter of the zoo (its latest version)")
-    parser.add_argument("--split", choices=("val", "test"), default="val")
     parser.add_argument("--output-space", action="store_true", help="mix the base's and the adapter's samples")
     args = parser.parse_args()
     torch.set_num_threads(2)
     registry, zoo, task = get_registry(), Zoo(args.zoo), GenerateTask()
     judge = load_base(registry, zoo.resolve("richboynet"))
-    sample_seed = args.seed + (GenerateTask.VAL_SEED_OFFSET if args.split == "val" else 0)
+    sample_seed = args.seed + GenerateTask.VAL_SEED_OFFSET
     share_draw = torch.rand(SAMPLES, generator=torch.Generator().manual_seed(12345)).tolist()
     adapted, _ = stack(registry, zoo, [f"ddpm-unet/{args.name}=1"])  # loaded once; weight or route per row
     rows = []
@@ -51,7 +51,7 @@ def main() -> None:
             images = task.sample(adapted.model, SAMPLES, seed=sample_seed, steps=STEPS)
         metrics = sample_metrics(images, judge)
         rows.append(metrics)
-        print(json.dumps({"w": weight, "split": args.split, "light_background": metrics["light_background"],
+        print(json.dumps({"w": weight, "split": "val", "light_background": metrics["light_background"],
                           "border_brightness": round(metrics["border_brightness"], 3),
                           "recognisable": metrics["recognisable"], "max_class_share": metrics["max_class_share"]}),
               flush=True)
