@@ -146,3 +146,17 @@ def test_the_results_page_is_what_its_renderer_writes_from_the_committed_results
     render = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(render)
     assert render.render() + "\n" == (DOCS / "results.md").read_text()
+
+
+def test_every_figure_in_the_results_notes_says_whether_it_is_reproduced() -> None:
+    """docs/results/notes.md quotes runs no committed file holds: each entry with a figure (a percentage, a
+    decimal, seconds, steps per second) must say where its figures come from (*Source:*) or that they are not
+    reproduced and why (*Not reproduced:*), so no hand-typed figure passes for a rendered one."""
+    import re
+
+    figure = re.compile(r"\d+(\.\d+)?%|\b\d+\.\d+\b|\b\d[\d,]* s\b|steps/s")
+    text = (DOCS / "results" / "notes.md").read_text()
+    entries = re.split(r"\n(?=- \*\*)", text)
+    unmarked = [entry.splitlines()[0][:80] for entry in entries if entry.startswith("- **") and figure.search(entry)
+                and not re.search(r"\*(Source|Not reproduced):", entry)]
+    assert not unmarked, unmarked
