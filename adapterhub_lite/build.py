@@ -119,7 +119,10 @@ def _ref(built: dict[str, str], text: str) -> str:
 
 
 def run_profile(registry: Registry, zoo: Zoo, recipes: dict[str, Any], profile: str, data_dir: Path | None,
-                seeds: list[int] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                seeds: list[int] | None = None, log: Callable[[str], None] = print, part: bool = False) -> dict[str, Any]:
+    """Run a profile's steps seed by seed into `zoo`. A `part` is one share of the seeds of a profile that
+    selects recipes, run beside the others in zoos of their own: it chooses nothing and measures no candidate on
+    test (`select_across` does, over every part's seeds at once)."""
     profiles = recipes.get("profiles", {})
     if profile not in profiles:
         from .errors import UnknownNameError
@@ -148,23 +151,64 @@ def run_profile(registry: Registry, zoo: Zoo, recipes: dict[str, Any], profile: 
         per_seed[str(seed)] = results
     summary = {step["id"]: _aggregate([per_seed[str(s)][step["id"]] for s in seeds if step["id"] in per_seed[str(s)]])
                for step in spec["steps"]}
-    selected = _select(spec["steps"], summary)
+    selected = {} if part else _select(spec["steps"], summary)
     for group, choice in selected.items():
         met = "" if "require_met" not in choice else (
             f"; {len(choice['meeting'])} of {len(choice['scores'])} candidates meet {', '.join(choice['require'])}"
             if choice["require_met"] else f"; no candidate meets {', '.join(choice['require'])}: best of all")
         log(f"{group}: chose {choice['best']} on {choice['on']} ({choice['scores'][choice['best']]:.4f} mean){met}")
-        _test_once(registry, zoo, next(s for s in spec["steps"] if s["id"] == choice["best"]), choice, per_seed,
-                   data_dir)
+        _test_once(registry, lambda seed: zoo, next(s for s in spec["steps"] if s["id"] == choice["best"]), choice,
+                   per_seed, data_dir)
         task = task_of(registry, next(s for s in spec["steps"] if s["id"] == choice["best"])["model"])
         for seed, measured in choice["test"].items():
             log(f"{group}: {choice['best']} on test, seed {seed}: "
                 f"{_headline({'headline': headlines(task, measured['metrics'])})}")
     report = {"profile": profile, "seeds": seeds, "seconds": round(time.perf_counter() - started, 1),
-              "summary": summary, "selected": selected, "per_seed": per_seed}
+              "summary": summary, "selected": selected, "per_seed": per_seed, **({"part": True} if part else {})}
     out = write_text(zoo.root / f"results-{profile}.json", json.dumps(report, indent=2) + "\n")
     log(f"wrote {out} ({report['seconds']}s)")
     return report
+
+
+def select_across(registry: Registry, parts: list[Zoo], out: Zoo, recipes: dict[str, Any], profile: str,
+                  data_dir: Path | None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """A profile that selects recipes, run seed by seed as parts (`run_profile(..., part=True)`, each into a zoo
+    of its own, side by side): choose each group on the mean over every part's seeds, as one build would, then
+    measure only the choice on test, each seed in its own zoo. The combined report goes to `out`."""
+    from .errors import ConfigError
+
+    reports = []
+    for zoo in parts:
+        path = zoo.root / f"results-{profile}.json"
+        try:
+            report = parse_json(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"no readable {path}: run `adapters zoo build --profile {profile} --seeds S --part "
+                              f"--zoo {zoo.root}` first ({exc})") from None
+        if not report.get("part"):
+            raise ConfigError(f"{path} is not a part (it chose on its own seeds and measured test): select across "
+                              "parts only")
+        reports.append(report)
+    combined = combine_reports(reports)
+    zoo_of = {seed: zoo for zoo, report in zip(parts, reports) for seed in report["per_seed"]}
+    steps = recipes["profiles"][profile]["steps"]
+    selected = _select(steps, combined["summary"])
+    if not selected:
+        raise ConfigError(f"profile {profile!r} has no search groups: combine its parts with render.py --from-zoo")
+    for group, choice in selected.items():
+        step = next(s for s in steps if s["id"] == choice["best"])
+        log(f"{group}: chose {choice['best']} on {choice['on']} ({choice['scores'][choice['best']]:.4f} mean over "
+            f"seeds {', '.join(map(str, combined['seeds']))})")
+        _test_once(registry, zoo_of.__getitem__, step, choice, combined["per_seed"], data_dir)
+        task = task_of(registry, step["model"])
+        for seed, measured in choice["test"].items():
+            log(f"{group}: {choice['best']} on test, seed {seed}: "
+                f"{_headline({'headline': headlines(task, measured['metrics'])})}")
+    combined["selected"] = selected
+    combined["zoos"] = {seed: str(zoo.root) for seed, zoo in zoo_of.items()}
+    written = write_text(out.root / f"results-{profile}.json", json.dumps(combined, indent=2) + "\n")
+    log(f"wrote {written}")
+    return combined
 
 
 def combine_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -220,13 +264,14 @@ def _run_step(registry: Registry, zoo: Zoo, step: dict[str, Any], seed: int, bui
             "parameters": card["parameters"]}
 
 
-def _test_once(registry: Registry, zoo: Zoo, step: dict[str, Any], choice: dict[str, Any],
+def _test_once(registry: Registry, zoo_of: Callable[[str], Zoo], step: dict[str, Any], choice: dict[str, Any],
                per_seed: dict[str, dict[str, Any]], data_dir: Path | None) -> None:
-    """The chosen candidate's zoo entries (one per seed), measured on the test split: the only test figures
-    a search reports."""
+    """The chosen candidate's zoo entries (one per seed, in the zoo `zoo_of(seed)`), measured on the test
+    split: the only test figures a search reports."""
     data = replace(_data(step, data_dir), test=True)
     choice["test"] = {seed: {"ref": results[step["id"]]["ref"],
-                             "metrics": test_metrics(registry, zoo, zoo.resolve(results[step["id"]]["ref"]), data)}
+                             "metrics": test_metrics(registry, zoo_of(seed), zoo_of(seed).resolve(
+                                 results[step["id"]]["ref"]), data)}
                       for seed, results in per_seed.items() if step["id"] in results}
     choice["test_summary"] = _aggregate([{"metrics": r["metrics"]} for r in choice["test"].values()])
 

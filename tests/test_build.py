@@ -123,6 +123,35 @@ def test_search_candidates_never_see_test_and_the_best_mean_validation_score_win
     assert f"nines: chose {choice['best']} on val.trained_classes.accuracy" in result.output
 
 
+def test_a_search_run_as_parts_side_by_side_chooses_and_tests_as_one_build_would(tmp_path) -> None:
+    """Seeds 0 and 1 as --part runs into zoos of their own (no choice, no test figure), then --select-from: the
+    same scores, choice and test figures as the one build over both seeds."""
+    recipes = tmp_path / "recipes.json"
+    recipes.write_text(json.dumps(SEARCH))
+    runner = CliRunner()
+    whole = runner.invoke(cli, ["zoo", "build", "--profile", "search", "--recipes", str(recipes),
+                                "--zoo", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    for seed in (0, 1):
+        part = runner.invoke(cli, ["zoo", "build", "--profile", "search", "--recipes", str(recipes), "--seeds",
+                                   str(seed), "--part", "--zoo", str(tmp_path / f"z{seed}")])
+        assert part.exit_code == 0, part.output
+        report = json.loads((tmp_path / f"z{seed}" / "results-search.json").read_text())
+        assert report["part"] is True and report["selected"] == {} and "on test" not in part.output
+        assert all(report["per_seed"][str(seed)][c]["metrics"] == {} for c in ("slow", "fast"))  # no test
+    early = runner.invoke(cli, ["zoo", "build", "--profile", "search", "--recipes", str(recipes), "--select-from",
+                                str(tmp_path / "whole"), "--zoo", str(tmp_path / "out")])
+    assert early.exit_code == 1 and "is not a part" in early.output
+    chosen = runner.invoke(cli, ["zoo", "build", "--profile", "search", "--recipes", str(recipes), "--select-from",
+                                 str(tmp_path / "z0"), "--select-from", str(tmp_path / "z1"), "--zoo",
+                                 str(tmp_path / "out")])
+    assert chosen.exit_code == 0, chosen.output
+    one = json.loads((tmp_path / "whole" / "results-search.json").read_text())["selected"]["nines"]
+    two = json.loads((tmp_path / "out" / "results-search.json").read_text())["selected"]["nines"]
+    assert two["best"] == one["best"] and two["scores"] == pytest.approx(one["scores"])
+    assert {s: m["metrics"] for s, m in two["test"].items()} == {s: m["metrics"] for s, m in one["test"].items()}
+
+
 def test_a_search_group_needs_one_metric(tmp_path) -> None:
     bad = json.loads(json.dumps(SEARCH))
     bad["profiles"]["search"]["steps"][2]["search"]["on"] = "val.all.accuracy"

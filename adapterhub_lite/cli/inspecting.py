@@ -275,18 +275,32 @@ def _tree(zoo: Any, entry: Any, weight: float = 1.0) -> list[str]:
 @click.option("--seeds", default=None, metavar="LIST", help="Override the profile's seeds, e.g. 0,1,2.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Folder the models' tasks read their data from (default: $ADAPTERS_DATA).")
+@click.option("--part", is_flag=True,
+              help="This run is one share of the seeds of a profile that selects recipes, run beside the others "
+                   "(each --seeds S into its own --zoo): choose nothing and measure no candidate on test; "
+                   "--select-from does that over all the parts.")
+@click.option("--select-from", "parts", multiple=True, type=click.Path(path_type=Path), metavar="ZOO",
+              help="Repeatable: the zoos of a profile's --part runs. Choose each search group on the mean over all "
+                   "their seeds, measure only the choice on test (in each seed's zoo), and write the combined "
+                   "results to --zoo. Trains nothing.")
 @zoo_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def zoo_build(profile: str, quick: bool, recipes: Path | None, seeds: str | None, data_dir: Path | None,
-              zoo_dir: Path | None, as_json: bool) -> None:
+              part: bool, parts: tuple[Path, ...], zoo_dir: Path | None, as_json: bool) -> None:
     """Build the zoo's experiments from its recipe file, seed by seed.
 
     \b
     Writes every base and adapter as new zoo versions and the figures to
     <zoo>/results-<profile>.json (per seed, and mean/min/max over seeds).
     Example: adapters zoo build --quick
+
+    \b
+    A profile that selects recipes on two cores, seeds side by side:
+      adapters zoo build --profile P --seeds 0 --part --zoo Z0   (and 1, 2)
+      adapters zoo build --profile P --select-from Z0 --select-from Z1 --select-from Z2 --zoo OUT
     """
-    from ..build import load_recipes, run_profile
+    from ..build import load_recipes, run_profile, select_across
+    from ..errors import ConfigError
     from ..registry import get_registry
     from ..zoo import Zoo
 
@@ -297,6 +311,14 @@ def zoo_build(profile: str, quick: bool, recipes: Path | None, seeds: str | None
         click.echo(line, err=as_json)
         (sys.stderr if as_json else sys.stdout).flush()  # a long build reports as it goes, even into a file
 
-    report = run_profile(get_registry(), zoo, book, "quick" if quick else profile, data_dir, seed_list, log=log)
+    if parts:
+        if part or seeds:
+            raise ConfigError("--select-from combines finished parts: it takes neither --part nor --seeds",
+                              option="select_from")
+        report = select_across(get_registry(), [Zoo(p) for p in parts], zoo, book, "quick" if quick else profile,
+                               data_dir, log=log)
+    else:
+        report = run_profile(get_registry(), zoo, book, "quick" if quick else profile, data_dir, seed_list, log=log,
+                             part=part)
     if as_json:
         echo_json(report)
