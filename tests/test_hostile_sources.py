@@ -167,11 +167,16 @@ def test_timm_checkpoint_arguments_are_refused_and_never_loaded(corpus, tmp_path
              ({"architecture": "hf-hub:me/evil"}, "timm has no model 'hf-hub:me/evil'"),
              ({"architecture": "local-dir:" + str(corpus)}, "timm has no model"),
              ({"architecture": "resnet18", "model_args": ["not", "an", "object"]}, "model_args is not an object")]
+    cases += [({"architecture": "resnet18", "model_args": {key: "x"}}, f"'{key}'")
+              for key in ("cache_dir", "weights_file", "config_url", "hub_id", "path")]
     for config, needle in cases:
         refused(run(tmp_path / "zoo", "zoo", "add-base", "x", "--config",
                     str(_config(corpus, tmp_path, "t.json", config))), needle)
     no_markers(corpus)
     assert not (tmp_path / "zoo").exists()
+    fine = {"architecture": "resnet18", "num_classes": 3, "model_args": {"drop_path_rate": 0.1}}
+    result = run(tmp_path / "zoo", "zoo", "add-base", "ok", "--config", str(_config(corpus, tmp_path, "ok.json", fine)))
+    assert result.exit_code == 0, result.output  # a rate named like a path is an ordinary argument
 
 
 def _adapters(*args: str, env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess:

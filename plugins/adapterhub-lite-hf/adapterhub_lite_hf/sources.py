@@ -499,8 +499,16 @@ def build_diffusers(**spec: Any) -> Any:
 
 # --- timm ----------------------------------------------------------------------------------------------------
 # Model arguments that make timm load or fetch something (a checkpoint it would torch.load, a Hub config): a base
-# is built here with random weights and filled from safetensors only, so none of them is ever passed on.
-_TIMM_LOADING = ("pretrained", "checkpoint", "path", "file", "cache", "url", "hub")
+# is built here with random weights and filled from safetensors only, so none of them is ever passed on. Matched
+# on whole words of the name, so `drop_path_rate` (a regularisation rate) stays allowed.
+_TIMM_LOADING = ("pretrained", "checkpoint", "cache", "url", "hub")
+_TIMM_LOADING_ENDS = ("_path", "_file", "_dir", "_url")
+
+
+def _loads_something(key: Any) -> bool:
+    key = str(key).lower()
+    return any(word in key.split("_") for word in _TIMM_LOADING) or key.endswith(_TIMM_LOADING_ENDS) or \
+        key in ("path", "file", "url")
 
 
 def _timm_create(spec: dict[str, Any], where: Path | str) -> Any:
@@ -511,7 +519,7 @@ def _timm_create(spec: dict[str, Any], where: Path | str) -> Any:
                           "references such as hf-hub:... are not followed)")
     if not isinstance(kwargs, dict):
         raise ConfigError(f"{where}: model_args is not an object")
-    loading = sorted(k for k in kwargs if any(word in str(k).lower() for word in _TIMM_LOADING))
+    loading = sorted(str(k) for k in kwargs if _loads_something(k))
     if loading:
         raise ConfigError(f"{where}: model_args {', '.join(repr(k[:40]) for k in loading[:3])} would make timm load "
                           "a checkpoint or reach the network; a base takes its weights from safetensors only: "
