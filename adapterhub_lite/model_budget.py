@@ -82,11 +82,16 @@ def check_declared_size(what: str, size: int, limit: int | None = None) -> None:
         raise _over(what, f"whose weights files hold {size / (1 << 30):,.1f} GB", limit)
 
 
-def build_within_budget(build: Callable[[], T], what: str) -> T:
-    """`build()` run first on the meta device, then for real, both within the budget (see the module's text)."""
+def build_within_budget(build: Callable[[], T], what: str, preflight: bool = True) -> T:
+    """`build()` run first on the meta device, then for real, both within the budget (see the module's text).
+    Without `preflight` only the real run: for a load whose files' size `check_declared_size` already checked,
+    where a meta-device run would read the checkpoint a second time."""
     import torch
 
     limit = budget_bytes()
+    if not preflight:
+        with model_budget(what, limit):
+            return build()
     with model_budget(what, limit):
         try:
             with torch.device("meta"):

@@ -163,6 +163,25 @@ def _rejected(library: str, path: Path, exc: Exception) -> ConfigError:
     return ConfigError(f"{library} rejects {path}: {type(exc).__name__}: {text[:300]}")
 
 
+def _library_call(library: str, where: Path | str, call: Any) -> Any:
+    """`call()`, whatever the library raises on this input turned into one line; our own refusals (the model
+    budget's) pass through as they are."""
+    try:
+        return call()
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the library raises on this input: one line
+        raise _rejected(library, Path(str(where)), exc) from exc
+
+
+def _refuse_custom_code(data: dict[str, Any], where: Path | str, library: str) -> None:
+    """A config that names code to import (transformers' and diffusers' `auto_map`, a custom pipeline)."""
+    found = [key for key in ("auto_map", "_custom_pipeline") if key in data]
+    if found:
+        raise ConfigError(f"{where} asks for custom code ({found[0]}): code from a model folder, config or card is "
+                          f"never run here; use a model {library} ships")
+
+
 def _dtype_name(model: Any) -> str:
     first = next(iter(model.parameters()), None)
     return str(first.dtype).removeprefix("torch.") if first is not None else "float32"
@@ -266,9 +285,7 @@ def _transformers_class(config: dict[str, Any], where: Path | str) -> Any:
 def _transformers_config(data: dict[str, Any], path: Path | str) -> Any:
     """The config object, for a model type transformers itself ships; custom code (`auto_map`) is refused."""
     transformers = _need("transformers")
-    if "auto_map" in data:
-        raise ConfigError(f"{path} asks for custom code (auto_map): code from a model folder, config or card is "
-                          "never run here; use a model type transformers ships")
+    _refuse_custom_code(data, path, "transformers")
     model_type = data.get("model_type")
     if not isinstance(model_type, str) or model_type not in transformers.CONFIG_MAPPING:
         raise ConfigError(f"{path}: transformers knows no model_type {str(model_type)[:80]!r}")
@@ -293,26 +310,18 @@ def load_transformers(pretrained: Path | None = None, config: Path | None = None
         _transformers_config(data, folder / "config.json")  # refuses custom code and unknown types first
         cls = _transformers_class(data, folder / "config.json")
         weights = _weights_files(folder)
-        try:
-            model, info = build_within_budget(
-                lambda: cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
-                                            trust_remote_code=False, output_loading_info=True,
-                                            ignore_mismatched_sizes=True), str(folder))  # reported, then refused
-        except ConfigError:
-            raise
-        except Exception as exc:
-            raise _rejected("transformers", folder, exc) from exc
+        model, info = _library_call("transformers", folder, lambda: build_within_budget(
+            lambda: cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
+                                        trust_remote_code=False, output_loading_info=True,
+                                        ignore_mismatched_sizes=True),  # mis-shaped tensors reported, then refused
+            str(folder), preflight=False))  # the files' size was checked: no second load on the meta device
         _check_filled(folder, info, model, weights)
     else:
         data = _config_file(config, "transformers")  # type: ignore[arg-type]
         built = _transformers_config(data, Path(config))  # type: ignore[arg-type]
         cls = _transformers_class(data, Path(config))  # type: ignore[arg-type]
-        try:
-            model = build_within_budget(lambda: _seeded(lambda: _from_config(cls, built)), str(config))
-        except ConfigError:
-            raise
-        except Exception as exc:
-            raise _rejected("transformers", Path(config), exc) from exc  # type: ignore[arg-type]
+        model = _library_call("transformers", config, lambda: build_within_budget(  # type: ignore[arg-type]
+            lambda: _seeded(lambda: _from_config(cls, built)), str(config)))
     spec = {"class": type(model).__name__, "config": model.config.to_dict(), "dtype": _dtype_name(model)}
     return model.eval(), spec
 
@@ -401,27 +410,20 @@ def _diffusers_class(name: Any, where: Path | str) -> Any:
 
 
 def _diffusers_from_config(cls: Any, data: dict[str, Any], where: Path | str) -> Any:
-    if "auto_map" in data or "_custom_pipeline" in data:
-        raise ConfigError(f"{where} asks for custom code: code from a model folder, config or card is never run "
-                          "here; use a model class diffusers ships")
-    return build_within_budget(lambda: _seeded(lambda: cls.from_config(data)), str(where))
+    _refuse_custom_code(data, where, "diffusers")
+    return _library_call("diffusers", where, lambda: build_within_budget(
+        lambda: _seeded(lambda: cls.from_config(data)), str(where)))
 
 
 def _diffusers_model(folder: Path) -> tuple[Any, dict[str, Any]]:
     data = _config_file(folder, "diffusers")
     cls = _diffusers_class(data.get("_class_name"), folder)
-    if "auto_map" in data:
-        raise ConfigError(f"{folder / 'config.json'} asks for custom code (auto_map): code from a model folder is "
-                          "never run here; use a model class diffusers ships")
+    _refuse_custom_code(data, folder / "config.json", "diffusers")
     weights = _weights_files(folder)
-    try:
-        model, info = build_within_budget(
-            lambda: cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
-                                        output_loading_info=True, ignore_mismatched_sizes=True), str(folder))
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise _rejected("diffusers", folder, exc) from exc
+    model, info = _library_call("diffusers", folder, lambda: build_within_budget(
+        lambda: cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
+                                    output_loading_info=True, ignore_mismatched_sizes=True),
+        str(folder), preflight=False))  # the files' size was checked: no second load on the meta device
     _check_filled(folder, info, model, weights)
     return model, _diffusers_spec(model)
 
@@ -463,12 +465,7 @@ def load_diffusers(pretrained: Path | None = None, config: Path | None = None) -
         return model.eval(), spec
     data = _config_file(config, "diffusers")  # type: ignore[arg-type]
     cls = _diffusers_class(data.get("_class_name"), Path(config))  # type: ignore[arg-type]
-    try:
-        model = _diffusers_from_config(cls, data, Path(config))  # type: ignore[arg-type]
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise _rejected("diffusers", Path(config), exc) from exc  # type: ignore[arg-type]
+    model = _diffusers_from_config(cls, data, Path(config))  # type: ignore[arg-type]
     return model.eval(), _diffusers_spec(model)
 
 
@@ -478,13 +475,7 @@ def _build_part(spec: dict[str, Any]) -> Any:
     if spec.get("library") == "transformers":
         return build_transformers(**{k: v for k, v in spec.items() if k != "library"})
     cls = _diffusers_class(spec.get("class"), "the card")
-    try:
-        model = _diffusers_from_config(cls, spec["config"], "the card")
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise _rejected("diffusers", Path("the card"), exc) from exc
-    return _to_dtype(model, spec.get("dtype", "float32"))
+    return _to_dtype(_diffusers_from_config(cls, spec["config"], "the card"), spec.get("dtype", "float32"))
 
 
 @_quietly("diffusers", "transformers")
@@ -524,12 +515,8 @@ def _timm_create(spec: dict[str, Any], where: Path | str) -> Any:
         raise ConfigError(f"{where}: model_args {', '.join(repr(k[:40]) for k in loading[:3])} would make timm load "
                           "a checkpoint or reach the network; a base takes its weights from safetensors only: "
                           "remove them")
-    try:
-        return build_within_budget(lambda: timm.create_model(architecture, pretrained=False, **kwargs), str(where))
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise _rejected("timm", Path(str(where)), exc) from exc
+    return _library_call("timm", where, lambda: build_within_budget(
+        lambda: timm.create_model(architecture, pretrained=False, **kwargs), str(where)))
 
 
 def _timm_spec(data: dict[str, Any]) -> dict[str, Any]:
