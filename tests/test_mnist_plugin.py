@@ -192,3 +192,27 @@ def test_the_generate_task_trains_and_samples_with_the_objective_the_network_dec
     assert not torch.equal(images, (Diffusion().ddim(unet, (2, 1, 32, 32), steps=3, seed=1) + 1) / 2)
     with pytest.raises(Exception, match="choose 'epsilon' or 'v'"):
         UNet(channels=(8, 8, 8), prediction="x0")
+
+
+def test_a_sample_seed_offset_draws_other_samples_and_records_which() -> None:
+    """A re-count with --sample-seed-offset draws noise independent of the card's samples (test seeds 0+,
+    validation 10,000+), and every evaluation records the seed its samples came from."""
+    from adapterhub_lite_mnist.tasks import GenerateTask
+
+    from adapterhub_lite import EvalContext
+
+    torch.manual_seed(0)
+    unet = UNet(channels=(8, 8, 8)).eval()
+    task = GenerateTask()
+    task.EVAL_STEPS = 2
+
+    def judged(**context):
+        return task.evaluate(unet, torch.empty(0), torch.empty(0), context=EvalContext(**context))
+
+    plain = judged(seed=2, options={"eval_samples": 2})
+    moved = judged(seed=2, options={"eval_samples": 2, "sample_seed_offset": 20_000})
+    val = judged(seed=2, split="val", options={"eval_samples": 2})
+    assert (plain["sample_seed"], moved["sample_seed"], val["sample_seed"]) == (2, 20_002, 10_002)
+    assert plain["border_brightness"] != moved["border_brightness"]
+    with pytest.raises(Exception, match="sample-seed-offset"):
+        judged(options={"sample_seed_offset": -1})

@@ -182,6 +182,9 @@ class SampleOptions(DigitOptions):
 
     eval_samples: int | None = field(default=None, metadata=help_field(
         "generated images per evaluation", default_text="256"))
+    sample_seed_offset: int | None = field(default=None, metadata=help_field(
+        "added to the seed an evaluation draws its samples from: a re-count with an offset (e.g. 20000) draws "
+        "noise independent of the card's samples (test: seeds 0+, validation: 10,000+)", default_text="0"))
 
 
 class GenerateTask(_DigitsTask):
@@ -240,11 +243,15 @@ class GenerateTask(_DigitsTask):
     def evaluate(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1000,
                  context: EvalContext | None = None) -> dict[str, Any]:
         context = context or EvalContext()
-        seed = context.seed + (self.VAL_SEED_OFFSET if context.split == "val" else 0)
-        samples = self.Options.of(context.options).eval_samples or self.EVAL_SAMPLES
-        images = self.sample(model, samples, seed=seed, steps=self.EVAL_STEPS)
+        options = self.Options.of(context.options)
+        if options.sample_seed_offset is not None and not 0 <= options.sample_seed_offset < 2**62:
+            raise ConfigError("--sample-seed-offset must be a whole number from 0 to 2**62",
+                              option="sample_seed_offset")
+        seed = context.seed + (self.VAL_SEED_OFFSET if context.split == "val" else 0) + \
+            (options.sample_seed_offset or 0)
+        images = self.sample(model, options.eval_samples or self.EVAL_SAMPLES, seed=seed, steps=self.EVAL_STEPS)
         judge = context.zoo_base(self.judge) if context.zoo_base else None
-        return sample_metrics(images, judge)
+        return {**sample_metrics(images, judge), "sample_seed": seed}  # which draw: independence is checkable
 
     def headline(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """The figures a listing shows; where the judge was fooled (one digit for most samples), the
