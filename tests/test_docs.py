@@ -160,3 +160,37 @@ def test_every_figure_in_the_results_notes_says_whether_it_is_reproduced() -> No
     unmarked = [entry.splitlines()[0][:80] for entry in entries if entry.startswith("- **") and figure.search(entry)
                 and not re.search(r"\*(Source|Not reproduced):", entry)]
     assert not unmarked, unmarked
+
+
+def test_the_cnn_grid_section_judges_each_seed_and_reads_the_grid_from_the_recipes() -> None:
+    """The clean CNN selection's table: the LoRA target is judged on every seed (a mean above it with one seed
+    below is a miss), the grid's values come from zoo/recipes.json, candidates are listed best first."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_results", DOCS / "results" / "render.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    steps = render.recipe_steps("mnist-cnn-grid")
+    lora = [s["id"] for s in steps if s.get("search", {}).get("group") == "cnn-lora-grid"]
+    tune = [s["id"] for s in steps if s.get("search", {}).get("group") == "cnn-finetune-grid"]
+    seeds = [0, 1, 2]
+    lora_test, tune_test = [0.96, 0.95, 0.944], [0.95, 0.95, 0.95]
+    per_seed = {str(s): {"mnist-cnn-base": {"metrics": {"accuracy": 0.97}},
+                         **{c: {"training_seconds": 10.0, "trainable_percent": 1.5} for c in lora + tune}}
+                for s in seeds}
+
+    def choice(ids, best, test, scope):
+        return {"on": "val.accuracy", "best": best, "scores": {c: 0.9 + i / 1000 for i, c in enumerate(ids)},
+                "test": {str(s): {"metrics": {scope: {"accuracy": a}} if scope else {"accuracy": a}}
+                         for s, a in zip(seeds, test)}}
+
+    result = {"profile": "mnist-cnn-grid", "seeds": seeds, "per_seed": per_seed,
+              "selected": {"cnn-lora-grid": choice(lora, lora[-1], lora_test, "trained_classes"),
+                           "cnn-finetune-grid": choice(tune, tune[-1], tune_test, None)}}
+    page = "\n".join(render.cnn_grid(result))
+    assert "rank 2 or 8" in page and "3 or 8 epochs" in page
+    lora_row = next(line for line in page.splitlines() if line.startswith("| **LoRA, chosen"))
+    assert "96.00%" in lora_row and "94.40%" in lora_row and "missed" in lora_row  # mean 95.13% >= 94.5%
+    assert "| +1.00 | +0.00 | -0.60 |" in page
+    listed = [line.split("`")[1] for line in page.splitlines() if line.startswith("| `grid-lora")]
+    assert listed == lora[::-1]
