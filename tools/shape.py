@@ -1,0 +1,140 @@
+"""The shape of the core, as issue 30 measures it before and after a redesign.
+
+    python tools/shape.py [--json]
+
+Prints: the core's modules and lines (the largest named), the public surface of the layer contract class (methods,
+properties, class attributes defined on it, not inherited from nn.Module), and every import cycle among the
+package's modules, counting imports at module level, inside functions and under TYPE_CHECKING alike (a cycle
+is a strongly connected group of two or more modules).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "adapterhub_lite"
+
+
+def modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the package (a package is its __init__)."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package's modules `name` imports anywhere in its file (relative imports resolved; `from X import Y`
+    counts Y when Y is itself a module)."""
+    is_package = path.name == "__init__.py"
+    here = name.split(".") if is_package else name.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = here[: len(here) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        else:
+            continue
+        found |= {t for t in targets if t in known and t != name}
+    return found
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of two or more modules (Tarjan), each sorted, largest first."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    sys.setrecursionlimit(10_000)
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(out, key=lambda g: (-len(g), g))
+
+
+def contract_surface(path: Path, cls: str) -> dict[str, list[str]]:
+    """Public names defined in class `cls` of `path`: methods, properties, class attributes."""
+    tree = ast.parse(path.read_text())
+    node = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls)
+    surface: dict[str, list[str]] = {"methods": [], "properties": [], "class attributes": []}
+    for item in node.body:
+        if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and not item.name.startswith("_"):
+            decorators = {getattr(d, "id", getattr(d, "attr", "")) for d in item.decorator_list}
+            surface["properties" if "property" in decorators else "methods"].append(item.name)
+        elif isinstance(item, (ast.AnnAssign, ast.Assign)):
+            targets = [item.target] if isinstance(item, ast.AnnAssign) else item.targets
+            surface["class attributes"] += [t.id for t in targets if isinstance(t, ast.Name)
+                                            and not t.id.startswith("_")]
+    return surface
+
+
+def measure() -> dict:
+    found = modules()
+    lines = {name: len(path.read_text().splitlines()) for name, path in found.items()}
+    core = {n: v for n, v in lines.items() if not n.startswith("adapterhub_lite.cli")}
+    graph = {name: imports(name, path, set(found)) for name, path in found.items()}
+    surface = contract_surface(PACKAGE / "layer.py", "AdapterLayer")
+    largest = max(core, key=core.get)
+    return {"modules": len(found), "core modules (without cli)": len(core), "core lines": sum(core.values()),
+            "largest core module": {largest: core[largest]},
+            "contract class": "adapterhub_lite.layer.AdapterLayer",
+            "contract public members": {k: len(v) for k, v in surface.items()},
+            "contract members": surface, "import cycles": cycles(graph)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    figures = measure()
+    if parser.parse_args().json:
+        print(json.dumps(figures, indent=1))
+        return
+    for key, value in figures.items():
+        if key == "import cycles":
+            print(f"import cycles: {len(value)}")
+            for group in value:
+                print("  " + " <-> ".join(m.removeprefix("adapterhub_lite.") for m in group))
+        elif key == "contract members":
+            for kind, names in value.items():
+                print(f"  {kind}: {', '.join(names)}")
+        else:
+            print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()
