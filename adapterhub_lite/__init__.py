@@ -64,8 +64,10 @@ _LAZY = {
     "AdaptedModel": ".model",
     "AdapterLayer": ".layer",
     "DataOptions": ".workflow",
+    "LayerPolicy": ".forward",
     "PluginOptionsCommand": ".cli.options",
     "Registry": ".registry",
+    "Route": ".routing",
     "Zoo": ".zoo",
     "ZooEntry": ".zoo",
     "add_adapter_version": ".workflow",
@@ -90,12 +92,14 @@ _LAZY = {
 if TYPE_CHECKING:
     from .cli.options import PluginOptionsCommand, config_values, first_positional
     from .fingerprint import state_fingerprint
+    from .forward import LayerPolicy
     from .hub_download import hub_snapshot
     from .model_budget import build_within_budget, check_declared_size
     from .patterns import safe_pattern
     from .layer import AdapterLayer
     from .model import AdaptedModel
     from .registry import Registry, get_registry
+    from .routing import Route
     from .serialization import load_adapter, read_adapter_file, save_adapter
     from .tensorfile import load_tensors
     from .workflow import DataOptions, add_adapter_version, load_base
@@ -121,6 +125,7 @@ __all__ = [
     "ImportFn",
     "HubError",
     "IncompatibleAdapterError",
+    "LayerPolicy",
     "MergeFn",
     "MergeInput",
     "MergeMethod",
@@ -135,6 +140,7 @@ __all__ = [
     "Progress",
     "RefError",
     "Registry",
+    "Route",
     "Task",
     "TrainingError",
     "UnknownNameError",

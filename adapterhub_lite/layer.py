@@ -12,14 +12,15 @@ bookkeeping); a plugin subclass owns the math. The contract, in three parts:
   on replaced weights), `describe` (per-target file metadata), `invalidate`
   (drop the plugin's own caches), `prepare_static` / `fill_static` /
   `static_forward` / `release_static` (a fixed-shape path for compiled
-  serving, see `AdaptedModel.compile`); class attributes `targets`, `composes`,
-  `route_per_group`, `train_on_merged_weights`, `inference_merge_limit`,
-  `inference_cache_budget`, `keep_merge_buffers`; a kind that acts on the
-  whole layer (`composes = "wraps"`) gives `wrap_forward` and `wrap_weights`;
+  serving, see `forward.py`); `run` (the whole forward, for kinds that are
+  not base(x) + deltas, like attention); class attributes `targets`,
+  `composes`, and two cost hints, `route_per_group`, `train_on_merged_weights`;
+  a kind that acts on the whole layer (`composes = "wraps"`) gives
+  `wrap_forward` and `wrap_weights`;
 - **provided**: `add`, `remove`, `set_weight`, `enable`, `disable`, `weight`,
   `active`, `live`, `forward`, `merge`, `unmerge`, `merged`, `bake`,
   `release_buffers`, `base_state`, `adapter_state`, `check_adapter_state`,
-  `load_adapter_state`, `inference_weights`, `layer_of`.
+  `load_adapter_state`, `merged_tensors`, `layer_of`.
 
 Exactness rules, enforced here once for every kind:
 
@@ -29,11 +30,12 @@ Exactness rules, enforced here once for every kind:
   `unmerge` swaps the original back: bit-exact, never a subtraction. The cost
   is one extra copy of each merged weight while merged (none when unmerged).
 
-Adapters of several families on one module live in a `MixedLayer`
-(`mixed.py`), which composes the families' own layers by `composes`. What is
-not the contract lives beside it: per-sample routing (`routing.py`), the
-inference cache (`inference_cache.py`), merge buffers (`buffers.py`) and
-training through merged weights (`merged_training.py`).
+How a forward is served is not the layer's business: its `strategy` (set by
+the model handle, see `forward.py`: cached merged weights, per-sample
+routing, compiled) decides, and with none the layer runs `run` on its live
+adapters. The strategies import this module; this module imports none of
+them. Adapters of several families on one module live in a `MixedLayer`
+(`mixed.py`), which composes the families' own layers by `composes`.
 """
 
 from __future__ import annotations
@@ -47,10 +49,8 @@ from torch import Tensor, nn
 
 from .buffers import MergeBuffers, empty_weight_like
 from .config import AdapterConfig
-from .errors import AdapterStateError, IncompatibleAdapterError, UnknownNameError, UnsupportedModuleError
-from .inference_cache import InferenceCache, cache_key
-from .merged_training import trains_on_merged_weights
-from .routing import Route, forward_routed, routed_adapters
+from .errors import AdapterStateError, IncompatibleAdapterError, UnknownNameError
+from .routing import Route
 
 Allocate = Callable[[str, Tensor], Tensor]  # (base parameter path, the current tensor) -> a tensor to write into
 
@@ -72,28 +72,13 @@ class AdapterLayer(nn.Module):
     # against the base weight) or "wraps" (acts on the whole layer, base and other families' deltas alike, like
     # (IA)^3's scales: the kind gives `wrap_forward` and `wrap_weights`).
     composes: ClassVar[str] = "adds"
-    # Inference (no autograd, eval mode) on a layer this small runs on a cached merged copy of its weights:
-    # one base-sized op instead of base + adapter ops. Bigger layers keep the low-rank path (their relative
-    # overhead is small, and a copy would not be).
-    inference_merge_limit: ClassVar[int] = 1 << 22  # parameter elements of the base module
-    # Opt-in, for code that merges and unmerges again and again: unmerge keeps the merged tensor and the next
-    # merge writes into it (no allocation; a fresh buffer is mapped on huge pages, see buffers.py). The cost is
-    # one weight-sized copy per merged weight while unmerged, so it is off by default: unmerged costs nothing.
-    # A kept buffer is reused only while nothing else references its memory (see `buffers.sole_owner`);
-    # `release_buffers()` frees them.
-    keep_merge_buffers: ClassVar[bool] = False
-    # Under a route, run each sample group separately (kinds whose op is compute-bound per sample, like convs,
-    # turn this on: on merged weights for small layers at inference, else each adapter's delta on its own
-    # samples); weight-bound GEMMs are cheaper with one masked pass over the whole batch.
+    # Cost hints for the forward strategies (forward.py). Under a route, run each sample group separately
+    # (kinds whose op is compute-bound per sample, like convs: on merged weights for small layers at inference,
+    # else each adapter's delta on its own samples); weight-bound GEMMs are cheaper with one masked pass.
     route_per_group: ClassVar[bool] = False
-    # Bytes of merged weights cached per layer, as a multiple of the layer's own parameter bytes: 1.0 keeps one
-    # merged copy (the steady state of serving one active set), so the cache never exceeds the size of the
-    # small layers it serves, and a new active set or weight evicts the old one (least recently used first).
-    inference_cache_budget: ClassVar[float] = 1.0
     # Training on small layers through W + delta built inside autograd (kinds whose adapter activations cost
     # more than the base weight gradient, like convs, may opt in; LoraConv2d.train_on_merged_weights = True).
     train_on_merged_weights: ClassVar[bool] = False
-    _static: bool = False  # set by prepare_static: forward runs static_forward (AdaptedModel.compile)
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
@@ -106,10 +91,9 @@ class AdapterLayer(nn.Module):
         self._merged: dict[str, float] = {}  # name -> weight it was merged at
         self._originals: dict[str, Tensor] = {}  # base parameter path -> unmerged tensor
         self._merge_buffers = MergeBuffers()  # what a merge writes into (kept across unmerge only if asked)
-        self.route: Route | None = None  # set only inside AdaptedModel.routing()
-        self._inference_cache = InferenceCache()  # merged weights for inference on small layers
-        self._base_numel = sum(p.numel() for p in base.parameters())  # merging swaps tensors, never shapes
-        self._base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
+        self.strategy: Any = None  # how forward is served (forward.py), set by the model handle; None: `run`
+        self.base_numel = sum(p.numel() for p in base.parameters())  # merging swaps tensors, never shapes
+        self.base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
         self.train(base.training)  # a wrapper made on an eval-mode model stays in eval mode (no adapter dropout)
 
     # --- must implement ---------------------------------------------------------------
@@ -146,13 +130,13 @@ class AdapterLayer(nn.Module):
         assert total is not None  # forward only calls with at least one live adapter
         return total
 
-    def combine_routed(self, live: list[tuple[str, float]], x: Tensor, batch_dim: int = 0,
+    def combine_routed(self, live: list[tuple[str, float]], x: Tensor, route: Route, batch_dim: int = 0,
                        out: Tensor | None = None) -> Tensor:
-        """Like `combine`, but each sample gets only its own adapter's delta; low-rank kinds fuse this."""
-        assert self.route is not None
+        """Like `combine`, but each sample gets only its own adapter's delta (`route` says which); low-rank
+        kinds fuse this."""
         total = out
         for name, weight in live:
-            term = self.delta(name, x) * (self.route.sample_mask(name, x, batch_dim) * weight)
+            term = self.delta(name, x) * (route.sample_mask(name, x, batch_dim) * weight)
             total = term if total is None else total + term
         assert total is not None
         return total
@@ -176,21 +160,14 @@ class AdapterLayer(nn.Module):
         the changed ones, as new tensors."""
         raise NotImplementedError(f"{type(self).__name__} composes by {self.composes!r}, not 'wraps'")
 
-    def prepare_static(self, max_rank: int) -> None:
-        """Allocate fixed-shape buffers that can hold any live set of total rank <= max_rank, and make forward
-        read them (`static_forward`): swapping adapters then changes tensors, never the compiled graph."""
-        raise UnsupportedModuleError(f"{type(self).__name__} has no fixed-shape path for compiled hot-swap")
-
-    def fill_static(self) -> None:
-        """Write the live adapters (at their weights) into the fixed-shape buffers; cheap when nothing changed."""
-        raise NotImplementedError
-
-    def static_forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
-
-    def release_static(self) -> None:
-        """Back to the ordinary forward; the buffers are freed."""
-        self._static = False
+    def run(self, live: list[tuple[str, float]], x: Tensor, *args: Any, route: Route | None = None,
+            **kwargs: Any) -> Any:
+        """The plain forward with these live adapters: the base op plus their deltas (under a `route`, each
+        sample's own adapter only). Kinds whose output is not base + deltas (attention) override it."""
+        out = self.base(x, *args, **kwargs)
+        if not live:
+            return out
+        return self.combine(live, x, out=out) if route is None else self.combine_routed(live, x, route, out=out)
 
     def layer_of(self, name: str) -> AdapterLayer:
         """The layer whose math runs adapter `name`: this one (a MixedLayer answers with the family's own)."""
@@ -199,13 +176,17 @@ class AdapterLayer(nn.Module):
 
     def invalidate(self) -> None:
         """Drop caches derived from the adapters (called after every composition change)."""
-        self._inference_cache.clear()
+        if self.strategy is not None:
+            self.strategy.invalidate()
 
     # --- provided: merged tensors -----------------------------------------------------------
-    def merged_tensors(self, weighted: list[tuple[str, float]], allocate: Allocate | None = None
-                       ) -> dict[str, Tensor]:
+    def merged_tensors(self, weighted: list[tuple[str, float]], allocate: Allocate | None = None, *,
+                       differentiable: bool = False) -> dict[str, Tensor]:
         """Base tensors with these adapters folded in at these weights (fresh tensors unless `allocate` hands
-        out others); the current tensors stay untouched."""
+        out others); the current tensors stay untouched. `differentiable`: the generic sum, built inside
+        autograd (training through merged weights)."""
+        if differentiable:
+            return self._summed(weighted)
         fast = self.merged_weights(weighted, allocate or (lambda path, current: empty_weight_like(current)))
         return fast if fast is not None else self._summed(weighted)
 
@@ -268,53 +249,12 @@ class AdapterLayer(nn.Module):
         """Adapters the forward must compute: enabled, not merged, non-zero weight."""
         return [(n, self._weights[n]) for n in self.active if n not in self._merged and self._weights[n] != 0.0]
 
-    def routed(self) -> list[tuple[str, float]]:
-        """Under a route: the routed adapters this layer holds, at their weights (the active set is ignored)."""
-        return routed_adapters(self)
-
     # --- provided: forward ---------------------------------------------------------------
-    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        if self._static:
-            return self.static_forward(x, *args, **kwargs)
-        if self.route is not None:
-            return forward_routed(self, x, *args, **kwargs)
-        live = self.live()
-        if not live:
-            return self.base(x, *args, **kwargs)
-        merged = self.inference_weights(live)
-        if merged is None and trains_on_merged_weights(self, live):
-            merged = self._summed(live)
-        if merged is not None:
-            return self.forward_with(merged, x, *args, **kwargs)
-        return self.combine(live, x, out=self.base(x, *args, **kwargs))
-
-    def small_for_inference(self) -> bool:
-        """Inference (no autograd, eval mode) on a layer within `inference_merge_limit`."""
-        return not (torch.is_grad_enabled() or self.training) and self.base_numel <= self.inference_merge_limit
-
-    @property
-    def base_numel(self) -> int:
-        return self._base_numel
-
-    def inference_weights(self, live: list[tuple[str, float]]) -> dict[str, Tensor] | None:
-        """Merged base tensors for these live adapters at these weights, from a small LRU cache keyed by
-        everything they depend on; None when the low-rank path must run (autograd, training, a big layer)."""
-        if not self.small_for_inference():
-            return None
-        key = cache_key(live, [*self.base.parameters(), *(p for n, _ in live for p in self.adapters[n].parameters())])
-        if key is None:
-            return None  # a tensor made in inference mode has no version counter: a cache could go stale
-
-        def build() -> dict[str, Tensor]:
-            with torch.no_grad():
-                return self.merged_tensors(live)
-
-        return self._inference_cache.get_or_build(key, build, self.inference_cache_budget * self._base_bytes)
-
-    @property
-    def inference_cache_bytes(self) -> int:
-        """Bytes held by the inference cache (merged weights kept for small layers)."""
-        return self._inference_cache.nbytes
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Served by the strategy the model handle set (forward.py); without one, `run` on the live adapters."""
+        if self.strategy is not None:
+            return self.strategy.forward(self, *args, **kwargs)
+        return self.run(self.live(), *args, **kwargs)
 
     # --- provided: merge ------------------------------------------------------------------
     @property
@@ -341,12 +281,13 @@ class AdapterLayer(nn.Module):
         self.invalidate()
 
     @torch.no_grad()
-    def unmerge(self) -> None:
-        """Put the original base tensors back: bit-exact. With `keep_merge_buffers` the merged tensor is kept
-        for the next merge to write into; `release_buffers()` frees it."""
+    def unmerge(self, keep_buffers: bool = False) -> None:
+        """Put the original base tensors back: bit-exact. With `keep_buffers` the merged tensor is kept for the
+        next merge to write into (no allocation then, see buffers.py; a kept buffer is reused only while
+        nothing else references its memory); `release_buffers()` frees it."""
         for path, original in self._originals.items():
             param = self.base.get_parameter(path)
-            if self.keep_merge_buffers:
+            if keep_buffers:
                 self._merge_buffers.keep(path, param.data)
             param.data = original
         self._originals.clear()

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .errors import AdapterStateError
 from .layer import AdapterLayer, Allocate
-from .routing import Route, forward_routed
+from .routing import Route
 
 
 class MixedLayer(AdapterLayer):
@@ -49,7 +49,7 @@ class MixedLayer(AdapterLayer):
 
     def _attach(self, family: str, part: AdapterLayer) -> None:
         part._originals = self._originals  # one record of the original tensors: parts take deltas against it
-        part.route, part.training = self.route, self.training
+        part.training = self.training
         self._parts[family] = part
 
     def part_for(self, family: str, layer_class: type[AdapterLayer]) -> AdapterLayer:
@@ -71,16 +71,6 @@ class MixedLayer(AdapterLayer):
         return self._parts[self.configs[name].kind]
 
     # --- the part's state follows this layer's --------------------------------------------------------------
-    @property  # type: ignore[override]
-    def route(self) -> Route | None:
-        return self.__dict__.get("_route")
-
-    @route.setter
-    def route(self, value: Route | None) -> None:
-        self.__dict__["_route"] = value
-        for part in self.__dict__.get("_parts", {}).values():
-            part.route = value
-
     @property  # type: ignore[override]
     def route_per_group(self) -> bool:
         return any(part.route_per_group for part in self._parts.values())
@@ -152,30 +142,25 @@ class MixedLayer(AdapterLayer):
         assert total is not None
         return total
 
-    def combine_routed(self, live: list[tuple[str, float]], x: Tensor, batch_dim: int = 0,
+    def combine_routed(self, live: list[tuple[str, float]], x: Tensor, route: Route, batch_dim: int = 0,
                        out: Tensor | None = None) -> Tensor:
         """Under a route each sample runs one adapter, whose own delta is exact whatever its family."""
         total = out
         for i, (part, group) in enumerate(self._by_part(live)):
             if i == 0:
-                total = part.combine_routed(group, x, batch_dim, out=out)
+                total = part.combine_routed(group, x, route, batch_dim, out=out)
             else:
-                term = part.combine_routed(group, x, batch_dim)
+                term = part.combine_routed(group, x, route, batch_dim)
                 total = term if total is None else total + term
         assert total is not None
         return total
 
-    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        if self.route is not None:
-            return forward_routed(self, x, *args, **kwargs)
-        live = self.live()
-        if not live:
-            return self.base(x, *args, **kwargs)
-        merged = self.inference_weights(live)
-        if merged is None and self._merged:  # the base tensors hold merged adapters: compose from the originals
-            merged = self.merged_tensors(live)
-        if merged is not None:
-            return self.forward_with(merged, x, *args, **kwargs)
+    def run(self, live: list[tuple[str, float]], x: Tensor, *args: Any, route: Route | None = None,
+            **kwargs: Any) -> Tensor:
+        if route is not None or not live:
+            return super().run(live, x, *args, route=route, **kwargs)  # under a route: each sample's own delta
+        if self._merged:  # the base tensors hold merged adapters: compose from the originals
+            return self.forward_with(self.merged_tensors(live), x, *args, **kwargs)
         groups = self._by_part(live)
 
         def inner(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:

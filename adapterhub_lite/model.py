@@ -20,8 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from .config import AdapterConfig
-from .errors import AdapterStateError, ConfigError, IncompatibleAdapterError, UnknownNameError
+from .errors import AdapterStateError, ConfigError, IncompatibleAdapterError, UnknownNameError, UnsupportedModuleError
 from .fingerprint import FingerprintCache, combine_fingerprints
+from .forward import Compiled, LayerPolicy, MergedWeights, Routed, has_fixed_shape_path
 from .inject import adapter_layers, find_targets, named_base_modules, unwrap, wrap
 from .mixed import MixedLayer
 from .layer import AdapterLayer
@@ -43,7 +44,8 @@ class AdapterInfo:
 
 
 class AdaptedModel:
-    def __init__(self, model: nn.Module, *, base_id: str | None = None, registry: Registry | None = None) -> None:
+    def __init__(self, model: nn.Module, *, base_id: str | None = None, registry: Registry | None = None,
+                 policy: LayerPolicy | None = None) -> None:
         if adapter_layers(model):
             raise AdapterStateError("this model already holds adapter layers: use its existing AdaptedModel handle")
         self.model = model
@@ -52,7 +54,31 @@ class AdaptedModel:
         self.adapters: dict[str, AdapterInfo] = {}
         self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         self._fingerprints = FingerprintCache()  # per module, until one of its tensors changes
+        self._policy = policy or LayerPolicy()
         model.requires_grad_(False)  # the base is frozen; only adapter parameters train
+
+    @property
+    def policy(self) -> LayerPolicy:
+        """The layers' speed and memory trade-offs (forward.LayerPolicy: merged-weight cache size and budget,
+        merge buffers, training through merged weights)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: LayerPolicy) -> None:
+        if not isinstance(policy, LayerPolicy):
+            raise ConfigError(f"policy must be a LayerPolicy, got {type(policy).__name__}")
+        layers = self.layers().values()
+        if any(not isinstance(layer.strategy, MergedWeights) for layer in layers):
+            raise AdapterStateError("a routing() block or a compiled forward is running: leave it (or "
+                                    "release_compiled()) before changing the policy")
+        self._policy = policy
+        for layer in layers:
+            layer.strategy = MergedWeights(policy)  # a fresh cache under the new budget
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of merged weights the layers' forward strategies hold (the inference cache)."""
+        return sum(getattr(layer.strategy, "cache_bytes", 0) for layer in self.layers().values())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
@@ -108,6 +134,7 @@ class AdaptedModel:
                                   f"(rank, shapes) against the model") from exc
             raise
         for layer_name, layer in new_layers.items():
+            layer.strategy = MergedWeights(self.policy)
             wrap(self.model, layer_name, layer)
         return [t.name for t in targets]
 
@@ -249,19 +276,19 @@ class AdaptedModel:
             raise AdapterStateError(f"adapters {list(self.merged)} are merged into every sample: unmerge() first")
         route = Route.of(per_sample)
         layers = list(self.layers().values())
-        if any(layer._static for layer in layers):
+        if any(isinstance(layer.strategy, Compiled) for layer in layers):
             raise AdapterStateError("routing() runs the ordinary forward; this model is compiled for hot-swap: "
                                     "release_compiled() first")
-        for layer in layers:
-            if layer.route is not None:
-                raise AdapterStateError("a route is already set: routing() blocks do not nest")
+        if any(isinstance(layer.strategy, Routed) for layer in layers):
+            raise AdapterStateError("a route is already set: routing() blocks do not nest")
+        saved = [layer.strategy for layer in layers]
         try:
-            for layer in layers:
-                layer.route = route
+            for layer, strategy in zip(layers, saved):
+                layer.strategy = Routed(route, strategy if isinstance(strategy, MergedWeights) else None)
             yield
         finally:
-            for layer in layers:
-                layer.route = None
+            for layer, strategy in zip(layers, saved):
+                layer.strategy = strategy
 
     # --- compiled serving -------------------------------------------------------------------------
     def compile(self, max_rank: int, **options: Any) -> Callable[..., Any]:
@@ -278,31 +305,46 @@ class AdaptedModel:
         """
         if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1:
             raise ConfigError(f"max_rank must be a positive integer, got {max_rank!r}")
+        if any(isinstance(layer.strategy, Routed) for layer in self.layers().values()):
+            raise AdapterStateError("compile() inside a routing() block: leave the block first")
         prepared = []
         try:
             for layer in self.layers().values():
-                layer.prepare_static(max_rank)
+                self._release_static(layer)  # compiled before: buffers for this max_rank instead
+                self._prepare_static(layer, max_rank)
                 prepared.append(layer)
-                layer.fill_static()
+                layer.fill_static()  # type: ignore[attr-defined]
         except Exception:
             for layer in prepared:
-                layer.release_static()
+                self._release_static(layer)
             raise
         compiled = torch.compile(self.model, **options)
 
         def run(*args: Any, **kwargs: Any) -> Any:
             for layer in self.layers().values():
-                if not layer._static:  # a module wrapped since compile
-                    layer.prepare_static(max_rank)
-                layer.fill_static()
+                if not isinstance(layer.strategy, Compiled):  # a module wrapped since compile
+                    self._prepare_static(layer, max_rank)
+                layer.fill_static()  # type: ignore[attr-defined]
             return compiled(*args, **kwargs)
 
         return run
 
+    def _prepare_static(self, layer: AdapterLayer, max_rank: int) -> None:
+        if not has_fixed_shape_path(layer):
+            raise UnsupportedModuleError(f"{type(layer).__name__} has no fixed-shape path for compiled hot-swap")
+        layer.prepare_static(max_rank, self.policy.merge_limit)  # type: ignore[attr-defined]
+        layer.strategy = Compiled(layer.strategy)
+
+    @staticmethod
+    def _release_static(layer: AdapterLayer) -> None:
+        if isinstance(layer.strategy, Compiled):
+            layer.release_static()  # type: ignore[attr-defined]
+            layer.strategy = layer.strategy.inner
+
     def release_compiled(self) -> None:
         """Back to the ordinary forward (the compiled function must not be called again); buffers freed."""
         for layer in self.layers().values():
-            layer.release_static()
+            self._release_static(layer)
 
     # --- merge and unload -------------------------------------------------------------------------
     def merge(self, names: Sequence[str] | None = None) -> None:
@@ -318,8 +360,10 @@ class AdaptedModel:
                 layer.merge(*mine)
 
     def unmerge(self) -> None:
+        """Put the original base tensors back, bit for bit (`policy.keep_merge_buffers`: keep the merged
+        tensors for the next merge to write into)."""
         for layer in self.layers().values():
-            layer.unmerge()
+            layer.unmerge(keep_buffers=self.policy.keep_merge_buffers)
 
     def release_buffers(self) -> None:
         """Free the weight-sized buffers unmerge keeps so the next merge allocates nothing."""

@@ -1,26 +1,19 @@
-"""Per-sample routing: in one forward, sample i of a batch runs only the adapter named for it.
+"""Per-sample routing: which adapter each sample of a batch runs.
 
-`AdaptedModel.routing(names)` sets a `Route` on every adapter layer for the
-duration of a block; a layer with a route calls `forward_routed` here instead
-of its ordinary forward. Layers whose op is compute-bound per sample (convs:
-`route_per_group`) run each sample group separately, on its adapter's cached
-merged weights when the cache budget holds a copy per routed adapter;
-otherwise the layer's `combine_routed` masks each sample to its own adapter.
+A `Route` is data: `AdaptedModel.routing(names)` makes one for a block and
+hands it to the routed forward strategy (`forward.py`), which passes it to
+the layers' `run` and `combine_routed`. Nothing here knows a layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from .errors import AdapterStateError
-
-if TYPE_CHECKING:
-    from .layer import AdapterLayer
 
 
 @dataclass(frozen=True)
@@ -44,51 +37,11 @@ class Route:
         shape[batch_dim] = -1
         return mask.view(shape)
 
+    def rows(self, name: str, device: torch.device | None = None) -> Tensor:
+        """The batch positions of the samples that run `name`."""
+        return (self.index.to(device) == self.names.index(name)).nonzero().squeeze(1)
+
     def check_batch(self, like: Tensor, batch_dim: int) -> None:
         if like.dim() <= batch_dim or like.shape[batch_dim] != len(self.index):
             raise AdapterStateError(f"the route names an adapter for {len(self.index)} samples, but this batch has "
                                     f"{like.shape[batch_dim] if like.dim() > batch_dim else 'no batch axis'}")
-
-
-def routed_adapters(layer: AdapterLayer) -> list[tuple[str, float]]:
-    """The routed adapters this layer holds, at their weights (the active set does not apply under a route)."""
-    assert layer.route is not None
-    return [(n, layer.weight(n)) for n in layer.route.names if n in layer.adapters and layer.weight(n) != 0.0]
-
-
-def forward_routed(layer: AdapterLayer, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-    routed = routed_adapters(layer)
-    if (routed and layer.route_per_group and layer.small_for_inference()
-            and len(routed) <= layer.inference_cache_budget):
-        return _per_group_on_merged_weights(layer, routed, x, *args, **kwargs)
-    out = layer.base(x, *args, **kwargs)
-    return layer.combine_routed(routed, x, out=out) if routed else out
-
-
-def _per_group_on_merged_weights(layer: AdapterLayer, routed: list[tuple[str, float]], x: Tensor, *args: Any,
-                                 **kwargs: Any) -> Tensor:
-    """Each sample group runs the base op once, on its own adapter's merged weights (batch axis 0); samples
-    with no adapter here run the bare base."""
-    route = layer.route
-    assert route is not None
-    route.check_batch(x, 0)
-    index = route.index.to(x.device)
-    covered = torch.zeros(len(index), dtype=torch.bool, device=x.device)
-    out = None
-    for name, weight in routed:  # a routed name always has samples: the route is built from them
-        rows = (index == route.names.index(name)).nonzero().squeeze(1)
-        merged = layer.inference_weights([(name, weight)])
-        assert merged is not None  # forward_routed checked the layer is small and in inference
-        part = layer.forward_with(merged, x.index_select(0, rows), *args, **kwargs)
-        if out is None:
-            out = part.new_empty((len(index), *part.shape[1:]))
-        out.index_copy_(0, rows, part)
-        covered[rows] = True
-    rest = (~covered).nonzero().squeeze(1)
-    if rest.numel():
-        part = layer.base(x.index_select(0, rest), *args, **kwargs)
-        if out is None:
-            out = part.new_empty((len(index), *part.shape[1:]))
-        out.index_copy_(0, rest, part)
-    assert out is not None
-    return out

@@ -80,7 +80,7 @@ def family_group(models: list[str], make_case: Callable[[str], dict[str, Any]], 
             assert error < 1e-4, f"{family} on {name}: ours and peft differ by {error:.2e}: not timing that"
             with torch.inference_mode():
                 times = interleaved([lambda: base_model(*args), lambda: am(*args), lambda: pm(*args)], repeats)
-                with no_merged_weight_cache():
+                with no_merged_weight_cache(am):
                     plain = interleaved([lambda: base_model(*args), lambda: am(*args), lambda: pm(*args)], repeats)
             train = interleaved([_step(am, am.trainable_parameters(), args),
                                  _step(pm, [p for p in pm.parameters() if p.requires_grad], args)], steps)

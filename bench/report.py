@@ -110,7 +110,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
                 "base-sized op). The like-for-like columns: `ours low-rank` turns that cache off (the same low-rank "
                 "products PEFT computes, against PEFT in the same rounds); `ours cold` is the first call after the "
                 "active set or a weight changed (a merge, then the forward); `cache` is what the merged-weight "
-                "cache holds, against the model's own size (`inference_cache_budget` 1.0: one copy per small layer).",
+                "cache holds, against the model's own size (`LayerPolicy.cache_budget` 1.0: one copy per small layer).",
                 "",
                 "Their targets: with the cache off, ours <= PEFT's overhead in the same rounds (low-rank ratio "
                 "<= 1); the first call after a switch, ours cold <= PEFT's overhead (PEFT pays no switch cost).", "",
@@ -143,7 +143,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
                 "(so gradients, optimizer state and activations all count). "
                 "Targets: ours <= PEFT in time and memory on every model; on the CNN below full fine-tuning in both.",
                 "`ours` is the default: small convs train through W + delta built inside autograd "
-                "(`LoraConv2d.train_on_merged_weights`); the last columns turn that off (base + low-rank ops). "
+                "(`LoraConv2d.train_on_merged_weights`); the last columns turn that off with "
+                "`LayerPolicy(merged_training=False)` (base + low-rank ops). "
                 f"Time: the four variants side by side in one process, one step each per round in shuffled order, "
                 f"{train[0]['steps']} rounds; medians. Memory: each variant alone in a fresh process over 5 steps, "
                 f"median of {train[0]['memory_runs']} processes.",
@@ -163,7 +164,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
                 "| | merge ms | unmerge ms | merge speedup vs PEFT | unmerge bit-exact |", "|---|---|---|---|---|",
                 f"| ours (default: a fresh tensor each merge, released on unmerge) | {r['fresh_merge_ms']:.1f} | "
                 f"{r['fresh_unmerge_ms']:.1f} | {r['fresh_speedup']:.2f}x | {r['ours_unmerge_bit_exact']} |",
-                f"| ours, `keep_merge_buffers = True` (re-merge into the kept buffer; holds a copy while unmerged) "
+                f"| ours, `LayerPolicy(keep_merge_buffers=True)` (re-merge into the kept buffer; holds a copy while unmerged) "
                 f"| {r['kept_merge_ms']:.1f} | {r['kept_unmerge_ms']:.1f} | {r['kept_speedup']:.2f}x | "
                 f"{r['ours_unmerge_bit_exact']} |",
                 f"| PEFT `merge_adapter` | {r['peft_merge_ms']:.1f} | {r['peft_unmerge_ms']:.1f} | 1x | "
@@ -181,7 +182,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     if routing:
         out += ["## Per-sample routing (8, 16 and 32 adapters, batch 64, every sample names its adapter)", "",
                 "ours: `with am.routing(names): am(x)` with the default cache budget (convs take the low-rank route: "
-                "one merged copy per layer cannot hold N adapters), and with `inference_cache_budget = N` (each "
+                "one merged copy per layer cannot hold N adapters), and with `LayerPolicy(cache_budget=N)` (each "
                 "sample group on its adapter's cached merged weights, N copies of each small layer); loop: N "
                 "sub-batches, one adapter each; peft: `model(x, adapter_names=names)`; bare base: the model without "
                 "adapters on the same 64 samples, the floor for any one-batch forward. "

@@ -35,7 +35,7 @@ from torch import nn
 from cli import cli_group
 from compiled import compile_group
 from families import family_group
-from timing import interleaved, median_time, medians, no_merged_weight_cache, paired_ratio
+from timing import interleaved, median_time, medians, no_merged_weight_cache, paired_ratio, served_with
 
 ROOT = Path(__file__).resolve().parent.parent
 RANK, ALPHA, THREADS = 8, 16, 2
@@ -147,8 +147,8 @@ def forward_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
 
             with torch.inference_mode():  # interleaved, so drift in the machine hits all alike
                 times = interleaved([lambda: base_model(*args), lambda: am(*args), lambda: pm(*args), cold], repeats)
-                cache_bytes = sum(layer.inference_cache_bytes for layer in am.layers().values())
-                with no_merged_weight_cache():
+                cache_bytes = am.cache_bytes
+                with no_merged_weight_cache(am):
                     plain = interleaved([lambda: base_model(*args), lambda: am(*args), lambda: pm(*args)], repeats)
             base, t_ours, t_peft, t_cold = medians(times)
             row = {"group": "forward", "model": name, "adapters": n, "base_ms": base * 1e3,
@@ -192,8 +192,9 @@ def training_step(case: dict[str, Any], variant: str) -> tuple[Callable[[], None
     if variant in ("ours", "ours-lowrank"):
         am = ours(model, targets, 1)
         if variant == "ours-lowrank":  # small convs through base + low-rank ops (merged-weights training off)
-            for layer in am.layers().values():
-                layer.train_on_merged_weights = False
+            from adapterhub_lite import LayerPolicy
+
+            am.policy = LayerPolicy(merged_training=False)
         params, net = am.trainable_parameters(), am
     elif variant == "peft":
         net = theirs(model, targets, 1)
@@ -261,7 +262,7 @@ def merge_group(repeats: int) -> list[dict[str, Any]]:
     """Merge and unmerge one adapter on the wide MLP, timed separately: ours by default (every merge writes a
     fresh tensor, released again on unmerge) and with keep_merge_buffers on (unmerge keeps the merged tensor for
     the next merge to write into: no allocation, one weight-sized copy held while unmerged)."""
-    from adapterhub_lite import AdapterLayer
+    from adapterhub_lite import LayerPolicy
 
     case = make_case("wide-mlp")
     base_model, targets = case["model"], case["targets"]
@@ -282,12 +283,12 @@ def merge_group(repeats: int) -> list[dict[str, Any]]:
         return statistics.median(merges), statistics.median(unmerges)
 
     fresh_merge, fresh_unmerge = cycle(am.merge, am.unmerge)  # the default: a new tensor every merge
-    AdapterLayer.keep_merge_buffers = True
+    am.policy = LayerPolicy(keep_merge_buffers=True)
     try:
         kept_merge, kept_unmerge = cycle(am.merge, am.unmerge)  # opt-in: re-merge into the kept buffer
         am.release_buffers()
     finally:
-        AdapterLayer.keep_merge_buffers = False
+        am.policy = LayerPolicy()
     peft_merge, peft_unmerge = cycle(pm.merge_adapter, pm.unmerge_adapter)
     exact = all(torch.equal(am.model.get_submodule(n).base.weight, original[f"{n}.weight"]) for n in targets)
     peft_exact = all(torch.equal(pm.base_model.model.get_submodule(n).base_layer.weight, original[f"{n}.weight"])
@@ -333,7 +334,7 @@ ROUTED_ADAPTERS = (8, 16, 32)
 def routing_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
     """N adapters (8, 16, 32), batch 64, every sample names its adapter: one routed forward (default cache
     budget, and with a budget of N merged copies), N sub-batches, peft, and the bare base on the same batch."""
-    from adapterhub_lite import AdapterLayer
+    from adapterhub_lite import LayerPolicy
 
     rows = []
     for name in models:
@@ -351,13 +352,8 @@ def routing_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
                     am(*args)
 
             def routed_budget() -> None:
-                saved = AdapterLayer.inference_cache_budget
-                AdapterLayer.inference_cache_budget = float(n)
-                try:
-                    with am.routing(names):
-                        am(*args)
-                finally:
-                    AdapterLayer.inference_cache_budget = saved
+                with served_with(am, LayerPolicy(cache_budget=float(n))), am.routing(names):
+                    am(*args)
 
             def loop() -> None:
                 for i in range(n):

@@ -49,16 +49,31 @@ def paired_ratio(times: list[float], reference: list[float]) -> float:
     return statistics.median(t / r for t, r in zip(times, reference))
 
 
-@contextmanager
-def no_merged_weight_cache():
-    """Our layers on the low-rank path only (what PEFT computes): no inference on cached merged weights."""
-    from adapterhub_lite import AdapterLayer
+_KEPT: dict[Any, Any] = {}
 
-    saved = AdapterLayer.inference_merge_limit
-    AdapterLayer.inference_merge_limit = 0
+
+@contextmanager
+def served_with(am: Any, policy: Any):
+    """`am`'s layers served under `policy` for a block; each layer keeps its strategy for that policy (and so
+    its warm cache) from one block to the next, as a model served under that policy all along would."""
+    from adapterhub_lite.forward import MergedWeights
+
+    layers = list(am.layers().values())
+    kept = _KEPT.setdefault((id(am), policy), {})
+    saved = [layer.strategy for layer in layers]
+    for layer in layers:
+        layer.strategy = kept.setdefault(id(layer), MergedWeights(policy))
     try:
         yield
     finally:
-        AdapterLayer.inference_merge_limit = saved
+        for layer, strategy in zip(layers, saved):
+            layer.strategy = strategy
+
+
+def no_merged_weight_cache(am: Any):
+    """Our layers on the low-rank path only (what PEFT computes): no inference on cached merged weights."""
+    from adapterhub_lite import LayerPolicy
+
+    return served_with(am, LayerPolicy(merge_limit=0))
 
 

@@ -32,13 +32,12 @@ def test_small_tensors_come_from_torch_and_big_ones_from_an_aligned_mapping() ->
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_big_layer_merge_is_exact_and_unmerge_bit_exact(keep, monkeypatch) -> None:
-    from adapterhub_lite import AdapterLayer
+    from adapterhub_lite import LayerPolicy
 
-    monkeypatch.setattr(AdapterLayer, "keep_merge_buffers", keep)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2048, 1100))  # 9 MB of weight: above the huge-page threshold
     original = model[0].weight.detach().clone()
-    am = AdaptedModel(model)
+    am = AdaptedModel(model, policy=LayerPolicy(keep_merge_buffers=keep))
     am.add_adapter("a", LoraConfig(targets=["0"], rank=4, alpha=8))
     layer = am.layers()["0"]
     with torch.no_grad():

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 from torch._dynamo.testing import CompileCounter
 
-from adapterhub_lite import (AdaptedModel, AdapterLayer, AdapterStateError, LoraConfig, UnsupportedModuleError,
-                             get_registry)
+from adapterhub_lite import (AdaptedModel, AdapterLayer, AdapterStateError, LayerPolicy, LoraConfig,
+                             UnsupportedModuleError, get_registry)
+from adapterhub_lite.forward import Compiled
 
 
 class Net(nn.Module):
@@ -39,23 +40,23 @@ def _eight_adapters() -> AdaptedModel:
 
 def _eager(am: AdaptedModel, ids: torch.Tensor) -> torch.Tensor:
     """The ordinary forward of the same model state, for comparison (the static path switched off and back)."""
-    static = [layer for layer in am.layers().values() if layer._static]
-    for layer in static:
-        layer._static = False
+    static = {layer: layer.strategy for layer in am.layers().values() if isinstance(layer.strategy, Compiled)}
+    for layer, compiled in static.items():
+        layer.strategy = compiled.inner
     try:
         return am(ids)
     finally:
-        for layer in static:
-            layer._static = True
+        for layer, compiled in static.items():
+            layer.strategy = compiled
 
 
 @pytest.mark.parametrize("path", ["merged-weight", "low-rank"])
 @pytest.mark.parametrize("backend", ["counter", "aot_eager"])
-def test_twenty_swaps_among_eight_adapters_never_recompile(backend, path, monkeypatch) -> None:
+def test_twenty_swaps_among_eight_adapters_never_recompile(backend, path) -> None:
     """Small layers serve from one merged-weight buffer, big ones from zero-padded factor buffers: both paths."""
-    if path == "low-rank":
-        monkeypatch.setattr(AdapterLayer, "inference_merge_limit", 0)
     am = _eight_adapters()
+    if path == "low-rank":
+        am.policy = LayerPolicy(merge_limit=0)
     counter = CompileCounter()
     run = am.compile(max_rank=8 + 7, backend=counter if backend == "counter" else backend)
     buffers = {name for layer in am.layers().values() for name in layer._buffers}
@@ -103,7 +104,7 @@ def test_a_live_set_over_the_declared_rank_is_refused_and_release_restores_the_o
     with pytest.raises(AdapterStateError, match="release_compiled"), am.routing(["a1", None, "a2"]):
         pass
     am.release_compiled()
-    assert not any(layer._static or layer._buffers for layer in am.layers().values())
+    assert not any(isinstance(layer.strategy, Compiled) or layer._buffers for layer in am.layers().values())
     with am.routing(["a1", None, "a2"]), torch.no_grad():
         am(IDS)  # the ordinary forward again
 
@@ -113,7 +114,7 @@ def test_layers_without_a_fixed_shape_path_are_refused_by_name() -> None:
     mha.add_adapter("x", LoraConfig(targets=["0", "1"]))
     with pytest.raises(UnsupportedModuleError, match="LoraMultiheadAttention is not a plain low-rank sum"):
         mha.compile(max_rank=8)
-    assert not any(layer._static for layer in mha.layers().values())  # nothing half-prepared
+    assert not any(isinstance(layer.strategy, Compiled) for layer in mha.layers().values())  # nothing half-prepared
     dora = AdaptedModel(nn.Sequential(nn.Linear(4, 4)), registry=get_registry())
     dora.add_adapter("d", get_registry().config_class("dora")(targets=["0"]))
     with pytest.raises(UnsupportedModuleError, match="DoraLinear"):

@@ -20,12 +20,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from adapterhub_lite import AdapterLayer, LoraConfig, get_registry
+from adapterhub_lite import AdapterLayer, LayerPolicy, LoraConfig, get_registry
+from adapterhub_lite.forward import MergedWeights
 from conftest import as_double, dora_cancellation, entries_for_kind, reference_module
 
 KINDS = sorted(get_registry().kinds)
 # kinds whose output is base(x) + sum of deltas; attention is not, and its stack is checked by merge == unmerged
-ADDITIVE_KINDS = [k for k in KINDS if get_registry().get_kind(k).layer_class.forward is AdapterLayer.forward]
+ADDITIVE_KINDS = [k for k in KINDS if get_registry().get_kind(k).layer_class.run is AdapterLayer.run]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # max |merged - unmerged| relative to (max |output| + 1): a few ulps of each dtype, summed over layers of work
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 6e-2, torch.float16: 1e-2}
@@ -36,14 +37,23 @@ SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[Healt
 CANCELLATION_LIMIT = 10.0
 
 
-@pytest.fixture(scope="module", autouse=True, params=[0, AdapterLayer.inference_merge_limit],
+POLICY = {"current": LayerPolicy()}
+
+
+@pytest.fixture(scope="module", autouse=True, params=[0, LayerPolicy().merge_limit],
                 ids=["low-rank-path", "merged-weights-path"])
 def inference_path(request):
-    """Every rule holds on both inference paths: the low-rank stack, and small layers' cached merged weights."""
-    saved = AdapterLayer.inference_merge_limit
-    AdapterLayer.inference_merge_limit = request.param
+    """Every rule holds on both inference paths: the low-rank stack, and small layers' cached merged weights
+    (the model handle's default strategy, under a policy with the cache off or on)."""
+    POLICY["current"] = LayerPolicy(merge_limit=request.param)
     yield request.param
-    AdapterLayer.inference_merge_limit = saved
+    POLICY["current"] = LayerPolicy()
+
+
+def _served(layer: AdapterLayer) -> AdapterLayer:
+    """The layer served as an AdaptedModel serves it, under the current path's policy."""
+    layer.strategy = MergedWeights(POLICY["current"])
+    return layer
 
 
 @dataclass
@@ -201,7 +211,7 @@ def _config(config_cls: type, draw: st.DrawFn) -> Any:
 
 
 def _build(kind_name: str, case: Case, configs: list[Any], seed: int = 0) -> AdapterLayer:
-    layer = get_registry().get_kind(kind_name).layer_class(case.module)
+    layer = _served(get_registry().get_kind(kind_name).layer_class(case.module))
     for i, config in enumerate(configs):
         layer.add(f"a{i}", config)
     gen = torch.Generator().manual_seed(seed)
@@ -274,7 +284,7 @@ def test_a_fresh_adapter_starts_as_a_no_op(kind_name: str) -> None:
         case, dtype, configs = drawn
         with torch.no_grad():
             base_out = case.run(case.module.eval().requires_grad_(False))
-        layer = get_registry().get_kind(kind_name).layer_class(case.module)
+        layer = _served(get_registry().get_kind(kind_name).layer_class(case.module))
         for i, config in enumerate(configs):
             layer.add(f"a{i}", config)
         with torch.no_grad():

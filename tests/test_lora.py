@@ -11,7 +11,8 @@ from adapterhub_lite_lora import LoraConv2d, LoraLinear, LoraMultiheadAttention
 from conftest import randomize_adapters
 from torch import nn
 
-from adapterhub_lite import AdaptedModel, ConfigError, LoraConfig, UnsupportedModuleError
+from adapterhub_lite import AdaptedModel, ConfigError, LayerPolicy, LoraConfig, UnsupportedModuleError
+from adapterhub_lite.forward import MergedWeights
 
 
 def _linear_with(n: int, seed: int = 0) -> LoraLinear:
@@ -37,8 +38,7 @@ def test_fused_stack_matches_naive_sum(n: int) -> None:
 
 
 def test_stack_runs_one_pair_of_products_for_many_adapters(monkeypatch: pytest.MonkeyPatch) -> None:
-    layer = _linear_with(8)
-    layer.inference_merge_limit = 0  # the low-rank path, not the small-layer merged cache
+    layer = _linear_with(8)  # made by hand: no strategy, so the low-rank path (not a merged-weight cache)
     calls = []
     original = layer.down
     monkeypatch.setattr(layer, "down", lambda x, a: calls.append(a.shape) or original(x, a))
@@ -50,7 +50,7 @@ def test_stack_runs_one_pair_of_products_for_many_adapters(monkeypatch: pytest.M
 @pytest.mark.parametrize("limit", [0, 1 << 22], ids=["low-rank-stack", "merged-weights"])
 def test_cache_follows_weights_parameters_and_active_set(limit: int) -> None:
     layer = _linear_with(2).eval()
-    layer.inference_merge_limit = limit
+    layer.strategy = MergedWeights(LayerPolicy(merge_limit=limit))
     x = torch.randn(4, 6)
 
     def fresh() -> torch.Tensor:  # reference with no cache involved
@@ -66,12 +66,13 @@ def test_cache_follows_weights_parameters_and_active_set(limit: int) -> None:
         torch.testing.assert_close(layer(x), fresh())
         layer.base.weight.add_(0.5)  # even the base changing in place
         torch.testing.assert_close(layer(x), fresh())
-    assert (not layer._inference_cache) == (limit == 0)
+    assert (not layer.strategy.cache) == (limit == 0)
 
 
 def test_small_layers_run_inference_on_merged_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     """One base-sized product instead of base + adapters; training and big layers keep the low-rank path."""
     layer = _linear_with(3).eval()
+    layer.strategy = MergedWeights(LayerPolicy())  # as an AdaptedModel serves it
     calls = []
     original = layer.down
     monkeypatch.setattr(layer, "down", lambda x, a: calls.append(a.shape) or original(x, a))
@@ -79,7 +80,7 @@ def test_small_layers_run_inference_on_merged_weights(monkeypatch: pytest.Monkey
     with torch.no_grad():
         first = layer(x)
         second = layer(x)
-    assert calls == [] and layer._inference_cache
+    assert calls == [] and layer.strategy.cache
     assert torch.equal(first, second)
     layer.train()
     with torch.no_grad():
@@ -228,6 +229,7 @@ def test_conv_training_on_merged_weights_gives_the_low_rank_gradients(monkeypatc
 
     torch.manual_seed(0)
     layer = LoraConv2d(nn.Conv2d(3, 6, 3, padding=1))
+    assert LoraConv2d.train_on_merged_weights is True
     layer.add("a", LoraConfig(targets="*", rank=2, alpha=4))
     layer.add("b", LoraConfig(targets="*", rank=3, rslora=True))
     randomize_adapters(layer)
@@ -235,7 +237,7 @@ def test_conv_training_on_merged_weights_gives_the_low_rank_gradients(monkeypatc
     x = torch.randn(2, 3, 8, 8)
 
     def grads(merged: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        monkeypatch.setattr(LoraConv2d, "train_on_merged_weights", merged)
+        layer.strategy = MergedWeights(LayerPolicy(merged_training=merged))  # what an AdaptedModel serves
         layer.zero_grad()
         out = layer.train()(x)
         out.square().mean().backward()
@@ -264,10 +266,10 @@ def test_attention_per_head_mask_and_padding_match_torch_on_merged_weights(batch
     per_head = torch.randn(n * heads, L, L)
     pad = torch.tensor([[False, False, True, False], [False, True, False, False], [False, False, False, True]])
     layer = am.layers()["0"]
-    layer.inference_merge_limit = 0  # our attention code
+    am.policy = LayerPolicy(merge_limit=0)  # our attention code
     with torch.no_grad():
         ours, ours_weights = layer(x, x, x, attn_mask=per_head, key_padding_mask=pad, need_weights=need_weights)
-        layer.inference_merge_limit = 1 << 22  # torch's own attention on merged projections
+        am.policy = LayerPolicy()  # torch's own attention on merged projections
         want, want_weights = layer(x, x, x, attn_mask=per_head, key_padding_mask=pad, need_weights=need_weights)
     torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-5)
     if need_weights:

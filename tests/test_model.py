@@ -249,11 +249,10 @@ def test_wrapping_keeps_the_models_mode(registry) -> None:
 def test_kept_merge_buffers_are_reused_and_unmerge_stays_bit_exact(registry, monkeypatch) -> None:
     from conftest import randomize_adapters
 
-    from adapterhub_lite import AdaptedModel, AdapterLayer, LoraConfig
+    from adapterhub_lite import AdaptedModel, LayerPolicy, LoraConfig
 
-    monkeypatch.setattr(AdapterLayer, "keep_merge_buffers", True)
     torch.manual_seed(0)
-    am = AdaptedModel(nn.Sequential(nn.Linear(16, 16)), registry=registry)
+    am = AdaptedModel(nn.Sequential(nn.Linear(16, 16)), registry=registry, policy=LayerPolicy(keep_merge_buffers=True))
     am.add_adapter("a", LoraConfig(targets=["0"], rank=2))
     randomize_adapters(am.model)
     layer = am.layers()["0"]
@@ -287,7 +286,7 @@ def test_kept_merge_buffers_are_reused_and_unmerge_stays_bit_exact(registry, mon
 
 def test_memory_after_unmerge_and_in_the_inference_cache_is_bounded(registry) -> None:
     """Unmerged costs nothing by default (no kept merge buffer), and however often the active set or a weight
-    changes, each small layer caches at most one merged copy of itself (inference_cache_budget = 1.0)."""
+    changes, each small layer caches at most one merged copy of itself (LayerPolicy.cache_budget = 1.0)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -305,8 +304,8 @@ def test_memory_after_unmerge_and_in_the_inference_cache_is_bounded(registry) ->
             reference = reference_model(am)(x.double())
             assert_matches_reference(am(x), reference)  # a cached copy never goes stale
             layers = am.layers().values()
-            assert all(len(layer._inference_cache) == 1 for layer in layers)
-            assert sum(layer.inference_cache_bytes for layer in layers) <= model_bytes
+            assert all(len(layer.strategy.cache) == 1 for layer in layers)
+            assert 0 < am.cache_bytes <= model_bytes
 
 
 def test_adapter_names_that_are_torch_module_attributes_work(registry) -> None:
@@ -330,3 +329,29 @@ def test_adapter_names_that_are_torch_module_attributes_work(registry) -> None:
         am.delete_adapter(name)
     with torch.no_grad():
         assert torch.equal(am(x), plain)
+
+
+def test_the_policy_tunes_every_layer_and_is_refused_mid_routing(registry) -> None:
+    """One LayerPolicy per model: merge_limit 0 turns the merged-weight cache off (outputs equal), a bad value
+    is one ConfigError, and a policy cannot change inside a routing() block."""
+    from adapterhub_lite import AdaptedModel, AdapterStateError, ConfigError, LayerPolicy, LoraConfig
+
+    torch.manual_seed(0)
+    am = AdaptedModel(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval(), registry=registry)
+    am.add_adapter("a", LoraConfig(targets=["0", "2"], rank=2))
+    randomize_adapters(am.model)
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        cached = am(x)
+        assert am.cache_bytes > 0
+        am.policy = LayerPolicy(merge_limit=0)
+        plain = am(x)
+        assert am.cache_bytes == 0
+    torch.testing.assert_close(cached, plain, rtol=1e-4, atol=1e-5)  # two roundings of the same sum
+    with pytest.raises(ConfigError, match="merge_limit"):
+        LayerPolicy(merge_limit=-1)
+    with pytest.raises(ConfigError, match="cache_budget"):
+        LayerPolicy(cache_budget=float("nan"))
+    with am.routing(["a"] * 4), pytest.raises(AdapterStateError, match="routing"):
+        am.policy = LayerPolicy()
+    assert AdaptedModel(nn.Linear(2, 2), policy=LayerPolicy(merge_limit=7)).policy.merge_limit == 7

@@ -8,6 +8,7 @@ from conftest import TinyNet, assert_matches_reference, randomize_adapters, refe
 from torch import nn
 
 from adapterhub_lite import AdaptedModel, AdapterStateError, LoraConfig
+from adapterhub_lite.forward import Routed
 
 X = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(4))
 ROUTE = ["a", None, "b", "c", "a", "b"]
@@ -37,15 +38,13 @@ def one_by_one(am: AdaptedModel, route) -> torch.Tensor:
 
 @pytest.fixture(params=[(0, 1.0), (1 << 22, 1.0), (1 << 22, 8.0)],
                 ids=["low-rank-route", "small-layers-default-budget", "merged-weights-route"])
-def merge_limit(request, monkeypatch):
+def merge_limit(request):
     """The low-rank route; small layers with the default cache budget (one merged copy: routing stays
     low-rank); and a budget that holds a copy per routed adapter (each sample group on merged weights)."""
-    from adapterhub_lite import AdapterLayer
+    from adapterhub_lite import LayerPolicy
 
     limit, budget = request.param
-    monkeypatch.setattr(AdapterLayer, "inference_merge_limit", limit)
-    monkeypatch.setattr(AdapterLayer, "inference_cache_budget", budget)
-    return limit
+    return LayerPolicy(merge_limit=limit, cache_budget=budget)
 
 
 def reference_per_sample(am: AdaptedModel, route) -> torch.Tensor:
@@ -61,6 +60,7 @@ def reference_per_sample(am: AdaptedModel, route) -> torch.Tensor:
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_routed_batch_equals_each_sample_alone(registry, batch_first, merge_limit) -> None:
     am = adapted(registry, batch_first)
+    am.policy = merge_limit
     with torch.no_grad():
         with am.routing(ROUTE):
             routed = am(X)
@@ -96,7 +96,7 @@ def test_an_exception_mid_forward_leaves_no_route_behind(registry) -> None:
         with pytest.raises(AdapterStateError, match="names an adapter for 5 samples, but this batch has 6"):
             with am.routing(ROUTE[:5]):
                 am(X)
-        assert all(layer.route is None for layer in am.layers().values())
+        assert not any(isinstance(layer.strategy, Routed) for layer in am.layers().values())
         assert torch.equal(am(X), before)  # later plain forwards are exactly as before
 
         class Boom(RuntimeError):
@@ -109,7 +109,7 @@ def test_an_exception_mid_forward_leaves_no_route_behind(registry) -> None:
         with pytest.raises(Boom), am.routing(ROUTE):
             am(X)
         handle.remove()
-        assert all(layer.route is None for layer in am.layers().values())
+        assert not any(isinstance(layer.strategy, Routed) for layer in am.layers().values())
         assert torch.equal(am(X), before)
 
 

@@ -33,3 +33,12 @@ def test_the_contract_surface_is_read_from_the_class_itself() -> None:
     surface = _tool().measure()["contract members"]
     assert {"create", "delta", "delta_weight"} <= set(surface["methods"])
     assert not any(name.startswith("_") for names in surface.values() for name in names)
+
+
+def test_the_layer_is_in_no_import_cycle() -> None:
+    """The forward strategies import the layer, never the other way round (issue 30): the layer and the
+    modules that serve it stay out of every cycle, type-only and in-function imports counted."""
+    cycles = _tool().measure()["import cycles"]
+    caught = {m for group in cycles for m in group} & {"adapterhub_lite.layer", "adapterhub_lite.forward",
+                                                        "adapterhub_lite.routing", "adapterhub_lite.mixed"}
+    assert not caught, cycles

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adapterhub_lite import AdapterLayer
+from adapterhub_lite import AdapterLayer, Route
 
 from .config import IA3Config
 
@@ -54,13 +54,10 @@ class IA3Layer(AdapterLayer):
     # --- the forward: scales multiply, around everything inside the layer ----------------------------------
     composes = "wraps"  # with other families on one module: W' = D_out (W + their deltas) D_in
 
-    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        live = self.live()
-        if self.route is not None or not live:
-            return super().forward(x, *args, **kwargs)  # routing, or nothing live: the provided paths
-        merged = self.inference_weights(live)
-        if merged is not None:
-            return self.forward_with(merged, x)
+    def run(self, live: list[tuple[str, float]], x: Tensor, *args: Any, route: Route | None = None,
+            **kwargs: Any) -> Tensor:
+        if route is not None or not live:
+            return super().run(live, x, *args, route=route, **kwargs)  # routed: each sample's additive effect
         return self.wrap_forward(live, x, *args, inner=self.base, **kwargs)
 
     def wrap_forward(self, live: list[tuple[str, float]], x: Tensor, *args: Any, inner: Any, **kwargs: Any) -> Tensor:

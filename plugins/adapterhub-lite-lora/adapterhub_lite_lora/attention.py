@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapterhub_lite import UnsupportedModuleError
+from adapterhub_lite import Route, UnsupportedModuleError
 
 from .config import LoraConfig
 
@@ -79,22 +79,18 @@ class LoraMultiheadAttention(LowRankLayer):
         return out
 
     def _project(self, x: Tensor, slot: str, bias: Tensor | None, live: list[tuple[str, float]],
-                 batch_dim: int) -> Tensor:
+                 route: Route | None, batch_dim: int) -> Tensor:
         """One projection (plus its adapters) in the caller's own layout: no transposed copy goes into a GEMM."""
         y = F.linear(x, self._weight(slot), bias)
         mine = [(n, w) for n, w in live if slot in self.adapters[n]]
-        routed_dim = batch_dim if self.route is not None else None
-        return self.low_rank(x, mine, slot, routed_dim=routed_dim, out=y) if mine else y
+        return self.low_rank(x, mine, slot, route=route, batch_dim=batch_dim, out=y) if mine else y
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
-                need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
-        live = self.routed() if self.route is not None else self.live()
-        merged = self.inference_weights(live) if live and self.route is None else None
-        if merged is not None:  # inference: torch's own attention on the merged projections
-            return self.forward_with(merged, query, key, value, key_padding_mask=key_padding_mask,
-                                     need_weights=need_weights, attn_mask=attn_mask,
-                                     average_attn_weights=average_attn_weights, is_causal=is_causal)
+    def run(self, live: list[tuple[str, float]], query: Tensor, key: Tensor, value: Tensor,
+            key_padding_mask: Tensor | None = None, need_weights: bool = True, attn_mask: Tensor | None = None,
+            average_attn_weights: bool = True, is_causal: bool = False, *,
+            route: Route | None = None) -> tuple[Tensor, Tensor | None]:
+        """The attention with each projection's adapters added in (the strategy in front serves small layers
+        at inference on merged projections, torch's own attention)."""
         if not live:
             return self.base(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
                              attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
@@ -112,7 +108,7 @@ class LoraMultiheadAttention(LowRankLayer):
             t = t.unflatten(-1, (H, head_dim))
             return (t.transpose(1, 2) if batch_dim == 0 else t.permute(1, 2, 0, 3)).contiguous()
 
-        q, k, v = (split_heads(self._project(t, slot, bias, live, batch_dim))
+        q, k, v = (split_heads(self._project(t, slot, bias, live, route, batch_dim))
                    for t, slot, bias in zip((query, key, value), QKV, biases))
         mask = self._additive_mask(attn_mask, key_padding_mask, is_causal, N, L, S, q.dtype, q.device)
         dropout = mha.dropout if self.training else 0.0
@@ -126,7 +122,7 @@ class LoraMultiheadAttention(LowRankLayer):
         else:  # torch's fused kernel: no (N, H, L, S) score tensor
             heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         heads = heads.transpose(1, 2) if batch_dim == 0 else heads.permute(2, 0, 1, 3)  # back to the input layout
-        out = self._project(heads.flatten(-2), "out", mha.out_proj.bias, live, batch_dim)
+        out = self._project(heads.flatten(-2), "out", mha.out_proj.bias, live, route, batch_dim)
         return (out.squeeze(1) if not batched else out), weights
 
     def _additive_mask(self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, is_causal: bool,

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapterhub_lite import AdapterLayer, AdapterStateError, UnsupportedModuleError
+from adapterhub_lite import AdapterLayer, AdapterStateError, Route, UnsupportedModuleError
 
 from .config import LoraConfig
 
@@ -120,9 +120,9 @@ class LowRankLayer(AdapterLayer):
     def combine(self, live: list[tuple[str, float]], x: Tensor, out: Tensor | None = None) -> Tensor:
         return self.low_rank(x, live, out=out)
 
-    def combine_routed(self, live: list[tuple[str, float]], x: Tensor, batch_dim: int = 0,
+    def combine_routed(self, live: list[tuple[str, float]], x: Tensor, route: Route, batch_dim: int = 0,
                        out: Tensor | None = None) -> Tensor:
-        return self.low_rank(x, live, routed_dim=batch_dim, out=out)
+        return self.low_rank(x, live, route=route, batch_dim=batch_dim, out=out)
 
     def merged_weights(self, weighted: list[tuple[str, float]], allocate: Any) -> dict[str, Tensor] | None:
         """W + B' A in one addmm (B' = B x weight x scale, stacked), written into the tensor the core hands over
@@ -141,21 +141,21 @@ class LowRankLayer(AdapterLayer):
         return {"weight": out.view(weight.shape)}
 
     # --- compiled serving (AdaptedModel.compile): fixed-shape buffers, refilled eagerly on every change ---------
-    def prepare_static(self, max_rank: int) -> None:
-        """Small layers (within `inference_merge_limit`) keep one merged weight buffer, W + the live deltas, and
-        run the base op on it (the base's own cost, as the eager path's cache does); bigger ones keep the live
-        stack in zero-padded factor buffers of rank `max_rank` (the low-rank path, no weight-sized copy)."""
-        if type(self).combine is not LowRankLayer.combine or type(self).forward is not AdapterLayer.forward:
+    def prepare_static(self, max_rank: int, merge_limit: int) -> None:
+        """Small layers (within `merge_limit`, the policy's) keep one merged weight buffer, W + the live deltas,
+        and run the base op on it (the base's own cost, as the eager path's cache does); bigger ones keep the
+        live stack in zero-padded factor buffers of rank `max_rank` (the low-rank path, no weight-sized copy)."""
+        if type(self).combine is not LowRankLayer.combine or type(self).run is not AdapterLayer.run:
             raise UnsupportedModuleError(f"{type(self).__name__} is not a plain low-rank sum; it has no fixed-shape "
                                          "path for compiled hot-swap")
         weight = self.base.weight
-        if self.base_numel <= self.inference_merge_limit:
+        if self.base_numel <= merge_limit:
             self.register_buffer("static_W", torch.empty_like(weight.detach()), persistent=False)
         else:
             probe = self.create("static", LoraConfig(targets=("*",), rank=max_rank))
             self.register_buffer("static_A", torch.zeros_like(probe.lora_A.detach()), persistent=False)
             self.register_buffer("static_B", torch.zeros_like(probe.lora_B.detach()), persistent=False)
-        self.max_rank, self._static_key, self._static = max_rank, None, True
+        self.max_rank, self._static_key = max_rank, None
 
     def fill_static(self) -> None:
         live = self.live()
@@ -189,7 +189,6 @@ class LowRankLayer(AdapterLayer):
         return self.up_add(self.base(x), self.down(x, self.static_A), self.static_B, 1.0)
 
     def release_static(self) -> None:
-        super().release_static()
         for name in ("static_W", "static_A", "static_B"):
             self._buffers.pop(name, None)
 
@@ -202,38 +201,36 @@ class LowRankLayer(AdapterLayer):
         self._stacks.clear()
 
     def low_rank(self, x: Tensor, live: list[tuple[str, float]], slot: str | None = None,
-                 routed_dim: int | None = None, out: Tensor | None = None) -> Tensor:
+                 route: Route | None = None, batch_dim: int = 0, out: Tensor | None = None) -> Tensor:
         """`out` plus the sum of weight * delta over `live` (on one slot of a multi-weight layer), fused.
-        Under a route (`routed_dim` = the batch axis), each sample keeps only its own adapter's rank columns."""
+        Under a `route` (batch axis `batch_dim`), each sample keeps only its own adapter's rank columns."""
         pairs = [(self.factors(n, slot), w) for n, w in live]
         if self.training and any(not isinstance(f.dropout, nn.Identity) for f, _ in pairs):
             # each adapter drops its own input: the A products cannot share one x
             total = out
             for (name, _), (f, w) in zip(live, pairs):
                 term = self.factor_delta(f, x) * w
-                if routed_dim is not None:
-                    term = term * self.route.sample_mask(name, term, routed_dim)
+                if route is not None:
+                    term = term * route.sample_mask(name, term, batch_dim)
                 total = term if total is None else total + term
             return total
-        if routed_dim is not None and self.route_per_group:
-            delta = self._routed_gather(x, live, pairs, routed_dim)
+        if route is not None and self.route_per_group:
+            delta = self._routed_gather(x, live, pairs, route, batch_dim)
             return delta if out is None else out + delta
         a, b, alpha = self._stacked(pairs, slot)
         h = self.down(x, a)
-        if routed_dim is not None:
-            h = h * self._rank_mask(live, pairs, h, routed_dim)
+        if route is not None:
+            h = h * self._rank_mask(live, pairs, h, route, batch_dim)
         return self.up_add(out, h, b, alpha)
 
     def _routed_gather(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
-                       batch_dim: int) -> Tensor:
+                       route: Route, batch_dim: int) -> Tensor:
         """Each adapter on its own samples only, scattered back: for convs, where a down-projection over
         every sample at the summed rank would cost more than the base layer itself."""
-        route = self.route
         route.check_batch(x, batch_dim)
-        index = route.index.to(x.device)
         total = None
         for (name, _), (f, w) in zip(live, pairs):  # a routed name always has samples: the route is built from them
-            rows = (index == route.names.index(name)).nonzero().squeeze(1)
+            rows = route.rows(name, x.device)
             part = self.factor_delta(f, x.index_select(batch_dim, rows)) * w
             if total is None:
                 shape = list(part.shape)
@@ -244,9 +241,8 @@ class LowRankLayer(AdapterLayer):
         return total
 
     def _rank_mask(self, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]], h: Tensor,
-                   batch_dim: int) -> Tensor:
+                   route: Route, batch_dim: int) -> Tensor:
         """(batch x stacked rank) 0/1 mask: sample i keeps the rank columns of its routed adapter only."""
-        route = self.route
         route.check_batch(h, batch_dim)
         owner = [route.names.index(name) for (name, _), (f, _) in zip(live, pairs)
                  for _ in range(f.lora_B.shape[1])] * self.groups

@@ -1,0 +1,198 @@
+"""How a wrapped module runs its forward: strategies the model handle chooses, and the policy that tunes them.
+
+A layer (`layer.py`) knows its adapters and their math, not how it is being served. Its forward asks its
+`strategy`; with none (a layer made by hand) it runs the plain way every call: the kind's own `run` on the
+live adapters (the base op plus their deltas). The strategies:
+
+- `MergedWeights`, an AdaptedModel's default: inference (no autograd, eval mode) on a layer within
+  `LayerPolicy.merge_limit` runs one base-sized op on merged weights, cached until anything they depend on
+  changes; training on such a layer of a kind that opts in (`train_on_merged_weights`, e.g. convs) runs
+  through W + delta built inside autograd (the same gradients, no rank-sized activations kept); anything
+  else runs the plain way.
+- `Routed`, inside `AdaptedModel.routing(...)`: sample i runs only its own adapter.
+- `Compiled`, from `AdaptedModel.compile(...)`: the layer's fixed-shape buffers, which a compiled graph reads.
+  A kind offers this path by implementing `prepare_static(max_rank, merge_limit)`, `fill_static()`,
+  `static_forward(...)` and `release_static()`; kinds without them are refused by name.
+
+Strategies import the layer's types only; the layer never imports this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from .inference_cache import InferenceCache, cache_key
+from .routing import Route
+
+if TYPE_CHECKING:
+    from .layer import AdapterLayer
+
+Live = list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class LayerPolicy:
+    """The speed and memory trade-offs of every adapter layer of one model (`AdaptedModel(policy=...)`)."""
+
+    # Inference on a layer with at most this many base parameter elements runs on a cached merged copy of its
+    # weights (one base-sized op instead of base + adapter ops); bigger layers keep the low-rank path (their
+    # relative overhead is small, and a copy would not be). 0 turns the cache off.
+    merge_limit: int = 1 << 22
+    # Bytes of merged weights cached per layer, as a multiple of the layer's own parameter bytes: 1.0 keeps one
+    # merged copy (the steady state of serving one active set); a new active set or weight evicts the old one
+    # (least recently used first). Under routing, a budget of N lets each of N adapters keep its own copy.
+    cache_budget: float = 1.0
+    # Unmerge keeps the merged tensor and the next merge writes into it (no allocation), at the cost of one
+    # weight-sized copy per merged weight while unmerged: for code that merges and unmerges again and again.
+    keep_merge_buffers: bool = False
+    # Let kinds that opt in (`train_on_merged_weights`) train small layers through W + delta.
+    merged_training: bool = True
+
+    def __post_init__(self) -> None:
+        from .errors import ConfigError
+
+        if isinstance(self.merge_limit, bool) or not isinstance(self.merge_limit, int) or self.merge_limit < 0:
+            raise ConfigError(f"merge_limit must be a whole number >= 0, got {self.merge_limit!r}")
+        if not isinstance(self.cache_budget, (int, float)) or not self.cache_budget >= 0:
+            raise ConfigError(f"cache_budget must be a number >= 0, got {self.cache_budget!r}")
+
+    def small(self, layer: AdapterLayer) -> bool:
+        return layer.base_numel <= self.merge_limit
+
+
+class MergedWeights:
+    """One layer's default forward: cached merged weights for inference and, where the kind opts in, merged
+    weights inside autograd for training; the plain way otherwise."""
+
+    def __init__(self, policy: LayerPolicy) -> None:
+        self.policy = policy
+        self.cache = InferenceCache()
+
+    def forward(self, layer: AdapterLayer, *args: Any, **kwargs: Any) -> Any:
+        live = layer.live()
+        if not live:
+            return layer.base(*args, **kwargs)
+        merged = self.inference_weights(layer, live)
+        if merged is None and self.trains_on_merged_weights(layer, live):
+            merged = layer.merged_tensors(live, differentiable=True)
+        if merged is not None:
+            return layer.forward_with(merged, *args, **kwargs)
+        return layer.run(live, *args, **kwargs)
+
+    def for_inference(self, layer: AdapterLayer) -> bool:
+        """Inference (no autograd, eval mode) on a layer within the policy's `merge_limit`."""
+        return not (torch.is_grad_enabled() or layer.training) and self.policy.small(layer)
+
+    def inference_weights(self, layer: AdapterLayer, live: Live) -> dict[str, Tensor] | None:
+        """Merged base tensors for these live adapters at these weights, from a small LRU cache keyed by
+        everything they depend on; None when the low-rank path must run (autograd, training, a big layer)."""
+        if not self.for_inference(layer):
+            return None
+        tensors = [*layer.base.parameters(), *(p for n, _ in live for p in layer.adapters[n].parameters())]
+        key = cache_key(live, tensors)
+        if key is None:
+            return None  # a tensor made in inference mode has no version counter: a cache could go stale
+
+        def build() -> dict[str, Tensor]:
+            with torch.no_grad():
+                return layer.merged_tensors(live)
+
+        return self.cache.get_or_build(key, build, self.policy.cache_budget * layer.base_bytes)
+
+    def trains_on_merged_weights(self, layer: AdapterLayer, live: Live) -> bool:
+        """While autograd records, on a small layer of a kind that opts in; not with a live dropout (each
+        adapter must drop its own input)."""
+        if not (self.policy.merged_training and layer.train_on_merged_weights and torch.is_grad_enabled()):
+            return False
+        if not self.policy.small(layer):
+            return False
+        return not (layer.training and any(isinstance(m, nn.Dropout) and m.p > 0
+                                           for n, _ in live for m in layer.adapters[n].modules()))
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.cache.nbytes
+
+    def invalidate(self) -> None:
+        self.cache.clear()
+
+
+class Routed:
+    """Per-sample routing for one block: each sample runs its own adapter (at its weight), whatever the active
+    set. Kinds whose op is compute-bound per sample (`route_per_group`, convs) run each sample group on its
+    adapter's cached merged weights when the budget holds a copy per routed adapter; otherwise the kind's
+    `run` with the route (a masked pass over the whole batch, or the kind's own grouping)."""
+
+    def __init__(self, route: Route, inner: MergedWeights | None) -> None:
+        self.route, self.inner = route, inner
+
+    def routed(self, layer: AdapterLayer) -> Live:
+        """The routed adapters this layer holds, at their weights (the active set does not apply)."""
+        return [(n, layer.weight(n)) for n in self.route.names if n in layer.adapters and layer.weight(n) != 0.0]
+
+    def forward(self, layer: AdapterLayer, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        routed = self.routed(layer)
+        inner = self.inner
+        if (routed and inner is not None and layer.route_per_group and inner.for_inference(layer)
+                and len(routed) <= inner.policy.cache_budget):
+            return self._per_group(layer, inner, routed, x, *args, **kwargs)
+        return layer.run(routed, x, *args, route=self.route, **kwargs)
+
+    def _per_group(self, layer: AdapterLayer, inner: MergedWeights, routed: Live, x: Tensor, *args: Any,
+                   **kwargs: Any) -> Tensor:
+        """Each sample group runs the base op once, on its own adapter's merged weights (batch axis 0); samples
+        with no adapter here run the bare base."""
+        self.route.check_batch(x, 0)
+        covered = torch.zeros(len(self.route.index), dtype=torch.bool, device=x.device)
+        out = None
+        for name, weight in routed:  # a routed name always has samples: the route is built from them
+            rows = self.route.rows(name, x.device)
+            merged = inner.inference_weights(layer, [(name, weight)])
+            assert merged is not None  # forward checked the layer is small and in inference
+            part = layer.forward_with(merged, x.index_select(0, rows), *args, **kwargs)
+            out = part.new_empty((len(covered), *part.shape[1:])) if out is None else out
+            out.index_copy_(0, rows, part)
+            covered[rows] = True
+        rest = (~covered).nonzero().squeeze(1)
+        if rest.numel():
+            part = layer.base(x.index_select(0, rest), *args, **kwargs)
+            out = part.new_empty((len(covered), *part.shape[1:])) if out is None else out
+            out.index_copy_(0, rest, part)
+        assert out is not None
+        return out
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.inner.cache_bytes if self.inner is not None else 0
+
+    def invalidate(self) -> None:
+        if self.inner is not None:
+            self.inner.invalidate()
+
+
+class Compiled:
+    """The fixed-shape path a compiled graph reads (`AdaptedModel.compile`): the kind's `static_forward` on
+    buffers that `fill_static` refreshes when the live set changes. `inner` is the strategy to go back to."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def forward(self, layer: AdapterLayer, *args: Any, **kwargs: Any) -> Any:
+        return layer.static_forward(*args, **kwargs)  # type: ignore[attr-defined]
+
+    @property
+    def cache_bytes(self) -> int:
+        return getattr(self.inner, "cache_bytes", 0)
+
+    def invalidate(self) -> None:
+        if self.inner is not None:
+            self.inner.invalidate()
+
+
+def has_fixed_shape_path(layer: AdapterLayer) -> bool:
+    return all(callable(getattr(layer, name, None))
+               for name in ("prepare_static", "fill_static", "static_forward", "release_static"))
