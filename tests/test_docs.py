@@ -194,3 +194,17 @@ def test_the_cnn_grid_section_judges_each_seed_and_reads_the_grid_from_the_recip
     assert "| +1.00 | +0.00 | -0.60 |" in page
     listed = [line.split("`")[1] for line in page.splitlines() if line.startswith("| `grid-lora")]
     assert listed == lora[::-1]
+
+
+def test_the_architecture_page_lists_every_core_module_and_no_other() -> None:
+    """docs/architecture.md's module table is complete: a new module must get its one line there, a removed
+    or moved one must leave."""
+    import re
+
+    package = ROOT / "adapterhub_lite"
+    on_disk = {str(p.relative_to(package)) for p in package.rglob("*.py")}
+    text = (DOCS / "architecture.md").read_text()
+    table = text.split("## Every core module", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `([\w/]+\.py)` \|", table, flags=re.M))
+    assert listed == on_disk, {"missing from the page": sorted(on_disk - listed),
+                               "listed but not on disk": sorted(listed - on_disk)}
