@@ -29,7 +29,13 @@ _help = help_field
 class AdapterConfig:
     """Which modules an adapter wraps. Subclasses add the family's own hyper-parameters."""
 
-    kind: ClassVar[str] = ""
+    kind: ClassVar[str] = ""  # the family's name
+    # The merge method used wherever this family's adapters are combined without one given (`adapters merge`,
+    # `export` of a weighted stack, `AdaptedModel.merge_adapters`); None: the user must name one.
+    combine_method: ClassVar[str | None] = None
+    # Config fields worth naming where a file or plan is summed up in a word: copied as text into the native
+    # file's header (for tools that read headers only) and beside each input of a merge plan (LoRA: rank, alpha).
+    header_fields: ClassVar[tuple[str, ...]] = ()
 
     targets: tuple[str, ...] = field(
         default=(),

@@ -1,7 +1,8 @@
 """Moving adapters out of and into the zoo through registered formats.
 
 Export takes any ref: one adapter at weight 1 is written as it is; several
-adapters, weights or a composition are first combined exactly (`cat`), and a
+adapters, weights or a composition are first combined into one (the family's
+own method unless one is named; LoRA's, linear, is exact), and a
 model format gets the base with everything fused. The format writes into a
 temp path beside the destination, which is moved into place only when
 complete (`atomic.publish`): a failed export leaves nothing behind. Import
@@ -35,11 +36,17 @@ def _format(registry: Registry, name: str, direction: str) -> Format:
 
 
 def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, fmt_name: str, dest: Path,
-                model: str | None = None, stream: bool | None = None) -> tuple[Path, dict[str, Any]]:
+                model: str | None = None, stream: bool | None = None,
+                method: str | None = None) -> tuple[Path, dict[str, Any]]:
     """Write what refs name in a format; returns the path written and what it holds. Refs are resolved once;
     the writing itself is `AdaptedModel.export`'s (one owner for every export), except a streamed model
-    (`stream`, or None: `streams_by_default` decides by the base checkpoint's size), written tensor by tensor."""
+    (`stream`, or None: `streams_by_default` decides by the base checkpoint's size), written tensor by tensor.
+    Several adapters, or one at a weight, are first combined into one with `method` (None: the one their
+    family names; LoRA's is exact)."""
     fmt = _format(registry, fmt_name, "export")
+    if method is not None and fmt.holds == "model":
+        raise ConfigError(f"format {fmt_name!r} fuses the adapters into the model exactly: --method combines "
+                          "adapters into one adapter, drop it", option="method")
     resolved = resolve_stack(zoo, refs, model)
     base, adapters = resolved.base, resolved.adapters
     info: dict[str, Any] = {"base": base.ref, "format": fmt_name, "adapters": resolved.describe()}
@@ -70,9 +77,11 @@ def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, fmt_n
         am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
         name = am.load_adapter(entry.weights, name=entry.name)
     else:  # combine exactly first, so every format sees one plain adapter
-        plan = plan_merge(registry, zoo, None, resolved, "cat")
+        plan = plan_merge(registry, zoo, None, resolved, method)
         am, name = plan.adapter, "merged"
-        info["combined"] = "cat"
+        info["combined"] = plan.method.name
+        if plan.result.report.get("exact") is False:
+            info["exact"] = False  # the user chose a method that approximates: say so beside the file
     return am.export(name, format=fmt_name, dest=dest), info
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from .combining import combine
+from .combining import combine, default_method
 from .errors import IncompatibleAdapterError, RefError
 from .fingerprint import state_fingerprint
 from .model import AdaptedModel, refuse_tied_merge
@@ -54,12 +54,24 @@ class MergePlan:
         ranks = self.result.report.get("ranks", {})
         return {
             "method": self.method.name, "base": self.base.ref,
-            "inputs": [{"ref": e.ref, "weight": w, "rank": e.card.get("config", {}).get("rank")}
-                       for e, w in self.inputs],
+            "inputs": [{"ref": e.ref, "weight": w, **_header_fields(e.card)} for e, w in self.inputs],
             "rank": {"min": min(ranks.values()), "max": max(ranks.values())} if ranks else None,
             "modules": len(ranks), "parameters": self.parameters, "bytes": self.bytes,
             **{k: v for k, v in self.result.report.items() if k not in ("ranks", "method")},
         }
+
+
+def _header_fields(card: dict[str, Any]) -> dict[str, Any]:
+    """The fields the card's family names for a one-word summary (its config's `header_fields`)."""
+    from .errors import AdapterhubError
+    from .registry import get_registry
+
+    config = card.get("config") or {}
+    try:
+        names = get_registry().config_class(str(card.get("family"))).header_fields
+    except AdapterhubError:  # a family not installed here: nothing to name
+        return {}
+    return {k: config[k] for k in names if k in config}
 
 
 def _merge_input(registry: Registry, entry: ZooEntry, weight: float) -> MergeInput:
@@ -75,14 +87,20 @@ def _merge_input(registry: Registry, entry: ZooEntry, weight: float) -> MergeInp
     return MergeInput(label=entry.ref, weight=weight, configs=bundle.configs, state=bundle.state)
 
 
-def plan_merge(registry: Registry, zoo: Zoo, model: str | None, refs: Sequence[str] | Stack, method: str,
-               rank: int | None = None, options: Mapping[str, Any] | None = None) -> MergePlan:
-    """Resolve (once), check and compute a merge; nothing is written."""
-    spec = registry.get_merge_method(method)
+def plan_merge(registry: Registry, zoo: Zoo, model: str | None, refs: Sequence[str] | Stack,
+               method: str | None = None, rank: int | None = None,
+               options: Mapping[str, Any] | None = None) -> MergePlan:
+    """Resolve (once), check and compute a merge (`method` None: the one the adapters' family names); nothing
+    is written."""
     options = {k: v for k, v in (options or {}).items() if v is not None}
+    rank = options.pop("rank", None) if rank is None else rank
+    if method is not None:
+        registry.get_merge_method(method)  # an unknown method is refused before any file is read
     resolved = resolve_stack(zoo, refs, model)
     base, adapters = resolved.base, list(resolved.adapters)
     inputs = [_merge_input(registry, entry, weight) for entry, weight in adapters]
+    method = method or default_method(registry, {item.family for item in inputs})
+    spec = registry.get_merge_method(method)
     result = combine(registry, inputs, method, rank, options)
     am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
     config = next(iter(result.configs.values()))
@@ -95,7 +113,8 @@ def plan_merge(registry: Registry, zoo: Zoo, model: str | None, refs: Sequence[s
 def write_merge(registry: Registry, zoo: Zoo, plan: MergePlan, name: str,
                 data: DataOptions | None = None) -> ZooEntry:
     """Write a planned merge as a new version of adapter `name`; `data` evaluates it for the card."""
-    recipe = {"command": "merge", "method": plan.method.name, "rank": plan.rank, **plan.options}
+    recipe = {"command": "merge", "method": plan.method.name, **({"rank": plan.rank} if plan.rank is not None else {}),
+              **plan.options}
     return add_adapter_version(registry, zoo, plan.base, name, plan.adapter, "merged", recipe,
                                {"parents": [e.ref for e, _ in plan.inputs], "merge": plan.describe()}, data)
 

@@ -185,16 +185,18 @@ class AdaptedModel:
                              kinds=kinds, config=info.config, base_model=self.base_id,
                              base_fingerprints=self.base_fingerprints(sorted(configs)), metadata=dict(info.metadata))
 
-    def merge_adapters(self, weights: Mapping[str, float], out: str, *, method: str = "linear",
+    def merge_adapters(self, weights: Mapping[str, float], out: str, *, method: str | None = None,
                        rank: int | None = None, **options: Any) -> dict[str, Any]:
-        """Combine adapters into a new adapter `out` with a registered merge method; returns its report
-        (ranks, exact, energy_kept). The inputs stay as they are."""
-        from .combining import combine
+        """Combine adapters into a new adapter `out` with a registered merge method (None: the one their
+        family names, e.g. LoRA's linear); returns its report (ranks, exact, energy_kept). The inputs stay as
+        they are."""
+        from .combining import combine, default_method
         from .specs import MergeInput
 
         inputs = [MergeInput(label=name, weight=float(weight), configs=self.target_configs(name),
                              state=self.adapter_state(name)) for name, weight in weights.items()
                   if self._require(name)]
+        method = method or default_method(self.registry, {item.family for item in inputs})
         result = combine(self.registry, inputs, method, rank, options)
         family = next(iter(result.configs.values())).kind
         self.add_bundle(AdapterBundle(name=out, family=family, configs=result.configs, state=result.state),

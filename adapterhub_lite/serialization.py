@@ -115,7 +115,7 @@ def save_adapter(am: AdaptedModel, name: str, path: str | Path) -> Path:
     tensors = {k: t.detach().to("cpu").contiguous() for k, t in am.adapter_state(name).items()}
     header = {HEADER_KEY: json.dumps(meta), "format": FORMAT, "family": meta["family"],
               "base_fingerprint": meta["base_fingerprint"]}
-    for key in ("rank", "alpha"):
+    for key in am.adapters[name].config.header_fields:  # the family says which of its fields (LoRA: rank, alpha)
         if key in meta["config"]:
             header[key] = str(meta["config"][key])
     return publish(path, lambda target: save_file(tensors, str(target), metadata=header))

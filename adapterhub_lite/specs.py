@@ -15,6 +15,7 @@ the plugin's name) when the thing is first needed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+import dataclasses
 import functools
 import importlib
 import sys
@@ -395,28 +396,48 @@ class MergeMethod:
     """A way to combine adapters into a new adapter.
 
     `families` lists the adapter families `fn` can combine (it gets inputs of
-    those families only, mixed only if it lists them all); `options` names the
-    extra keyword options `fn` accepts (e.g. density, seed), so a caller can
-    refuse an option the method would ignore; `takes_rank` says whether a
-    target rank means anything to it.
+    those families only, mixed only if it lists them all). `options` declares
+    the keyword options `fn` accepts: best a frozen dataclass whose fields carry
+    `help_field` text (then `adapters merge --method NAME` offers each as a
+    flag, e.g. `rank` -> `--rank`, and refuses the others); a tuple of names
+    also works (no flags; `takes_rank` then says whether `rank` is one).
+    `fn(inputs, rank=None, **options)` returns a MergeResult.
     """
 
     name: str
     fn: MergeFn | str  # or a deferred reference "package.module:function"
     families: tuple[str, ...] = ()
     description: str = ""
-    options: tuple[str, ...] = ()
-    takes_rank: bool = True
+    options: tuple[str, ...] | type = ()
+    takes_rank: bool = True  # only for a tuple of names: with a dataclass, `rank` is one of its fields or not
 
     def __post_init__(self) -> None:
+        from .errors import PluginError
+
         _check_name(self.name, "merge method")
         object.__setattr__(self, "fn", _deferred(self.fn))
         object.__setattr__(self, "families", tuple(self.families))
         if not self.families:
-            from .errors import PluginError
-
             raise PluginError(f"merge method {self.name!r} must declare the adapter families it combines "
                               "(families=(...))")
+        if isinstance(self.options, type):
+            if not dataclasses.is_dataclass(self.options):
+                raise PluginError(f"merge method {self.name!r}: options must be a dataclass (fields with "
+                                  "help_field) or a tuple of names")
+        else:
+            object.__setattr__(self, "options", tuple(self.options))
+
+    @property
+    def Options(self) -> type | None:
+        """The options dataclass, when the method declares one (the CLI makes flags of its fields)."""
+        return self.options if isinstance(self.options, type) else None
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        """Every keyword option `fn` takes, `rank` included when it takes one."""
+        if isinstance(self.options, type):
+            return tuple(f.name for f in dataclasses.fields(self.options))
+        return (*self.options, *(("rank",) if self.takes_rank else ()))
 
 
 @dataclass(frozen=True)

@@ -234,7 +234,7 @@ def test_cli_merge_dry_run_writes_nothing_and_errors_leave_the_zoo_alone(zoo_wit
     dry = runner.invoke(cli_app(), ["merge", "mnist-cnn", "a", "b=0.5", "--method", "cat", "--out", "ab",
                                     "--dry-run", "--zoo", str(root)])
     assert dry.exit_code == 0, dry.output
-    assert "would write mnist-cnn/ab: cat of 1 x mnist-cnn/a@v1 (rank 2), 0.5 x mnist-cnn/b@v1 (rank 4)" in dry.output
+    assert "would write mnist-cnn/ab: cat of 1 x mnist-cnn/a@v1 (rank 2, alpha 8), 0.5 x mnist-cnn/b@v1 (rank 4, alpha 8)" in dry.output
     assert "rank 2-6; exact: yes; energy kept 1.0000" in dry.output and "7 modules" in dry.output
     assert "nothing written" in dry.output
     cases = [
@@ -242,7 +242,7 @@ def test_cli_merge_dry_run_writes_nothing_and_errors_leave_the_zoo_alone(zoo_wit
          "rank (or use a method that takes one) (--rank)"),
         (["merge", "mnist-cnn", "a", "--method", "tie", "--out", "x"], "did you mean 'ties'"),
         (["merge", "mnist-cnn", "a", "--method", "svd", "--density", "0.2", "--out", "x"],
-         "does not use density (it takes no options) (--density)"),
+         "does not use density (it takes rank) (--density)"),
         (["merge", "mnist-cnn", "nope", "--out", "x"], "unknown mnist-cnn entry 'nope'"),
         (["merge", "mnist-cnn", "a", "--out", "a-base", "--into-base", "--method", "svd"], "--into-base fuses"),
         (["merge", "mnist-cnn", "a", "--out", "base"], "'base' is reserved"),
@@ -354,3 +354,23 @@ def test_energy_kept_is_pinned_on_a_hand_computed_case(tiny_registry) -> None:
     # a weight scales the delta, never the share of energy kept
     half = svd([MergeInput(label="d", weight=0.5, configs={"fc": config}, state=state)], rank=1)
     assert half.report["energy_kept"] == pytest.approx(9 / 14, abs=1e-9)
+
+
+def test_merge_methods_declare_their_own_flags_and_a_family_names_its_default(tmp_path) -> None:
+    """`--method M --help` shows M's own options only; without --method, every method's flags with the methods
+    that use them; no --method: the family's default (LoRA: linear); a family naming none is one error line."""
+    from adapterhub_lite import AdapterConfig, ConfigError, get_registry
+    from adapterhub_lite.combining import default_method
+
+    runner = CliRunner()
+    ties = runner.invoke(cli_app(), ["merge", "m", "a", "--method", "ties", "--out", "x", "--help"]).output
+    assert "\n  --density" in ties and "\n  --rank" in ties and "\n  --seed" not in ties
+    cat = runner.invoke(cli_app(), ["merge", "m", "a", "--method", "cat", "--out", "x", "--help"]).output
+    assert "\n  --density" not in cat and "\n  --rank" not in cat
+    every = runner.invoke(cli_app(), ["merge", "--help"]).output
+    assert "--seed" in every and "Methods: dare-linear, dare-ties" in every and "cat, dare-linear" in every
+    registry = get_registry()
+    assert default_method(registry, {"lora"}) == "linear"
+    assert AdapterConfig.combine_method is None
+    with pytest.raises(ConfigError, match="name no default way to combine them: give --method"):
+        default_method(registry, {"ia3"})

@@ -267,6 +267,12 @@ def test_a_third_party_family_model_and_task_through_the_command_line(scale_site
     merged = json.loads(adapters("merge", "wave", "up=0.5", "up2=0.5", "--method", "scale-sum", "--out", "both",
                                  "--json").stdout)
     assert merged["merge"]["exact"] is True and merged["parents"] == ["wave/up@v1", "wave/up2@v1"]
+    # the family's own default method, with the flag that method declares
+    clipped = json.loads(adapters("merge", "wave", "up=0.5", "up2=0.5", "--clip", "0.01", "--out", "clipped",
+                                  "--json").stdout)
+    assert clipped["recipe"]["method"] == "scale-sum" and clipped["recipe"]["clip"] == 0.01
+    assert clipped["merge"]["exact"] is False
+    assert "--clip" in adapters("merge", "wave", "up", "--method", "scale-sum", "--out", "x", "--help").stdout
     refused = _run([*ADAPTERS, "merge", "wave", "up", "--method", "linear", "--out", "x"], scale_site,
                    ADAPTERS_ZOO=str(zoo))
     assert refused.returncode == 1 and "'scale' adapter; method 'linear' combines 'lora' adapters only" in \

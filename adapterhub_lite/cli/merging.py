@@ -19,17 +19,10 @@ from .options import (
 )
 
 
-@cli.command("merge", cls=PluginOptionsCommand, task=True, model_from=first_positional)
+@cli.command("merge", cls=PluginOptionsCommand, task=True, merge_methods=True, model_from=first_positional)
 @click.argument("model")
 @click.argument("refs", nargs=-1, required=True)
-@click.option("--method", default="linear", show_default=True,
-              help="How to combine (see `adapters plugins`): cat, linear, svd, ties, dare-linear, dare-ties, "
-                   "magnitude-prune.")
-@click.option("--rank", type=int, default=None, help="Rank of the result (svd, ties, dare, magnitude-prune; "
-              "default: the largest input rank). With one input and svd: resize that adapter.")
-@click.option("--density", type=float, default=None, help="Fraction of each delta kept (ties, dare, magnitude-prune; "
-              "default 0.5).")
-@click.option("--seed", type=int, default=None, help="Seed of DARE's random drops (default 0).")
+@click.option("--method", default=None, help="How to combine (`adapters plugins` lists the methods).")
 @click.option("--into-base", is_flag=True, help="Fuse the adapters into the base weights: write a new base.")
 @click.option("--stream/--no-stream", default=None,
               help="With --into-base: fuse and write tensor by tensor, never holding the model (default: when the "
@@ -41,15 +34,15 @@ from .options import (
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or the new card as JSON.")
 @data_dir_option
 @zoo_option
-def merge_command(model: str, refs: tuple[str, ...], method: str, rank: int | None, density: float | None,
-                  seed: int | None, into_base: bool, stream: bool | None, out: str, dry_run: bool, do_eval: bool,
-                  as_json: bool,
-                  data_dir: Path | None, zoo_dir: Path | None, **task_values: Any) -> None:
+def merge_command(model: str, refs: tuple[str, ...], method: str | None, into_base: bool, stream: bool | None,
+                  out: str, dry_run: bool, do_eval: bool, as_json: bool, data_dir: Path | None,
+                  zoo_dir: Path | None, **plugin_values: Any) -> None:
     """Combine adapters of MODEL into a new adapter version, or fuse them into a new base.
 
     \b
     REFS: NAME, NAME@v2, NAME=0.5, NAME=-1 (subtract), or MODEL/NAME...; compositions too.
     Every input must sit on the same base. The new card records parents, weights and method.
+    Each method brings its own options (`adapters merge --method M --help` lists M's).
     Examples:
       adapters merge MODEL task=1 style=0.5 --method cat --out both
       adapters merge MODEL task --method svd --rank 1 --out task-r1   (resize)
@@ -61,11 +54,14 @@ def merge_command(model: str, refs: tuple[str, ...], method: str, rank: int | No
     from ..workflow import DataOptions
 
     registry, zoo = registry_and_zoo(zoo_dir)
-    task_options = config_values(click.get_current_context().command, task_values, "task")
+    command = click.get_current_context().command
+    options = config_values(command, plugin_values, "merge")
+    task_options = config_values(command, plugin_values, "task")
     data = DataOptions(data_dir, task_options) if do_eval else None
     if into_base:
-        if method != "linear" or rank is not None or density is not None or seed is not None:
-            raise click.UsageError("--into-base fuses the exact weighted sum: drop --method, --rank, --density, --seed")
+        if method is not None or options:
+            given = ", ".join(["--method", *("--" + k.replace("_", "-") for k in options)][0 if method else 1:])
+            raise click.UsageError(f"--into-base fuses the exact weighted sum: drop {given}")
         plan, entry = fuse(registry, zoo, model, list(refs), out, dry_run=dry_run, data=data, stream=stream)
         if as_json:
             echo_json(plan if entry is None else entry.card)
@@ -79,15 +75,14 @@ def merge_command(model: str, refs: tuple[str, ...], method: str, rank: int | No
     if stream is not None:
         raise click.UsageError("--stream applies to --into-base (a merged adapter is small)")
     zoo.check_new(model, out, "adapter", writable=not dry_run)
-    options = {"density": density, "seed": seed}
-    plan = plan_merge(registry, zoo, model, list(refs), method, rank, options)
+    plan = plan_merge(registry, zoo, model, list(refs), method, None, options)
     described = plan.describe()
+    method = plan.method.name
     if dry_run:
         if as_json:
             echo_json({**described, "out": f"{model}/{out}", "ranks": plan.result.report.get("ranks")})
             return
-        inputs = ", ".join(f"{i['weight']:g} x {i['ref']}" + (f" (rank {i['rank']})" if i.get("rank") else "")
-                           for i in described["inputs"])
+        inputs = ", ".join(f"{i['weight']:g} x {i['ref']}" + _fields(i) for i in described["inputs"])
         click.echo(f"would write {model}/{out}: {method} of {inputs} on {described['base']}")
         click.echo(f"  {_quality(described)}{described['modules'] or 'all'} modules, {described['parameters']:,} "
                    f"parameters, {described['bytes']:,} bytes")
@@ -99,6 +94,13 @@ def merge_command(model: str, refs: tuple[str, ...], method: str, rank: int | No
     else:
         click.echo(f"wrote {summary_line(entry)}  [{method}, {described['parameters']:,} params"
                    + (f", energy kept {described['energy_kept']:.4f}]" if "energy_kept" in described else "]"))
+
+
+def _fields(item: dict) -> str:
+    """An input's family-named fields in a word, e.g. ' (rank 2, alpha 4)'."""
+    named = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in item.items()
+             if k not in ("ref", "weight")]
+    return f" ({', '.join(named)})" if named else ""
 
 
 def _quality(described: dict) -> str:

@@ -19,15 +19,19 @@ from .options import registry_and_zoo, summary_line, zoo_option
 @click.option("--stream/--no-stream", default=None,
               help="--format merged: fuse and write tensor by tensor, never holding the model (default: when the "
                    "base checkpoint is over 4 GiB, or $ADAPTERS_STREAM_ABOVE bytes).")
+@click.option("--method", default=None, help="How several adapters (or one at a weight) are combined into one "
+              "first (`adapters plugins` lists the methods). Default: the one their family names (LoRA: linear, "
+              "exact).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @zoo_option
-def export_command(refs: tuple[str, ...], fmt: str, out: Path, stream: bool | None, as_json: bool,
-                   zoo_dir: Path | None) -> None:
+def export_command(refs: tuple[str, ...], fmt: str, out: Path, stream: bool | None, method: str | None,
+                   as_json: bool, zoo_dir: Path | None) -> None:
     """Write adapters (or, with --format merged, the fused model) in another format.
 
     \b
     One adapter at weight 1 is written as it is; several, weights or a
-    composition are combined exactly (cat) first.
+    composition are combined into one first (--method; LoRA's default,
+    linear, is exact).
     Examples:
       adapters export MODEL/task --format peft --out task-peft/
       adapters export MODEL/task --format kohya --out task.safetensors
@@ -36,7 +40,7 @@ def export_command(refs: tuple[str, ...], fmt: str, out: Path, stream: bool | No
     """
     from ..exchange import export_refs
 
-    path, info = export_refs(*registry_and_zoo(zoo_dir), list(refs), fmt, out, stream=stream)
+    path, info = export_refs(*registry_and_zoo(zoo_dir), list(refs), fmt, out, stream=stream, method=method)
     info["path"] = str(path)
     if as_json:
         echo_json(info)

@@ -65,9 +65,9 @@ def register_adapter_types(register: Callable[[AdapterKind], None]) -> None:
 
 @hookimpl
 def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
-    for name, (description, options, takes_rank) in METHODS.items():
+    for name, (description, options) in METHODS.items():
         register(MergeMethod(name=name, fn=f"{__name__}.merges:merge_{name.replace('-', '_')}", families=("lora",),
-                             description=description, options=options, takes_rank=takes_rank))
+                             description=description, options=options))
 
 
 @hookimpl

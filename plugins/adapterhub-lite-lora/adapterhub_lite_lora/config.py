@@ -21,6 +21,8 @@ class LoraConfig(AdapterConfig):
     """LoRA: W' = W + scale * B @ A with scale = alpha/rank (alpha/sqrt(rank) with rslora)."""
 
     kind: ClassVar[str] = "lora"
+    combine_method: ClassVar[str | None] = "linear"  # exact, at the smallest rank that holds the sum
+    header_fields: ClassVar[tuple[str, ...]] = ("rank", "alpha")
 
     rank: int = field(default=8, metadata=help_field("inner dimension r of B @ A"))
     alpha: float = field(default=8.0, metadata=help_field("scale numerator: scale = alpha / r"))

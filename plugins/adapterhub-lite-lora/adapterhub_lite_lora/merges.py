@@ -17,6 +17,8 @@ carry anything but plain LoRA factors (a DoRA magnitude, say) are refused.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -236,8 +238,9 @@ def merge(method: str, inputs: list[MergeInput], *, rank: int | None = None, den
     report = {"method": method, "exact": exact, "ranks": ranks,
               "energy_kept": 1.0 if exact or not total else kept / total,
               "min_energy_kept": 1.0 if exact else worst}
-    if METHODS[method][1]:
-        report["options"] = {k: v for k, v in (("density", density), ("seed", seed)) if k in METHODS[method][1]}
+    takes = {f.name for f in dataclasses.fields(METHODS[method][1])} - {"rank"}
+    if takes:
+        report["options"] = {k: v for k, v in (("density", density), ("seed", seed)) if k in takes}
     return MergeResult(configs=configs, state=state, report=report)
 
 
