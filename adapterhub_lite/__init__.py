@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from .bounded_json import parse_json, read_json
 from .config import AdapterConfig, help_field
@@ -58,28 +58,31 @@ from .specs import (
     Task,
 )
 from .tensorfile import read_header
+from ._moved import install as _install_old_paths
+
+_install_old_paths()  # adapterhub_lite.workflow & co. (now under .zoo) still import, with a DeprecationWarning
 
 # name -> the module that defines it, imported on first use (these need torch, or click for the CLI helpers)
 _LAZY = {
     "AdaptedModel": ".model",
     "AdapterLayer": ".layer",
-    "DataOptions": ".workflow",
+    "DataOptions": ".zoo.workflow",
     "LayerPolicy": ".forward",
     "PluginOptionsCommand": ".cli.options",
     "Registry": ".registry",
     "Route": ".routing",
     "Zoo": ".zoo",
     "ZooEntry": ".zoo",
-    "add_adapter_version": ".workflow",
+    "add_adapter_version": ".zoo.workflow",
     "build_within_budget": ".model_budget",
     "check_declared_size": ".model_budget",
-    "hub_snapshot": ".hub_download",
+    "hub_snapshot": ".zoo.hub_download",
     "safe_pattern": ".patterns",
     "config_values": ".cli.options",
     "first_positional": ".cli.options",
     "get_registry": ".registry",
     "load_adapter": ".serialization",
-    "load_base": ".workflow",
+    "load_base": ".zoo.workflow",
     "load_tensors": ".tensorfile",
     "read_adapter_file": ".serialization",
     "save_adapter": ".serialization",
@@ -93,7 +96,7 @@ if TYPE_CHECKING:
     from .cli.options import PluginOptionsCommand, config_values, first_positional
     from .fingerprint import state_fingerprint
     from .forward import LayerPolicy
-    from .hub_download import hub_snapshot
+    from .zoo.hub_download import hub_snapshot
     from .model_budget import build_within_budget, check_declared_size
     from .patterns import safe_pattern
     from .layer import AdapterLayer
@@ -102,8 +105,8 @@ if TYPE_CHECKING:
     from .routing import Route
     from .serialization import load_adapter, read_adapter_file, save_adapter
     from .tensorfile import load_tensors
-    from .workflow import DataOptions, add_adapter_version, load_base
-    from .zoo import Zoo, ZooEntry
+    from .zoo.workflow import DataOptions, add_adapter_version, load_base
+    from .zoo.store import Zoo, ZooEntry
 
 __all__ = [
     "AdaptedModel",

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-    from .zoo import Zoo
+    from .zoo.store import Zoo
 
 S = TypeVar("S")
 

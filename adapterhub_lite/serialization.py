@@ -75,7 +75,7 @@ class AdapterFile:
 
 
 def build_metadata(am: AdaptedModel, name: str) -> dict[str, Any]:
-    from . import __version__
+    from .version import __version__
 
     info = am.adapters[name]
     base_config = info.config.to_dict()

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from adapterhub_lite import Zoo, get_registry, load_base
-from adapterhub_lite.exchange import export_refs, import_file
-from adapterhub_lite.workflow import stack
+from adapterhub_lite.zoo.exchange import export_refs, import_file
+from adapterhub_lite.zoo.workflow import stack
 
 
 def main() -> None:

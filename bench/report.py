@@ -208,7 +208,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         out += ["## Out-of-core fuse (synthetic checkpoint)", "",
                 f"{r['bytes'] / 1e9:.2f} GB of safetensors (largest tensor {r['largest_tensor_mb']:.0f} MB), a rank-8 "
                 f"delta fused into each of its {r['fused_tensors']} weight matrices, streamed tensor by tensor "
-                f"(`adapterhub_lite.streaming.fuse_file`), in a fresh process:", "",
+                f"(`adapterhub_lite.zoo.streaming.fuse_file`), in a fresh process:", "",
                 "| | seconds | GB/s | peak RSS MB |", "|---|---|---|---|",
                 f"| plain read of the same bytes | {r['read_s']:.2f} | {r['read_gb_s']:.2f} "
                 f"| {r['read_peak_mb']:.0f} |",

@@ -387,7 +387,7 @@ def routing_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
 def stream_child(mode: str, src: str, dst: str) -> dict[str, Any]:
     """In a fresh process: a plain read of the file, or the streamed fuse; time and peak RSS."""
     torch.set_num_threads(THREADS)
-    from adapterhub_lite.streaming import fuse_file
+    from adapterhub_lite.zoo.streaming import fuse_file
     from adapterhub_lite.tensorfile import read_header
 
     start_rss = _status("VmRSS")
@@ -422,7 +422,7 @@ def stream_group(layers: int) -> list[dict[str, Any]]:
 
     Needs the checkpoint's size twice on disk (source + fused output; the copy is removed before the fuse runs).
     With less free space the group is skipped with a row that says so, rather than failing half-way."""
-    from adapterhub_lite.streaming import write_streamed
+    from adapterhub_lite.zoo.streaming import write_streamed
 
     size = layers * (8192 * 4096 + 8192) * 4
     tmp_root = os.environ.get("BENCH_TMP") or tempfile.gettempdir()

@@ -1,6 +1,6 @@
 """The CLI's out-of-core fuse (`merge --into-base --stream`, `export --format merged --stream`) on the stream
 group's synthetic checkpoint: a zoo whose base is that file (hard-linked), one LoRA (r=8, every layer), fused by
-`adapterhub_lite.merge.fuse_streamed` (what both commands call) in a fresh process; its peak RSS is measured
+`adapterhub_lite.zoo.fuse.fuse_streamed` (what both commands call) in a fresh process; its peak RSS is measured
 over the process's start, against the same bound as the plain fuse: 2 x the largest tensor + 300 MB."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def bench_registry() -> Registry:
 
 def prepare_zoo(src: Path, root: Path, layers: int) -> None:
     """The base (the checkpoint itself, hard-linked) and a LoRA trained on nothing but with random factors."""
-    from adapterhub_lite.streaming import file_fingerprint
+    from adapterhub_lite.zoo.streaming import file_fingerprint
 
     registry, zoo = bench_registry(), Zoo(root)
     base = zoo.add_version(MODEL, "base", lambda folder: os.link(src, folder / "model.safetensors"),
@@ -64,7 +64,7 @@ def prepare_zoo(src: Path, root: Path, layers: int) -> None:
 
 def fuse_through_zoo(root: str, dst: str) -> dict[str, Any]:
     """Timed by the caller's child process: the streamed fuse of ADAPTER into its base, written to dst."""
-    from adapterhub_lite.merge import fuse_streamed
+    from adapterhub_lite.zoo.fuse import fuse_streamed
 
     started = time.perf_counter()
     info = fuse_streamed(bench_registry(), Zoo(root), [ADAPTER], Path(dst))

@@ -11,9 +11,9 @@ import torch
 from click.testing import CliRunner
 
 from adapterhub_lite import ConfigError, get_registry
-from adapterhub_lite.build import load_recipes
+from adapterhub_lite.zoo.build import load_recipes
 from adapterhub_lite.cli import cli
-from adapterhub_lite.workflow import stack
+from adapterhub_lite.zoo.workflow import stack
 from adapterhub_lite.zoo import Zoo
 
 pytestmark = pytest.mark.skipif(not os.environ.get("ADAPTERS_DATA"), reason="needs MNIST in ADAPTERS_DATA")
@@ -177,7 +177,7 @@ def _part(seeds: list[int], accuracies: list[float], seconds: float) -> dict:
 
 
 def test_results_run_seed_by_seed_combine_into_one_report() -> None:
-    from adapterhub_lite.build import combine_reports
+    from adapterhub_lite.zoo.build import combine_reports
 
     combined = combine_reports([_part([2], [0.5], 10.0), _part([0, 1], [0.9, 0.7], 20.0)])
     assert combined["seeds"] == [0, 1, 2] and list(combined["per_seed"]) == ["0", "1", "2"]
@@ -193,7 +193,7 @@ def test_results_run_seed_by_seed_combine_into_one_report() -> None:
 def test_a_search_requirement_picks_the_best_candidate_that_meets_it() -> None:
     """Best validation accuracy overall among the candidates whose digit-9 accuracy reaches the bar; none
     reaching it: the best of all, marked as not meeting it."""
-    from adapterhub_lite.build import _select
+    from adapterhub_lite.zoo.build import _select
 
     search = {"group": "g", "on": "val.all.accuracy", "require": {"val.trained_classes.accuracy": {"min": 0.98}}}
     steps = [{"id": c, "command": "train", "model": "m", "search": search} for c in ("a", "b", "c")]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch._dynamo.testing import CompileCounter
 
-from adapterhub_lite import (AdaptedModel, AdapterLayer, AdapterStateError, LayerPolicy, LoraConfig,
+from adapterhub_lite import (AdaptedModel, AdapterStateError, LayerPolicy, LoraConfig,
                              UnsupportedModuleError, get_registry)
 from adapterhub_lite.forward import Compiled
 

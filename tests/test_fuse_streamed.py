@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from adapterhub_lite import IncompatibleAdapterError, LoraConfig, get_registry, state_fingerprint
 from adapterhub_lite.cli import cli
-from adapterhub_lite.merge import fuse_streamed, fused_model
-from adapterhub_lite.streaming import file_fingerprint
+from adapterhub_lite.zoo.fuse import fuse_streamed, fused_model
+from adapterhub_lite.zoo.streaming import file_fingerprint
 from adapterhub_lite.zoo import Zoo
 
 

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from adapterhub_lite import AdaptedModel, AdapterFileError, LoraConfig, get_registry, load_base
 from adapterhub_lite.cli import cli
-from adapterhub_lite.composition import compose
+from adapterhub_lite.zoo.compositions import compose
 from adapterhub_lite.zoo import Zoo
 
 MODEL = "mnist-cnn"

@@ -221,7 +221,7 @@ def pushed(tmp_path_factory) -> dict[str, Path]:
     from conftest import seed_adapter, seed_base
 
     from adapterhub_lite import LoraConfig, get_registry
-    from adapterhub_lite.hub import stage
+    from adapterhub_lite.zoo.hub import stage
 
     root = tmp_path_factory.mktemp("pushed")
     zoo = Zoo(root / "zoo")

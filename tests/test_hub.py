@@ -13,7 +13,7 @@ import pytest
 from conftest import seed_adapter, seed_base
 
 from adapterhub_lite import LoraConfig, UnknownNameError, get_registry
-from adapterhub_lite.hub import model_card, stage
+from adapterhub_lite.zoo.hub import model_card, stage
 from adapterhub_lite.zoo import Zoo
 
 

@@ -18,9 +18,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from adapterhub_lite import ConfigError, IncompatibleAdapterError, LoraConfig, ZooError
-from adapterhub_lite.composition import compose
-from adapterhub_lite.merge import fuse, plan_merge, write_merge
-from adapterhub_lite.workflow import load_base, stack
+from adapterhub_lite.zoo.compositions import compose
+from adapterhub_lite.zoo.combine import plan_merge, write_merge
+from adapterhub_lite.zoo.fuse import fuse
+from adapterhub_lite.zoo.workflow import load_base, stack
 from adapterhub_lite.zoo import Zoo
 
 X = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(7))

@@ -42,3 +42,25 @@ def test_the_layer_is_in_no_import_cycle() -> None:
     caught = {m for group in cycles for m in group} & {"adapterhub_lite.layer", "adapterhub_lite.forward",
                                                         "adapterhub_lite.routing", "adapterhub_lite.mixed"}
     assert not caught, cycles
+
+
+def test_the_zoo_modules_old_flat_paths_still_import_with_a_pointer() -> None:
+    """The zoo side moved into adapterhub_lite.zoo (issue 30): code importing the old flat paths keeps working
+    and is told where the module went; adapterhub_lite.merge serves both of its successors."""
+    import importlib
+    import subprocess
+    import sys
+
+    code = ("import warnings, adapterhub_lite\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    from adapterhub_lite.merge import fuse, plan_merge\n"
+            "    from adapterhub_lite.workflow import load_base\n"
+            "print(fuse.__module__, plan_merge.__module__, load_base.__module__)\n"
+            "print(sorted({str(w.message).split(':')[0] for w in caught if w.category is DeprecationWarning}))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    modules, warned = run.stdout.splitlines()
+    assert modules == "adapterhub_lite.zoo.fuse adapterhub_lite.zoo.combine adapterhub_lite.zoo.workflow"
+    assert "adapterhub_lite.merge moved to adapterhub_lite.zoo.combine and adapterhub_lite.zoo.fuse" in warned
+    assert "adapterhub_lite.workflow moved to adapterhub_lite.zoo.workflow" in warned
+    assert importlib.import_module("adapterhub_lite.zoo").Zoo.__module__ == "adapterhub_lite.zoo.store"

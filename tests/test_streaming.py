@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adapterhub_lite import AdapterFileError
-from adapterhub_lite.streaming import fuse_file
+from adapterhub_lite.zoo.streaming import fuse_file
 from adapterhub_lite.tensorfile import read_header
 
 

@@ -17,7 +17,7 @@ from adapterhub_lite import IncompatibleAdapterError, LoraConfig, get_registry
 from adapterhub_lite.cli import cli
 from adapterhub_lite.fingerprint import state_fingerprint
 from adapterhub_lite.training import TrainOptions
-from adapterhub_lite.workflow import DataOptions, load_base, stack, train_adapter, train_base
+from adapterhub_lite.zoo.workflow import DataOptions, load_base, stack, train_adapter, train_base
 from adapterhub_lite.zoo import Zoo
 
 pytestmark = pytest.mark.skipif(not os.environ.get("ADAPTERS_DATA"), reason="needs MNIST in ADAPTERS_DATA")

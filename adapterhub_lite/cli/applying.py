@@ -53,7 +53,7 @@ def apply_command(refs: tuple[str, ...], do_eval: bool, sample: int, inputs: Pat
       adapters apply MODEL/style --sample 16 --route style,base --out mixed.png
       adapters apply my-gpt2/chat --inputs ids.safetensors --out logits.safetensors
     """
-    from ..workflow import DataOptions, evaluate, stack, task_of
+    from ..zoo.workflow import DataOptions, evaluate, stack, task_of
 
     if sample and inputs is not None:
         raise click.UsageError("--sample and --inputs both write --out: run them one at a time")
@@ -89,7 +89,7 @@ def apply_command(refs: tuple[str, ...], do_eval: bool, sample: int, inputs: Pat
         publish(out, lambda target: save_image(images, str(target), nrow=max(1, int(round(sample**0.5))), padding=1))
         result["sample"] = {"n": sample, "seed": seed, "steps": sample_steps, "out": str(out)}
     if inputs is not None:
-        from ..running import run_on_file
+        from ..zoo.running import run_on_file
 
         result["outputs"] = run_on_file(am.model, inputs, out, module_path)  # type: ignore[arg-type]
     metrics: dict[str, Any] = {}

@@ -86,7 +86,7 @@ def zoo_list(model: str | None, zoo_dir: Path | None, as_json: bool) -> None:
     status 1; every other entry is still listed.
     """
     from ..errors import UnknownNameError, ZooError
-    from ..zoo import DamagedEntry, Zoo
+    from ..zoo.store import DamagedEntry, Zoo
 
     zoo = Zoo(zoo_dir)
     if model and model not in zoo.models():
@@ -128,7 +128,7 @@ def zoo_list(model: str | None, zoo_dir: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the card as JSON.")
 def zoo_show(ref: str, zoo_dir: Path | None, as_json: bool) -> None:
     """Show one version's card: config, recipe, data, metrics, fingerprint, parents, sizes."""
-    from ..zoo import Zoo
+    from ..zoo.store import Zoo
 
     zoo = Zoo(zoo_dir)
     entry = zoo.resolve(ref)
@@ -179,7 +179,7 @@ def zoo_add_base(name: str, pretrained: Path | None, config: Path | None, weight
     A Hub id (owner/name) is downloaded only with --source named.
     Example: adapters zoo add-base my-gpt2 --from-pretrained ./gpt2-local
     """
-    from ..sources import add_source_base
+    from ..zoo.sources import add_source_base
 
     if (pretrained is None) == (config is None):
         raise click.UsageError("give --from-pretrained DIR or --config FILE (one of them)")
@@ -210,11 +210,11 @@ def zoo_report(zoo_dir: Path | None, out: Path | None, as_json: bool) -> None:
     no network. Open DIR/index.html in any browser.
     Example: adapters zoo report --out zoo-report
     """
-    from ..cards import metric_scopes
+    from ..zoo.cards import metric_scopes
     from ..errors import UnknownNameError, ZooError
     from ..registry import get_registry
-    from ..zoo import Zoo
-    from ..zoo_report import write_report
+    from ..zoo.store import Zoo
+    from ..zoo.report import write_report
 
     zoo = Zoo(zoo_dir)
     if not zoo.root.is_dir():
@@ -299,10 +299,10 @@ def zoo_build(profile: str, quick: bool, recipes: Path | None, seeds: str | None
       adapters zoo build --profile P --seeds 0 --part --zoo Z0   (and 1, 2)
       adapters zoo build --profile P --select-from Z0 --select-from Z1 --select-from Z2 --zoo OUT
     """
-    from ..build import load_recipes, run_profile, select_across
+    from ..zoo.build import load_recipes, run_profile, select_across
     from ..errors import ConfigError
     from ..registry import get_registry
-    from ..zoo import Zoo
+    from ..zoo.store import Zoo
 
     zoo = Zoo(zoo_dir)
     book = load_recipes(recipes or zoo.root / "recipes.json")

@@ -50,8 +50,9 @@ def merge_command(model: str, refs: tuple[str, ...], method: str | None, into_ba
       adapters merge MODEL style=0.5 --into-base --stream --out half-styled   (out of core)
       adapters merge MODEL task style --method ties --density 0.3 --out t --dry-run
     """
-    from ..merge import fuse, plan_merge, write_merge
-    from ..workflow import DataOptions
+    from ..zoo.combine import plan_merge, write_merge
+    from ..zoo.fuse import fuse
+    from ..zoo.workflow import DataOptions
 
     registry, zoo = registry_and_zoo(zoo_dir)
     command = click.get_current_context().command
@@ -130,8 +131,8 @@ def compose_command(model: str, name: str, refs: tuple[str, ...], as_json: bool,
     apply, merge and export accept it wherever they accept an adapter.
     Example: adapters compose MODEL half-styled style=0.5
     """
-    from ..composition import compose
-    from ..zoo import Zoo
+    from ..zoo.compositions import compose
+    from ..zoo.store import Zoo
 
     entry = compose(Zoo(zoo_dir), model, name, list(refs))
     if as_json:

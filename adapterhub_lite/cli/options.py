@@ -37,7 +37,7 @@ def registry_and_zoo(zoo_dir: Path | None) -> tuple[Any, Any]:
     """The registry and the zoo a command works on; zoo models brought in with `zoo add-base` are made
     buildable through the source their card names."""
     from ..registry import get_registry
-    from ..zoo import Zoo
+    from ..zoo.store import Zoo
 
     registry, zoo = get_registry(), Zoo(zoo_dir)
     registry.adopt_zoo_models(zoo)
@@ -51,7 +51,7 @@ def split_list(values: tuple[str, ...]) -> tuple[str, ...]:
 def summary_line(entry: Any) -> str:
     """One line per zoo entry: its ref and the headline figures its card stores (per scope: everything, and
     the part an adapter was trained on). Cards from before headlines show their top-level fractional numbers."""
-    from ..cards import metric_scopes
+    from ..zoo.cards import metric_scopes
 
     card = entry.card
     headline = card.get("headline")
@@ -102,7 +102,7 @@ class PluginOptionsCommand(click.Command):
         registry = get_registry()
         model = self.model_from(args, self) if self.model_from else None
         if model is not None and model not in registry.models:
-            from ..zoo import Zoo
+            from ..zoo.store import Zoo
 
             try:  # a model brought in with `zoo add-base` is known through its zoo card
                 registry.adopt_zoo_models(Zoo(peek_option(args, "--zoo")))

@@ -38,7 +38,7 @@ def export_command(refs: tuple[str, ...], fmt: str, out: Path, stream: bool | No
       adapters export MODEL/style=0.5 --format merged --out half-styled.safetensors
       adapters export MODEL/style=0.5 --format merged --stream --out half-styled.safetensors
     """
-    from ..exchange import export_refs
+    from ..zoo.exchange import export_refs
 
     path, info = export_refs(*registry_and_zoo(zoo_dir), list(refs), fmt, out, stream=stream, method=method)
     info["path"] = str(path)
@@ -67,7 +67,7 @@ def import_command(path: Path, fmt: str, model: str, name: str, base_ref: str | 
       adapters import some-peft-folder/ --format peft --model MODEL --name from-peft
       adapters import model.safetensors --format merged --model MODEL --name fused
     """
-    from ..exchange import import_file
+    from ..zoo.exchange import import_file
 
     entry = import_file(*registry_and_zoo(zoo_dir), path, fmt, model, name, base_ref, force)
     if as_json:
@@ -90,8 +90,8 @@ def push_command(ref: str, repo: str, private: bool, stage_dir: Path | None, zoo
     The token comes from HF_TOKEN (or `huggingface-cli login`).
     Example: adapters push MODEL/task --repo me/model-task
     """
-    from ..hub import push, stage
-    from ..zoo import Zoo
+    from ..zoo.hub import push, stage
+    from ..zoo.store import Zoo
 
     zoo = Zoo(zoo_dir)
     if stage_dir is not None:
@@ -115,7 +115,7 @@ def pull_command(repo: str, name: str | None, force: bool, as_json: bool, zoo_di
     HF_HUB_OFFLINE=1 pulls from the local Hub cache only.
     Example: adapters pull me/model-task@main
     """
-    from ..hub import pull
+    from ..zoo.hub import pull
 
     entry = pull(*registry_and_zoo(zoo_dir), repo, name=name, force=force)
     if as_json:

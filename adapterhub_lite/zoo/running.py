@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .atomic import publish
-from .errors import ConfigError, UnknownNameError
-from .tensorfile import load_tensors, untied
+from ..atomic import publish
+from ..errors import ConfigError, UnknownNameError
+from ..tensorfile import load_tensors, untied
 
 
 def run_on_file(model: nn.Module, inputs: Path, out: Path, module_path: str | None = None) -> dict[str, list[int]]:

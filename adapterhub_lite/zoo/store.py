@@ -35,11 +35,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .atomic import fsync_dir, fsync_tree, make_dirs_under, remove_made, write_error, write_failure
-from .bounded_json import check_shape, parse_json
+from ..atomic import fsync_dir, fsync_tree, make_dirs_under, remove_made, write_error, write_failure
+from ..bounded_json import check_shape, parse_json
 from .cards import card_problem
-from .errors import NameRuleError, RefError, UnknownNameError, WriteError, ZooError, shorten
-from .refs import AdapterRef, check_name, parse_ref
+from ..errors import NameRuleError, RefError, UnknownNameError, WriteError, ZooError, shorten
+from ..refs import AdapterRef, check_name, parse_ref
 
 BASE = "base"
 CARD = "card.json"

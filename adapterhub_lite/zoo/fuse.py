@@ -1,122 +1,25 @@
-"""Combining zoo adapters into a new adapter, and fusing adapters into a new base.
-
-Both check before they write anything: every ref resolves, all adapters sit
-on one base (same fingerprint), their family is the method's, the method
-takes the options given, and no input carries fields this version does not
-understand (a newer file's DoRA magnitude, say) that a merge would drop.
-`plan_merge` does all the work but writing, which is what `--dry-run` shows.
-"""
+"""Fusing zoo adapters into a new base: the weighted adapters folded into the base weights, written as a new
+base version (in memory, or tensor by tensor through streaming.py for checkpoints bigger than memory). Every
+ref resolves and every adapter sits on the one base before anything is written."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from .combining import combine, default_method
-from .errors import IncompatibleAdapterError, RefError
-from .fingerprint import state_fingerprint
-from .model import AdaptedModel, refuse_tied_merge
-from .registry import Registry
-from .serialization import read_adapter_file
-from .specs import AdapterBundle, MergeInput, MergeMethod, MergeResult
+from ..errors import IncompatibleAdapterError, RefError
+from ..fingerprint import state_fingerprint
+from ..model import AdaptedModel, refuse_tied_merge
+from ..registry import Registry
+from ..serialization import read_adapter_file
+from ..specs import AdapterBundle
 from .stacks import Stack, resolve_stack
-from .workflow import DataOptions, add_adapter_version, add_base_version, evaluate, load_base, stack
-from .zoo import Zoo, ZooEntry
-
-
-@dataclass
-class MergePlan:
-    """A checked, computed merge, not yet written."""
-
-    model: str
-    base: ZooEntry
-    inputs: list[tuple[ZooEntry, float]]
-    method: MergeMethod
-    rank: int | None
-    options: dict[str, Any]
-    result: MergeResult
-    adapter: AdaptedModel  # the base with the new adapter loaded (named "merged")
-
-    @property
-    def parameters(self) -> int:
-        return sum(t.numel() for t in self.result.state.values())
-
-    @property
-    def bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.result.state.values())
-
-    def describe(self) -> dict[str, Any]:
-        ranks = self.result.report.get("ranks", {})
-        return {
-            "method": self.method.name, "base": self.base.ref,
-            "inputs": [{"ref": e.ref, "weight": w, **_header_fields(e.card)} for e, w in self.inputs],
-            "rank": {"min": min(ranks.values()), "max": max(ranks.values())} if ranks else None,
-            "modules": len(ranks), "parameters": self.parameters, "bytes": self.bytes,
-            **{k: v for k, v in self.result.report.items() if k not in ("ranks", "method")},
-        }
-
-
-def _header_fields(card: dict[str, Any]) -> dict[str, Any]:
-    """The fields the card's family names for a one-word summary (its config's `header_fields`)."""
-    from .errors import AdapterhubError
-    from .registry import get_registry
-
-    config = card.get("config") or {}
-    try:
-        names = get_registry().config_class(str(card.get("family"))).header_fields
-    except AdapterhubError:  # a family not installed here: nothing to name
-        return {}
-    return {k: config[k] for k in names if k in config}
-
-
-def _merge_input(registry: Registry, entry: ZooEntry, weight: float) -> MergeInput:
-    file = read_adapter_file(entry.weights)
-    for target in file.meta["targets"].values():
-        registry.get_kind(target["kind"])  # every kind must be installed
-    unknown = sorted(file.unknown) + [f"config.{k}" for k in file.unknown_config_fields(registry)]
-    if unknown:
-        raise IncompatibleAdapterError(
-            f"{entry.ref} carries fields this version does not understand ({', '.join(unknown)}); merging would "
-            "silently drop them: upgrade adapterhub_lite")
-    bundle = file.bundle(registry)
-    return MergeInput(label=entry.ref, weight=weight, configs=bundle.configs, state=bundle.state)
-
-
-def plan_merge(registry: Registry, zoo: Zoo, model: str | None, refs: Sequence[str] | Stack,
-               method: str | None = None, rank: int | None = None,
-               options: Mapping[str, Any] | None = None) -> MergePlan:
-    """Resolve (once), check and compute a merge (`method` None: the one the adapters' family names); nothing
-    is written."""
-    options = {k: v for k, v in (options or {}).items() if v is not None}
-    rank = options.pop("rank", None) if rank is None else rank
-    if method is not None:
-        registry.get_merge_method(method)  # an unknown method is refused before any file is read
-    resolved = resolve_stack(zoo, refs, model)
-    base, adapters = resolved.base, list(resolved.adapters)
-    inputs = [_merge_input(registry, entry, weight) for entry, weight in adapters]
-    method = method or default_method(registry, {item.family for item in inputs})
-    spec = registry.get_merge_method(method)
-    result = combine(registry, inputs, method, rank, options)
-    am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
-    config = next(iter(result.configs.values()))
-    bundle = AdapterBundle(name="merged", family=config.kind, configs=result.configs, state=result.state,
-                           config=config.replace(targets=sorted(result.configs), target_types=[]))
-    am.add_bundle(bundle)  # proves the result fits the base before anything is written
-    return MergePlan(base.model, base, adapters, spec, rank, options, result, am)
-
-
-def write_merge(registry: Registry, zoo: Zoo, plan: MergePlan, name: str,
-                data: DataOptions | None = None) -> ZooEntry:
-    """Write a planned merge as a new version of adapter `name`; `data` evaluates it for the card."""
-    recipe = {"command": "merge", "method": plan.method.name, **({"rank": plan.rank} if plan.rank is not None else {}),
-              **plan.options}
-    return add_adapter_version(registry, zoo, plan.base, name, plan.adapter, "merged", recipe,
-                               {"parents": [e.ref for e, _ in plan.inputs], "merge": plan.describe()}, data)
+from .store import Zoo, ZooEntry
+from .workflow import DataOptions, add_base_version, evaluate, stack
 
 
 def fuse(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str] | Stack, name: str, *,
@@ -135,7 +38,7 @@ def fuse(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str] | Stack, 
         stream = not dry_run and data is None and streams_by_default(base.weights)
     if stream:
         if dry_run or data is not None:
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError("--stream writes the fused base without holding it, so it can neither evaluate it "
                               "(--eval) nor plan without writing (--dry-run): evaluate afterwards with "
@@ -168,7 +71,7 @@ def _fused_base_card(resolved: Stack, **recipe: Any) -> dict[str, Any]:
 
 def _fuse_streamed_into_zoo(registry: Registry, zoo: Zoo, model: str, resolved: Stack,
                             name: str) -> tuple[dict[str, Any], ZooEntry]:
-    from .tensorfile import read_header
+    from ..tensorfile import read_header
 
     base = resolved.base
     card = {"kind": "base", **_fused_base_card(resolved, streamed=True),
@@ -203,7 +106,7 @@ def fuse_streamed(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, des
     import torch
 
     from .streaming import file_fingerprint, read_tensors, rewrite_file
-    from .tensorfile import read_header
+    from ..tensorfile import read_header
 
     resolved = resolve_stack(zoo, refs, model)
     base, adapters = resolved.base, resolved.adapters

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .bounded_json import parse_json
-from .errors import HubError, MissingDependencyError, shorten
+from ..bounded_json import parse_json
+from ..errors import HubError, MissingDependencyError, shorten
 
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 # A branch, tag or commit: git's ref rules, narrowed (no `..`, no leading or trailing `/` or `.`, no `//`).

@@ -14,13 +14,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .atomic import publish
-from .bounded_json import read_json
+from ..atomic import publish
+from ..bounded_json import read_json
 from .cards import metric_scopes
-from .errors import HubError, MissingDependencyError, RefError, ZooError, shorten
+from ..errors import HubError, MissingDependencyError, RefError, ZooError, shorten
 from .hub_download import REPO_ID, check_revision, hub_snapshot
-from .registry import Registry
-from .zoo import CARD, CARD_LIMIT, Zoo, ZooEntry
+from ..registry import Registry
+from .store import CARD, CARD_LIMIT, Zoo, ZooEntry
 
 
 def _hub() -> Any:
@@ -146,8 +146,8 @@ def _check_repo(spec: str) -> str:
 def pull(registry: Registry, zoo: Zoo, spec: str, *, name: str | None = None, force: bool = False) -> ZooEntry:
     """Download OWNER/NAME[@REV] and add it to the zoo as a new version of its model/name (or `name`)."""
     from .exchange import import_bundle
-    from .model import AdaptedModel
-    from .serialization import read_adapter_file
+    from ..model import AdaptedModel
+    from ..serialization import read_adapter_file
     from .workflow import load_base
 
     repo, revision = _check_repo(spec), check_revision(spec.partition("@")[2])
@@ -192,8 +192,8 @@ def pull(registry: Registry, zoo: Zoo, spec: str, *, name: str | None = None, fo
 def _pull_base(registry: Registry, zoo: Zoo, folder: Path, model: str, name: str, card: dict[str, Any],
                origin: dict[str, Any]) -> ZooEntry:
     """A base needs no local base: it is checked against its own card's fingerprint, then written."""
-    from .fingerprint import state_fingerprint
-    from .tensorfile import load_tensors
+    from ..fingerprint import state_fingerprint
+    from ..tensorfile import load_tensors
     from .workflow import add_base_version, fitting_state
 
     state, _ = load_tensors(folder / "model.safetensors")

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import IncompatibleAdapterError, RefError, ZooError
-from .refs import AdapterRef, parse_refs
-from .zoo import Zoo, ZooEntry
+from ..errors import IncompatibleAdapterError, RefError, ZooError
+from ..refs import AdapterRef, parse_refs
+from .store import Zoo, ZooEntry
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import RefError
+from ..errors import RefError
 from .stacks import resolve_each, stack_of
-from .zoo import Zoo, ZooEntry
+from .store import Zoo, ZooEntry
 
 
 def compose(zoo: Zoo, model: str, name: str, refs: Sequence[str]) -> ZooEntry:

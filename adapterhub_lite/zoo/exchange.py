@@ -17,15 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import AdapterFileError, ConfigError, IncompatibleAdapterError
-from .fingerprint import state_fingerprint
-from .merge import plan_merge
-from .model import AdaptedModel
-from .registry import Registry
-from .specs import AdapterBundle, Format
+from ..errors import AdapterFileError, ConfigError, IncompatibleAdapterError
+from ..fingerprint import state_fingerprint
+from .combine import plan_merge
+from ..model import AdaptedModel
+from ..registry import Registry
+from ..specs import AdapterBundle, Format
 from .stacks import Stack, resolve_stack
 from .workflow import DataOptions, add_adapter_version, add_base_version, fitting_state, load_base, stack
-from .zoo import Zoo, ZooEntry
+from .store import Zoo, ZooEntry
 
 
 def _format(registry: Registry, name: str, direction: str) -> Format:
@@ -58,7 +58,7 @@ def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, fmt_n
         if fmt.stream_metadata is None:
             raise ConfigError(f"format {fmt_name!r} cannot be streamed: only a model format whose file is one "
                               "safetensors state dict can (e.g. merged)", option="stream")
-        from .merge import fuse_streamed
+        from .fuse import fuse_streamed
 
         path = dest / "model.safetensors" if dest.is_dir() else dest
         written = fuse_streamed(registry, zoo, resolved, path, metadata=fmt.stream_metadata)

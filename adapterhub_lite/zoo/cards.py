@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import shorten
+from ..errors import shorten
 
 KINDS = ("base", "adapter", "composition")
 _NUMBER = (int, float)

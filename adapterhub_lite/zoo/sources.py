@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import AdapterFileError, ConfigError
-from .registry import Registry
-from .specs import ModelSource
-from .tensorfile import load_tensors, read_header
+from ..errors import AdapterFileError, ConfigError
+from ..registry import Registry
+from ..specs import ModelSource
+from ..tensorfile import load_tensors, read_header
 from .workflow import add_base_version, fitting_state
-from .zoo import BASE, Zoo, ZooEntry
+from .store import BASE, Zoo, ZooEntry
 
 
 def choose_source(registry: Registry, path: Path, source: str | None = None) -> ModelSource:

@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .atomic import publish
-from .bounded_json import parse_json
-from .zoo import DamagedEntry, Zoo, ZooEntry
+from ..atomic import publish
+from ..bounded_json import parse_json
+from .store import DamagedEntry, Zoo, ZooEntry
 
 KIND_COLOURS = {"base": "#d9e7fb", "adapter": "#e3f4df", "composition": "#fbecd5"}
 NODE_W, NODE_H, GAP_X, GAP_Y = 230, 28, 60, 12
@@ -277,7 +277,7 @@ def write_report(zoo: Zoo, charts_for: ChartsFor, dest: Path) -> dict[str, int]:
         for grid in grids:
             shutil.copyfile(grid, target / "img" / grid.name)
 
-    from .errors import WriteError
+    from ..errors import WriteError
 
     if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
         raise WriteError(f"{dest} is a file or a link: name a folder for the report (--out DIR)")

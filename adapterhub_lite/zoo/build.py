@@ -29,14 +29,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .bounded_json import parse_json
-from .atomic import make_dirs_under, publish, write_text
+from ..bounded_json import parse_json
+from ..atomic import make_dirs_under, publish, write_text
 from .cards import metric_scopes
-from .errors import ConfigError, NameRuleError
-from .progress import is_quiet
-from .refs import check_name
-from .registry import Registry
-from .training import TrainOptions
+from ..errors import ConfigError, NameRuleError
+from ..progress import is_quiet
+from ..refs import check_name
+from ..registry import Registry
+from ..training import TrainOptions
 from .workflow import (
     DataOptions,
     evaluate,
@@ -47,7 +47,7 @@ from .workflow import (
     train_adapter,
     train_base,
 )
-from .zoo import Zoo
+from .store import Zoo
 
 COMMANDS = ("train-base", "train", "evaluate")
 
@@ -125,7 +125,7 @@ def run_profile(registry: Registry, zoo: Zoo, recipes: dict[str, Any], profile: 
     test (`select_across` does, over every part's seeds at once)."""
     profiles = recipes.get("profiles", {})
     if profile not in profiles:
-        from .errors import UnknownNameError
+        from ..errors import UnknownNameError
 
         raise UnknownNameError("profile", profile, profiles)
     spec = profiles[profile]
@@ -175,7 +175,7 @@ def select_across(registry: Registry, parts: list[Zoo], out: Zoo, recipes: dict[
     """A profile that selects recipes, run seed by seed as parts (`run_profile(..., part=True)`, each into a zoo
     of its own, side by side): choose each group on the mean over every part's seeds, as one build would, then
     measure only the choice on test, each seed in its own zoo. The combined report goes to `out`."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     reports = []
     for zoo in parts:
@@ -216,7 +216,7 @@ def combine_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     combined into the report one run over all those seeds writes: the seeds' results side by side, the
     summary recomputed over all of them. A profile that selects recipes (search groups) chooses on the mean over
     all its seeds, so its parts cannot be combined afterwards: that is refused."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     if not reports:
         raise ConfigError("no results to combine")

@@ -21,10 +21,10 @@ from typing import Any, BinaryIO
 import torch
 from torch import Tensor
 
-from .atomic import publish
-from .errors import AdapterFileError
-from .progress import Progress
-from .tensorfile import Header, TensorInfo, read_header
+from ..atomic import publish
+from ..errors import AdapterFileError
+from ..progress import Progress
+from ..tensorfile import Header, TensorInfo, read_header
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,

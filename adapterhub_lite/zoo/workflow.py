@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .cards import metric_scopes
-from .config import AdapterConfig
-from .errors import (
+from ..config import AdapterConfig
+from ..errors import (
     AdapterFileError,
     AdapterhubError,
     ConfigError,
@@ -26,15 +26,15 @@ from .errors import (
     ZooError,
     shorten,
 )
-from .fingerprint import state_fingerprint
-from .model import AdaptedModel
-from .refs import AdapterRef
-from .registry import Registry
-from .specs import EvalContext, Task
+from ..fingerprint import state_fingerprint
+from ..model import AdaptedModel
+from ..refs import AdapterRef
+from ..registry import Registry
+from ..specs import EvalContext, Task
 from .stacks import Stack, resolve_stack
-from .tensorfile import check_finite_floats, load_tensors, untied
-from .training import Dial, Distributed, TrainOptions, fit
-from .zoo import BASE, Zoo, ZooEntry
+from ..tensorfile import check_finite_floats, load_tensors, untied
+from ..training import Dial, Distributed, TrainOptions, fit
+from .store import BASE, Zoo, ZooEntry
 
 @dataclass(frozen=True)
 class DataOptions:

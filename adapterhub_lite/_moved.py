@@ -1,0 +1,46 @@
+"""Old import paths of the modules that moved into the `zoo` subpackage: they still import, with one
+DeprecationWarning naming the new place, so code written against the flat layout keeps working for now."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
+from types import ModuleType
+
+MOVED: dict[str, tuple[str, ...]] = {
+    f"adapterhub_lite.{old}": tuple(f"adapterhub_lite.zoo.{n}" for n in new)
+    for old, new in {
+        "cards": ("cards",), "stacks": ("stacks",), "composition": ("compositions",), "workflow": ("workflow",),
+        "merge": ("combine", "fuse"), "streaming": ("streaming",), "exchange": ("exchange",), "hub": ("hub",),
+        "hub_download": ("hub_download",), "sources": ("sources",), "zoo_report": ("report",),
+        "build": ("build",), "running": ("running",),
+    }.items()
+}
+
+
+class _Alias(importlib.abc.Loader):
+    def __init__(self, targets: tuple[str, ...]) -> None:
+        self.targets = targets
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return None
+
+    def exec_module(self, module: ModuleType) -> None:
+        warnings.warn(f"{module.__name__} moved to {' and '.join(self.targets)}: import it from there",
+                      DeprecationWarning, stacklevel=2)
+        for target in reversed(self.targets):
+            found = importlib.import_module(target)
+            module.__dict__.update({k: v for k, v in vars(found).items() if not k.startswith("__")})
+
+
+class _OldPaths(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+        return importlib.util.spec_from_loader(name, _Alias(MOVED[name])) if name in MOVED else None
+
+
+def install() -> None:
+    if not any(isinstance(finder, _OldPaths) for finder in sys.meta_path):
+        sys.meta_path.append(_OldPaths())
