@@ -44,6 +44,20 @@ _TABLES: dict[str, tuple[str, type, str]] = {
 }
 
 
+def _check_family_owner(kinds: dict[str, Owned[AdapterKind]], spec: AdapterKind, owner: str) -> None:
+    """A family has one config class: another plugin may add kinds to it (new module types) with that class,
+    but a second config class claiming the family's name would silently replace its options everywhere."""
+    rival = next((o for o in kinds.values() if o.spec.family == spec.family and o.spec.config is not spec.config),
+                 None)
+    if rival is not None:
+        claims = sorted([(rival.plugin, rival.spec.config.__name__), (owner, spec.config.__name__)])
+        both = " and ".join(f"{plugin!r} ({config})" for plugin, config in claims)
+        raise PluginError(
+            f"adapter family {spec.family!r} is claimed by both {both}: a family has one config class; uninstall "
+            "one, or give one config another family name (its `kind`), or register the kind with the family's "
+            "own config", plugin=owner)
+
+
 class Registry:
     def __init__(self, pm: PluginManager) -> None:
         self.pm = pm
@@ -77,6 +91,8 @@ class Registry:
                         f"{owner!r}: uninstall one, or rename it in your plugin",
                         plugin=owner,
                     )
+                if attr == "kinds":
+                    _check_family_owner(table, spec, owner)
                 table[spec.name] = Owned(spec, owner)
             pending.clear()
 

@@ -53,6 +53,34 @@ def test_duplicate_names_are_refused_naming_both_plugins() -> None:
     assert info.value.plugin in {"lora", "extra0"}
 
 
+def test_a_second_config_class_claiming_a_family_is_refused_naming_both_plugins() -> None:
+    """Issue 31: a config whose family is 'lora' from another plugin would replace LoRA's options for every
+    model; it is refused in one line. Adding a kind to the family with the family's own config is fine."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from adapterhub_lite import AdapterConfig
+
+    @dataclass(frozen=True)
+    class Impostor(AdapterConfig):
+        kind: ClassVar[str] = "lora"
+
+    class Special(nn.Linear):
+        pass
+
+    class SpecialLayer(LoraLinear):
+        targets = (Special,)
+
+    claim = _plugin(register_adapter_types=lambda register: register(
+        AdapterKind(name="impostor-linear", layer=LoraLinear, config=Impostor)))
+    with pytest.raises(PluginError, match="adapter family 'lora' is claimed by both 'extra0' \\(Impostor\\) and "
+                                          "'lora' \\(LoraConfig\\)"):
+        _registry(claim)
+    joins = _plugin(register_adapter_types=lambda register: register(
+        AdapterKind(name="lora-special", layer=SpecialLayer, config=LoraConfig)))
+    assert _registry(joins).kinds["lora-special"].plugin == "extra0"
+
+
 def test_wrong_spec_type_is_refused() -> None:
     bad = _plugin(register_models=lambda register: register({"name": "m"}))
     with pytest.raises(PluginError, match="passed dict to register_models; expected adapterhub_lite.ModelSpec"):
