@@ -7,6 +7,10 @@ entry points; the core imports none of them. Environment variables:
   to load; when set (even empty) nothing else is loaded.
 - ``ADAPTERS_TRACE_PLUGINS``: set to 1 to print every hook call to stderr
   (pluggy's own tracing, plus which plugin each call is for).
+- ``ADAPTERS_STRICT_PLUGINS``: set to 1 to make a plugin that cannot load an
+  error (CI, plugin authors). By default such a plugin is set aside with one
+  warning line and listed by `adapters plugins` with the reason, and every
+  other plugin works: one broken install does not take every command down.
 
 Hooks are called through pluggy's hook callers, never by calling a plugin's
 function directly, so hook wrappers, `tryfirst` / `trylast` ordering and
@@ -18,6 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -26,7 +31,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import AdapterhubWarning, PluginError
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 
@@ -45,6 +50,7 @@ class PluginManager(pluggy.PluginManager):
         super().__init__(hookspecs.PROJECT)
         self.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
+        self.broken: dict[str, str] = {}  # plugins set aside (not strict): name -> why, for `adapters plugins`
         if os.environ.get("ADAPTERS_TRACE_PLUGINS"):
             self.trace.root.setwriter(sys.stderr.write)
             self.enable_tracing()
@@ -70,12 +76,26 @@ class PluginManager(pluggy.PluginManager):
         self.infos[name] = PluginInfo(name, distribution, version)
         return name
 
-    def check(self) -> None:
-        """Refuse hookimpls that match no hookspec (a typo in a hook name)."""
-        try:
-            self.check_pending()
-        except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin {exc.plugin!r}: {exc}", plugin=str(exc.plugin)) from exc
+    def check(self, strict: bool = True) -> None:
+        """Refuse hookimpls that match no hookspec (a typo in a hook name); not strict: set such a plugin aside
+        (unregistered, recorded in `broken`, one warning) and check the rest."""
+        while True:
+            try:
+                self.check_pending()
+                return
+            except pluggy.PluginValidationError as exc:
+                name = self.get_name(exc.plugin) or str(exc.plugin)
+                error = PluginError(f"plugin {name!r}: {exc}", plugin=name)
+                if strict:
+                    raise error from exc
+                self.unregister(exc.plugin)
+                self.set_aside(name, str(exc))
+
+    def set_aside(self, name: str, why: str) -> None:
+        """Record a plugin that could not load and say so once, on one line."""
+        self.broken[name] = why
+        warnings.warn(f"plugin {name!r} is not loaded: {why}; every other plugin works (`adapters plugins` lists "
+                      "it; ADAPTERS_STRICT_PLUGINS=1 makes this an error)", AdapterhubWarning, stacklevel=2)
 
 
 def _wanted() -> set[str] | None:
@@ -85,9 +105,16 @@ def _wanted() -> set[str] | None:
     return {part.strip() for part in value.split(",") if part.strip()}
 
 
-def load_plugins(pm: PluginManager | None = None) -> PluginManager:
-    """Load every installed `adapterhub_lite` entry point (filtered by ADAPTERS_LOAD_PLUGINS)."""
+def strict_plugins() -> bool:
+    return os.environ.get("ADAPTERS_STRICT_PLUGINS", "") not in ("", "0")
+
+
+def load_plugins(pm: PluginManager | None = None, strict: bool | None = None) -> PluginManager:
+    """Load every installed `adapterhub_lite` entry point (filtered by ADAPTERS_LOAD_PLUGINS). A plugin that
+    fails to import, is invalid, or implements a hook that does not exist is an error when `strict` (default:
+    ADAPTERS_STRICT_PLUGINS), else set aside with one warning (`pm.broken`)."""
     pm = pm or PluginManager()
+    strict = strict_plugins() if strict is None else strict
     wanted = _wanted()
     seen: set[tuple[str, str]] = set()
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -101,13 +128,19 @@ def load_plugins(pm: PluginManager | None = None) -> PluginManager:
         try:
             plugin = ep.load()
         except Exception as exc:  # a broken plugin must say who it is
-            raise PluginError(
-                f"plugin {ep.name!r} ({dist or 'unknown distribution'}) failed to import: "
-                f"{type(exc).__name__}: {exc}",
-                plugin=ep.name,
-            ) from exc
-        pm.add(plugin, name=ep.name, distribution=dist, version=version)
-    pm.check()
+            error = PluginError(f"plugin {ep.name!r} ({dist or 'unknown distribution'}) failed to import: "
+                                f"{type(exc).__name__}: {exc}", plugin=ep.name)
+            if strict:
+                raise error from exc
+            pm.set_aside(ep.name, f"{dist or 'unknown distribution'} failed to import: {type(exc).__name__}: {exc}")
+            continue
+        try:
+            pm.add(plugin, name=ep.name, distribution=dist, version=version)
+        except PluginError as exc:
+            if strict:
+                raise
+            pm.set_aside(ep.name, str(exc))
+    pm.check(strict)
     return pm
 
 

@@ -21,16 +21,22 @@ def plugins_command(as_json: bool) -> None:
 
     \b
     ADAPTERS_LOAD_PLUGINS=a,b loads only those plugins (empty: none);
-    ADAPTERS_TRACE_PLUGINS=1 traces every hook call on stderr.
+    ADAPTERS_TRACE_PLUGINS=1 traces every hook call on stderr;
+    ADAPTERS_STRICT_PLUGINS=1 makes a plugin that cannot load an error (default:
+    set aside with one warning, listed here as NOT LOADED).
     """
     from ..registry import get_registry
 
     group = click.get_current_context().find_root().command
     owners = group.command_owners if isinstance(group, AdaptersGroup) else {}
-    described = get_registry().describe(owners)
+    registry = get_registry()
+    described = registry.describe(owners)
+    broken = [{"name": name, "loaded": False, "error": why} for name, why in registry.pm.broken.items()]
     if as_json:
-        echo_json(described)
+        echo_json(described + broken)
         return
+    for entry in broken:
+        click.echo(f"{entry['name']}  NOT LOADED: {entry['error']}")
     if not described:
         click.echo(f"no plugins found (entry-point group {PROJECT!r}); install one, e.g. plugins/adapterhub-lite-lora")
         return
