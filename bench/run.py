@@ -496,7 +496,21 @@ def io_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
                          "peft_save_ms": t_save_peft * 1e3, "ours_load_ms": t_load_ours * 1e3,
                          "peft_load_ms": t_load_peft * 1e3, "ours_bytes": ours_file.stat().st_size,
                          "peft_bytes": peft_bytes})
+    rows.append(fingerprint_cost(repeats))
     return rows
+
+
+def fingerprint_cost(repeats: int, megabytes: int = 256) -> dict[str, Any]:
+    """Seconds per GB of base weights: the full-content check every load and save makes (CRC-32 of every
+    byte, so no in-place edit is missed) and the SHA-256 fingerprint it guards (computed once per change)."""
+    from adapterhub_lite.fingerprint import content_check, state_fingerprint
+
+    weight = torch.randn(megabytes * 2**20 // 4)
+    gigabytes = weight.numel() * 4 / 2**30
+    t_check = median_time(lambda: content_check(weight), repeats, warmup=1)
+    t_hash = median_time(lambda: state_fingerprint({"w": weight}), repeats, warmup=1)
+    return {"group": "fingerprint", "megabytes": megabytes, "check_s_per_gb": t_check / gigabytes,
+            "sha256_s_per_gb": t_hash / gigabytes}
 
 
 # --- report -----------------------------------------------------------------------------------------------------------

@@ -58,6 +58,11 @@ def test_like_for_like_and_cold_rows_carry_verdicts_and_the_words_follow_the_fig
     assert "ours costs no more than PEFT at none; more at m x1" in text
     assert "The first call after a switch costs more than PEFT's call at m x1." in text
     assert "slower in one or both on m." in text and "| 1.22 | 0.50 |" in text
+    assert "cached until the base changes" in text  # a run without the fingerprint row: the old wording
+    cost = {"group": "fingerprint", "megabytes": 256, "check_s_per_gb": 0.62, "sha256_s_per_gb": 1.39}
+    module.write_markdown({**bad, "rows": [*bad["rows"], cost]}, out)
+    assert "a CRC-32 of every byte (so an in-place edit through `.data` is never missed): 0.62 s per GB of " \
+           "targeted weights, against 1.39 s per GB for the SHA-256 itself (256 MB measured)" in out.read_text()
 
 
 def test_the_benchmark_prose_holds_no_measured_figure() -> None:

@@ -223,6 +223,33 @@ def test_base_fingerprints_are_cached_until_the_base_changes(registry) -> None:
         {k: v for k, v in am.layers()["0"].base.named_parameters()})
 
 
+@pytest.mark.parametrize("edit", ["data-element", "bias", "row-swap"])
+def test_fingerprints_never_go_stale_whatever_path_edits_the_base(registry, tmp_path, edit) -> None:
+    """Issue 31: an in-place change through `.data` bumps no version counter and a sampled check can miss one
+    element; the same AdaptedModel must refuse an adapter made for the old base, as a fresh model would."""
+    from adapterhub_lite import AdaptedModel, IncompatibleAdapterError, LoraConfig, state_fingerprint
+
+    torch.manual_seed(0)
+    am = AdaptedModel(nn.Sequential(nn.Embedding(64, 24), nn.Linear(24, 100)), registry=registry)
+    am.add_adapter("a", LoraConfig(targets=["0", "1"], rank=2))
+    path = am.save_adapter("a", tmp_path / "a.safetensors")  # records (and caches) the base's fingerprints
+    before = am.base_fingerprints(["0", "1"])
+    table, linear = am.layers()["0"].base.weight, am.layers()["1"].base
+    version = table._version
+    if edit == "data-element":
+        linear.weight.data[3, 5] += 1e-3
+    elif edit == "bias":
+        linear.bias.data[7] += 1e-3
+    else:  # two rows of the token table swapped: same values, other places
+        table.data[[11, 13]] = table.data[[13, 11]]
+    assert table._version == version  # no counter moved
+    after = am.base_fingerprints(["0", "1"])
+    assert after != before
+    assert after == {m: state_fingerprint(dict(am.layers()[m].base.named_parameters())) for m in ("0", "1")}
+    with pytest.raises(IncompatibleAdapterError, match="fingerprint"):
+        am.load_adapter(path, name="again")
+
+
 def test_a_file_written_before_the_core_knew_no_family_still_loads(registry) -> None:
     """tests/fixtures/written-before: a LoRA adapter saved by the version whose core still held LoraConfig
     (commit 0f97041), with the outputs it gave then; it loads today and gives the same outputs."""
