@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from .buffers import MergeBuffers, empty_weight_like
 from .config import AdapterConfig
-from .errors import AdapterStateError, IncompatibleAdapterError, UnknownNameError
+from .errors import AdapterStateError, IncompatibleAdapterError, UnknownNameError, UnsupportedModuleError
 from .routing import Route
 
 Allocate = Callable[[str, Tensor], Tensor]  # (base parameter path, the current tensor) -> a tensor to write into
@@ -208,7 +208,14 @@ class AdapterLayer(nn.Module):
     def add(self, name: str, config: AdapterConfig) -> None:
         if name in self.adapters:
             raise AdapterStateError(f"layer already has an adapter named {name!r}: delete it first or pick another name")
-        self.adapters[name] = self.create(name, config).train(self.training)  # follows the model's mode
+        created = self.create(name, config)
+        buffers = [key for key, _ in created.named_buffers()]
+        if buffers:  # files, merges and state dicts carry an adapter's parameters: a buffer would be lost
+            raise UnsupportedModuleError(
+                f"{type(self).__name__}.create made adapter {name!r} with buffers ({', '.join(buffers[:3])}): adapter "
+                "files and merges keep parameters only; make them nn.Parameter(requires_grad=False), or compute "
+                "them from the config")
+        self.adapters[name] = created.train(self.training)  # follows the model's mode
         self.configs[name] = config
         self._weights[name] = 1.0
         self.invalidate()

@@ -355,3 +355,24 @@ def test_the_policy_tunes_every_layer_and_is_refused_mid_routing(registry) -> No
     with am.routing(["a"] * 4), pytest.raises(AdapterStateError, match="routing"):
         am.policy = LayerPolicy()
     assert AdaptedModel(nn.Linear(2, 2), policy=LayerPolicy(merge_limit=7)).policy.merge_limit == 7
+
+
+def test_an_adapter_module_with_buffers_is_refused_when_created(registry) -> None:
+    """Issue 31: tensors an adapter keeps as buffers would be left out of its file and of merges silently;
+    the kind is refused in one line naming it, the adapter and the buffer, and the model is left as it was."""
+    from adapterhub_lite_lora import LoraLinear
+
+    from adapterhub_lite import AdaptedModel, LoraConfig, UnsupportedModuleError
+
+    class Buffered(LoraLinear):
+        def create(self, name, config):
+            module = super().create(name, config)
+            module.register_buffer("running", torch.zeros(3))
+            return module
+
+    layer = Buffered(nn.Linear(4, 3))
+    with pytest.raises(UnsupportedModuleError, match="Buffered.create made adapter 'a' with buffers \\(running\\)"):
+        layer.add("a", LoraConfig(targets=["*"], rank=1))
+    assert not layer.adapters and not layer.configs
+    am = AdaptedModel(nn.Sequential(nn.Linear(4, 3)), registry=registry)
+    am.add_adapter("ok", LoraConfig(targets=["0"], rank=1))  # first-party kinds hold parameters only
