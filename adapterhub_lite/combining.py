@@ -4,12 +4,19 @@ the zoo nor a model, only the registry and the adapters' tensors and configs."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import ConfigError, IncompatibleAdapterError
+import torch
+
+from .errors import AdapterhubWarning, ConfigError, IncompatibleAdapterError
 from .registry import Registry
-from .specs import MergeInput, MergeResult
+from .specs import AdapterBundle, MergeInput, MergeResult
+
+# largest |result's delta - weighted sum of the inputs' deltas|, relative to the largest term summed, that a
+# method reporting "exact" may show: a few ulps of each dtype summed over a re-factoring
+EXACT_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
 
 def combine(registry: Registry, inputs: list[MergeInput], method: str, rank: int | None = None,
@@ -49,3 +56,48 @@ def default_method(registry: Registry, families: set[str]) -> str:
     usable = sorted(m for m, owned in registry.merges.items() if families <= set(owned.spec.families))
     raise ConfigError(f"{' and '.join(sorted(families))} adapters name no default way to combine them: give "
                       f"--method ({', '.join(usable) or 'no installed method combines them'})", option="method")
+
+
+def check_exact(am: Any, merged: str, inputs: list[MergeInput], report: dict[str, Any], method: str) -> None:
+    """A method that reports an exact result is checked on the inputs it merged: their weighted deltas, summed
+    in float64, against the result's, module by module, on `am` (the base with the result loaded as `merged`).
+    The largest deviation relative to the size of the terms summed goes into the report (`exact_deviation`);
+    beyond the dtype's tolerance the result is recorded as inexact, with one warning."""
+    if not report.get("exact"):
+        return
+    names = []
+    try:
+        for i, item in enumerate(inputs):
+            names.append(f"_exactness_{i}")
+            am.add_bundle(AdapterBundle(name=names[-1], family=item.family, configs=item.configs,
+                                        state=item.state), activate=False)
+        worst, tolerance = 0.0, 0.0
+        for layer in am.layers().values():
+            held = [(n, item.weight) for n, item in zip(names, inputs) if n in layer.adapters]
+            if not held and merged not in layer.adapters:
+                continue
+            want: dict[str, torch.Tensor] = {}
+            size: dict[str, float] = {}  # the terms' size: a sum that cancels to ~0 is judged against its terms
+            for name, weight in held:
+                for path, delta in layer.delta_weights(name).items():
+                    want[path] = want.get(path, 0) + delta.detach().double() * weight
+                    size[path] = size.get(path, 0.0) + abs(weight) * float(delta.detach().abs().max())
+            got = {path: d.detach().double() for path, d in layer.delta_weights(merged).items()} \
+                if merged in layer.adapters else {}
+            for path in set(want) | set(got):
+                expected = want.get(path, torch.zeros_like(got.get(path, torch.zeros(1))))
+                actual = got.get(path, torch.zeros_like(expected))
+                scale = max(size.get(path, 0.0), float(actual.abs().max())) + 1e-12
+                worst = max(worst, float((actual - expected).abs().max()) / scale)
+            dtype = next(iter(layer.base.parameters())).dtype
+            tolerance = max(tolerance, EXACT_TOLERANCE.get(dtype, 1e-4))
+    finally:
+        for name in names:
+            if name in am.adapters:
+                am.delete_adapter(name)
+    report["exact_deviation"] = worst
+    if worst > tolerance:
+        report["exact"] = False
+        warnings.warn(f"merge method {method!r} reported an exact result, but it deviates from the "
+                      f"weighted sum of its inputs by {worst:.2e} (tolerance {tolerance:.0e}): recorded as inexact",
+                      AdapterhubWarning, stacklevel=2)

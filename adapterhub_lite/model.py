@@ -190,7 +190,7 @@ class AdaptedModel:
         """Combine adapters into a new adapter `out` with a registered merge method (None: the one their
         family names, e.g. LoRA's linear); returns its report (ranks, exact, energy_kept). The inputs stay as
         they are."""
-        from .combining import combine, default_method
+        from .combining import check_exact, combine, default_method
         from .specs import MergeInput
 
         inputs = [MergeInput(label=name, weight=float(weight), configs=self.target_configs(name),
@@ -201,6 +201,7 @@ class AdaptedModel:
         family = next(iter(result.configs.values())).kind
         self.add_bundle(AdapterBundle(name=out, family=family, configs=result.configs, state=result.state),
                         activate=False)
+        check_exact(self, out, inputs, result.report, method)  # a result reported exact is checked, not trusted
         return result.report
 
     def fused_state_dict(self) -> dict[str, Tensor]:

@@ -236,7 +236,8 @@ def test_cli_merge_dry_run_writes_nothing_and_errors_leave_the_zoo_alone(zoo_wit
                                     "--dry-run", "--zoo", str(root)])
     assert dry.exit_code == 0, dry.output
     assert "would write mnist-cnn/ab: cat of 1 x mnist-cnn/a@v1 (rank 2, alpha 8), 0.5 x mnist-cnn/b@v1 (rank 4, alpha 8)" in dry.output
-    assert "rank 2-6; exact: yes; energy kept 1.0000" in dry.output and "7 modules" in dry.output
+    assert "rank 2-6; exact: yes (checked: largest deviation " in dry.output and "energy kept 1.0000" in dry.output
+    assert "7 modules" in dry.output
     assert "nothing written" in dry.output
     cases = [
         (["merge", "mnist-cnn", "a", "--method", "cat", "--rank", "2", "--out", "x"], "sets the rank itself; give no "
@@ -375,3 +376,42 @@ def test_merge_methods_declare_their_own_flags_and_a_family_names_its_default(tm
     assert AdapterConfig.combine_method is None
     with pytest.raises(ConfigError, match="name no default way to combine them: give --method"):
         default_method(registry, {"ia3"})
+
+
+def test_a_method_that_reports_exact_is_checked_on_its_inputs(registry) -> None:
+    """Issue 31: a merge method claiming an exact result is not trusted: the result is compared with the
+    weighted sum of its inputs' deltas; a liar is recorded as inexact (with its deviation) and warned about,
+    an honest exact method keeps exact with a deviation at rounding level."""
+    import types
+
+    import adapterhub_lite_lora
+    from adapterhub_lite_lora.merges import merge_cat
+    from conftest import randomize_adapters
+    from torch import nn
+
+    from adapterhub_lite import (AdaptedModel, AdapterhubWarning, LoraConfig, MergeMethod, MergeResult,
+                                 PluginManager, Registry, hookimpl)
+
+    def liar(inputs, *, rank=None):
+        honest = merge_cat(inputs)
+        state = {k: v * 1.1 if k.endswith("lora_B") else v for k, v in honest.state.items()}
+        return MergeResult(configs=honest.configs, state=state, report={**honest.report, "exact": True})
+
+    plugin = types.ModuleType("liar_plugin")
+    plugin.register_merge_methods = hookimpl(lambda register: register(
+        MergeMethod(name="liar", fn=liar, families=("lora",), options=())))
+    pm = PluginManager()
+    pm.add(adapterhub_lite_lora, name="lora")
+    pm.add(plugin, name="liar")
+    pm.check()
+    torch.manual_seed(0)
+    am = AdaptedModel(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), registry=Registry(pm))
+    for name in ("a", "b"):
+        am.add_adapter(name, LoraConfig(targets=["0", "2"], rank=2), activate=False)
+    randomize_adapters(am.model)
+    honest = am.merge_adapters({"a": 1.0, "b": -0.5}, "both", method="cat")
+    assert honest["exact"] is True and honest["exact_deviation"] < 1e-6
+    with pytest.warns(AdapterhubWarning, match="'liar' reported an exact result, but it deviates"):
+        lied = am.merge_adapters({"a": 1.0, "b": -0.5}, "lie", method="liar")
+    assert lied["exact"] is False and lied["exact_deviation"] > 0.05
+    assert sorted(am.adapters) == ["a", "b", "both", "lie"]  # the inputs copied for the check are gone

@@ -111,7 +111,9 @@ def _quality(described: dict) -> str:
     if ranks:
         parts.append(f"rank {ranks['min']}" if ranks["min"] == ranks["max"] else f"rank {ranks['min']}-{ranks['max']}")
     if "exact" in described:
-        parts.append(f"exact: {'yes' if described['exact'] else 'no'}")
+        checked = described.get("exact_deviation")
+        parts.append(f"exact: {'yes' if described['exact'] else 'no'}"
+                     + (f" (checked: largest deviation {checked:.1e})" if checked is not None else ""))
     if "energy_kept" in described:
         worst = described.get("min_energy_kept")
         parts.append(f"energy kept {described['energy_kept']:.4f}" + (f" (worst weight {worst:.4f})" if worst else ""))

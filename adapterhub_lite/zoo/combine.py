@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..combining import combine, default_method
+from ..combining import check_exact, combine, default_method
 from ..errors import IncompatibleAdapterError
 from ..model import AdaptedModel
 from ..registry import Registry
@@ -102,6 +102,7 @@ def plan_merge(registry: Registry, zoo: Zoo, model: str | None, refs: Sequence[s
     bundle = AdapterBundle(name="merged", family=config.kind, configs=result.configs, state=result.state,
                            config=config.replace(targets=sorted(result.configs), target_types=[]))
     am.add_bundle(bundle)  # proves the result fits the base before anything is written
+    check_exact(am, "merged", inputs, result.report, method)  # a result reported exact is checked, not trusted
     return MergePlan(base.model, base, adapters, spec, rank, options, result, am)
 
 
