@@ -10,7 +10,7 @@ from torch import nn
 
 from adapterhub_lite import AdaptedModel, LoraConfig
 
-SETTINGS = settings(max_examples=15, deadline=None,
+SETTINGS = settings(max_examples=15, deadline=None, print_blob=True,  # a failure prints how to replay it
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
