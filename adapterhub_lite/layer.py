@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from .buffers import MergeBuffers, empty_weight_like
 from .config import AdapterConfig
-from .errors import AdapterStateError, IncompatibleAdapterError, UnknownNameError, UnsupportedModuleError
+from .errors import AdapterStateError, IncompatibleAdapterError, PluginError, UnknownNameError, UnsupportedModuleError
 from .routing import Route
 
 Allocate = Callable[[str, Tensor], Tensor]  # (base parameter path, the current tensor) -> a tensor to write into
@@ -92,6 +92,8 @@ class AdapterLayer(nn.Module):
         self._originals: dict[str, Tensor] = {}  # base parameter path -> unmerged tensor
         self._merge_buffers = MergeBuffers()  # what a merge writes into (kept across unmerge only if asked)
         self.strategy: Any = None  # how forward is served (forward.py), set by the model handle; None: `run`
+        # who this is, for errors: the model handle says which kind, plugin and module
+        self.label = f"{type(self).__name__} (from {type(self).__module__.split('.')[0]})"
         self.base_numel = sum(p.numel() for p in base.parameters())  # merging swaps tensors, never shapes
         self.base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
         self.train(base.training)  # a wrapper made on an eval-mode model stays in eval mode (no adapter dropout)
@@ -126,9 +128,17 @@ class AdapterLayer(nn.Module):
         total = out
         for name, weight in live:
             term = self.delta(name, x) * weight
+            if out is not None and term.shape != out.shape:  # `out + term` would broadcast it silently
+                self.refuse_shape(name, term, out)
             total = term if total is None else total + term
         assert total is not None  # forward only calls with at least one live adapter
         return total
+
+    def refuse_shape(self, name: str, got: Tensor, want: Tensor) -> None:
+        """A kind's output of the wrong shape, as one line naming the kind, its plugin, the module and adapter."""
+        raise PluginError(f"{self.label}, adapter {name!r}: its delta has shape {tuple(got.shape)} where the base "
+                          f"output has {tuple(want.shape)}: a bug in the kind's delta or combine; report it to the "
+                          "plugin's authors")
 
     def combine_routed(self, live: list[tuple[str, float]], x: Tensor, route: Route, batch_dim: int = 0,
                        out: Tensor | None = None) -> Tensor:
@@ -167,7 +177,10 @@ class AdapterLayer(nn.Module):
         out = self.base(x, *args, **kwargs)
         if not live:
             return out
-        return self.combine(live, x, out=out) if route is None else self.combine_routed(live, x, route, out=out)
+        total = self.combine(live, x, out=out) if route is None else self.combine_routed(live, x, route, out=out)
+        if isinstance(out, Tensor) and isinstance(total, Tensor) and total.shape != out.shape:
+            self.refuse_shape(", ".join(n for n, _ in live), total, out)
+        return total
 
     def layer_of(self, name: str) -> AdapterLayer:
         """The layer whose math runs adapter `name`: this one (a MixedLayer answers with the family's own)."""

@@ -135,6 +135,9 @@ class AdaptedModel:
             raise
         for layer_name, layer in new_layers.items():
             layer.strategy = MergedWeights(self.policy)
+            kind = next(t.kind for t in targets if t.name == layer_name)
+            layer.label = (f"kind {kind.name!r} of plugin {self.registry.kinds[kind.name].plugin!r} on module "
+                           f"{layer_name!r}" if kind.name in self.registry.kinds else layer.label)
             wrap(self.model, layer_name, layer)
         return [t.name for t in targets]
 

@@ -376,3 +376,41 @@ def test_an_adapter_module_with_buffers_is_refused_when_created(registry) -> Non
     assert not layer.adapters and not layer.configs
     am = AdaptedModel(nn.Sequential(nn.Linear(4, 3)), registry=registry)
     am.add_adapter("ok", LoraConfig(targets=["0"], rank=1))  # first-party kinds hold parameters only
+
+
+def test_a_kind_whose_delta_has_the_wrong_shape_is_one_line_naming_kind_plugin_module_and_adapter() -> None:
+    """Issue 31: a delta that broadcasts (here one column for five outputs) would pass silently through
+    `base + delta`; it is refused in one line that names who to blame."""
+    import types
+
+    import adapterhub_lite_lora
+    from adapterhub_lite_lora import LoraLinear
+
+    from adapterhub_lite import (AdaptedModel, AdapterKind, AdapterLayer, LayerPolicy, LoraConfig, PluginError,
+                                 PluginManager, Registry, hookimpl)
+
+    class Narrow(LoraLinear):
+        def combine(self, live, x, out=None):
+            return AdapterLayer.combine(self, live, x, out)
+
+        def delta(self, name, x):
+            return super().delta(name, x)[..., :1]
+
+    class Special(nn.Linear):
+        pass
+
+    Narrow.targets = (Special,)
+    plugin = types.ModuleType("narrow_plugin")
+    plugin.register_adapter_types = hookimpl(lambda register: register(
+        AdapterKind(name="narrow", layer=Narrow, config=LoraConfig)))
+    pm = PluginManager()
+    pm.add(adapterhub_lite_lora, name="lora")
+    pm.add(plugin, name="narrow-plugin")
+    pm.check()
+    am = AdaptedModel(nn.Sequential(Special(4, 5)), registry=Registry(pm))
+    am.add_adapter("a", LoraConfig(targets=["0"], rank=1))
+    am.policy = LayerPolicy(merge_limit=0)  # the plain path, where the delta is added
+    with torch.no_grad(), pytest.raises(PluginError, match="kind 'narrow' of plugin 'narrow-plugin' on module '0', "
+                                                           "adapter 'a': its delta has shape \\(2, 1\\) where the base "
+                                                           "output has \\(2, 5\\)"):
+        am(torch.randn(2, 4))
