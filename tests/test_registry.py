@@ -30,6 +30,14 @@ def _plugin(**hooks) -> types.ModuleType:
     return module
 
 
+class Special(nn.Linear):
+    """A Linear subclass that a plugin's own kind wraps (more specific than lora-linear)."""
+
+
+class SpecialLayer(LoraLinear):
+    targets = (Special,)
+
+
 def _registry(*plugins) -> Registry:
     pm = PluginManager()
     pm.add(adapterhub_lite_lora, name="lora")
@@ -64,12 +72,6 @@ def test_a_second_config_class_claiming_a_family_is_refused_naming_both_plugins(
     @dataclass(frozen=True)
     class Impostor(AdapterConfig):
         kind: ClassVar[str] = "lora"
-
-    class Special(nn.Linear):
-        pass
-
-    class SpecialLayer(LoraLinear):
-        targets = (Special,)
 
     claim = _plugin(register_adapter_types=lambda register: register(
         AdapterKind(name="impostor-linear", layer=LoraLinear, config=Impostor)))
@@ -109,12 +111,6 @@ def test_kind_dispatch_walks_the_mro(registry) -> None:
 
 
 def test_a_more_specific_kind_wins() -> None:
-    class Special(nn.Linear):
-        pass
-
-    class SpecialLayer(LoraLinear):
-        targets = (Special,)
-
     special = _plugin(register_adapter_types=lambda register: register(
         AdapterKind(name="lora-special", layer=SpecialLayer, config=LoraConfig)))
     registry = _registry(special)

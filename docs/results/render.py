@@ -168,6 +168,13 @@ def digit9_fix(result: dict[str, Any], base: list[dict[str, Any]]) -> list[str]:
     return out + [""]
 
 
+def search_header(title: str, seeds: list[int], choice: dict[str, Any], order: str, columns: list[str]) -> list[str]:
+    """The sentence and table head above a search group's candidates."""
+    return [f"{title}: mean validation accuracy over seeds {', '.join(map(str, seeds))} (`{choice['on']}`){order}; "
+            "only the chosen one was measured on test.", "",
+            "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def chosen_row(result: dict[str, Any], label: str, choice: dict[str, Any], accs: list[float], judged: str) -> str:
     """A search group's choice: its name, trainable share, test accuracy per seed and mean, and the verdict."""
     chosen = runs(result, choice["best"])[0]
@@ -217,10 +224,9 @@ def cnn(result: dict[str, Any]) -> list[str]:
         choice = selected.get(group)
         if not choice:
             continue
-        out += [f"Search for {what}: mean validation accuracy over seeds {', '.join(map(str, seeds))} "
-                f"(`{choice['on']}`); only the chosen one was measured on test.", "",
-                "| candidate | learning rate | epochs | validation accuracy | training s (mean) | chosen |",
-                "|---|---|---|---|---|---|"]
+        out += search_header(f"Search for {what}", seeds, choice, "",
+                             ["candidate", "learning rate", "epochs", "validation accuracy", "training s (mean)",
+                              "chosen"])
         for candidate, score in choice["scores"].items():
             found = runs(result, candidate)
             options = found[0] and recipe_step("mnist-cnn", candidate)["options"]
@@ -282,10 +288,9 @@ def cnn_grid(result: dict[str, Any]) -> list[str]:
         choice = selected.get(group)
         if not choice:
             continue
-        out += [f"Search `{group}`: mean validation accuracy over seeds {', '.join(map(str, seeds))} "
-                f"(`{choice['on']}`), best first; only the chosen one was measured on test.", "",
-                "| candidate | targets | rank | learning rate | epochs | validation accuracy | training s (mean) | chosen |",
-                "|---|---|---|---|---|---|---|---|"]
+        out += search_header(f"Search `{group}`", seeds, choice, ", best first",
+                             ["candidate", "targets", "rank", "learning rate", "epochs", "validation accuracy",
+                              "training s (mean)", "chosen"])
         for candidate, score in sorted(choice["scores"].items(), key=lambda kv: -kv[1]):
             step = next(s for s in found if s["id"] == candidate)
             adapter = step.get("adapter", {})
