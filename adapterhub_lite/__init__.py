@@ -65,6 +65,7 @@ _install_old_paths()  # adapterhub_lite.workflow & co. (now under .zoo) still im
 # name -> the module that defines it, imported on first use (these need torch, or click for the CLI helpers)
 _LAZY = {
     "AdaptedModel": ".model",
+    "AdaptedModule": ".host",
     "AdapterLayer": ".layer",
     "DataOptions": ".zoo.workflow",
     "LayerPolicy": ".forward",
@@ -99,6 +100,7 @@ if TYPE_CHECKING:
     from .zoo.hub_download import hub_snapshot
     from .model_budget import build_within_budget, check_declared_size
     from .patterns import safe_pattern
+    from .host import AdaptedModule
     from .layer import AdapterLayer
     from .model import AdaptedModel
     from .registry import Registry, get_registry
@@ -110,6 +112,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AdaptedModel",
+    "AdaptedModule",
     "AdapterBundle",
     "AdapterConfig",
     "AdapterFileError",

@@ -1,8 +1,8 @@
 """How a wrapped module runs its forward: strategies the model handle chooses, and the policy that tunes them.
 
-A layer (`layer.py`) knows its adapters and their math, not how it is being served. Its forward asks its
-`strategy`; with none (a layer made by hand) it runs the plain way every call: the kind's own `run` on the
-live adapters (the base op plus their deltas). The strategies:
+An adapted module (`host.py`) knows its adapters, and its kinds their math, not how it is being served. Its
+forward asks its `strategy`; with none (a module wrapped by hand) it runs the plain way every call: `run` on
+the live adapters (the base op plus their deltas). The strategies:
 
 - `MergedWeights`, an AdaptedModel's default: inference (no autograd, eval mode) on a layer within
   `LayerPolicy.merge_limit` runs one base-sized op on merged weights, cached until anything they depend on
@@ -10,11 +10,12 @@ live adapters (the base op plus their deltas). The strategies:
   through W + delta built inside autograd (the same gradients, no rank-sized activations kept); anything
   else runs the plain way.
 - `Routed`, inside `AdaptedModel.routing(...)`: sample i runs only its own adapter.
-- `Compiled`, from `AdaptedModel.compile(...)`: the layer's fixed-shape buffers, which a compiled graph reads.
+- `Compiled`, from `AdaptedModel.compile(...)`: the kind's fixed-shape buffers, which a compiled graph reads.
   A kind offers this path by implementing `prepare_static(max_rank, merge_limit)`, `fill_static()`,
-  `static_forward(...)` and `release_static()`; kinds without them are refused by name.
+  `static_forward(...)` and `release_static()`; kinds without them (and modules holding several families)
+  are refused by name.
 
-Strategies import the layer's types only; the layer never imports this module.
+Strategies import the module's types only; neither the module nor the kinds import this one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from .inference_cache import InferenceCache, cache_key
 from .routing import Route
 
 if TYPE_CHECKING:
-    from .layer import AdapterLayer
+    from .host import AdaptedModule
+    from .layer import AdapterLayer as Kind
 
 Live = list[tuple[str, float]]
 
@@ -60,7 +62,7 @@ class LayerPolicy:
         if not isinstance(self.cache_budget, (int, float)) or not self.cache_budget >= 0:
             raise ConfigError(f"cache_budget must be a number >= 0, got {self.cache_budget!r}")
 
-    def small(self, layer: AdapterLayer) -> bool:
+    def small(self, layer: AdaptedModule) -> bool:
         return layer.base_numel <= self.merge_limit
 
 
@@ -72,7 +74,7 @@ class MergedWeights:
         self.policy = policy
         self.cache = InferenceCache()
 
-    def forward(self, layer: AdapterLayer, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, layer: AdaptedModule, *args: Any, **kwargs: Any) -> Any:
         live = layer.live()
         if not live:
             return layer.base(*args, **kwargs)
@@ -83,11 +85,11 @@ class MergedWeights:
             return layer.forward_with(merged, *args, **kwargs)
         return layer.run(live, *args, **kwargs)
 
-    def for_inference(self, layer: AdapterLayer) -> bool:
+    def for_inference(self, layer: AdaptedModule) -> bool:
         """Inference (no autograd, eval mode) on a layer within the policy's `merge_limit`."""
         return not (torch.is_grad_enabled() or layer.training) and self.policy.small(layer)
 
-    def inference_weights(self, layer: AdapterLayer, live: Live) -> dict[str, Tensor] | None:
+    def inference_weights(self, layer: AdaptedModule, live: Live) -> dict[str, Tensor] | None:
         """Merged base tensors for these live adapters at these weights, from a small LRU cache keyed by
         everything they depend on; None when the low-rank path must run (autograd, training, a big layer)."""
         if not self.for_inference(layer):
@@ -103,7 +105,7 @@ class MergedWeights:
 
         return self.cache.get_or_build(key, build, self.policy.cache_budget * layer.base_bytes)
 
-    def trains_on_merged_weights(self, layer: AdapterLayer, live: Live) -> bool:
+    def trains_on_merged_weights(self, layer: AdaptedModule, live: Live) -> bool:
         """While autograd records, on a small layer of a kind that opts in; not with a live dropout (each
         adapter must drop its own input)."""
         if not (self.policy.merged_training and layer.train_on_merged_weights and torch.is_grad_enabled()):
@@ -130,11 +132,11 @@ class Routed:
     def __init__(self, route: Route, inner: MergedWeights | None) -> None:
         self.route, self.inner = route, inner
 
-    def routed(self, layer: AdapterLayer) -> Live:
+    def routed(self, layer: AdaptedModule) -> Live:
         """The routed adapters this layer holds, at their weights (the active set does not apply)."""
         return [(n, layer.weight(n)) for n in self.route.names if n in layer.adapters and layer.weight(n) != 0.0]
 
-    def forward(self, layer: AdapterLayer, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, layer: AdaptedModule, x: Tensor, *args: Any, **kwargs: Any) -> Any:
         routed = self.routed(layer)
         inner = self.inner
         if (routed and inner is not None and layer.route_per_group and inner.for_inference(layer)
@@ -142,7 +144,7 @@ class Routed:
             return self._per_group(layer, inner, routed, x, *args, **kwargs)
         return layer.run(routed, x, *args, route=self.route, **kwargs)
 
-    def _per_group(self, layer: AdapterLayer, inner: MergedWeights, routed: Live, x: Tensor, *args: Any,
+    def _per_group(self, layer: AdaptedModule, inner: MergedWeights, routed: Live, x: Tensor, *args: Any,
                    **kwargs: Any) -> Tensor:
         """Each sample group runs the base op once, on its own adapter's merged weights (batch axis 0); samples
         with no adapter here run the bare base."""
@@ -178,11 +180,11 @@ class Compiled:
     """The fixed-shape path a compiled graph reads (`AdaptedModel.compile`): the kind's `static_forward` on
     buffers that `fill_static` refreshes when the live set changes. `inner` is the strategy to go back to."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
+    def __init__(self, kind: Kind, inner: Any) -> None:
+        self.kind, self.inner = kind, inner
 
-    def forward(self, layer: AdapterLayer, *args: Any, **kwargs: Any) -> Any:
-        return layer.static_forward(*args, **kwargs)  # type: ignore[attr-defined]
+    def forward(self, layer: AdaptedModule, *args: Any, **kwargs: Any) -> Any:
+        return self.kind.static_forward(*args, **kwargs)  # type: ignore[attr-defined]
 
     @property
     def cache_bytes(self) -> int:
@@ -191,8 +193,3 @@ class Compiled:
     def invalidate(self) -> None:
         if self.inner is not None:
             self.inner.invalidate()
-
-
-def has_fixed_shape_path(layer: AdapterLayer) -> bool:
-    return all(callable(getattr(layer, name, None))
-               for name in ("prepare_static", "fill_static", "static_forward", "release_static"))

@@ -1,4 +1,4 @@
-"""Finding target modules and wrapping them in adapter layers.
+"""Finding target modules and wrapping them in adapted modules.
 
 Names are the model's own module names (`blocks.0.attn`), before wrapping:
 a wrapped module keeps its name, its original sits at `<name>.base`.
@@ -14,7 +14,7 @@ from torch import nn
 
 from .config import AdapterConfig
 from .errors import UnknownNameError, UnsupportedModuleError, shorten
-from .layer import AdapterLayer
+from .host import AdaptedModule
 from .patterns import safe_pattern
 from .registry import Registry
 from .specs import AdapterKind
@@ -23,7 +23,7 @@ from .specs import AdapterKind
 @dataclass(frozen=True)
 class Target:
     name: str
-    module: nn.Module  # the base module (inside its AdapterLayer if already wrapped)
+    module: nn.Module  # the base module (inside its AdaptedModule if already wrapped)
     kind: AdapterKind
 
 
@@ -32,7 +32,7 @@ def named_base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     def walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
         for child_name, child in module.named_children():
             name = f"{prefix}{child_name}"
-            if isinstance(child, AdapterLayer):
+            if isinstance(child, AdaptedModule):
                 yield name, child.base
                 yield from walk(child.base, f"{name}.")
             else:
@@ -41,8 +41,8 @@ def named_base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     yield from walk(model, "")
 
 
-def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLayer)}
+def adapter_layers(model: nn.Module) -> dict[str, AdaptedModule]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, AdaptedModule)}
 
 
 def pattern_matches(pattern: str, name: str) -> bool:
@@ -116,12 +116,12 @@ def find_targets(model: nn.Module, config: AdapterConfig, registry: Registry) ->
     return targets
 
 
-def wrap(model: nn.Module, name: str, layer: AdapterLayer) -> None:
+def wrap(model: nn.Module, name: str, layer: AdaptedModule) -> None:
     model.set_submodule(name, layer)
 
 
 def unwrap(model: nn.Module, name: str) -> nn.Module:
     layer = model.get_submodule(name)
-    assert isinstance(layer, AdapterLayer), name
+    assert isinstance(layer, AdaptedModule), name
     model.set_submodule(name, layer.base)
     return layer.base

@@ -22,10 +22,9 @@ from torch import Tensor, nn
 from .config import AdapterConfig
 from .errors import AdapterStateError, ConfigError, IncompatibleAdapterError, UnknownNameError, UnsupportedModuleError
 from .fingerprint import FingerprintCache, combine_fingerprints
-from .forward import Compiled, LayerPolicy, MergedWeights, Routed, has_fixed_shape_path
+from .forward import Compiled, LayerPolicy, MergedWeights, Routed
+from .host import AdaptedModule
 from .inject import adapter_layers, find_targets, named_base_modules, unwrap, wrap
-from .mixed import MixedLayer
-from .layer import AdapterLayer
 from .routing import Route
 from .registry import Registry, get_registry
 from .specs import AdapterBundle
@@ -111,20 +110,17 @@ class AdaptedModel:
             raise AdapterStateError(f"an adapter named {name!r} already exists: delete it first or pick another name")
         targets = find_targets(self.model, config, self.registry)
         layers = adapter_layers(self.model)
-        new_layers: dict[str, AdapterLayer] = {}  # new wrappers, and mixed layers that will replace a wrapper
-        for t in targets:  # build everything before touching the model
-            layer = layers.get(t.name)
-            if layer is None:
-                new_layers[t.name] = t.kind.layer_class(t.module)
-            elif type(layer) is not t.kind.layer_class and not isinstance(layer, MixedLayer):
-                new_layers[t.name] = MixedLayer(layer)  # a second family on this module
+        new_layers = {t.name: AdaptedModule(t.module) for t in targets if t.name not in layers}  # wrapped at the end
         self.adapters[name] = AdapterInfo(config, [t.name for t in targets])
         try:
             for t in targets:
                 layer = new_layers.get(t.name) or layers[t.name]
-                if isinstance(layer, MixedLayer):
-                    layer.part_for(config.kind, t.kind.layer_class)
-                layer.add(name, per_module.get(t.name, config))
+                new_kind = config.kind not in layer.families
+                layer.add(name, per_module.get(t.name, config), t.kind.layer_class)
+                if new_kind:  # errors from the kind's math name it, its plugin and the module
+                    owner = self.registry.kinds.get(t.kind.name)
+                    layer.layer_of(name).label = (f"kind {t.kind.name!r} of plugin {owner.plugin!r} on module "
+                                                  f"{t.name!r}" if owner is not None else f"module {t.name!r}")
                 if not activate:
                     layer.disable(name)
         except Exception as exc:
@@ -135,9 +131,7 @@ class AdaptedModel:
             raise
         for layer_name, layer in new_layers.items():
             layer.strategy = MergedWeights(self.policy)
-            kind = next(t.kind for t in targets if t.name == layer_name)
-            layer.label = (f"kind {kind.name!r} of plugin {self.registry.kinds[kind.name].plugin!r} on module "
-                           f"{layer_name!r}" if kind.name in self.registry.kinds else layer.label)
+            layer.label = f"module {layer_name!r}"
             wrap(self.model, layer_name, layer)
         return [t.name for t in targets]
 
@@ -219,7 +213,7 @@ class AdaptedModel:
 
         return export(self, name, format=format, dest=dest, **options)
 
-    def _drop(self, name: str, unwrapped: Mapping[str, AdapterLayer]) -> None:
+    def _drop(self, name: str, unwrapped: Mapping[str, AdaptedModule]) -> None:
         for layer in [*adapter_layers(self.model).values(), *unwrapped.values()]:
             if name in layer.adapters:
                 layer.remove(name)
@@ -319,7 +313,7 @@ class AdaptedModel:
                 self._release_static(layer)  # compiled before: buffers for this max_rank instead
                 self._prepare_static(layer, max_rank)
                 prepared.append(layer)
-                layer.fill_static()  # type: ignore[attr-defined]
+                layer.strategy.kind.fill_static()
         except Exception:
             for layer in prepared:
                 self._release_static(layer)
@@ -330,21 +324,24 @@ class AdaptedModel:
             for layer in self.layers().values():
                 if not isinstance(layer.strategy, Compiled):  # a module wrapped since compile
                     self._prepare_static(layer, max_rank)
-                layer.fill_static()  # type: ignore[attr-defined]
+                layer.strategy.kind.fill_static()
             return compiled(*args, **kwargs)
 
         return run
 
-    def _prepare_static(self, layer: AdapterLayer, max_rank: int) -> None:
-        if not has_fixed_shape_path(layer):
-            raise UnsupportedModuleError(f"{type(layer).__name__} has no fixed-shape path for compiled hot-swap")
-        layer.prepare_static(max_rank, self.policy.merge_limit)  # type: ignore[attr-defined]
-        layer.strategy = Compiled(layer.strategy)
+    def _prepare_static(self, layer: AdaptedModule, max_rank: int) -> None:
+        kind = layer.static_kind()
+        if kind is None:
+            what = " and ".join(type(k).__name__ for k in layer.kinds)
+            raise UnsupportedModuleError(f"{what} on {layer.label} {'have' if len(layer.kinds) > 1 else 'has'} no "
+                                         "fixed-shape path for compiled hot-swap")
+        kind.prepare_static(max_rank, self.policy.merge_limit)  # type: ignore[attr-defined]
+        layer.strategy = Compiled(kind, layer.strategy)
 
     @staticmethod
-    def _release_static(layer: AdapterLayer) -> None:
+    def _release_static(layer: AdaptedModule) -> None:
         if isinstance(layer.strategy, Compiled):
-            layer.release_static()  # type: ignore[attr-defined]
+            layer.strategy.kind.release_static()  # type: ignore[attr-defined]
             layer.strategy = layer.strategy.inner
 
     def release_compiled(self) -> None:
@@ -402,7 +399,7 @@ class AdaptedModel:
         return self.model
 
     # --- parameters and state ----------------------------------------------------------------------
-    def layers(self) -> dict[str, AdapterLayer]:
+    def layers(self) -> dict[str, AdaptedModule]:
         return adapter_layers(self.model)
 
     def adapter_parameters(self, name: str) -> Iterator[tuple[str, nn.Parameter]]:
@@ -491,7 +488,7 @@ class AdaptedModel:
             raise UnknownNameError("adapter", name, self.adapters)
         return self.adapters[name]
 
-    def _layers_of(self, name: str) -> list[AdapterLayer]:
+    def _layers_of(self, name: str) -> list[AdaptedModule]:
         return [layer for layer in self.layers().values() if name in layer.adapters]
 
 

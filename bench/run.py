@@ -319,7 +319,7 @@ def combine_group() -> list[dict[str, Any]]:
     t_peft = time.perf_counter() - start
     worst = 0.0
     for name in targets:
-        ours_delta = am.layers()[name].delta_weight("c").double()
+        ours_delta = am.layers()[name].layer_of("c").delta_weight("c").double()
         layer = pm.base_model.model.get_submodule(name)
         peft_delta = layer.get_delta_weight("c").double()
         worst = max(worst, float((ours_delta - peft_delta).norm() / peft_delta.norm()))

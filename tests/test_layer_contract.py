@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from adapterhub_lite import AdapterLayer, LayerPolicy, LoraConfig, get_registry
+from adapterhub_lite import AdaptedModule, AdapterLayer, LayerPolicy, LoraConfig, get_registry
 from adapterhub_lite.forward import MergedWeights
 from conftest import as_double, dora_cancellation, entries_for_kind, reference_module
 
@@ -51,10 +51,14 @@ def inference_path(request):
     POLICY["current"] = LayerPolicy()
 
 
-def _served(layer: AdapterLayer) -> AdapterLayer:
+def _served(layer: AdaptedModule) -> AdaptedModule:
     """The layer served as an AdaptedModel serves it, under the current path's policy."""
     layer.strategy = MergedWeights(POLICY["current"])
     return layer
+
+
+def _kind(kind_name: str) -> type[AdapterLayer]:
+    return get_registry().get_kind(kind_name).layer_class
 
 
 @dataclass
@@ -211,10 +215,10 @@ def _config(config_cls: type, draw: st.DrawFn) -> Any:
     return config_cls(targets=("*",), **drawn)
 
 
-def _build(kind_name: str, case: Case, configs: list[Any], seed: int = 0) -> AdapterLayer:
-    layer = _served(get_registry().get_kind(kind_name).layer_class(case.module))
+def _build(kind_name: str, case: Case, configs: list[Any], seed: int = 0) -> AdaptedModule:
+    layer = _served(AdaptedModule(case.module))
     for i, config in enumerate(configs):
-        layer.add(f"a{i}", config)
+        layer.add(f"a{i}", config, _kind(kind_name))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # B starts at zero; make every adapter do something
         for p in layer.adapters.parameters():
@@ -240,7 +244,7 @@ def _assert_close(a: Any, b: Any, dtype: torch.dtype) -> None:
         assert err <= TOLERANCE[dtype] * scale, f"max error {err:.3g} vs tolerance {TOLERANCE[dtype] * scale:.3g}"
 
 
-def _reference(layer: AdapterLayer, case: Case, weighted: list[tuple[str, float]]) -> Any:
+def _reference(layer: AdaptedModule, case: Case, weighted: list[tuple[str, float]]) -> Any:
     """The case's output from the plain base module with W + sum(w * scale * B @ A) built in float64 from the
     factors (tests/conftest.py): a reference that shares no code with the layer's merge, cache or forward."""
     module = reference_module(layer, [(n, w) for n, w in weighted if w != 0.0])
@@ -285,9 +289,9 @@ def test_a_fresh_adapter_starts_as_a_no_op(kind_name: str) -> None:
         case, dtype, configs = drawn
         with torch.no_grad():
             base_out = case.run(case.module.eval().requires_grad_(False))
-        layer = _served(get_registry().get_kind(kind_name).layer_class(case.module))
+        layer = _served(AdaptedModule(case.module))
         for i, config in enumerate(configs):
-            layer.add(f"a{i}", config)
+            layer.add(f"a{i}", config, _kind(kind_name))
         with torch.no_grad():
             _assert_close(case.run(layer.eval()), base_out, dtype)
             _assert_close(case.run(layer.train()), base_out, dtype)
@@ -349,7 +353,7 @@ def test_stack_equals_sum_of_single_adapters(kind_name: str) -> None:
             x = as_double(case.args[0])
             expected = exact.base(x)
             for name, weight in zip(names, weights):
-                expected = expected + exact.delta(name, x) * weight
+                expected = expected + exact.layer_of(name).delta(name, x) * weight
         _assert_close(stacked, expected, dtype)
 
     check()
@@ -385,7 +389,7 @@ def test_adapter_state_round_trip_is_bit_exact(kind_name: str) -> None:
         for name in list(layer.adapters):
             layer.remove(name)
         for i, (name, state) in enumerate(states.items()):
-            layer.add(name, configs[i])
+            layer.add(name, configs[i], _kind(kind_name))
             layer.load_adapter_state(name, state)
         with torch.no_grad():
             _assert_equal(case.run(layer), expected)
@@ -413,10 +417,10 @@ SMALL: dict[type[nn.Module] | str, Callable[[], Case]] = {  # one fixed small ca
 def test_removed_adapter_tensors_are_freed(kind_name: str) -> None:
     kind = get_registry().get_kind(kind_name)
     case = entries_for_kind(kind, SMALL)[0]()
-    layer = kind.layer_class(case.module)
+    layer = AdaptedModule(case.module)
     config = kind.config(targets=("*",))
-    layer.add("gone", config)
-    layer.add("kept", config)
+    layer.add("gone", config, kind.layer_class)
+    layer.add("kept", config, kind.layer_class)
     refs = [weakref.ref(p) for p in layer.adapters["gone"].parameters()]
     assert refs
     with torch.no_grad():

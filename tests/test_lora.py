@@ -11,15 +11,15 @@ from adapterhub_lite_lora import LoraConv2d, LoraLinear, LoraMultiheadAttention
 from conftest import randomize_adapters
 from torch import nn
 
-from adapterhub_lite import AdaptedModel, ConfigError, LayerPolicy, LoraConfig, UnsupportedModuleError
+from adapterhub_lite import AdaptedModel, AdaptedModule, ConfigError, LayerPolicy, LoraConfig, UnsupportedModuleError
 from adapterhub_lite.forward import MergedWeights
 
 
 def _linear_with(n: int, seed: int = 0) -> LoraLinear:
     torch.manual_seed(seed)
-    layer = LoraLinear(nn.Linear(6, 5))
+    layer = AdaptedModule(nn.Linear(6, 5))
     for i in range(n):
-        layer.add(f"a{i}", LoraConfig(targets="*", rank=i + 1, alpha=2.0 + i))
+        layer.add(f"a{i}", LoraConfig(targets="*", rank=i + 1, alpha=2.0 + i), LoraLinear)
     randomize_adapters(layer, seed)
     return layer.eval()
 
@@ -32,16 +32,16 @@ def test_fused_stack_matches_naive_sum(n: int) -> None:
         layer.set_weight(f"a{i}", w)
     x = torch.randn(7, 6)
     with torch.no_grad():
-        fused = layer.combine(layer.live(), x)
-        naive = sum(layer.delta(f"a{i}", x) * w for i, w in enumerate(weights))
+        fused = layer.kinds[0].combine(layer.live(), x)
+        naive = sum(layer.kinds[0].delta(f"a{i}", x) * w for i, w in enumerate(weights))
     torch.testing.assert_close(fused, naive, rtol=1e-5, atol=1e-6)
 
 
 def test_stack_runs_one_pair_of_products_for_many_adapters(monkeypatch: pytest.MonkeyPatch) -> None:
     layer = _linear_with(8)  # made by hand: no strategy, so the low-rank path (not a merged-weight cache)
     calls = []
-    original = layer.down
-    monkeypatch.setattr(layer, "down", lambda x, a: calls.append(a.shape) or original(x, a))
+    original = layer.kinds[0].down
+    monkeypatch.setattr(layer.kinds[0], "down", lambda x, a: calls.append(a.shape) or original(x, a))
     with torch.no_grad():
         layer(torch.randn(3, 6))
     assert calls == [torch.Size([sum(range(1, 9)), 6])]  # one down-product with all ranks stacked
@@ -54,7 +54,7 @@ def test_cache_follows_weights_parameters_and_active_set(limit: int) -> None:
     x = torch.randn(4, 6)
 
     def fresh() -> torch.Tensor:  # reference with no cache involved
-        return layer.base(x) + sum(layer.delta(n, x) * w for n, w in layer.live())
+        return layer.base(x) + sum(layer.kinds[0].delta(n, x) * w for n, w in layer.live())
 
     with torch.no_grad():
         torch.testing.assert_close(layer(x), fresh())
@@ -74,8 +74,8 @@ def test_small_layers_run_inference_on_merged_weights(monkeypatch: pytest.Monkey
     layer = _linear_with(3).eval()
     layer.strategy = MergedWeights(LayerPolicy())  # as an AdaptedModel serves it
     calls = []
-    original = layer.down
-    monkeypatch.setattr(layer, "down", lambda x, a: calls.append(a.shape) or original(x, a))
+    original = layer.kinds[0].down
+    monkeypatch.setattr(layer.kinds[0], "down", lambda x, a: calls.append(a.shape) or original(x, a))
     x = torch.randn(3, 6)
     with torch.no_grad():
         first = layer(x)
@@ -101,14 +101,14 @@ def test_training_never_uses_a_stale_stack() -> None:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.adapters.parameters())
         opt.step()
         with torch.no_grad():
-            expected = layer.base(x) + sum(layer.delta(n, x) * w for n, w in layer.live())
+            expected = layer.base(x) + sum(layer.kinds[0].delta(n, x) * w for n, w in layer.live())
             torch.testing.assert_close(layer(x), expected)
 
 
 def test_dropout_acts_on_the_adapter_path_in_training_only() -> None:
     torch.manual_seed(0)
-    layer = LoraLinear(nn.Linear(32, 8))
-    layer.add("d", LoraConfig(targets="*", rank=4, dropout=0.5))
+    layer = AdaptedModule(nn.Linear(32, 8))
+    layer.add("d", LoraConfig(targets="*", rank=4, dropout=0.5), LoraLinear)
     randomize_adapters(layer)
     x = torch.randn(16, 32)
     layer.train()
@@ -128,8 +128,8 @@ def test_dropout_acts_on_the_adapter_path_in_training_only() -> None:
 
 def test_dropout_in_attention_adapters() -> None:
     torch.manual_seed(0)
-    layer = LoraMultiheadAttention(nn.MultiheadAttention(8, 2))
-    layer.add("d", LoraConfig(targets="*", rank=2, dropout=0.5))
+    layer = AdaptedModule(nn.MultiheadAttention(8, 2))
+    layer.add("d", LoraConfig(targets="*", rank=2, dropout=0.5), LoraMultiheadAttention)
     randomize_adapters(layer)
     x = torch.randn(5, 2, 8)
     layer.train()
@@ -140,9 +140,9 @@ def test_dropout_in_attention_adapters() -> None:
 
 def test_b_starts_at_zero_and_init_choices() -> None:
     torch.manual_seed(0)
-    layer = LoraLinear(nn.Linear(400, 3))
-    layer.add("k", LoraConfig(targets="*", rank=4, init="kaiming"))
-    layer.add("g", LoraConfig(targets="*", rank=4, init="gaussian"))
+    layer = AdaptedModule(nn.Linear(400, 3))
+    layer.add("k", LoraConfig(targets="*", rank=4, init="kaiming"), LoraLinear)
+    layer.add("g", LoraConfig(targets="*", rank=4, init="gaussian"), LoraLinear)
     for name in ("k", "g"):
         assert torch.count_nonzero(layer.adapters[name].lora_B) == 0
     bound = 1 / math.sqrt(400)  # kaiming_uniform(a=sqrt(5)) == nn.Linear's init: U(-bound, bound)
@@ -158,11 +158,11 @@ def test_b_starts_at_zero_and_init_choices() -> None:
 def test_scale_and_rslora() -> None:
     assert LoraConfig(targets="*", rank=4, alpha=8).scale == 2.0
     assert LoraConfig(targets="*", rank=4, alpha=8, rslora=True).scale == 4.0
-    layer = LoraLinear(nn.Linear(3, 3))
-    layer.add("r", LoraConfig(targets="*", rank=4, alpha=8, rslora=True))
+    layer = AdaptedModule(nn.Linear(3, 3))
+    layer.add("r", LoraConfig(targets="*", rank=4, alpha=8, rslora=True), LoraLinear)
     randomize_adapters(layer)
     f = layer.adapters["r"]
-    torch.testing.assert_close(layer.delta_weight("r"), 4.0 * f.lora_B @ f.lora_A)
+    torch.testing.assert_close(layer.kinds[0].delta_weight("r"), 4.0 * f.lora_B @ f.lora_A)
 
 
 @pytest.mark.parametrize("stride,padding,dilation,groups", [(1, 0, 1, 1), (2, 1, 1, 1), (1, 2, 2, 1), (3, 2, 2, 2),
@@ -170,12 +170,12 @@ def test_scale_and_rslora() -> None:
 def test_conv_lora_equals_conv_with_merged_kernel(stride, padding, dilation, groups) -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 8, (3, 5), stride=stride, padding=padding, dilation=dilation, groups=groups)
-    layer = LoraConv2d(conv)
-    layer.add("c", LoraConfig(targets="*", rank=3, alpha=6))
+    layer = AdaptedModule(conv)
+    layer.add("c", LoraConfig(targets="*", rank=3, alpha=6), LoraConv2d)
     randomize_adapters(layer)
     x = torch.randn(2, 4, 11, 12)
     with torch.no_grad():
-        expected = F.conv2d(x, conv.weight + layer.delta_weight("c"), conv.bias, stride, padding, dilation, groups)
+        expected = F.conv2d(x, conv.weight + layer.kinds[0].delta_weight("c"), conv.bias, stride, padding, dilation, groups)
         torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
     assert layer.adapters["c"].lora_A.shape == (3 * groups, 4 // groups, 3, 5)
     assert layer.adapters["c"].lora_B.shape == (8, 3, 1, 1)
@@ -220,7 +220,7 @@ def test_adapters_created_under_inference_mode_still_run_and_never_serve_a_stale
         second = am(x)
     assert not torch.equal(first, second)
     with torch.no_grad():
-        torch.testing.assert_close(second, layer.base(x) + layer.delta("a", x) + layer.delta("b", x))
+        torch.testing.assert_close(second, layer.base(x) + layer.kinds[0].delta("a", x) + layer.kinds[0].delta("b", x))
 
 
 def test_conv_training_on_merged_weights_gives_the_low_rank_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -228,10 +228,10 @@ def test_conv_training_on_merged_weights_gives_the_low_rank_gradients(monkeypatc
     from adapterhub_lite import AdapterLayer
 
     torch.manual_seed(0)
-    layer = LoraConv2d(nn.Conv2d(3, 6, 3, padding=1))
+    layer = AdaptedModule(nn.Conv2d(3, 6, 3, padding=1))
     assert LoraConv2d.train_on_merged_weights is True
-    layer.add("a", LoraConfig(targets="*", rank=2, alpha=4))
-    layer.add("b", LoraConfig(targets="*", rank=3, rslora=True))
+    layer.add("a", LoraConfig(targets="*", rank=2, alpha=4), LoraConv2d)
+    layer.add("b", LoraConfig(targets="*", rank=3, rslora=True), LoraConv2d)
     randomize_adapters(layer)
     layer.set_weight("b", -0.5)
     x = torch.randn(2, 3, 8, 8)

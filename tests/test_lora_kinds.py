@@ -16,7 +16,7 @@ from conftest import assert_matches_reference, reference_model
 from torch import nn
 from transformers import GPT2Config, GPT2Model
 
-from adapterhub_lite import AdaptedModel, IncompatibleAdapterError, LoraConfig, UnsupportedModuleError, get_registry
+from adapterhub_lite import AdaptedModel, AdaptedModule, IncompatibleAdapterError, LoraConfig, UnsupportedModuleError, get_registry
 
 
 def tiny_gpt2() -> GPT2Model:
@@ -129,8 +129,8 @@ def test_peft_format_refuses_convs_where_peft_computes_other_outputs(conv, tmp_p
 
 def test_embedding_lora_starts_at_zero_learns_and_leaves_the_padding_row() -> None:
     torch.manual_seed(0)
-    layer = LoraEmbedding(nn.Embedding(10, 4, padding_idx=0))
-    layer.add("e", LoraConfig(targets="*", rank=2, dropout=0.5))
+    layer = AdaptedModule(nn.Embedding(10, 4, padding_idx=0))
+    layer.add("e", LoraConfig(targets="*", rank=2, dropout=0.5), LoraEmbedding)
     f = layer.adapters["e"]
     assert torch.count_nonzero(f.lora_A) == 0 and abs(f.lora_B.std().item() - 1) < 0.5  # PEFT's init
     ids = torch.tensor([[0, 3, 3, 7]])

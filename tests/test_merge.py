@@ -305,7 +305,7 @@ def test_extract_recovers_a_low_rank_fine_tune_and_reports_what_it_cannot_hold(t
     am.add_bundle(bundle)
     for name in ("fc1", "conv"):
         layer = am.layers()[name]
-        torch.testing.assert_close(layer.base.weight + layer.delta_weight("extracted"),
+        torch.testing.assert_close(layer.base.weight + layer.layer_of("extracted").delta_weight("extracted"),
                                    tuned.get_submodule(name).weight, rtol=1e-5, atol=1e-5)
 
 

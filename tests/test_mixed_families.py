@@ -1,6 +1,7 @@
-"""Adapters of every family stacked on the same modules (a MixedLayer per module): outputs, weights, merges,
-training, routing, files and removal, each against the float64 reference of tests/conftest.py, which folds
-additive deltas into W and applies (IA)^3's scales around the result, as mixed.py documents."""
+"""Adapters of every family stacked on the same modules (one AdaptedModule per module, holding a kind per
+family): outputs, weights, merges, training, routing, files and removal, each against the float64 reference
+of tests/conftest.py, which folds additive deltas into W and applies (IA)^3's scales around the result, as
+host.py documents."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from conftest import assert_matches_reference, reference_model
 from torch import nn
 
 from adapterhub_lite import AdaptedModel, AdapterStateError, get_registry
-from adapterhub_lite.mixed import MixedLayer
+from adapterhub_lite.host import AdaptedModule
 
 X = torch.randn(3, 4, 6, 6, generator=torch.Generator().manual_seed(3))
 TARGETS = ["conv", "fc1", "fc2"]
@@ -70,7 +71,7 @@ def _check(am: AdaptedModel) -> torch.Tensor:
 def test_every_family_stacks_on_one_module_and_matches_the_reference() -> None:
     am = _stacked()
     layer = am.model.fc1
-    assert isinstance(layer, MixedLayer) and layer.families == ("lora", "ia3", "dora", "loha", "lokr")
+    assert isinstance(layer, AdaptedModule) and layer.families == ("lora", "ia3", "dora", "loha", "lokr")
     assert type(layer.layer_of("dora")).__name__ == "DoraLinear"
     assert type(layer.layer_of("lora")).__name__ == "LoraLinear"
     out = _check(am)
@@ -175,5 +176,5 @@ def test_a_second_family_on_a_merged_module_is_refused_and_changes_nothing() -> 
     before = copy.deepcopy(am.model.state_dict())
     with pytest.raises(AdapterStateError, match=r"merged into this module: unmerge\(\) before adding"):
         am.add_adapter("h", _config("loha", rank=2))
-    assert list(am.adapters) == ["l"] and not isinstance(am.model.fc1, MixedLayer)
+    assert list(am.adapters) == ["l"] and am.model.fc1.families == ("lora",)
     assert all(torch.equal(v, before[k]) for k, v in am.model.state_dict().items())

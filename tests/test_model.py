@@ -13,6 +13,7 @@ from torch import nn
 
 from adapterhub_lite import (
     AdaptedModel,
+    AdaptedModule,
     AdapterStateError,
     ConfigError,
     LoraConfig,
@@ -31,8 +32,8 @@ def test_targets_by_glob_regex_and_type(tiny_net, registry) -> None:
     assert am.add_adapter("r", LoraConfig(targets=["re:(conv|attn)"])) == ["conv", "attn"]
     assert am.add_adapter("t", LoraConfig(target_types=["Conv2d"])) == ["conv", "depthwise"]
     assert am.add_adapter("both", LoraConfig(targets=["*"], target_types=["Linear"])) == ["fc1", "fc2"]
-    assert isinstance(tiny_net.fc1, LoraLinear) and isinstance(tiny_net.conv, LoraConv2d)
-    assert isinstance(tiny_net.attn, LoraMultiheadAttention)
+    assert isinstance(tiny_net.fc1.layer_of("g"), LoraLinear) and isinstance(tiny_net.conv.layer_of("r"), LoraConv2d)
+    assert isinstance(tiny_net.attn.layer_of("r"), LoraMultiheadAttention)
     assert set(tiny_net.conv.adapters) == {"r", "t"}
 
 
@@ -134,7 +135,7 @@ def test_unload_with_merge_fuses_the_adapters(tiny_net, tiny_input, registry) ->
     with torch.no_grad():
         expected = reference_model(am)(tiny_input.double())
         fused = am.unload(merge=True)
-        assert not any(isinstance(m, LoraLinear) for m in fused.modules())
+        assert not any(isinstance(m, AdaptedModule) for m in fused.modules())
         assert_matches_reference(fused(tiny_input), expected)
 
 
@@ -146,8 +147,8 @@ def test_delete_adapter_unwraps_empty_layers_and_frees_tensors(tiny_net, registr
     am.delete_adapter("a")
     gc.collect()
     assert all(r() is None for r in refs)
-    assert isinstance(tiny_net.fc1, nn.Linear) and not isinstance(tiny_net.fc1, LoraLinear)
-    assert isinstance(tiny_net.fc2, LoraLinear) and list(tiny_net.fc2.adapters) == ["b"]
+    assert isinstance(tiny_net.fc1, nn.Linear) and not isinstance(tiny_net.fc1, AdaptedModule)
+    assert isinstance(tiny_net.fc2.layer_of("b"), LoraLinear) and list(tiny_net.fc2.adapters) == ["b"]
     with pytest.raises(UnknownNameError):
         am.delete_adapter("a")
 
@@ -370,10 +371,10 @@ def test_an_adapter_module_with_buffers_is_refused_when_created(registry) -> Non
             module.register_buffer("running", torch.zeros(3))
             return module
 
-    layer = Buffered(nn.Linear(4, 3))
+    layer = AdaptedModule(nn.Linear(4, 3))
     with pytest.raises(UnsupportedModuleError, match="Buffered.create made adapter 'a' with buffers \\(running\\)"):
-        layer.add("a", LoraConfig(targets=["*"], rank=1))
-    assert not layer.adapters and not layer.configs
+        layer.add("a", LoraConfig(targets=["*"], rank=1), Buffered)
+    assert not layer.adapters and not layer.configs and not layer.families
     am = AdaptedModel(nn.Sequential(nn.Linear(4, 3)), registry=registry)
     am.add_adapter("ok", LoraConfig(targets=["0"], rank=1))  # first-party kinds hold parameters only
 

@@ -47,7 +47,7 @@ class _Dora:
         """m / n per output channel in the weight's dtype (n detached while autograd records, as PEFT does); 0
         where W + s B A is exactly zero, so that channel's W' is zero rather than 0 / 0."""
         factors = self.factors(name)  # type: ignore[attr-defined]
-        weight = self.base_state()["weight"]  # type: ignore[attr-defined]
+        weight = self.host.base_state()["weight"]
         norm = self._norm(weight, self.factor_weight(factors)).detach()  # type: ignore[attr-defined]
         magnitude = factors.lora_magnitude.to(norm.dtype)
         return (magnitude / norm.where(norm > 0, torch.inf)).to(weight.dtype)  # m / inf = 0
@@ -55,13 +55,13 @@ class _Dora:
     def zero_channels(self, name: str) -> int:
         """How many output channels have W + s B A exactly zero (kept at their bias here; a reader that divides
         by their norm, as PEFT does, gives NaN there: exporters warn)."""
-        weight = self.base_state()["weight"]  # type: ignore[attr-defined]
+        weight = self.host.base_state()["weight"]
         lora = self.factor_weight(self.factors(name))  # type: ignore[attr-defined]
         return int((self._norm(weight, lora) == 0).sum())
 
     def delta(self, name: str, x: Tensor) -> Tensor:
         x = self.factors(name).dropout(x)  # type: ignore[attr-defined]
-        return self._delta_on(name, x, self.forward_with({"weight": self.base_state()["weight"], "bias": None}, x))  # type: ignore[attr-defined]
+        return self._delta_on(name, x, self.forward_with({"weight": self.host.base_state()["weight"], "bias": None}, x))  # type: ignore[attr-defined]
 
     def _delta_on(self, name: str, x: Tensor, base: Tensor) -> Tensor:
         """The delta given W x (no bias) for this input: (m / n - 1) W x + (m / n) s B A x."""
@@ -77,7 +77,7 @@ class _Dora:
         live dropout in training must feed it the dropped input (PEFT does the same)."""
         dropping = self.training and any(not isinstance(self.factors(n).dropout, nn.Identity)  # type: ignore[attr-defined]
                                          for n, _ in live)
-        if out is None or dropping or self._originals:  # type: ignore[attr-defined]
+        if out is None or dropping or self.host.merged:
             return AdapterLayer.combine(self, live, x, out)  # type: ignore[arg-type]
         bias = self.base.bias  # type: ignore[attr-defined]
         if bias is not None:  # a conv's bias per channel: (C, 1, 1) lines up with (N, C, H, W) and (C, H, W) alike
@@ -89,7 +89,7 @@ class _Dora:
         return total
 
     def delta_weight(self, name: str) -> Tensor:
-        weight = self.base_state()["weight"]  # type: ignore[attr-defined]
+        weight = self.host.base_state()["weight"]
         lora = self.factor_weight(self.factors(name)).to(weight.dtype)  # type: ignore[attr-defined]
         ratio = self._ratio(name).view(-1, *(1,) * (weight.dim() - 1))
         return ratio * (weight + lora) - weight

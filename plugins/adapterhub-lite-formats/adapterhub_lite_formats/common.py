@@ -37,7 +37,7 @@ def plain_lora(am: AdaptedModel, name: str, fmt: str, skip: frozenset[str] | set
     for module, config in bundle.configs.items():
         if module in skip:  # the caller handles these itself
             continue
-        kind, layer = bundle.kinds[module], layers[module]
+        kind, layer = bundle.kinds[module], layers[module].layer_of(name)
         if not isinstance(config, LoraConfig) or not isinstance(layer, LowRankLayer):
             raise IncompatibleAdapterError(
                 f"the {fmt} format holds LoRA factor pairs; {module!r} has a {kind!r} adapter of family "

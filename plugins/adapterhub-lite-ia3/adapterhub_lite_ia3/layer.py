@@ -98,12 +98,12 @@ class IA3Layer(AdapterLayer):
     def delta(self, name: str, x: Tensor) -> Tensor:
         change = self.adapters[name].ia3_l - 1
         if self.configs[name].feedforward:
-            return self.forward_with({"weight": self.base_state()["weight"], "bias": None}, x * self._shaped(change, x))
+            return self.forward_with({"weight": self.host.base_state()["weight"], "bias": None}, x * self._shaped(change, x))
         out = self.base(x)
         return out * self._shaped(change, out)
 
     def delta_weights(self, name: str) -> dict[str, Tensor]:
-        original = self.base_state()
+        original = self.host.base_state()
         return {path: tensor - original[path] for path, tensor in self.wrap_weights([(name, 1.0)], original).items()}
 
     def delta_weight(self, name: str) -> Tensor:

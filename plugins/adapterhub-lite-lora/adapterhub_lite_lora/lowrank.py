@@ -149,7 +149,7 @@ class LowRankLayer(AdapterLayer):
             raise UnsupportedModuleError(f"{type(self).__name__} is not a plain low-rank sum; it has no fixed-shape "
                                          "path for compiled hot-swap")
         weight = self.base.weight
-        if self.base_numel <= merge_limit:
+        if self.host.base_numel <= merge_limit:
             self.register_buffer("static_W", torch.empty_like(weight.detach()), persistent=False)
         else:
             probe = self.create("static", LoraConfig(targets=("*",), rank=max_rank))
@@ -158,7 +158,7 @@ class LowRankLayer(AdapterLayer):
         self.max_rank, self._static_key = max_rank, None
 
     def fill_static(self) -> None:
-        live = self.live()
+        live = self.host.live()
         params = [*self.base.parameters(), *(p for n, _ in live for p in self.adapters[n].parameters())]
         key = (tuple(live), tuple((p.data_ptr(), p._version) for p in params))
         if key == self._static_key:
@@ -169,7 +169,7 @@ class LowRankLayer(AdapterLayer):
                                     f"compiled for at most {self.max_rank}: compile with a larger max_rank")
         with torch.no_grad():
             if "static_W" in self._buffers:
-                merged = self.merged_tensors(live, lambda path, current: self.static_W) if live else {}
+                merged = self.host.merged_tensors(live, lambda path, current: self.static_W) if live else {}
                 weight = merged.get("weight", self.base.weight)
                 if weight.data_ptr() != self.static_W.data_ptr():  # the generic sum, or no live adapter
                     self.static_W.copy_(weight)
