@@ -38,7 +38,8 @@ from torch import Tensor, nn
 
 from .buffers import MergeBuffers, empty_weight_like
 from .config import AdapterConfig
-from .errors import AdapterStateError, IncompatibleAdapterError, UnknownNameError, UnsupportedModuleError
+from .errors import (AdapterhubError, AdapterStateError, IncompatibleAdapterError, PluginError, UnknownNameError,
+                     UnsupportedModuleError)
 from .layer import AdapterLayer, Allocate
 from .routing import Route
 
@@ -216,7 +217,13 @@ class AdaptedModule(nn.Module):
         """The plain forward with these live adapters (under a `route`, each sample's own adapter only)."""
         single = self._single()
         if single is not None:
-            return single.run(live, x, *args, route=route, **kwargs)
+            if not live:
+                return self.base(x, *args, **kwargs)
+            try:
+                return single.run(live, x, *args, route=route, **kwargs)
+            except Exception as exc:
+                self._blame(exc, single, live, "forward")
+                raise
         if not live:
             return self.base(x, *args, **kwargs)
         if route is not None:  # each sample runs one adapter, whose own delta is exact whatever its family
@@ -272,8 +279,24 @@ class AdaptedModule(nn.Module):
         single = self._single()
         if single is None:
             return self._composed(weighted)
-        fast = single.merged_weights(weighted, allocate or (lambda path, current: empty_weight_like(current)))
-        return fast if fast is not None else self._summed(weighted)
+        try:
+            fast = single.merged_weights(weighted, allocate or (lambda path, current: empty_weight_like(current)))
+            return fast if fast is not None else self._summed(weighted)
+        except Exception as exc:
+            self._blame(exc, single, weighted, "merged weights")
+            raise
+
+    @staticmethod
+    def _blame(exc: Exception, kind: AdapterLayer, live: Live, doing: str) -> None:
+        """Raise an error a kind's code raised as one line naming the kind, its plugin, the module and the
+        adapters; the project's own errors are left to pass as they are (they already say what to do)."""
+        if isinstance(exc, (AdapterhubError, MemoryError)) or "allocate" in str(exc):  # ours, or out of memory
+            return
+        names = ", ".join(repr(n) for n, _ in live)
+        detail = " ".join(str(exc).split())[:300]
+        raise PluginError(f"{kind.label}, adapter{'s' if len(live) > 1 else ''} {names}: its {doing} raised "
+                          f"{type(exc).__name__}: {detail} (if the inputs are right, report it to the plugin's "
+                          "authors)") from exc
 
     def _summed(self, weighted: Live) -> dict[str, Tensor]:
         """W + sum(weight * delta), accumulated in float32; differentiable in the adapters when autograd records

@@ -415,3 +415,50 @@ def test_a_kind_whose_delta_has_the_wrong_shape_is_one_line_naming_kind_plugin_m
                                                            "adapter 'a': its delta has shape \\(2, 1\\) where the base "
                                                            "output has \\(2, 5\\)"):
         am(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("path", ["low-rank", "merged-weights", "training"])
+def test_a_kind_that_raises_is_one_line_naming_kind_plugin_module_and_adapter(path: str) -> None:
+    """Issue 31, item 4: an exception from a kind's own code (here an IndexError in its math) comes out as a
+    PluginError naming the kind, its plugin, the module and the adapter, on every path a forward takes."""
+    import types
+
+    import adapterhub_lite_lora
+    from adapterhub_lite_lora import LoraLinear
+
+    from adapterhub_lite import AdapterKind, LayerPolicy, PluginError, PluginManager, Registry, hookimpl
+
+    class Broken(LoraLinear):
+        def combine(self, live, x, out=None):
+            raise IndexError("index 7 is out of bounds for dimension 0 with size 2")
+
+        def merged_weights(self, weighted, allocate):
+            raise IndexError("index 7 is out of bounds for dimension 0 with size 2")
+
+    class Special(nn.Linear):
+        pass
+
+    Broken.targets = (Special,)
+    plugin = types.ModuleType("broken_plugin")
+    plugin.register_adapter_types = hookimpl(lambda register: register(
+        AdapterKind(name="broken", layer=Broken, config=LoraConfig)))
+    pm = PluginManager()
+    pm.add(adapterhub_lite_lora, name="lora")
+    pm.add(plugin, name="broken-plugin")
+    pm.check()
+    am = AdaptedModel(nn.Sequential(Special(4, 5)), registry=Registry(pm))
+    am.add_adapter("a", LoraConfig(targets=["0"], rank=1))
+    if path == "low-rank":
+        am.policy = LayerPolicy(merge_limit=0)
+    am.train(path == "training")
+    with torch.set_grad_enabled(path == "training"), pytest.raises(PluginError) as caught:
+        am(torch.randn(2, 4))
+    message = str(caught.value)
+    assert message.startswith("kind 'broken' of plugin 'broken-plugin' on module '0', adapter 'a': its ")
+    assert "raised IndexError: index 7 is out of bounds" in message and "\n" not in message
+    assert isinstance(caught.value.__cause__, IndexError)
+    am.policy = LayerPolicy(merge_limit=0)
+    am.train(False)
+    am.set_weight("a", 0.0)  # nothing live: the kind's code does not run, the base does
+    with torch.no_grad():
+        am(torch.randn(2, 4))
