@@ -146,3 +146,143 @@ def test_a_folder_another_writer_makes_between_our_check_and_our_mkdir_is_used(t
     monkeypatch.setattr(atomic.os, "lstat", lstat)
     folder, made = atomic.make_dirs_under(tmp_path, "net", "a")
     assert raced and folder == target / "a" and made == [target / "a"]  # not ours to take back on failure
+
+
+# --- publishing a version, step by step (issue 31, item 6) ---------------------------------------------------
+# add_version's steps, in order: the payload (the caller's write), the card, flushing the folder, the rename
+# that publishes it, flushing the parent folder. Each is hooked by the function that does it, not by position,
+# so a reordering (the card written after the rename, say) meets the failure or the kill in its new place.
+PUBLISH_STEPS = ["payload", "card", "flush", "rename", "folder flush"]
+
+
+def _at_step(monkeypatch, step: str, action) -> None:
+    """Call `action()` just before `step` of add_version (the payload: inside the caller's write)."""
+    from adapterhub_lite.zoo import store
+
+    def before(name: str, real):
+        def hooked(*args, **kwargs):
+            action()
+            return real(*args, **kwargs)
+        return hooked
+
+    if step == "card":
+        monkeypatch.setattr(store, "_write_text", before(step, store._write_text))
+    elif step == "flush":
+        monkeypatch.setattr(store, "fsync_tree", before(step, store.fsync_tree))
+    elif step == "folder flush":
+        monkeypatch.setattr(store, "fsync_dir", before(step, store.fsync_dir))
+    elif step == "rename":
+        real_rename = os.rename
+
+        def rename(src, dst, *args, **kwargs):
+            if Path(dst).name.startswith("v"):
+                action()
+            return real_rename(src, dst, *args, **kwargs)
+        monkeypatch.setattr(store.os, "rename", rename)
+
+
+def _payload(action=lambda: None):
+    def write(folder: Path) -> None:
+        (folder / "adapter.safetensors").write_text("payload")
+        action()
+    return write
+
+
+def _every_version_has_its_complete_card(zoo: Zoo) -> None:
+    from adapterhub_lite.zoo import ZooEntry
+
+    found = list(zoo.scan())
+    assert all(isinstance(f, ZooEntry) for f in found), [getattr(f, "problem", f) for f in found]
+    for entry in found:
+        assert entry.card["files"] == {"adapter.safetensors": len("payload")}
+
+
+@pytest.mark.parametrize("step", PUBLISH_STEPS[:-1])
+def test_a_failure_at_any_step_before_publishing_leaves_the_zoo_as_it_was(tmp_path, monkeypatch, step) -> None:
+    zoo = Zoo(tmp_path)
+    zoo.add_version("net", "a", _payload(), ADAPTER_CARD)
+
+    def fail() -> None:
+        raise OSError(28, "No space left on device")
+
+    _at_step(monkeypatch, step, fail)
+    with pytest.raises(WriteError, match="no space left on device.*nothing was written"):
+        zoo.add_version("net", "a", _payload(fail if step == "payload" else lambda: None), ADAPTER_CARD)
+    monkeypatch.undo()
+    assert zoo.versions("net", "a") == [1]
+    assert sorted(p.name for p in (tmp_path / "net" / "a").iterdir()) == ["v1"]  # no temp folder left
+    _every_version_has_its_complete_card(zoo)
+    assert zoo.add_version("net", "a", _payload(), ADAPTER_CARD).version == 2
+
+
+def test_a_failure_to_flush_the_folder_after_publishing_does_not_claim_nothing_was_written(tmp_path,
+                                                                                           monkeypatch) -> None:
+    """Once the rename has published the version, it is there with its card: the command must not say that
+    nothing was written; it says what happened, as a warning."""
+    from adapterhub_lite import AdapterhubWarning
+
+    zoo = Zoo(tmp_path)
+
+    def fail() -> None:
+        raise OSError(5, "Input/output error")
+
+    _at_step(monkeypatch, "folder flush", fail)
+    with pytest.warns(AdapterhubWarning, match="net/a@v1 is written, but flushing its folder failed"):
+        entry = zoo.add_version("net", "a", _payload(), ADAPTER_CARD)
+    monkeypatch.undo()
+    assert entry.version == 1 and zoo.versions("net", "a") == [1]
+    _every_version_has_its_complete_card(zoo)
+
+
+KILL_WINDOWS = ["payload", "card", "flush", "rename", "folder flush", "published"]
+
+
+@pytest.mark.parametrize("window", KILL_WINDOWS)
+def test_kill_9_in_any_window_leaves_no_version_without_its_complete_card(tmp_path, window) -> None:
+    """A writer killed just before each step (and just after the last): what is visible is either nothing new
+    or a complete version with its card; the next write removes the killed one's temp folder."""
+    script = f"""
+import os, sys, time
+from pathlib import Path
+from adapterhub_lite.zoo import Zoo, store
+
+def pause(step):
+    if step == {window!r}:
+        print("paused", flush=True)
+        time.sleep(120)
+
+def before(step, real):
+    def hooked(*args, **kwargs):
+        pause(step)
+        return real(*args, **kwargs)
+    return hooked
+
+store._write_text = before("card", store._write_text)
+store.fsync_tree = before("flush", store.fsync_tree)
+store.fsync_dir = before("folder flush", store.fsync_dir)
+real_rename = os.rename
+def rename(src, dst, *args, **kwargs):
+    if Path(dst).name.startswith("v"):
+        pause("rename")
+    return real_rename(src, dst, *args, **kwargs)
+os.rename = rename
+
+def write(folder):
+    (folder / "adapter.safetensors").write_text("payload")
+    pause("payload")
+
+Zoo({str(tmp_path)!r}).add_version("net", "a", write, {ADAPTER_CARD!r})
+pause("published")
+"""
+    Zoo(tmp_path).add_version("net", "a", _payload(), ADAPTER_CARD)  # v1 was there before
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "paused"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    zoo = Zoo(tmp_path)
+    _every_version_has_its_complete_card(zoo)
+    published = window in ("folder flush", "published")
+    assert zoo.versions("net", "a") == ([1, 2] if published else [1])
+    assert zoo.add_version("net", "a", _payload(), ADAPTER_CARD).version == (3 if published else 2)
+    assert list((tmp_path / "net" / "a").glob(".tmp-*")) == []  # the killed writer's temp folder is gone
+    _every_version_has_its_complete_card(zoo)

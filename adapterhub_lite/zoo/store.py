@@ -28,6 +28,7 @@ import re
 import shutil
 import stat
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,10 +36,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..atomic import fsync_dir, fsync_tree, make_dirs_under, remove_made, write_error, write_failure
+from ..atomic import fsync_dir, fsync_tree, make_dirs_under, os_reason, remove_made, write_error, write_failure
 from ..bounded_json import check_shape, parse_json
 from .cards import card_problem
-from ..errors import NameRuleError, RefError, UnknownNameError, WriteError, ZooError, shorten
+from ..errors import AdapterhubWarning, NameRuleError, RefError, UnknownNameError, WriteError, ZooError, shorten
 from ..refs import AdapterRef, check_name, parse_ref
 
 BASE = "base"
@@ -250,9 +251,8 @@ class Zoo:
                     raise ZooError(f"refusing to write a card for {model}/{name}: {problem}")
                 _write_text(tmp / CARD, _card_text(full, f"{model}/{name}"))
                 fsync_tree(tmp)
-                os.rename(tmp, parent / f"v{version}")
+                os.rename(tmp, parent / f"v{version}")  # published: complete, with its card
                 tmp = None
-                fsync_dir(parent)
         except BaseException as exc:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -261,6 +261,11 @@ class Zoo:
             if failure is not None:
                 raise write_error(f"{model}/{name} into the zoo at {self.root}", failure) from exc
             raise
+        try:
+            fsync_dir(parent)  # makes the rename durable; the version is already there, complete
+        except OSError as exc:
+            warnings.warn(f"{model}/{name}@v{version} is written, but flushing its folder failed ({os_reason(exc)}): "
+                          "it may not survive a power loss", AdapterhubWarning, stacklevel=2)
         return self._entry(model, name, version)
 
 
