@@ -23,6 +23,12 @@ if "ADAPTERS_DATA" not in os.environ and (SHARED_DATA / "MNIST" / "raw").is_dir(
     os.environ["ADAPTERS_DATA"] = str(SHARED_DATA)  # tests never download
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from capabilities import required
+
+    required()  # a misspelt ADAPTERS_REQUIRE is a usage error before anything runs
+
+
 @pytest.fixture
 def registry() -> Registry:
     """A registry holding only the first-party LoRA plugin, registered explicitly."""

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from capabilities import mnist_data, need
 import torch
 from click.testing import CliRunner
 
@@ -16,7 +16,7 @@ from adapterhub_lite.cli import cli
 from adapterhub_lite.zoo.workflow import stack
 from adapterhub_lite.zoo import Zoo
 
-pytestmark = pytest.mark.skipif(not os.environ.get("ADAPTERS_DATA"), reason="needs MNIST in ADAPTERS_DATA")
+need("mnist-data", mnist_data())
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = {"profiles": {"tiny": {"seeds": [0, 1], "steps": [

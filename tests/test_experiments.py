@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from capabilities import mnist_data, need
 from click.testing import CliRunner
 
 from adapterhub_lite.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not os.environ.get("ADAPTERS_DATA"), reason="needs MNIST in ADAPTERS_DATA")]
+pytestmark = pytest.mark.slow
+need("mnist-data", mnist_data())
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
+from capabilities import need_module
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-pytest.importorskip("adapterhub_lite_hf")
+need_module("hf-plugin", "adapterhub_lite_hf")
 import peft  # noqa: E402
 import timm  # noqa: E402
 from test_hostile import tree  # noqa: E402

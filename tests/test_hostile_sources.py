@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from capabilities import need_module
 import torch
 from click.testing import CliRunner
 from fake_hub import SHA, FakeHub
 from safetensors.torch import load_file, save_file
 from test_hostile import refused, tree
 
-pytest.importorskip("adapterhub_lite_hf")
+need_module("hf-plugin", "adapterhub_lite_hf")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from adapterhub_lite import ZooError, parse_json  # noqa: E402

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from capabilities import mnist_data, need
 
 from adapterhub_lite import progress as progress_module
 from adapterhub_lite.progress import PIPED_INTERVAL, Progress, set_quiet
@@ -86,9 +87,9 @@ BUILD = {"profiles": {"p": {"seeds": [0], "steps": [
 ]}}}
 
 
-@pytest.mark.skipif(not os.environ.get("ADAPTERS_DATA"), reason="needs MNIST in ADAPTERS_DATA")
 @pytest.mark.parametrize("flags", [[], ["--quiet"]], ids=["progress", "quiet"])
 def test_a_piped_build_reports_steps_and_progress_and_json_stays_clean(flags, tmp_path) -> None:
+    need("mnist-data", mnist_data())
     recipes = tmp_path / "recipes.json"
     recipes.write_text(json.dumps(BUILD))
     run = subprocess.run([sys.executable, "-m", "adapterhub_lite", *flags, "zoo", "build", "--profile", "p",

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from capabilities import need_module
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-diffusers = pytest.importorskip("diffusers")  # the hf plugin's dependency, installed by the README's command
+diffusers = need_module("diffusers", "diffusers")  # the hf plugin's dependency, installed by the README's command
 from diffusers import UNet2DConditionModel  # noqa: E402
 from diffusers.loaders import StableDiffusionLoraLoaderMixin as SD  # noqa: E402
 from diffusers.utils.peft_utils import set_weights_and_activate_adapters  # noqa: E402

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from capabilities import mnist_data, need
 import torch
 from click.testing import CliRunner
 
@@ -20,7 +21,7 @@ from adapterhub_lite.training import TrainOptions
 from adapterhub_lite.zoo.workflow import DataOptions, load_base, stack, train_adapter, train_base
 from adapterhub_lite.zoo import Zoo
 
-pytestmark = pytest.mark.skipif(not os.environ.get("ADAPTERS_DATA"), reason="needs MNIST in ADAPTERS_DATA")
+need("mnist-data", mnist_data())
 QUICK = TrainOptions(steps=40, batch_size=16, progress=False)
 
 

@@ -8,13 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from capabilities import mnist_data, need
 from click.testing import CliRunner
 from test_build import TINY
 
 from adapterhub_lite.cli import cli
 from adapterhub_lite.zoo import Zoo
 
-pytestmark = pytest.mark.skipif(not os.environ.get("ADAPTERS_DATA"), reason="needs MNIST in ADAPTERS_DATA")
+need("mnist-data", mnist_data())
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 DRIVERS = ("chromedriver",)
 
@@ -94,11 +95,7 @@ def test_an_unrelated_folder_is_never_overwritten(built_zoo, tmp_path) -> None:
 def _tool(names: tuple[str, ...], variable: str) -> str:
     found = next((shutil.which(n) for n in [os.environ.get(variable, ""), *names] if n and shutil.which(n)), None)
     if found is None:
-        if os.environ.get("ADAPTERS_REQUIRE_BROWSER"):
-            pytest.fail("ADAPTERS_REQUIRE_BROWSER is set but Chromium or ChromeDriver is missing "
-                        "(apt install chromium chromium-driver)")
-        pytest.skip("no headless Chromium/ChromeDriver here (apt install chromium chromium-driver); "
-                    ".ci/run installs them and requires this test")
+        need("browser", False)  # .ci/run installs them and requires this test
     return found
 
 
