@@ -1,0 +1,117 @@
+"""adapterhub_lite.testing: the layer contract a plugin author runs (issue 31, item 2), run here on every
+installed family, and shown to catch what it promises to catch."""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import adapterhub_lite_lora
+import pytest
+import torch
+from adapterhub_lite_lora import LoraConfig, LoraLinear
+from conftest import reference_delta
+
+from adapterhub_lite import (AdapterKind, MergeMethod, MergeResult, PluginManager, Registry, get_registry,
+                             hookimpl)
+from adapterhub_lite.testing import ContractFailure, check_family
+
+FAMILIES = sorted(get_registry().families())
+SCALE_FIXTURE = Path(__file__).parent / "fixtures" / "scale-plugin"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_installed_family_keeps_the_contract(family: str) -> None:
+    """The first-party families through the kit, against tests/conftest.py's float64 reference."""
+    passed = check_family(family, reference=reference_delta)
+    rules = {line.split(": ", 1)[1] for line in passed}
+    assert {"a fresh adapter is a no-op", "delta agrees with delta weight", "merge and unmerge are exact",
+            "save and load keep every tensor", "exact merge methods are exact", "bfloat16 within 0.06 of float64",
+            "delta weights match the reference"} <= rules, rules
+
+
+def test_the_third_party_scale_family_keeps_the_contract(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(SCALE_FIXTURE))
+    import scale_plugin
+
+    pm = PluginManager()
+    pm.add(scale_plugin, name="scale")
+    pm.check()
+    passed = check_family("scale", registry=Registry(pm))
+    assert "scale-linear: exact merge methods are exact" in passed
+
+
+@dataclass(frozen=True)
+class TwiceConfig(LoraConfig):
+    kind: ClassVar[str] = "twice"
+
+
+def _registry(layer: type, merge: MergeMethod | None = None) -> Registry:
+    plugin = types.ModuleType("author_plugin")
+    plugin.register_adapter_types = hookimpl(lambda register: register(
+        AdapterKind(name="twice-linear", layer=layer, config=TwiceConfig)))
+    if merge is not None:
+        plugin.register_merge_methods = hookimpl(lambda register: register(merge))
+    pm = PluginManager()
+    pm.add(adapterhub_lite_lora, name="lora")
+    pm.add(plugin, name="author-plugin")
+    pm.check()
+    return Registry(pm)
+
+
+class TwiceLinear(LoraLinear):
+    targets = (torch.nn.Linear,)
+
+
+def test_a_delta_weight_that_disagrees_with_the_delta_is_caught() -> None:
+    class Disagrees(TwiceLinear):
+        def delta_weight(self, name):
+            return 2 * super().delta_weight(name)
+
+    with pytest.raises(ContractFailure) as caught:
+        check_family("twice", registry=_registry(Disagrees))
+    assert "twice-linear: delta agrees with delta weight: W + weight * delta_weight vs the forward with the " \
+           "delta: largest difference" in str(caught.value)
+    assert check_family("twice", registry=_registry(TwiceLinear))  # the same family, honest: passes
+
+
+def test_a_merge_method_that_claims_exact_but_is_not_is_caught() -> None:
+    def sloppy(inputs, *, rank=None):
+        first = inputs[0]
+        return MergeResult(configs=first.configs, state={k: v * 1.5 for k, v in first.state.items()},
+                           report={"exact": True})
+
+    registry = _registry(TwiceLinear, MergeMethod("sloppy", sloppy, families=("twice",), takes_rank=False))
+    with pytest.raises(ContractFailure, match="twice-linear: exact merge methods are exact: merge method 'sloppy' "
+                                              "reports an exact result, but deviates by"):
+        check_family("twice", registry=registry)
+
+
+def test_a_kind_without_an_example_is_told_how_to_give_one() -> None:
+    class Special(torch.nn.Linear):
+        pass
+
+    class OnSpecial(TwiceLinear):
+        targets = (Special,)
+
+    registry = _registry(OnSpecial)
+    with pytest.raises(ContractFailure, match="twice-linear: no example module for its targets .*: pass cases="):
+        check_family("twice", registry=registry)
+    from adapterhub_lite.testing import Case
+
+    assert check_family("twice", registry=registry,
+                        cases={Special: lambda: Case(Special(4, 3), (torch.randn(2, 4),))})
+
+
+def test_the_kit_imports_from_an_installed_package_without_the_repository(tmp_path) -> None:
+    """A plugin author's repository has no tests/conftest.py of ours: the kit is part of the package."""
+    import subprocess
+
+    code = ("import adapterhub_lite.testing as t, sys; from adapterhub_lite.testing import check_family; "
+            "print(len(check_family('lora')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert result.returncode == 0 and int(result.stdout) > 20, result.stderr[-2000:]
