@@ -9,10 +9,10 @@ import peft  # a test extra: installed by the README's command, never skipped
 import pytest
 import torch
 from adapterhub_lite_formats import peft as peft_format
-from conftest import assert_matches_reference, entries_for_kind, reference_model
+from conftest import assert_matches_reference, entries_for_kind, reference_model, reference_module
 from torch import nn
 
-from adapterhub_lite import AdaptedModel, AdapterhubWarning, get_registry
+from adapterhub_lite import AdaptedModel, AdapterhubWarning, LayerPolicy, get_registry
 
 X = torch.randn(3, 4, 6, 6, generator=torch.Generator().manual_seed(5))
 TARGETS = ["conv", "fc1", "fc2"]
@@ -237,3 +237,104 @@ def test_a_bad_family_option_value_is_one_usage_line(tmp_path, value, message) -
                                       "--zoo", str(tmp_path / "zoo")])
     assert result.exit_code in (1, 2) and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "zoo" / "richboynet").exists()
+
+
+# --- parity beyond the merged path (issue 31, item 7) ------------------------------------------------------------
+TRAINING_CONFIGS = {
+    **PEFT_CONFIGS,
+    "lora": lambda: peft.LoraConfig(r=2, lora_alpha=3, target_modules=TARGETS, init_lora_weights=False),
+    "lora-rslora": lambda: peft.LoraConfig(r=3, lora_alpha=5, target_modules=TARGETS, init_lora_weights=False,
+                                           use_rslora=True),
+}
+POLICIES = {"default": LayerPolicy(), "cache-off": LayerPolicy(merge_limit=0),
+            "no-merged-training": LayerPolicy(merged_training=False)}
+
+
+def _peft_and_ours(tmp_path, base_state, case: str, policy: LayerPolicy):
+    """A PEFT model of `case` with random adapter weights, and ours holding the same adapter (PEFT's folder
+    imported), under `policy`."""
+    torch.manual_seed(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.get_peft_model(small(base_state), TRAINING_CONFIGS[case]())
+    theirs.save_pretrained(str(tmp_path / "saved"))
+    ours = AdaptedModel(small(base_state), registry=get_registry(), policy=policy)
+    ours.add_bundle(peft_format.import_(tmp_path / "saved", ours))
+    return theirs, ours
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("case", TRAINING_CONFIGS)
+def test_training_mode_outputs_and_one_step_match_peft(tmp_path, base_state, case, policy) -> None:
+    """In training mode, with autograd on: the same outputs; then one SGD step on the same loss gives the same
+    model, so the gradients agree (DoRA's norm detached as PEFT detaches it, convs trained through merged
+    weights or not, the merged-weight cache on or off)."""
+    theirs, ours = _peft_and_ours(tmp_path, base_state, case, POLICIES[policy])
+    theirs.train()
+    ours.train()
+    target = torch.randn(3, 4, generator=torch.Generator().manual_seed(7))
+    steps = []
+    for model, params in ((theirs, [p for p in theirs.parameters() if p.requires_grad]),
+                          (ours, ours.trainable_parameters())):
+        out = model(X)
+        torch.nn.functional.mse_loss(out, target).backward()
+        torch.optim.SGD(params, lr=0.5).step()
+        steps.append(out.detach())
+    torch.testing.assert_close(steps[1], steps[0], rtol=1e-5, atol=1e-5 * steps[0].abs().max().item())
+    theirs.eval()
+    ours.eval()
+    with torch.no_grad():
+        want, got = theirs(X), ours(X)
+    tolerance = 1e-5 * want.abs().max().item()
+    assert (want - steps[0]).abs().max() > 20 * tolerance  # the step changed the model beyond the tolerance
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=tolerance)
+
+
+@pytest.mark.parametrize("case", TRAINING_CONFIGS)
+def test_cache_off_inference_matches_peft(tmp_path, base_state, case) -> None:
+    theirs, ours = _peft_and_ours(tmp_path, base_state, case, POLICIES["cache-off"])
+    with torch.no_grad():
+        want = theirs.eval()(X)
+        torch.testing.assert_close(ours.eval()(X), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("family", ["lora", "dora", "loha", "lokr", "ia3"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_merges_accumulate_in_float32(family, dtype) -> None:
+    """Large base weights, eight adapters of small deltas: a merge that added each delta in half precision would
+    round eight times (an error of several units in the last place); accumulated in float32 and rounded once,
+    the merged weight is the float64 result (tests/conftest.py's reference) rounded, within one unit in the last
+    place."""
+    torch.manual_seed(0)
+    model = Small()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(500 + torch.rand(p.shape) * 200)  # where a half's last place is 0.25-0.5 (bfloat16: 2-4)
+    am = AdaptedModel(model.to(dtype).eval(), registry=get_registry())
+    names = [f"a{i}" for i in range(8)]
+    for name in names:
+        am.add_adapter(name, _config(family, "plain"))
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in am.trainable_parameters():
+            p.add_(torch.randn(p.shape, generator=gen).to(dtype) * (0.002 if family == "ia3" else 0.3))
+    am.set_active(names)
+    exact = {module: dict(reference_module(layer, [(n, 1.0) for n in names]).named_parameters())
+             for module, layer in am.layers().items()}
+    if family == "dora":  # m / n is rounded to the dtype by definition (the forward's, and PEFT's): the rest is not
+        for module, layer in am.layers().items():
+            original = layer.base_state()["weight"].double()
+            total = original.clone()
+            for name in names:
+                kind = layer.layer_of(name)
+                ratio = kind._ratio(name).double().view(-1, *(1,) * (original.dim() - 1))
+                total += ratio * (original + kind.factor_weight(kind.factors(name)).double()) - original
+            exact[module]["weight"] = total
+    am.merge()
+    worst = 0.0
+    for module, layer in am.layers().items():
+        for path, param in layer.base.named_parameters():
+            want = exact[module][path].double()
+            ulp = torch.finfo(dtype).eps * want.abs().clamp_min(1.0)
+            worst = max(worst, float(((param.double() - want).abs() / ulp).max()))
+    assert worst <= 1.0, f"merged weights are {worst:.1f} units in the last place from the float64 result"

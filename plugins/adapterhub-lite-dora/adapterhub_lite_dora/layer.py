@@ -89,10 +89,15 @@ class _Dora:
         return total
 
     def delta_weight(self, name: str) -> Tensor:
+        """(m / n) (W + s B A) - W, in float32 at least: a merge adds it to W and rounds once (in half precision,
+        rounding W + s B A and the product first would cost several units in the last place). m / n is the
+        forward's own, in the weight's dtype: a fresh adapter (m = ||W||, rounded) stays exactly a no-op."""
         weight = self.host.base_state()["weight"]
-        lora = self.factor_weight(self.factors(name)).to(weight.dtype)  # type: ignore[attr-defined]
-        ratio = self._ratio(name).view(-1, *(1,) * (weight.dim() - 1))
-        return ratio * (weight + lora) - weight
+        wide = torch.promote_types(weight.dtype, torch.float32)
+        lora = self.factor_weight(self.factors(name)).to(wide)  # type: ignore[attr-defined]
+        ratio = self._ratio(name).to(wide).view(-1, *(1,) * (weight.dim() - 1))
+        original = weight.to(wide)
+        return ratio * (original + lora) - original
 
     def plain_pair_refusal(self) -> str | None:
         return "DoRA (a magnitude vector beside the LoRA pair)"

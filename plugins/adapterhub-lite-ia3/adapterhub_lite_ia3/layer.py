@@ -37,11 +37,13 @@ class IA3Layer(AdapterLayer):
 
     # --- the scales ---------------------------------------------------------------------------------------
     def _scales(self, weighted: list[tuple[str, float]]) -> tuple[Tensor | None, Tensor | None]:
-        """The product of 1 + w (l - 1) over the adapters, on the input side and on the output side."""
+        """The product of 1 + w (l - 1) over the adapters, on the input side and on the output side, in float32
+        at least (half-precision scales would round once per adapter)."""
         scales: dict[bool, Tensor | None] = {True: None, False: None}
         for name, weight in weighted:
             side = self.configs[name].feedforward
-            factor = 1 + weight * (self.adapters[name].ia3_l - 1)
+            scale = self.adapters[name].ia3_l
+            factor = 1 + weight * (scale.to(torch.promote_types(scale.dtype, torch.float32)) - 1)
             scales[side] = factor if scales[side] is None else scales[side] * factor
         return scales[True], scales[False]
 
@@ -63,9 +65,9 @@ class IA3Layer(AdapterLayer):
     def wrap_forward(self, live: list[tuple[str, float]], x: Tensor, *args: Any, inner: Any, **kwargs: Any) -> Tensor:
         ins, outs = self._scales(live)
         if ins is not None:
-            x = x * self._shaped(ins, x)
+            x = x * self._shaped(ins.to(x.dtype), x)
         out = inner(x, *args, **kwargs)
-        return out * self._shaped(outs, out) if outs is not None else out
+        return out * self._shaped(outs.to(out.dtype), out) if outs is not None else out
 
     def forward_with(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
         if isinstance(self.base, nn.Conv2d):
