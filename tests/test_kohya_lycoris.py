@@ -62,8 +62,8 @@ LYCORIS_CASES = {
 }
 
 
-def _lycoris_file(net: Net, path: Path, algo: str, options: dict) -> torch.Tensor:
-    """LyCORIS's own network on a copy of `net`, its factors drawn at random, saved; returns its output on X."""
+def _lycoris_network(net: Net, path: Path, algo: str, options: dict) -> tuple[Net, LycorisNetwork]:
+    """LyCORIS's own network on a copy of `net`, its factors drawn at random, saved to `path`."""
     options = dict(options)
     dim = options.pop("linear_dim", 2)
     copied = copy.deepcopy(net)
@@ -75,9 +75,15 @@ def _lycoris_file(net: Net, path: Path, algo: str, options: dict) -> torch.Tenso
     with torch.no_grad():
         for p in network.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-        out = copied(X)
     network.save_weights(str(path), torch.float32, {})
-    return out
+    return copied, network
+
+
+def _lycoris_file(net: Net, path: Path, algo: str, options: dict) -> torch.Tensor:
+    """The network of `_lycoris_network`, saved; returns its output on X."""
+    copied, _ = _lycoris_network(net, path, algo, options)
+    with torch.no_grad():
+        return copied(X)
 
 
 @pytest.mark.parametrize("case", LYCORIS_CASES)
@@ -213,18 +219,7 @@ def test_training_mode_and_one_step_match_lycoris(tmp_path, net, case, policy) -
     from adapterhub_lite import LayerPolicy
 
     algo, options, _family, _ = LYCORIS_CASES[case]
-    options = dict(options)
-    dim = options.pop("linear_dim", 2)
-    theirs = copy.deepcopy(net)
-    LycorisNetwork.apply_preset({"target_module": [], "target_name": ["conv", "proj", "head"]})
-    network = create_lycoris(theirs, 1.0, linear_dim=dim, linear_alpha=3, conv_dim=dim, conv_alpha=3, algo=algo,
-                             **options)
-    network.apply_to()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in network.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    network.save_weights(str(tmp_path / "f.safetensors"), torch.float32, {})
+    theirs, network = _lycoris_network(net, tmp_path / "f.safetensors", algo, options)
     ours = AdaptedModel(copy.deepcopy(net), registry=get_registry(),
                         policy=LayerPolicy(merge_limit=0) if policy == "cache-off" else LayerPolicy())
     ours.add_bundle(kohya.import_(tmp_path / "f.safetensors", ours), "x")

@@ -379,16 +379,37 @@ def test_an_adapter_module_with_buffers_is_refused_when_created(registry) -> Non
     am.add_adapter("ok", LoraConfig(targets=["0"], rank=1))  # first-party kinds hold parameters only
 
 
-def test_a_kind_whose_delta_has_the_wrong_shape_is_one_line_naming_kind_plugin_module_and_adapter() -> None:
-    """Issue 31: a delta that broadcasts (here one column for five outputs) would pass silently through
-    `base + delta`; it is refused in one line that names who to blame."""
+class Special(nn.Linear):
+    """A module type only the test kinds below wrap."""
+
+
+def _special_model_with(kind_name: str, layer: type, plugin_name: str) -> AdaptedModel:
+    """One Special(4, 5) with a LoRA adapter "a" held by `layer`, a kind of plugin `plugin_name`."""
     import types
 
     import adapterhub_lite_lora
+
+    from adapterhub_lite import AdapterKind, PluginManager, Registry, hookimpl
+
+    layer.targets = (Special,)
+    plugin = types.ModuleType(plugin_name.replace("-", "_"))
+    plugin.register_adapter_types = hookimpl(lambda register: register(
+        AdapterKind(name=kind_name, layer=layer, config=LoraConfig)))
+    pm = PluginManager()
+    pm.add(adapterhub_lite_lora, name="lora")
+    pm.add(plugin, name=plugin_name)
+    pm.check()
+    am = AdaptedModel(nn.Sequential(Special(4, 5)), registry=Registry(pm))
+    am.add_adapter("a", LoraConfig(targets=["0"], rank=1))
+    return am
+
+
+def test_a_kind_whose_delta_has_the_wrong_shape_is_one_line_naming_kind_plugin_module_and_adapter() -> None:
+    """Issue 31: a delta that broadcasts (here one column for five outputs) would pass silently through
+    `base + delta`; it is refused in one line that names who to blame."""
     from adapterhub_lite_lora import LoraLinear
 
-    from adapterhub_lite import (AdaptedModel, AdapterKind, AdapterLayer, LayerPolicy, LoraConfig, PluginError,
-                                 PluginManager, Registry, hookimpl)
+    from adapterhub_lite import AdapterLayer, LayerPolicy, PluginError
 
     class Narrow(LoraLinear):
         def combine(self, live, x, out=None):
@@ -397,19 +418,7 @@ def test_a_kind_whose_delta_has_the_wrong_shape_is_one_line_naming_kind_plugin_m
         def delta(self, name, x):
             return super().delta(name, x)[..., :1]
 
-    class Special(nn.Linear):
-        pass
-
-    Narrow.targets = (Special,)
-    plugin = types.ModuleType("narrow_plugin")
-    plugin.register_adapter_types = hookimpl(lambda register: register(
-        AdapterKind(name="narrow", layer=Narrow, config=LoraConfig)))
-    pm = PluginManager()
-    pm.add(adapterhub_lite_lora, name="lora")
-    pm.add(plugin, name="narrow-plugin")
-    pm.check()
-    am = AdaptedModel(nn.Sequential(Special(4, 5)), registry=Registry(pm))
-    am.add_adapter("a", LoraConfig(targets=["0"], rank=1))
+    am = _special_model_with("narrow", Narrow, "narrow-plugin")
     am.policy = LayerPolicy(merge_limit=0)  # the plain path, where the delta is added
     with torch.no_grad(), pytest.raises(PluginError, match="kind 'narrow' of plugin 'narrow-plugin' on module '0', "
                                                            "adapter 'a': its delta has shape \\(2, 1\\) where the base "
@@ -421,12 +430,9 @@ def test_a_kind_whose_delta_has_the_wrong_shape_is_one_line_naming_kind_plugin_m
 def test_a_kind_that_raises_is_one_line_naming_kind_plugin_module_and_adapter(path: str) -> None:
     """Issue 31, item 4: an exception from a kind's own code (here an IndexError in its math) comes out as a
     PluginError naming the kind, its plugin, the module and the adapter, on every path a forward takes."""
-    import types
-
-    import adapterhub_lite_lora
     from adapterhub_lite_lora import LoraLinear
 
-    from adapterhub_lite import AdapterKind, LayerPolicy, PluginError, PluginManager, Registry, hookimpl
+    from adapterhub_lite import LayerPolicy, PluginError
 
     class Broken(LoraLinear):
         def combine(self, live, x, out=None):
@@ -435,19 +441,7 @@ def test_a_kind_that_raises_is_one_line_naming_kind_plugin_module_and_adapter(pa
         def merged_weights(self, weighted, allocate):
             raise IndexError("index 7 is out of bounds for dimension 0 with size 2")
 
-    class Special(nn.Linear):
-        pass
-
-    Broken.targets = (Special,)
-    plugin = types.ModuleType("broken_plugin")
-    plugin.register_adapter_types = hookimpl(lambda register: register(
-        AdapterKind(name="broken", layer=Broken, config=LoraConfig)))
-    pm = PluginManager()
-    pm.add(adapterhub_lite_lora, name="lora")
-    pm.add(plugin, name="broken-plugin")
-    pm.check()
-    am = AdaptedModel(nn.Sequential(Special(4, 5)), registry=Registry(pm))
-    am.add_adapter("a", LoraConfig(targets=["0"], rank=1))
+    am = _special_model_with("broken", Broken, "broken-plugin")
     if path == "low-rank":
         am.policy = LayerPolicy(merge_limit=0)
     am.train(path == "training")
