@@ -66,6 +66,7 @@ class AdaptedModule(nn.Module):
         self.adapters = AdapterDict().train(base.training)  # every family's; state dict keys `adapters.<name>.`
         self.configs: dict[str, AdapterConfig] = {}
         self._kinds: dict[str, AdapterLayer] = {}  # family -> its kind, in the order the families came
+        self._only: AdapterLayer | None = None  # the kind, while there is one family
         self._weights: dict[str, float] = {}
         self._disabled: set[str] = set()
         self._merged: dict[str, float] = {}  # name -> weight it was merged at
@@ -92,7 +93,12 @@ class AdaptedModule(nn.Module):
         return self._kinds[self.configs[name].kind]
 
     def _single(self) -> AdapterLayer | None:
-        return next(iter(self._kinds.values())) if len(self._kinds) == 1 else None
+        """The one kind here, if one family (its own forward and merge run); kept current by add and remove,
+        since every forward asks."""
+        return self._only
+
+    def _kinds_changed(self) -> None:
+        self._only = next(iter(self._kinds.values())) if len(self._kinds) == 1 else None
 
     def _by_kind(self, weighted: Live) -> list[tuple[AdapterLayer, Live]]:
         """The adapters grouped by the kind holding them, kinds in the order they came."""
@@ -162,6 +168,7 @@ class AdaptedModule(nn.Module):
                 "them from the config")
         kind.training = self.training
         self._kinds[family] = kind
+        self._kinds_changed()
         self.adapters[name] = created.train(self.training)  # follows the model's mode
         self.configs[name] = config
         self._weights[name] = 1.0
@@ -176,6 +183,7 @@ class AdaptedModule(nn.Module):
         self.invalidate()
         if not any(config.kind == family for config in self.configs.values()):
             del self._kinds[family]  # a family's kind goes with its last adapter
+            self._kinds_changed()
 
     def set_weight(self, name: str, weight: float) -> None:
         self._require(name, unmerged=True)

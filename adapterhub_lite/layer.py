@@ -50,7 +50,10 @@ class AdapterLayer(nn.Module):
     # Training on small layers through W + delta built inside autograd (kinds whose adapter activations cost
     # more than the base weight gradient, like convs, may opt in; LoraConv2d.train_on_merged_weights = True).
     train_on_merged_weights: ClassVar[bool] = False
-    host: Any  # the AdaptedModule holding this kind (set by `_attach`)
+    # What the core hands a kind when it attaches it (`_attach`), plain attributes since every forward reads them:
+    host: Any  # the AdaptedModule holding this kind
+    adapters: nn.ModuleDict  # the module's adapters by name (what `create` made); the host owns them
+    configs: dict[str, AdapterConfig]  # their configs by name
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
@@ -58,30 +61,20 @@ class AdapterLayer(nn.Module):
         self.label = f"{type(self).__name__} (from {type(self).__module__.split('.')[0]})"  # for errors
 
     def _attach(self, host: Any) -> None:
-        """Called by the AdaptedModule that holds this kind (kept out of torch's module tree: no cycle)."""
-        object.__setattr__(self, "host", host)
-
-    @property
-    def adapters(self) -> nn.ModuleDict:
-        """The adapters of the module by name (what `create` made); the host owns them."""
-        return self._host().adapters
-
-    @property
-    def configs(self) -> dict[str, AdapterConfig]:
-        return self._host().configs
-
-    def _host(self) -> Any:
-        host = self.__dict__.get("host")
-        if host is None:
-            raise AdapterStateError(f"this {type(self).__name__} holds no adapters by itself: wrap the base module in "
-                                    "adapterhub_lite.AdaptedModule (or use AdaptedModel) and add adapters there")
-        return host
+        """Called by the AdaptedModule that holds this kind; kept out of torch's module tree (no cycle, and the
+        adapters stay registered once, under the host)."""
+        for name, value in (("host", host), ("adapters", host.adapters), ("configs", host.configs)):
+            object.__setattr__(self, name, value)
 
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
             host = self.__dict__.get("host")
+            if host is None and name in ("adapters", "configs"):
+                raise AdapterStateError(f"this {type(self).__name__} holds no adapters by itself: wrap the base "
+                                        "module in adapterhub_lite.AdaptedModule (or use AdaptedModel) and add "
+                                        "adapters there") from None
             if host is None or name not in _MOVED_TO_HOST:
                 raise
         warnings.warn(f"{type(self).__name__}.{name}: the bookkeeping moved to the module holding the kind; use "
