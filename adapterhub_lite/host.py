@@ -66,7 +66,7 @@ class AdaptedModule(nn.Module):
         self.adapters = AdapterDict().train(base.training)  # every family's; state dict keys `adapters.<name>.`
         self.configs: dict[str, AdapterConfig] = {}
         self._kinds: dict[str, AdapterLayer] = {}  # family -> its kind, in the order the families came
-        self._only: AdapterLayer | None = None  # the kind, while there is one family
+        self.__dict__["_only"] = None  # the kind, while there is one family (never a submodule: see below)
         self._weights: dict[str, float] = {}
         self._disabled: set[str] = set()
         self._merged: dict[str, float] = {}  # name -> weight it was merged at
@@ -98,7 +98,8 @@ class AdaptedModule(nn.Module):
         return self._only
 
     def _kinds_changed(self) -> None:
-        self._only = next(iter(self._kinds.values())) if len(self._kinds) == 1 else None
+        only = next(iter(self._kinds.values())) if len(self._kinds) == 1 else None
+        self.__dict__["_only"] = only  # not `self._only = ...`: torch would register the kind as a submodule
 
     def _by_kind(self, weighted: Live) -> list[tuple[AdapterLayer, Live]]:
         """The adapters grouped by the kind holding them, kinds in the order they came."""

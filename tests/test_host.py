@@ -71,3 +71,17 @@ def test_a_kind_written_against_the_old_contract_still_works_with_a_pointer_to_t
         warnings.simplefilter("error")
         with pytest.raises(AttributeError):
             host.layer_of("a").no_such_member  # noqa: B018  (unknown names stay AttributeErrors)
+
+
+def test_the_kinds_stay_out_of_the_model_state_dict() -> None:
+    """The model's state dict is the base's plus `<module>.adapters.<name>.*`: kinds are not submodules (the
+    files, merged exports and fused bases depend on these keys)."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    plain = set(model.state_dict())
+    am = AdaptedModel(model, registry=get_registry())
+    am.add_adapter("l", LoraConfig(targets=["0", "1"], rank=1))
+    am.add_adapter("h", get_registry().config_class("loha")(targets=["1"], rank=1))
+    keys = set(am.model.state_dict())
+    assert {k.replace(".base.", ".") for k in keys if ".adapters." not in k} == plain
+    assert all(".adapters.l." in k or ".adapters.h." in k for k in keys if ".base." not in k), sorted(keys)
+    assert all(k.count(".base.") == 1 for k in keys if ".adapters." not in k)
