@@ -194,6 +194,13 @@ def test_the_cnn_grid_section_judges_each_seed_and_reads_the_grid_from_the_recip
     assert "| +1.00 | +0.00 | -0.60 |" in page
     listed = [line.split("`")[1] for line in page.splitlines() if line.startswith("| `grid-lora")]
     assert listed == lora[::-1]
+    # where each choice sits in its grid, read from the recipes: the last LoRA candidate is the grid's corner
+    edge = next(line for line in page.splitlines() if line.startswith("LoRA: "))
+    assert f"`{lora[-1]}` was chosen with a mean validation score of 91.50%" in edge
+    assert "at the grid's edge in rank (the largest tried, 8), learning rate (the largest tried" in edge
+    middle = render.grid_edges("LoRA", [s for s in steps if s["id"] in lora],
+                               {**choice(lora, lora[0], lora_test, None), "best": lora[0]})
+    assert "rank (the smallest tried, 2)" in middle
 
 
 def test_the_architecture_page_lists_every_core_module_and_no_other() -> None:
