@@ -238,3 +238,40 @@ def test_a_diffusers_file_for_parts_the_model_lacks_is_refused(tmp_path) -> None
     am = ours()
     with pytest.raises(IncompatibleAdapterError, match="pipeline's text_encoder_2, which this model does not hold"):
         am.registry.get_format("diffusers").import_(tmp_path / "x.safetensors", am)
+
+
+@pytest.mark.parametrize("policy", ["default", "cache-off"])
+def test_a_training_step_on_a_kohya_sd_file_matches_diffusers(tmp_path, policy) -> None:
+    """Parity beyond the merged path (issue 31, item 7): the same A1111 file loaded by diffusers and by us, in
+    training mode with autograd on: the same outputs, and one SGD step on the same loss gives the same models
+    (the gradients agree), with our merged-weight cache on or off."""
+    from adapterhub_lite import LayerPolicy
+
+    path = tmp_path / "a1111.safetensors"
+    _kohya_file(path, seed=7, rank=4, alpha=1.0)
+    am = ours()
+    am.policy = LayerPolicy(merge_limit=0) if policy == "cache-off" else LayerPolicy()
+    import_file(am, path, "kohya", "a1111")
+    unet, text_encoder = diffusers_loaded({"a1111": str(path)})
+    theirs_params = [p for m in (unet, text_encoder) for n, p in m.named_parameters() if "lora_" in n]
+    for p in theirs_params:
+        p.requires_grad_(True)
+    steps = []
+    for models, params in (((unet, text_encoder), theirs_params),
+                           ((am.model.unet, am.model.text_encoder), am.trainable_parameters())):
+        for model in models:
+            model.train()
+        hidden = models[1](INPUTS["ids"]).last_hidden_state
+        noise = models[0](INPUTS["x"], INPUTS["t"], encoder_hidden_states=INPUTS["context"]).sample
+        (noise.square().mean() + hidden.square().mean()).backward()
+        torch.optim.SGD(params, lr=20.0).step()  # a long step: a gradient that differs shows beyond the tolerance
+        steps.append((noise.detach(), hidden.detach()))
+        for model in models:
+            model.eval()
+    assert len(params) == len(theirs_params)  # the same factors train on both sides
+    for theirs, mine in zip(*steps):
+        torch.testing.assert_close(mine, theirs, **TOL)
+    after = outputs(unet, text_encoder), outputs(am.model.unet, am.model.text_encoder)
+    for theirs, mine, before in zip(*after, steps[0]):
+        assert (theirs - before).abs().max() > 2e-3  # the step changed the models beyond the tolerance
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
