@@ -14,10 +14,10 @@ from .errors import ConfigError
 from .tensorfile import untied
 
 if TYPE_CHECKING:
-    from .model import AdaptedModel
+    from .serialization import ModelHandle  # what a writer needs of model.AdaptedModel
 
 
-def fused_state_dict(am: AdaptedModel) -> dict[str, Tensor]:
+def fused_state_dict(am: ModelHandle) -> dict[str, Tensor]:
     """The plain model's state dict with the active adapters folded in; the model is left as it was."""
     was_merged = bool(am.merged)
     if not was_merged:
@@ -40,7 +40,7 @@ def fused_state_dict(am: AdaptedModel) -> dict[str, Tensor]:
             am.release_buffers()  # the returned tensors must never be reused as merge buffers
 
 
-def export(am: AdaptedModel, name: str | None = None, *, format: str, dest: str | Path, **options: Any) -> Path:
+def export(am: ModelHandle, name: str | None = None, *, format: str, dest: str | Path, **options: Any) -> Path:
     """Write adapter `name` in a registered format, or (model formats, name None) the fused model."""
     fmt = am.registry.get_format(format)
     if fmt.export is None:

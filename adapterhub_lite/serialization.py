@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .atomic import publish
 from .bounded_json import parse_json
@@ -24,10 +24,32 @@ from .specs import AdapterBundle
 from .tensorfile import load_tensors, read_header
 
 if TYPE_CHECKING:
-    from torch import Tensor
+    from torch import Tensor, nn
 
-    from .model import AdaptedModel
+    from .host import AdaptedModule
     from .registry import Registry
+
+
+class ModelHandle(Protocol):
+    """What reading and writing adapter files (here and in exporting.py) needs of `model.AdaptedModel`: named
+    by what it is, not imported (the handle's `save_adapter`, `load_adapter` and `export` come here, so an
+    import back would be a cycle)."""
+
+    model: nn.Module
+    base_id: str
+    registry: Registry
+    adapters: dict[str, Any]
+
+    @property
+    def merged(self) -> tuple[str, ...]: ...
+    def layers(self) -> dict[str, AdaptedModule]: ...
+    def kind_of(self, module: str, name: str) -> str: ...
+    def adapter_state(self, name: str) -> dict[str, Tensor]: ...
+    def add_bundle(self, bundle: AdapterBundle, name: str | None = None, *, activate: bool = True) -> str: ...
+    def base_fingerprints(self, module_names: Any) -> dict[str, str]: ...
+    def merge(self, names: Any = None) -> None: ...
+    def unmerge(self) -> None: ...
+    def release_buffers(self) -> None: ...
 
 FORMAT = "adapterhub_lite/adapter"
 FORMAT_VERSION = 1
@@ -74,7 +96,7 @@ class AdapterFile:
                              base_fingerprints=dict(meta.get("base_module_fingerprints") or {}), metadata=unknown)
 
 
-def build_metadata(am: AdaptedModel, name: str) -> dict[str, Any]:
+def build_metadata(am: ModelHandle, name: str) -> dict[str, Any]:
     from .version import __version__
 
     info = am.adapters[name]
@@ -106,7 +128,7 @@ def build_metadata(am: AdaptedModel, name: str) -> dict[str, Any]:
     }
 
 
-def save_adapter(am: AdaptedModel, name: str, path: str | Path) -> Path:
+def save_adapter(am: ModelHandle, name: str, path: str | Path) -> Path:
     """Write one adapter atomically (temp file, then rename)."""
     from safetensors.torch import save_file
 
@@ -180,7 +202,7 @@ def _metadata_problem(meta: Any) -> str | None:
     return None
 
 
-def load_adapter(am: AdaptedModel, path: str | Path, name: str | None = None, *,
+def load_adapter(am: ModelHandle, path: str | Path, name: str | None = None, *,
                  ignore_fingerprint: bool = False, activate: bool = True) -> str:
     """Add the file's adapter to the model. Checks shapes and base fingerprints first;
     on any error the model is left exactly as it was."""
@@ -209,7 +231,7 @@ def load_adapter(am: AdaptedModel, path: str | Path, name: str | None = None, *,
     return am.add_bundle(file.bundle(am.registry, name), activate=activate)
 
 
-def _check_fingerprints(am: AdaptedModel, file: AdapterFile) -> None:
+def _check_fingerprints(am: ModelHandle, file: AdapterFile) -> None:
     expected: dict[str, str] = file.meta.get("base_module_fingerprints") or {}
     if not expected:
         raise IncompatibleAdapterError(

@@ -64,3 +64,9 @@ def test_the_zoo_modules_old_flat_paths_still_import_with_a_pointer() -> None:
     assert "adapterhub_lite.merge moved to adapterhub_lite.zoo.combine and adapterhub_lite.zoo.fuse" in warned
     assert "adapterhub_lite.workflow moved to adapterhub_lite.zoo.workflow" in warned
     assert importlib.import_module("adapterhub_lite.zoo").Zoo.__module__ == "adapterhub_lite.zoo.store"
+
+
+def test_the_core_is_in_no_import_cycle_at_any_level() -> None:
+    """Issue 30: no cycle among the core's modules, type-only and in-function imports counted (file reading and
+    writing name what they need of the model handle as a Protocol instead of importing it back)."""
+    assert _tool().measure()["import cycles"] == []
