@@ -66,7 +66,7 @@ class AdaptedModule(nn.Module):
         self.adapters = AdapterDict().train(base.training)  # every family's; state dict keys `adapters.<name>.`
         self.configs: dict[str, AdapterConfig] = {}
         self._kinds: dict[str, AdapterLayer] = {}  # family -> its kind, in the order the families came
-        self.__dict__["_only"] = None  # the kind, while there is one family (never a submodule: see below)
+        self.__dict__["_only"] = None  # the kind, while there is one family (see _kinds_changed)
         self._weights: dict[str, float] = {}
         self._disabled: set[str] = set()
         self._merged: dict[str, float] = {}  # name -> weight it was merged at
@@ -92,14 +92,10 @@ class AdaptedModule(nn.Module):
         self._require(name)
         return self._kinds[self.configs[name].kind]
 
-    def _single(self) -> AdapterLayer | None:
-        """The one kind here, if one family (its own forward and merge run); kept current by add and remove,
-        since every forward asks."""
-        return self._only
-
     def _kinds_changed(self) -> None:
-        only = next(iter(self._kinds.values())) if len(self._kinds) == 1 else None
-        self.__dict__["_only"] = only  # not `self._only = ...`: torch would register the kind as a submodule
+        """Keep `_only`, the one kind when there is one family (its own forward and merge run), current: every
+        forward asks. Not `self._only = ...`: torch would register the kind as a submodule."""
+        self.__dict__["_only"] = next(iter(self._kinds.values())) if len(self._kinds) == 1 else None
 
     def _by_kind(self, weighted: Live) -> list[tuple[AdapterLayer, Live]]:
         """The adapters grouped by the kind holding them, kinds in the order they came."""
@@ -116,13 +112,13 @@ class AdaptedModule(nn.Module):
     @property
     def train_on_merged_weights(self) -> bool:
         """Whether training may run through W + delta (the kind's opt-in; never with several families)."""
-        single = self._single()
+        single = self._only
         return single is not None and single.train_on_merged_weights
 
     def static_kind(self) -> AdapterLayer | None:
         """The kind that serves a compiled forward (`AdaptedModel.compile`): the one family here, if its kind
         has the fixed-shape path (forward.py); None otherwise."""
-        single = self._single()
+        single = self._only
         if single is not None and all(callable(getattr(single, n, None)) for n in FIXED_SHAPE_PATH):
             return single
         return None
@@ -224,17 +220,15 @@ class AdaptedModule(nn.Module):
 
     def run(self, live: Live, x: Tensor, *args: Any, route: Route | None = None, **kwargs: Any) -> Any:
         """The plain forward with these live adapters (under a `route`, each sample's own adapter only)."""
-        single = self._single()
+        if not live:
+            return self.base(x, *args, **kwargs)
+        single = self._only
         if single is not None:
-            if not live:
-                return self.base(x, *args, **kwargs)
             try:
                 return single.run(live, x, *args, route=route, **kwargs)
             except Exception as exc:
                 self._blame(exc, single, live, "forward")
                 raise
-        if not live:
-            return self.base(x, *args, **kwargs)
         if route is not None:  # each sample runs one adapter, whose own delta is exact whatever its family
             out = self.base(x, *args, **kwargs)
             total = out
@@ -264,7 +258,7 @@ class AdaptedModule(nn.Module):
 
     def forward_with(self, weights: dict[str, Tensor], *args: Any, **kwargs: Any) -> Any:
         """The base module's forward with some of its parameters replaced (the kind's direct call if one)."""
-        single = self._single()
+        single = self._only
         if single is not None:
             return single.forward_with(weights, *args, **kwargs)
         return torch.func.functional_call(self.base, weights, args, kwargs, strict=False)
@@ -285,7 +279,7 @@ class AdaptedModule(nn.Module):
         autograd (training through merged weights)."""
         if differentiable:
             return self._summed(weighted)
-        single = self._single()
+        single = self._only
         if single is None:
             return self._composed(weighted)
         try:
@@ -307,16 +301,20 @@ class AdaptedModule(nn.Module):
                           f"{type(exc).__name__}: {detail} (if the inputs are right, report it to the plugin's "
                           "authors)") from exc
 
-    def _summed(self, weighted: Live) -> dict[str, Tensor]:
-        """W + sum(weight * delta), accumulated in float32; differentiable in the adapters when autograd records
-        (the base is read detached: it stays frozen)."""
+    def _delta_sums(self, weighted: Live) -> dict[str, Tensor]:
+        """sum(weight * delta) per base parameter path, accumulated in float32."""
         totals: dict[str, Tensor] = {}
         for name, weight in weighted:
             for path, delta in self.delta_weights(name).items():
                 scaled = delta.float() * weight
                 totals[path] = scaled if path not in totals else totals[path] + scaled
+        return totals
+
+    def _summed(self, weighted: Live) -> dict[str, Tensor]:
+        """W + sum(weight * delta), rounded once; differentiable in the adapters when autograd records (the base
+        is read detached: it stays frozen)."""
         out = {}
-        for path, delta in totals.items():
+        for path, delta in self._delta_sums(weighted).items():
             param = self.base.get_parameter(path)
             out[path] = (param.detach().float() + delta).to(param.dtype)
         return out
@@ -326,16 +324,10 @@ class AdaptedModule(nn.Module):
         summed in float32, then each wrapping kind applied to the result."""
         everything = [*self._merged.items(), *[(n, w) for n, w in weighted if n not in self._merged]]
         originals = self.base_state()
-        totals: dict[str, Tensor] = {}
         groups = self._by_kind(everything)
-        for kind, group in groups:
-            if kind.composes != "adds":
-                continue
-            for name, weight in group:
-                for path, delta in kind.delta_weights(name).items():
-                    scaled = delta.float() * weight
-                    totals[path] = scaled if path not in totals else totals[path] + scaled
-        tensors = {path: (originals[path].float() + delta).to(originals[path].dtype) for path, delta in totals.items()}
+        adds = [item for kind, group in groups if kind.composes == "adds" for item in group]
+        tensors = {path: (originals[path].float() + delta).to(originals[path].dtype)
+                   for path, delta in self._delta_sums(adds).items()}
         for kind, group in groups:
             if kind.composes == "wraps":
                 tensors.update(kind.wrap_weights(group, {**originals, **tensors}))
