@@ -1,5 +1,6 @@
-"""Old import paths of the modules that moved into the `zoo` subpackage: they still import, with one
-DeprecationWarning naming the new place, so code written against the flat layout keeps working for now."""
+"""Old names that still work, each with a DeprecationWarning naming the new one, so code written against an
+earlier API keeps running for now: the import paths of the modules that moved into the `zoo` subpackage, and
+attributes renamed to the project's fixed words (fold, combine, fuse: docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,22 @@ MOVED: dict[str, tuple[str, ...]] = {
         "build": ("build",), "running": ("running",),
     }.items()
 }
+
+
+class Renamed:
+    """A class attribute kept under its old name: reading it warns and gives the attribute's new name's value
+    (a method, a property's value, a plain attribute alike)."""
+
+    def __init__(self, new: str) -> None:
+        self.new = new
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.old, self.owner = name, owner.__name__
+
+    def __get__(self, obj: object, owner: type | None = None) -> object:
+        warnings.warn(f"{self.owner}.{self.old} is now called {self.new}: use the new name (the old one will go)",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(owner if obj is None else obj, self.new)
 
 
 class _Alias(importlib.abc.Loader):

@@ -1,9 +1,9 @@
-"""Weight-sized buffers for merges: where to allocate them, and when one may be reused.
+"""Weight-sized buffers for folds: where to allocate them, and when one may be reused.
 
 A fresh 64 MB tensor is paid for in page faults: on 4 KB pages, 16,384 of them,
-which take about as long as the merge that fills it. Buffers of merge size are
+which take about as long as the fold that fills it. Buffers of weight size are
 therefore mapped on 2 MB transparent huge pages where Linux offers them
-(`madvise`), which brings a first merge close to a re-merge into a kept buffer.
+(`madvise`), which brings a first fold close to a re-fold into a kept buffer.
 """
 
 from __future__ import annotations
@@ -47,17 +47,17 @@ def empty_weight_like(tensor: Tensor) -> Tensor:
     return torch.frombuffer(region, dtype=tensor.dtype, count=tensor.numel(), offset=offset).view(tensor.shape)
 
 
-class MergeBuffers:
-    """Weight-sized tensors a merge writes into. Fresh ones come from `empty_weight_like`; with
-    `keep=True` an unmerged tensor is kept and handed to the next merge of the same weight, if nothing else
+class FoldBuffers:
+    """Weight-sized tensors a fold writes into. Fresh ones come from `empty_weight_like`; with
+    `keep=True` an unfolded tensor is kept and handed to the next fold of the same weight, if nothing else
     references its memory (`sole_owner`) and it still fits."""
 
     def __init__(self) -> None:
         self._kept: dict[str, Tensor] = {}
 
     def take(self, path: str, like: Tensor) -> Tensor:
-        """A contiguous tensor shaped like `like` to write the merge of weight `path` into (never `like`'s own
-        memory: the original stays untouched for a bit-exact unmerge)."""
+        """A contiguous tensor shaped like `like` to write the fold of weight `path` into (never `like`'s own
+        memory: the original stays untouched for a bit-exact unfold)."""
         kept = self._kept.pop(path, None)
         if (kept is not None and kept.shape == like.shape and kept.dtype == like.dtype and kept.device == like.device
                 and kept.is_contiguous() and kept.data_ptr() != like.data_ptr() and sole_owner(kept)):

@@ -1,5 +1,5 @@
-"""Combining weighted adapters into one with a registered merge method: the one place a merge is checked
-and computed. The zoo's `merge.plan_merge` and `AdaptedModel.merge_adapters` both come here; it knows neither
+"""Combining weighted adapters into one with a registered combine method: the one place a combine is checked
+and computed. The zoo's `combine.plan_combine` and `AdaptedModel.combine` both come here; it knows neither
 the zoo nor a model, only the registry and the adapters' tensors and configs."""
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ import torch
 
 from .errors import AdapterhubWarning, ConfigError, IncompatibleAdapterError
 from .registry import Registry
-from .specs import AdapterBundle, MergeInput, MergeResult
+from .specs import AdapterBundle, CombineInput, CombineResult
 
 # largest |result's delta - weighted sum of the inputs' deltas|, relative to the largest term summed, that a
 # method reporting "exact" may show: a few ulps of each dtype summed over a re-factoring
 EXACT_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
 
-def combine(registry: Registry, inputs: list[MergeInput], method: str, rank: int | None = None,
-            options: Mapping[str, Any] | None = None) -> MergeResult:
-    """Combine weighted adapters with a registered method: the one place a merge is checked and computed
-    (the zoo's `plan_merge` and `AdaptedModel.merge_adapters` both come here)."""
-    spec = registry.get_merge_method(method)
+def combine(registry: Registry, inputs: list[CombineInput], method: str, rank: int | None = None,
+            options: Mapping[str, Any] | None = None) -> CombineResult:
+    """Combine weighted adapters with a registered method: the one place a combine is checked and computed
+    (the zoo's `plan_combine` and `AdaptedModel.combine` both come here)."""
+    spec = registry.get_combine_method(method)
     options = {k: v for k, v in (options or {}).items() if v is not None}
     rank = options.pop("rank", None) if rank is None else rank  # rank is an option like any other
     if rank is not None and "rank" not in spec.option_names:
@@ -35,7 +35,7 @@ def combine(registry: Registry, inputs: list[MergeInput], method: str, rank: int
         raise ConfigError(f"method {method!r} does not use {', '.join(refused)} (it takes {takes})",
                           option=refused[0])
     if not inputs:
-        raise ConfigError("name at least one adapter to merge")
+        raise ConfigError("name at least one adapter to combine")
     for item in inputs:
         if item.family not in spec.families:
             raise IncompatibleAdapterError(
@@ -51,16 +51,16 @@ def default_method(registry: Registry, families: set[str]) -> str:
     names = {registry.config_class(family).combine_method for family in families}
     if len(families) == 1 and None not in names:
         name = names.pop()
-        if name in registry.merges and families <= set(registry.get_merge_method(name).families):
+        if name in registry.combine_methods and families <= set(registry.get_combine_method(name).families):
             return name
-    usable = sorted(m for m, owned in registry.merges.items() if families <= set(owned.spec.families))
+    usable = sorted(m for m, owned in registry.combine_methods.items() if families <= set(owned.spec.families))
     raise ConfigError(f"{' and '.join(sorted(families))} adapters name no default way to combine them: give "
                       f"--method ({', '.join(usable) or 'no installed method combines them'})", option="method")
 
 
-def check_exact(am: Any, merged: str, inputs: list[MergeInput], report: dict[str, Any], method: str) -> None:
-    """A method that reports an exact result is checked on the inputs it merged: their weighted deltas, summed
-    in float64, against the result's, module by module, on `am` (the base with the result loaded as `merged`).
+def check_exact(am: Any, combined: str, inputs: list[CombineInput], report: dict[str, Any], method: str) -> None:
+    """A method that reports an exact result is checked on the inputs it combined: their weighted deltas, summed
+    in float64, against the result's, module by module, on `am` (the base with the result loaded as `combined`).
     The largest deviation relative to the size of the terms summed goes into the report (`exact_deviation`);
     beyond the dtype's tolerance the result is recorded as inexact, with one warning."""
     if not report.get("exact"):
@@ -74,7 +74,7 @@ def check_exact(am: Any, merged: str, inputs: list[MergeInput], report: dict[str
         worst, tolerance = 0.0, 0.0
         for layer in am.layers().values():
             held = [(n, item.weight) for n, item in zip(names, inputs) if n in layer.adapters]
-            if not held and merged not in layer.adapters:
+            if not held and combined not in layer.adapters:
                 continue
             want: dict[str, torch.Tensor] = {}
             size: dict[str, float] = {}  # the terms' size: a sum that cancels to ~0 is judged against its terms
@@ -82,8 +82,8 @@ def check_exact(am: Any, merged: str, inputs: list[MergeInput], report: dict[str
                 for path, delta in layer.delta_weights(name).items():
                     want[path] = want.get(path, 0) + delta.detach().double() * weight
                     size[path] = size.get(path, 0.0) + abs(weight) * float(delta.detach().abs().max())
-            got = {path: d.detach().double() for path, d in layer.delta_weights(merged).items()} \
-                if merged in layer.adapters else {}
+            got = {path: d.detach().double() for path, d in layer.delta_weights(combined).items()} \
+                if combined in layer.adapters else {}
             for path in set(want) | set(got):
                 expected = want.get(path, torch.zeros_like(got.get(path, torch.zeros(1))))
                 actual = got.get(path, torch.zeros_like(expected))
@@ -98,6 +98,6 @@ def check_exact(am: Any, merged: str, inputs: list[MergeInput], report: dict[str
     report["exact_deviation"] = worst
     if worst > tolerance:
         report["exact"] = False
-        warnings.warn(f"merge method {method!r} reported an exact result, but it deviates from the "
+        warnings.warn(f"combine method {method!r} reported an exact result, but it deviates from the "
                       f"weighted sum of its inputs by {worst:.2e} (tolerance {tolerance:.0e}): recorded as inexact",
                       AdapterhubWarning, stacklevel=2)

@@ -10,9 +10,11 @@ load.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from ._moved import Renamed
 from .errors import ConfigError, shorten
 
 
@@ -29,12 +31,12 @@ _help = help_field
 class AdapterConfig:
     """Which modules an adapter wraps. Subclasses add the family's own hyper-parameters."""
 
-    kind: ClassVar[str] = ""  # the family's name
-    # The merge method used wherever this family's adapters are combined without one given (`adapters merge`,
-    # `export` of a weighted stack, `AdaptedModel.merge_adapters`); None: the user must name one.
+    family: ClassVar[str] = ""  # the family's name (its older name, `kind`, still works: see __init_subclass__)
+    # The combine method used wherever this family's adapters are combined without one given (`adapters
+    # combine`, `export` of a weighted stack, `AdaptedModel.combine`); None: the user must name one.
     combine_method: ClassVar[str | None] = None
     # Config fields worth naming where a file or plan is summed up in a word: copied as text into the native
-    # file's header (for tools that read headers only) and beside each input of a merge plan (LoRA: rank, alpha).
+    # file's header (for tools that read headers only) and beside each input of a combine plan (LoRA: rank, alpha).
     header_fields: ClassVar[tuple[str, ...]] = ()
 
     targets: tuple[str, ...] = field(
@@ -66,8 +68,18 @@ class AdapterConfig:
                 "and/or target_types (module class names)"
             )
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A config class that names its family the older way (`kind = "scale"`) gets it as `family`."""
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__ and "family" not in cls.__dict__:
+            warnings.warn(f"{cls.__qualname__}.kind: a config names its family as `family` now; rename it (the old "
+                          "name works for now)", DeprecationWarning, stacklevel=2)
+            cls.family = cls.__dict__["kind"]
+
+    kind = Renamed("family")  # the older name, read with a DeprecationWarning
+
     def to_dict(self) -> dict[str, Any]:
-        data = {"kind": self.kind}
+        data = {"kind": self.family}  # "kind" on disk: every file written before reads unchanged
         for f in fields(self):
             value = getattr(self, f.name)
             data[f.name] = list(value) if isinstance(value, tuple) else value
@@ -83,9 +95,9 @@ class AdapterConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a {cls.__name__} is a JSON object, got {shorten(data, 60)}")
         data = dict(data)
-        kind = data.pop("kind", cls.kind)
-        if kind != cls.kind:
-            raise ConfigError(f"config is for adapter kind {kind!r}, not {cls.kind!r}")
+        family = data.pop("kind", cls.family)
+        if family != cls.family:
+            raise ConfigError(f"config is for adapter family {family!r}, not {cls.family!r}")
         unknown = set(data) - cls.field_names()
         if unknown and not ignore_unknown:
             raise ConfigError(

@@ -80,7 +80,7 @@ class UnsupportedModuleError(AdapterhubError, TypeError):
 
 
 class AdapterStateError(AdapterhubError):
-    """An operation that the adapter's current state forbids (e.g. changing a merged adapter)."""
+    """An operation that the adapter's current state forbids (e.g. changing a folded adapter)."""
 
 
 class AdapterFileError(AdapterhubError):

@@ -19,9 +19,9 @@ if TYPE_CHECKING:
 
 def fused_state_dict(am: ModelHandle) -> dict[str, Tensor]:
     """The plain model's state dict with the active adapters folded in; the model is left as it was."""
-    was_merged = bool(am.merged)
-    if not was_merged:
-        am.merge()
+    was_folded = bool(am.folded)
+    if not was_folded:
+        am.fold()
     try:
         layers = sorted(am.layers(), key=len, reverse=True)
         state = {}
@@ -35,9 +35,9 @@ def fused_state_dict(am: ModelHandle) -> dict[str, Tensor]:
             state[key] = value
         return untied(state)
     finally:
-        if not was_merged:
-            am.unmerge()
-            am.release_buffers()  # the returned tensors must never be reused as merge buffers
+        if not was_folded:
+            am.unfold()
+            am.release_buffers()  # the returned tensors must never be reused as fold buffers
 
 
 def export(am: ModelHandle, name: str | None = None, *, format: str, dest: str | Path, **options: Any) -> Path:

@@ -4,14 +4,14 @@ An adapted module (`host.py`) knows its adapters, and its kinds their math, not 
 forward asks its `strategy`; with none (a module wrapped by hand) it runs the plain way every call: `run` on
 the live adapters (the base op plus their deltas). The strategies:
 
-- `MergedWeights`, an AdaptedModel's default: inference (no autograd, eval mode) on a layer within
-  `LayerPolicy.merge_limit` runs one base-sized op on merged weights, cached until anything they depend on
-  changes; training on such a layer of a kind that opts in (`train_on_merged_weights`, e.g. convs) runs
+- `FoldedWeights`, an AdaptedModel's default: inference (no autograd, eval mode) on a layer within
+  `LayerPolicy.fold_limit` runs one base-sized op on folded weights, cached until anything they depend on
+  changes; training on such a layer of a kind that opts in (`train_on_folded_weights`, e.g. convs) runs
   through W + delta built inside autograd (the same gradients, no rank-sized activations kept); anything
   else runs the plain way.
 - `Routed`, inside `AdaptedModel.routing(...)`: sample i runs only its own adapter.
 - `Compiled`, from `AdaptedModel.compile(...)`: the kind's fixed-shape buffers, which a compiled graph reads.
-  A kind offers this path by implementing `prepare_static(max_rank, merge_limit)`, `fill_static()`,
+  A kind offers this path by implementing `prepare_static(max_rank, fold_limit)`, `fill_static()`,
   `static_forward(...)` and `release_static()`; kinds without them (and modules holding several families)
   are refused by name.
 
@@ -20,12 +20,14 @@ Strategies import the module's types only; neither the module nor the kinds impo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from ._moved import Renamed
 from .inference_cache import InferenceCache, cache_key
 from .routing import Route
 
@@ -38,36 +40,58 @@ Live = list[tuple[str, float]]
 
 @dataclass(frozen=True)
 class LayerPolicy:
-    """The speed and memory trade-offs of every adapter layer of one model (`AdaptedModel(policy=...)`)."""
+    """The speed and memory trade-offs of every adapter layer of one model (`AdaptedModel(policy=...)`); keyword
+    arguments only (the older names `merge_limit`, `keep_merge_buffers`, `merged_training` still work)."""
 
-    # Inference on a layer with at most this many base parameter elements runs on a cached merged copy of its
+    # Inference on a layer with at most this many base parameter elements runs on a cached folded copy of its
     # weights (one base-sized op instead of base + adapter ops); bigger layers keep the low-rank path (their
     # relative overhead is small, and a copy would not be). 0 turns the cache off.
-    merge_limit: int = 1 << 22
-    # Bytes of merged weights cached per layer, as a multiple of the layer's own parameter bytes: 1.0 keeps one
-    # merged copy (the steady state of serving one active set); a new active set or weight evicts the old one
+    fold_limit: int = 1 << 22
+    # Bytes of folded weights cached per layer, as a multiple of the layer's own parameter bytes: 1.0 keeps one
+    # folded copy (the steady state of serving one active set); a new active set or weight evicts the old one
     # (least recently used first). Under routing, a budget of N lets each of N adapters keep its own copy.
     cache_budget: float = 1.0
-    # Unmerge keeps the merged tensor and the next merge writes into it (no allocation), at the cost of one
-    # weight-sized copy per merged weight while unmerged: for code that merges and unmerges again and again.
-    keep_merge_buffers: bool = False
-    # Let kinds that opt in (`train_on_merged_weights`) train small layers through W + delta.
-    merged_training: bool = True
+    # Unfold keeps the folded tensor and the next fold writes into it (no allocation), at the cost of one
+    # weight-sized copy per folded weight while unfolded: for code that folds and unfolds again and again.
+    keep_fold_buffers: bool = False
+    # Let kinds that opt in (`train_on_folded_weights`) train small layers through W + delta.
+    folded_training: bool = True
+
+    def __init__(self, **values: Any) -> None:
+        for old, new in _OLD_POLICY_NAMES.items():
+            if old in values:
+                warnings.warn(f"LayerPolicy({old}=...) is now LayerPolicy({new}=...): use the new name (the old "
+                              "one will go)", DeprecationWarning, stacklevel=2)
+                values[new] = values.pop(old)
+        for spec in fields(self):
+            object.__setattr__(self, spec.name, values.pop(spec.name, spec.default))
+        if values:
+            raise TypeError(f"LayerPolicy has no option {next(iter(values))!r}; its options: "
+                            f"{', '.join(spec.name for spec in fields(self))}")
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         from .errors import ConfigError
 
-        if isinstance(self.merge_limit, bool) or not isinstance(self.merge_limit, int) or self.merge_limit < 0:
-            raise ConfigError(f"merge_limit must be a whole number >= 0, got {self.merge_limit!r}")
+        if isinstance(self.fold_limit, bool) or not isinstance(self.fold_limit, int) or self.fold_limit < 0:
+            raise ConfigError(f"fold_limit must be a whole number >= 0, got {self.fold_limit!r}")
         if not isinstance(self.cache_budget, (int, float)) or not self.cache_budget >= 0:
             raise ConfigError(f"cache_budget must be a number >= 0, got {self.cache_budget!r}")
 
     def small(self, layer: AdaptedModule) -> bool:
-        return layer.base_numel <= self.merge_limit
+        return layer.base_numel <= self.fold_limit
+
+    # The older names, read with a DeprecationWarning.
+    merge_limit, keep_merge_buffers = Renamed("fold_limit"), Renamed("keep_fold_buffers")
+    merged_training = Renamed("folded_training")
 
 
-class MergedWeights:
-    """One layer's default forward: cached merged weights for inference and, where the kind opts in, merged
+_OLD_POLICY_NAMES = {"merge_limit": "fold_limit", "keep_merge_buffers": "keep_fold_buffers",
+                     "merged_training": "folded_training"}
+
+
+class FoldedWeights:
+    """One layer's default forward: cached folded weights for inference and, where the kind opts in, folded
     weights inside autograd for training; the plain way otherwise."""
 
     def __init__(self, policy: LayerPolicy) -> None:
@@ -78,19 +102,19 @@ class MergedWeights:
         live = layer.live()
         if not live:
             return layer.base(*args, **kwargs)
-        merged = self.inference_weights(layer, live)
-        if merged is None and self.trains_on_merged_weights(layer, live):
-            merged = layer.merged_tensors(live, differentiable=True)
-        if merged is not None:
-            return layer.forward_with(merged, *args, **kwargs)
+        folded = self.inference_weights(layer, live)
+        if folded is None and self.trains_on_folded_weights(layer, live):
+            folded = layer.folded_tensors(live, differentiable=True)
+        if folded is not None:
+            return layer.forward_with(folded, *args, **kwargs)
         return layer.run(live, *args, **kwargs)
 
     def for_inference(self, layer: AdaptedModule) -> bool:
-        """Inference (no autograd, eval mode) on a layer within the policy's `merge_limit`."""
+        """Inference (no autograd, eval mode) on a layer within the policy's `fold_limit`."""
         return not (torch.is_grad_enabled() or layer.training) and self.policy.small(layer)
 
     def inference_weights(self, layer: AdaptedModule, live: Live) -> dict[str, Tensor] | None:
-        """Merged base tensors for these live adapters at these weights, from a small LRU cache keyed by
+        """Folded base tensors for these live adapters at these weights, from a small LRU cache keyed by
         everything they depend on; None when the low-rank path must run (autograd, training, a big layer)."""
         if not self.for_inference(layer):
             return None
@@ -101,14 +125,14 @@ class MergedWeights:
 
         def build() -> dict[str, Tensor]:
             with torch.no_grad():
-                return layer.merged_tensors(live)
+                return layer.folded_tensors(live)
 
         return self.cache.get_or_build(key, build, self.policy.cache_budget * layer.base_bytes)
 
-    def trains_on_merged_weights(self, layer: AdaptedModule, live: Live) -> bool:
+    def trains_on_folded_weights(self, layer: AdaptedModule, live: Live) -> bool:
         """While autograd records, on a small layer of a kind that opts in; not with a live dropout (each
         adapter must drop its own input)."""
-        if not (self.policy.merged_training and layer.train_on_merged_weights and torch.is_grad_enabled()):
+        if not (self.policy.folded_training and layer.train_on_folded_weights and torch.is_grad_enabled()):
             return False
         if not self.policy.small(layer):
             return False
@@ -126,10 +150,10 @@ class MergedWeights:
 class Routed:
     """Per-sample routing for one block: each sample runs its own adapter (at its weight), whatever the active
     set. Kinds whose op is compute-bound per sample (`route_per_group`, convs) run each sample group on its
-    adapter's cached merged weights when the budget holds a copy per routed adapter; otherwise the kind's
+    adapter's cached folded weights when the budget holds a copy per routed adapter; otherwise the kind's
     `run` with the route (a masked pass over the whole batch, or the kind's own grouping)."""
 
-    def __init__(self, route: Route, inner: MergedWeights | None) -> None:
+    def __init__(self, route: Route, inner: FoldedWeights | None) -> None:
         self.route, self.inner = route, inner
 
     def routed(self, layer: AdaptedModule) -> Live:
@@ -144,18 +168,18 @@ class Routed:
             return self._per_group(layer, inner, routed, x, *args, **kwargs)
         return layer.run(routed, x, *args, route=self.route, **kwargs)
 
-    def _per_group(self, layer: AdaptedModule, inner: MergedWeights, routed: Live, x: Tensor, *args: Any,
+    def _per_group(self, layer: AdaptedModule, inner: FoldedWeights, routed: Live, x: Tensor, *args: Any,
                    **kwargs: Any) -> Tensor:
-        """Each sample group runs the base op once, on its own adapter's merged weights (batch axis 0); samples
+        """Each sample group runs the base op once, on its own adapter's folded weights (batch axis 0); samples
         with no adapter here run the bare base."""
         self.route.check_batch(x, 0)
         covered = torch.zeros(len(self.route.index), dtype=torch.bool, device=x.device)
         out = None
         for name, weight in routed:  # a routed name always has samples: the route is built from them
             rows = self.route.rows(name, x.device)
-            merged = inner.inference_weights(layer, [(name, weight)])
-            assert merged is not None  # forward checked the layer is small and in inference
-            part = layer.forward_with(merged, x.index_select(0, rows), *args, **kwargs)
+            folded = inner.inference_weights(layer, [(name, weight)])
+            assert folded is not None  # forward checked the layer is small and in inference
+            part = layer.forward_with(folded, x.index_select(0, rows), *args, **kwargs)
             out = part.new_empty((len(covered), *part.shape[1:])) if out is None else out
             out.index_copy_(0, rows, part)
             covered[rows] = True
@@ -193,3 +217,6 @@ class Compiled:
     def invalidate(self) -> None:
         if self.inner is not None:
             self.inner.invalidate()
+
+
+MergedWeights = FoldedWeights  # its older name

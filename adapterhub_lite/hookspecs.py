@@ -15,7 +15,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from .specs import AdapterKind, Format, MergeMethod, ModelSource, ModelSpec
+    from .specs import AdapterKind, CombineMethod, Format, ModelSource, ModelSpec
 
 PROJECT = "adapterhub_lite"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -48,11 +48,17 @@ def register_model_sources(register: Callable[[ModelSource], None]) -> None:
 
 
 @hookspec
-def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
+def register_combine_methods(register: Callable[[CombineMethod], None]) -> None:
     """Register ways to combine adapters.
 
-    Example: ``register(MergeMethod(name="cat", fn=cat_states, description="exact rank concat"))``
+    Example: ``register(CombineMethod(name="cat", fn=cat_states, description="exact rank concat"))``
     """
+
+
+@hookspec(warn_on_impl=DeprecationWarning("register_merge_methods is now called register_combine_methods: rename "
+                                          "the hook in your plugin (the old name works for now)"))
+def register_merge_methods(register: Callable[[CombineMethod], None]) -> None:
+    """The older name of `register_combine_methods` (both fill the same table)."""
 
 
 @hookspec

@@ -1,6 +1,6 @@
 """AdaptedModule: what stands in the model where an adapted base module was, and the bookkeeping of its adapters.
 
-The core owns here, once for every family: adapter names, weights, on/off, bit-exact merge and unmerge, state
+The core owns here, once for every family: adapter names, weights, on/off, bit-exact fold and unfold, state
 in and out, and adapters of several families on one module. The math of each family is a *kind*
 (`layer.py`'s `AdapterLayer`, built by the family's plugin); this module holds one kind object per family it
 carries and composes them by what each declares (`AdapterLayer.composes`):
@@ -11,19 +11,19 @@ carries and composes them by what each declares (`AdapterLayer.composes`):
   and the additive deltas alike, W' = D_out (W + sum of deltas) D_in. Several such families nest in the order
   they first came to the module.
 
-With one family the kind runs its own forward (`run`) and its own fast merge (`merged_weights`).
+With one family the kind runs its own forward (`run`) and its own fast fold (`folded_weights`).
 
 Exactness rules, enforced here once for every kind:
 
 - an adapter that is disabled or at weight 0 is skipped, so with no live adapter the output *is* `base(x)`:
   bit-identical;
-- `merge` keeps the original weight tensor and swaps in a new merged one; `unmerge` swaps the original back:
-  bit-exact, never a subtraction. The cost is one extra copy of each merged weight while merged. With several
-  families a merge is computed from the original tensors with every merged adapter (a merge in several steps
-  gives what one merge would).
+- `fold` keeps the original weight tensor and swaps in a new one with the adapters folded in; `unfold` swaps
+  the original back: bit-exact, never a subtraction. The cost is one extra copy of each folded weight while
+  folded. With several families a fold is computed from the original tensors with every folded adapter (a fold
+  in several steps gives what one fold would).
 
 How a forward is served is not this module's business: its `strategy` (set by the model handle, see
-`forward.py`: cached merged weights, per-sample routing, compiled) decides, and with none it runs `run` on its
+`forward.py`: cached folded weights, per-sample routing, compiled) decides, and with none it runs `run` on its
 live adapters. The strategies import this module; this module imports none of them.
 """
 
@@ -36,7 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .buffers import MergeBuffers, empty_weight_like
+from ._moved import Renamed
+from .buffers import FoldBuffers, empty_weight_like
 from .config import AdapterConfig
 from .errors import (AdapterhubError, AdapterStateError, IncompatibleAdapterError, PluginError, UnknownNameError,
                      UnsupportedModuleError)
@@ -69,12 +70,12 @@ class AdaptedModule(nn.Module):
         self.__dict__["_only"] = None  # the kind, while there is one family (see _kinds_changed)
         self._weights: dict[str, float] = {}
         self._disabled: set[str] = set()
-        self._merged: dict[str, float] = {}  # name -> weight it was merged at
-        self._originals: dict[str, Tensor] = {}  # base parameter path -> unmerged tensor
-        self._merge_buffers = MergeBuffers()  # what a merge writes into (kept across unmerge only if asked)
+        self._folded: dict[str, float] = {}  # name -> weight it was folded at
+        self._originals: dict[str, Tensor] = {}  # base parameter path -> unfolded tensor
+        self._fold_buffers = FoldBuffers()  # what a fold writes into (kept across unfold only if asked)
         self.strategy: Any = None  # how forward is served (forward.py), set by the model handle; None: `run`
         self.label = f"adapted {type(base).__name__}"  # for errors; the model handle names the module
-        self.base_numel = sum(p.numel() for p in base.parameters())  # merging swaps tensors, never shapes
+        self.base_numel = sum(p.numel() for p in base.parameters())  # folding swaps tensors, never shapes
         self.base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
         self.train(base.training)  # a wrapper made on an eval-mode model stays in eval mode (no adapter dropout)
 
@@ -90,10 +91,10 @@ class AdaptedModule(nn.Module):
     def layer_of(self, name: str) -> AdapterLayer:
         """The kind whose math runs adapter `name`."""
         self._require(name)
-        return self._kinds[self.configs[name].kind]
+        return self._kinds[self.configs[name].family]
 
     def _kinds_changed(self) -> None:
-        """Keep `_only`, the one kind when there is one family (its own forward and merge run), current: every
+        """Keep `_only`, the one kind when there is one family (its own forward and fold run), current: every
         forward asks. Not `self._only = ...`: torch would register the kind as a submodule."""
         self.__dict__["_only"] = next(iter(self._kinds.values())) if len(self._kinds) == 1 else None
 
@@ -101,7 +102,7 @@ class AdaptedModule(nn.Module):
         """The adapters grouped by the kind holding them, kinds in the order they came."""
         groups: dict[str, Live] = {}
         for name, weight in weighted:
-            groups.setdefault(self.configs[name].kind, []).append((name, weight))
+            groups.setdefault(self.configs[name].family, []).append((name, weight))
         return [(kind, groups[family]) for family, kind in self._kinds.items() if family in groups]
 
     @property
@@ -110,10 +111,10 @@ class AdaptedModule(nn.Module):
         return any(kind.route_per_group for kind in self._kinds.values())
 
     @property
-    def train_on_merged_weights(self) -> bool:
+    def train_on_folded_weights(self) -> bool:
         """Whether training may run through W + delta (the kind's opt-in; never with several families)."""
         single = self._only
-        return single is not None and single.train_on_merged_weights
+        return single is not None and single.train_on_folded_weights
 
     def static_kind(self) -> AdapterLayer | None:
         """The kind that serves a compiled forward (`AdaptedModel.compile`): the one family here, if its kind
@@ -142,15 +143,15 @@ class AdaptedModule(nn.Module):
         if given (the model handle passes the one it picked), else the installed registry's choice."""
         if name in self.adapters:
             raise AdapterStateError(f"layer already has an adapter named {name!r}: delete it first or pick another name")
-        family = config.kind
+        family = config.family
         kind = self._kinds.get(family)
         if kind is None:
             if layer_class is None:
                 from .registry import get_registry
 
                 layer_class = get_registry().require_kind_for(self.base, family, self.label).layer_class
-            if self._merged:
-                raise AdapterStateError(f"adapters {list(self._merged)} are merged into this module: unmerge() "
+            if self._folded:
+                raise AdapterStateError(f"adapters {list(self._folded)} are folded into this module: unfold() "
                                         "before adding an adapter of another family to it")
             kind = layer_class(self.base)
             kind._attach(self)
@@ -158,10 +159,10 @@ class AdaptedModule(nn.Module):
             raise AdapterStateError(f"this module holds {family!r} with {type(kind).__name__}, not {layer_class.__name__}")
         created = kind.create(name, config)
         buffers = [key for key, _ in created.named_buffers()]
-        if buffers:  # files, merges and state dicts carry an adapter's parameters: a buffer would be lost
+        if buffers:  # files, combines and state dicts carry an adapter's parameters: a buffer would be lost
             raise UnsupportedModuleError(
                 f"{type(kind).__name__}.create made adapter {name!r} with buffers ({', '.join(buffers[:3])}): adapter "
-                "files and merges keep parameters only; make them nn.Parameter(requires_grad=False), or compute "
+                "files and combines keep parameters only; make them nn.Parameter(requires_grad=False), or compute "
                 "them from the config")
         kind.training = self.training
         self._kinds[family] = kind
@@ -172,18 +173,18 @@ class AdaptedModule(nn.Module):
         self.invalidate()
 
     def remove(self, name: str) -> None:
-        self._require(name, unmerged=True)
-        family = self.configs[name].kind
+        self._require(name, unfolded=True)
+        family = self.configs[name].family
         del self.adapters[name]
         del self.configs[name], self._weights[name]
         self._disabled.discard(name)
         self.invalidate()
-        if not any(config.kind == family for config in self.configs.values()):
+        if not any(config.family == family for config in self.configs.values()):
             del self._kinds[family]  # a family's kind goes with its last adapter
             self._kinds_changed()
 
     def set_weight(self, name: str, weight: float) -> None:
-        self._require(name, unmerged=True)
+        self._require(name, unfolded=True)
         weight = float(weight)
         if not math.isfinite(weight):
             raise AdapterStateError(f"weight for adapter {name!r} must be finite, got {weight}")
@@ -191,12 +192,12 @@ class AdaptedModule(nn.Module):
 
     def enable(self, *names: str) -> None:
         for name in names:
-            self._require(name, unmerged=True)
+            self._require(name, unfolded=True)
             self._disabled.discard(name)
 
     def disable(self, *names: str) -> None:
         for name in names:
-            self._require(name, unmerged=True)
+            self._require(name, unfolded=True)
             self._disabled.add(name)
 
     def weight(self, name: str) -> float:
@@ -208,8 +209,8 @@ class AdaptedModule(nn.Module):
         return tuple(n for n in self.adapters if n not in self._disabled)
 
     def live(self) -> Live:
-        """Adapters the forward must compute: enabled, not merged, non-zero weight."""
-        return [(n, self._weights[n]) for n in self.active if n not in self._merged and self._weights[n] != 0.0]
+        """Adapters the forward must compute: enabled, not folded, non-zero weight."""
+        return [(n, self._weights[n]) for n in self.active if n not in self._folded and self._weights[n] != 0.0]
 
     # --- forward -------------------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -233,11 +234,11 @@ class AdaptedModule(nn.Module):
             out = self.base(x, *args, **kwargs)
             total = out
             for i, (kind, group) in enumerate(self._by_kind(live)):
-                term = kind.combine_routed(group, x, route, out=out if i == 0 else None)
+                term = kind.add_deltas_routed(group, x, route, out=out if i == 0 else None)
                 total = term if i == 0 else total + term
             return total
-        if self._merged:  # the base tensors hold merged adapters: compose from the originals
-            return self.forward_with(self.merged_tensors(live), x, *args, **kwargs)
+        if self._folded:  # the base tensors hold folded adapters: compose from the originals
+            return self.forward_with(self.folded_tensors(live), x, *args, **kwargs)
         groups = self._by_kind(live)
 
         def inner(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
@@ -245,9 +246,9 @@ class AdaptedModule(nn.Module):
             adds = [(kind, group) for kind, group in groups if kind.composes == "adds"]
             if not adds:
                 return out
-            total = adds[0][0].combine(adds[0][1], x, out=out)  # `out` is the base output, as combine promises
+            total = adds[0][0].add_deltas(adds[0][1], x, out=out)  # `out` is the base output, as add_deltas promises
             for kind, group in adds[1:]:
-                total = total + kind.combine(group, x)
+                total = total + kind.add_deltas(group, x)
             return total
 
         run = inner
@@ -263,7 +264,7 @@ class AdaptedModule(nn.Module):
             return single.forward_with(weights, *args, **kwargs)
         return torch.func.functional_call(self.base, weights, args, kwargs, strict=False)
 
-    # --- merged tensors ---------------------------------------------------------------------------------
+    # --- folded tensors ---------------------------------------------------------------------------------
     def delta_weights(self, name: str) -> dict[str, Tensor]:
         """Adapter `name`'s change to each base parameter it changes (its kind's math)."""
         return self.layer_of(name).delta_weights(name)
@@ -272,21 +273,21 @@ class AdaptedModule(nn.Module):
         """Adapter `name`'s per-target hyper-parameters worth recording in file metadata."""
         return self.layer_of(name).describe(name)
 
-    def merged_tensors(self, weighted: Live, allocate: Allocate | None = None, *,
+    def folded_tensors(self, weighted: Live, allocate: Allocate | None = None, *,
                        differentiable: bool = False) -> dict[str, Tensor]:
         """Base tensors with these adapters folded in at these weights (fresh tensors unless `allocate` hands
         out others); the current tensors stay untouched. `differentiable`: the generic sum, built inside
-        autograd (training through merged weights)."""
+        autograd (training through folded weights)."""
         if differentiable:
             return self._summed(weighted)
         single = self._only
         if single is None:
             return self._composed(weighted)
         try:
-            fast = single.merged_weights(weighted, allocate or (lambda path, current: empty_weight_like(current)))
+            fast = single.folded_weights(weighted, allocate or (lambda path, current: empty_weight_like(current)))
             return fast if fast is not None else self._summed(weighted)
         except Exception as exc:
-            self._blame(exc, single, weighted, "merged weights")
+            self._blame(exc, single, weighted, "folded weights")
             raise
 
     @staticmethod
@@ -320,9 +321,9 @@ class AdaptedModule(nn.Module):
         return out
 
     def _composed(self, weighted: Live) -> dict[str, Tensor]:
-        """Several families: the original tensors with the merged adapters and these folded in, additive deltas
+        """Several families: the original tensors with the folded adapters and these added, additive deltas
         summed in float32, then each wrapping kind applied to the result."""
-        everything = [*self._merged.items(), *[(n, w) for n, w in weighted if n not in self._merged]]
+        everything = [*self._folded.items(), *[(n, w) for n, w in weighted if n not in self._folded]]
         originals = self.base_state()
         groups = self._by_kind(everything)
         adds = [item for kind, group in groups if kind.composes == "adds" for item in group]
@@ -333,55 +334,55 @@ class AdaptedModule(nn.Module):
                 tensors.update(kind.wrap_weights(group, {**originals, **tensors}))
         return tensors
 
-    # --- merge ----------------------------------------------------------------------------------------------
+    # --- fold -----------------------------------------------------------------------------------------------
     @property
-    def merged(self) -> tuple[str, ...]:
-        return tuple(self._merged)
+    def folded(self) -> tuple[str, ...]:
+        return tuple(self._folded)
 
     @torch.no_grad()
-    def merge(self, *names: str) -> None:
+    def fold(self, *names: str) -> None:
         """Fold adapters (default: the live ones) into the base weights at their weights."""
         if not names:
             names = tuple(n for n, _ in self.live())
         for name in names:
-            self._require(name, unmerged=True)
+            self._require(name, unfolded=True)
             if name in self._disabled:
-                raise AdapterStateError(f"adapter {name!r} is disabled: enable it before merging it")
+                raise AdapterStateError(f"adapter {name!r} is disabled: enable it before folding it")
         weighted = [(n, self._weights[n]) for n in names if self._weights[n] != 0.0]
-        merged = self.merged_tensors(weighted, self._merge_buffers.take) if weighted else {}
-        for path, tensor in merged.items():
+        folded = self.folded_tensors(weighted, self._fold_buffers.take) if weighted else {}
+        for path, tensor in folded.items():
             param = self.base.get_parameter(path)
             self._originals.setdefault(path, param.data)
             param.data = tensor
         for name in names:
-            self._merged[name] = self._weights[name]
+            self._folded[name] = self._weights[name]
         self.invalidate()
 
     @torch.no_grad()
-    def unmerge(self, keep_buffers: bool = False) -> None:
-        """Put the original base tensors back: bit-exact. With `keep_buffers` the merged tensor is kept for the
-        next merge to write into (no allocation then, see buffers.py; a kept buffer is reused only while
+    def unfold(self, keep_buffers: bool = False) -> None:
+        """Put the original base tensors back: bit-exact. With `keep_buffers` the folded tensor is kept for the
+        next fold to write into (no allocation then, see buffers.py; a kept buffer is reused only while
         nothing else references its memory); `release_buffers()` frees it."""
         for path, original in self._originals.items():
             param = self.base.get_parameter(path)
             if keep_buffers:
-                self._merge_buffers.keep(path, param.data)
+                self._fold_buffers.keep(path, param.data)
             param.data = original
         self._originals.clear()
-        self._merged.clear()
+        self._folded.clear()
         self.invalidate()
 
     def bake(self) -> None:
-        """Make merged changes permanent: forget the originals (frees their memory)."""
+        """Make folded changes permanent: forget the originals (frees their memory)."""
         self._originals.clear()
-        self._merge_buffers.release()
+        self._fold_buffers.release()
 
     def release_buffers(self) -> None:
-        """Free the buffers kept from the last merge (one weight-sized tensor per merged weight)."""
-        self._merge_buffers.release()
+        """Free the buffers kept from the last fold (one weight-sized tensor per folded weight)."""
+        self._fold_buffers.release()
 
     def base_state(self) -> dict[str, Tensor]:
-        """The base module's parameters as they are unmerged (for fingerprints, and deltas that read W)."""
+        """The base module's parameters as they are unfolded (for fingerprints, and deltas that read W)."""
         return {path: self._originals.get(path, p.detach()) for path, p in self.base.named_parameters()}
 
     # --- state -----------------------------------------------------------------------------------------------
@@ -391,7 +392,7 @@ class AdaptedModule(nn.Module):
 
     def check_adapter_state(self, name: str, tensors: dict[str, Tensor]) -> None:
         """Raise unless `tensors` has exactly this adapter's keys, each with the right shape."""
-        self._require(name, unmerged=True)
+        self._require(name, unfolded=True)
         own = self.adapters[name].state_dict()
         missing = sorted(set(own) - set(tensors))
         unexpected = sorted(set(tensors) - set(own))
@@ -414,14 +415,18 @@ class AdaptedModule(nn.Module):
             target.copy_(tensors[key])
         self.invalidate()
 
-    def _require(self, name: str, unmerged: bool = False) -> None:
+    def _require(self, name: str, unfolded: bool = False) -> None:
         if name not in self.adapters:
             raise UnknownNameError("adapter", name, self.adapters)
-        if unmerged and name in self._merged:
-            raise AdapterStateError(f"adapter {name!r} is merged into the base weights: unmerge() first")
+        if unfolded and name in self._folded:
+            raise AdapterStateError(f"adapter {name!r} is folded into the base weights: unfold() first")
+
+    # The older names (docs/architecture.md, "Words"): they still work, with a DeprecationWarning.
+    merge, unmerge, merged = Renamed("fold"), Renamed("unfold"), Renamed("folded")
+    merged_tensors, train_on_merged_weights = Renamed("folded_tensors"), Renamed("train_on_folded_weights")
 
     def extra_repr(self) -> str:
         parts = [f"{n}(w={self._weights[n]:g}{', off' if n in self._disabled else ''}"
-                 f"{', merged' if n in self._merged else ''})" for n in self.adapters]
+                 f"{', folded' if n in self._folded else ''})" for n in self.adapters]
         kinds = f"kinds=[{', '.join(type(k).__name__ for k in self._kinds.values())}], "
         return kinds + "adapters=[" + ", ".join(parts) + "]"

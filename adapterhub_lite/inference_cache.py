@@ -1,6 +1,6 @@
-"""The inference cache: merged weights of a small layer, kept for inference, bounded in bytes.
+"""The inference cache: folded weights of a small layer, kept for inference, bounded in bytes.
 
-Keyed by everything the merged tensors depend on (the live adapters and their
+Keyed by everything the folded tensors depend on (the live adapters and their
 weights, and every parameter's identity, version counter and dtype), so a
 weight, an active set or an in-place change of any tensor never serves a stale
 copy. Least recently used entries go first when the budget is exceeded.
@@ -20,7 +20,7 @@ def nbytes(tensors: dict[str, Tensor]) -> int:
 
 
 def cache_key(live: list[tuple[str, float]], tensors: Iterable[nn.Parameter | Tensor]) -> tuple | None:
-    """What merged tensors depend on; None when a tensor has no version counter (made in inference mode), so
+    """What folded tensors depend on; None when a tensor has no version counter (made in inference mode), so
     no cache could notice it change."""
     tensors = list(tensors)
     if any(t.is_inference() for t in tensors):

@@ -65,7 +65,7 @@ def find_targets(model: nn.Module, config: AdapterConfig, registry: Registry) ->
     A pattern that matches no module name, or only modules no kind can wrap,
     is an error: a typo never silently adapts nothing.
     """
-    family = config.kind
+    family = config.family
     registry.config_class(family)  # the family must be installed
     modules = dict(named_base_modules(model))
     type_names = {cls.__name__ for m in modules.values() for cls in type(m).__mro__}

@@ -3,13 +3,15 @@
     am = AdaptedModel(model, base_id="my-model")
     am.add_adapter("task", config)            # any family's config, e.g. the LoRA plugin's
     am.set_active(["task", "style"], weights=[1.0, 0.7])
-    am.merge(); am.unmerge()
+    am.fold(); am.unfold()               # into the base weights and out again, bit for bit
+    am.combine({"task": 1.0, "style": 0.5}, "both")   # a new adapter from these two
     plain = am.unload()          # the original model, original modules, bit-equal weights
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +24,8 @@ from torch import Tensor, nn
 from .config import AdapterConfig
 from .errors import AdapterStateError, ConfigError, IncompatibleAdapterError, UnknownNameError, UnsupportedModuleError
 from .fingerprint import FingerprintCache, combine_fingerprints
-from .forward import Compiled, LayerPolicy, MergedWeights, Routed
+from ._moved import Renamed
+from .forward import Compiled, FoldedWeights, LayerPolicy, Routed
 from .host import AdaptedModule
 from .inject import adapter_layers, find_targets, named_base_modules, unwrap, wrap
 from .routing import Route
@@ -58,8 +61,8 @@ class AdaptedModel:
 
     @property
     def policy(self) -> LayerPolicy:
-        """The layers' speed and memory trade-offs (forward.LayerPolicy: merged-weight cache size and budget,
-        merge buffers, training through merged weights)."""
+        """The layers' speed and memory trade-offs (forward.LayerPolicy: folded-weight cache size and budget,
+        fold buffers, training through folded weights)."""
         return self._policy
 
     @policy.setter
@@ -67,16 +70,16 @@ class AdaptedModel:
         if not isinstance(policy, LayerPolicy):
             raise ConfigError(f"policy must be a LayerPolicy, got {type(policy).__name__}")
         layers = self.layers().values()
-        if any(not isinstance(layer.strategy, MergedWeights) for layer in layers):
+        if any(not isinstance(layer.strategy, FoldedWeights) for layer in layers):
             raise AdapterStateError("a routing() block or a compiled forward is running: leave it (or "
                                     "release_compiled()) before changing the policy")
         self._policy = policy
         for layer in layers:
-            layer.strategy = MergedWeights(policy)  # a fresh cache under the new budget
+            layer.strategy = FoldedWeights(policy)  # a fresh cache under the new budget
 
     @property
     def cache_bytes(self) -> int:
-        """Bytes of merged weights the layers' forward strategies hold (the inference cache)."""
+        """Bytes of folded weights the layers' forward strategies hold (the inference cache)."""
         return sum(getattr(layer.strategy, "cache_bytes", 0) for layer in self.layers().values())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -115,7 +118,7 @@ class AdaptedModel:
         try:
             for t in targets:
                 layer = new_layers.get(t.name) or layers[t.name]
-                new_kind = config.kind not in layer.families
+                new_kind = config.family not in layer.families
                 layer.add(name, per_module.get(t.name, config), t.kind.layer_class)
                 if new_kind:  # errors from the kind's math name it, its plugin and the module
                     owner = self.registry.kinds.get(t.kind.name)
@@ -130,7 +133,7 @@ class AdaptedModel:
                                   f"(rank, shapes) against the model") from exc
             raise
         for layer_name, layer in new_layers.items():
-            layer.strategy = MergedWeights(self.policy)
+            layer.strategy = FoldedWeights(self.policy)
             layer.label = f"module {layer_name!r}"
             wrap(self.model, layer_name, layer)
         return [t.name for t in targets]
@@ -168,7 +171,7 @@ class AdaptedModel:
         """The kind that holds adapter `name` on `module`: the registry's choice for that module and family (the
         rule that chose it when the adapter was added; one layer class may serve several kinds)."""
         layer = self.layers()[module]
-        return self.registry.require_kind_for(layer.base, layer.configs[name].kind, module).name
+        return self.registry.require_kind_for(layer.base, layer.configs[name].family, module).name
 
     def bundle(self, name: str) -> AdapterBundle:
         """The adapter detached from the model: per-module configs and kinds, and its tensors."""
@@ -178,27 +181,27 @@ class AdaptedModel:
             if name in layer.adapters:
                 configs[module] = layer.configs[name]
                 kinds[module] = self.kind_of(module, name)
-        return AdapterBundle(name=name, family=info.config.kind, configs=configs, state=self.adapter_state(name),
+        return AdapterBundle(name=name, family=info.config.family, configs=configs, state=self.adapter_state(name),
                              kinds=kinds, config=info.config, base_model=self.base_id,
                              base_fingerprints=self.base_fingerprints(sorted(configs)), metadata=dict(info.metadata))
 
-    def merge_adapters(self, weights: Mapping[str, float], out: str, *, method: str | None = None,
-                       rank: int | None = None, **options: Any) -> dict[str, Any]:
-        """Combine adapters into a new adapter `out` with a registered merge method (None: the one their
+    def combine(self, weights: Mapping[str, float], out: str, *, method: str | None = None,
+                rank: int | None = None, **options: Any) -> dict[str, Any]:
+        """Combine adapters into a new adapter `out` with a registered combine method (None: the one their
         family names, e.g. LoRA's linear); returns its report (ranks, exact, energy_kept). The inputs stay as
         they are."""
-        from .combining import check_exact, combine, default_method
-        from .specs import MergeInput
+        from . import combining
+        from .specs import CombineInput
 
-        inputs = [MergeInput(label=name, weight=float(weight), configs=self.target_configs(name),
-                             state=self.adapter_state(name)) for name, weight in weights.items()
+        inputs = [CombineInput(label=name, weight=float(weight), configs=self.target_configs(name),
+                               state=self.adapter_state(name)) for name, weight in weights.items()
                   if self._require(name)]
-        method = method or default_method(self.registry, {item.family for item in inputs})
-        result = combine(self.registry, inputs, method, rank, options)
-        family = next(iter(result.configs.values())).kind
+        method = method or combining.default_method(self.registry, {item.family for item in inputs})
+        result = combining.combine(self.registry, inputs, method, rank, options)
+        family = next(iter(result.configs.values())).family
         self.add_bundle(AdapterBundle(name=out, family=family, configs=result.configs, state=result.state),
                         activate=False)
-        check_exact(self, out, inputs, result.report, method)  # a result reported exact is checked, not trusted
+        combining.check_exact(self, out, inputs, result.report, method)  # reported exact: checked, not trusted
         return result.report
 
     def fused_state_dict(self) -> dict[str, Tensor]:
@@ -222,8 +225,8 @@ class AdaptedModel:
     def delete_adapter(self, name: str) -> None:
         """Remove an adapter everywhere; layers left with no adapter are unwrapped."""
         self._require(name)
-        if any(name in layer.merged for layer in self.layers().values()):
-            raise AdapterStateError(f"adapter {name!r} is merged: unmerge() before deleting it")
+        if any(name in layer.folded for layer in self.layers().values()):
+            raise AdapterStateError(f"adapter {name!r} is folded: unfold() before deleting it")
         for layer_name, layer in self.layers().items():
             if name in layer.adapters:
                 layer.remove(name)
@@ -242,8 +245,8 @@ class AdaptedModel:
             raise ConfigError(f"{len(names)} adapter names but {len(weights)} weights")
         for name in names:
             self._require(name)
-        if self.merged:
-            raise AdapterStateError(f"adapters {list(self.merged)} are merged: unmerge() before changing the active set")
+        if self.folded:
+            raise AdapterStateError(f"adapters {list(self.folded)} are folded: unfold() before changing the active set")
         for layer in self.layers().values():
             for adapter in layer.adapters:
                 if adapter in names:
@@ -272,8 +275,8 @@ class AdaptedModel:
         at that adapter's weight, in one forward. The route is cleared on exit, even on an exception."""
         for name in {n for n in per_sample if n}:
             self._require(name)
-        if self.merged:
-            raise AdapterStateError(f"adapters {list(self.merged)} are merged into every sample: unmerge() first")
+        if self.folded:
+            raise AdapterStateError(f"adapters {list(self.folded)} are folded into every sample: unfold() first")
         route = Route.of(per_sample)
         layers = list(self.layers().values())
         if any(isinstance(layer.strategy, Compiled) for layer in layers):
@@ -284,7 +287,7 @@ class AdaptedModel:
         saved = [layer.strategy for layer in layers]
         try:
             for layer, strategy in zip(layers, saved):
-                layer.strategy = Routed(route, strategy if isinstance(strategy, MergedWeights) else None)
+                layer.strategy = Routed(route, strategy if isinstance(strategy, FoldedWeights) else None)
             yield
         finally:
             for layer, strategy in zip(layers, saved):
@@ -296,7 +299,7 @@ class AdaptedModel:
 
         Each adapter layer holds its live adapters, folded at their weights, in zero-padded buffers of total
         rank `max_rank`, and the compiled graph reads those buffers: `set_active`, `set_weight`, enabling,
-        disabling, merging and loading adapters (total live rank per layer <= max_rank) change tensors, not the
+        disabling, folding and loading adapters (total live rank per layer <= max_rank) change tensors, not the
         graph. Each call refreshes the buffers of layers whose live set changed, then runs the compiled model.
         For inference: the buffers are copies, so no gradient reaches the adapters. Wrapping a module no adapter
         wrapped before changes the model (one recompile). `options` go to torch.compile;
@@ -335,7 +338,7 @@ class AdaptedModel:
             what = " and ".join(type(k).__name__ for k in layer.kinds)
             raise UnsupportedModuleError(f"{what} on {layer.label} {'have' if len(layer.kinds) > 1 else 'has'} no "
                                          "fixed-shape path for compiled hot-swap")
-        kind.prepare_static(max_rank, self.policy.merge_limit)  # type: ignore[attr-defined]
+        kind.prepare_static(max_rank, self.policy.fold_limit)  # type: ignore[attr-defined]
         layer.strategy = Compiled(kind, layer.strategy)
 
     @staticmethod
@@ -349,49 +352,54 @@ class AdaptedModel:
         for layer in self.layers().values():
             self._release_static(layer)
 
-    # --- merge and unload -------------------------------------------------------------------------
-    def merge(self, names: Sequence[str] | None = None) -> None:
+    # --- fold and unload --------------------------------------------------------------------------
+    def fold(self, names: Sequence[str] | None = None) -> None:
         """Fold adapters (default: all active) into the base weights for zero-overhead inference."""
         names = list(self.active) if names is None else list(names)
         for name in names:
             self._require(name)
-        refuse_tied_merge(self.model, [n for n, layer in self.layers().items()
+        refuse_tied_fold(self.model, [n for n, layer in self.layers().items()
                                        if any(a in layer.adapters for a in names)])
         for layer in self.layers().values():
             mine = [n for n in names if n in layer.adapters]
             if mine:
-                layer.merge(*mine)
+                layer.fold(*mine)
 
-    def unmerge(self) -> None:
-        """Put the original base tensors back, bit for bit (`policy.keep_merge_buffers`: keep the merged
-        tensors for the next merge to write into)."""
+    def unfold(self) -> None:
+        """Put the original base tensors back, bit for bit (`policy.keep_fold_buffers`: keep the folded
+        tensors for the next fold to write into)."""
         for layer in self.layers().values():
-            layer.unmerge(keep_buffers=self.policy.keep_merge_buffers)
+            layer.unfold(keep_buffers=self.policy.keep_fold_buffers)
 
     def release_buffers(self) -> None:
-        """Free the weight-sized buffers unmerge keeps so the next merge allocates nothing."""
+        """Free the weight-sized buffers unfold keeps so the next fold allocates nothing."""
         for layer in self.layers().values():
             layer.release_buffers()
 
     @property
-    def merged(self) -> tuple[str, ...]:
-        found = {n for layer in self.layers().values() for n in layer.merged}
+    def folded(self) -> tuple[str, ...]:
+        """The adapters folded into the base weights now."""
+        found = {n for layer in self.layers().values() for n in layer.folded}
         return tuple(n for n in self.adapters if n in found)
 
-    def unload(self, *, merge: bool = False) -> nn.Module:
+    def unload(self, *, fold: bool = False, merge: bool | None = None) -> nn.Module:
         """Remove every adapter layer and return the plain model.
 
-        merge=False gives back the original base weights bit for bit; merge=True
-        folds the active adapters in permanently (a fused model).
+        fold=False gives back the original base weights bit for bit; fold=True
+        folds the active adapters in permanently (a fused model). `merge` is fold's older name.
         """
-        if merge:
-            refuse_tied_merge(self.model, [n for n, layer in self.layers().items() if layer.live()])
+        if merge is not None:
+            warnings.warn("unload(merge=...) is now unload(fold=...): use the new name (the old one will go)",
+                          DeprecationWarning, stacklevel=2)
+            fold = merge
+        if fold:
+            refuse_tied_fold(self.model, [n for n, layer in self.layers().items() if layer.live()])
         for name, layer in self.layers().items():
-            if merge:
-                layer.merge(*[n for n, _ in layer.live()])
+            if fold:
+                layer.fold(*[n for n, _ in layer.live()])
                 layer.bake()
             else:
-                layer.unmerge()
+                layer.unfold()
             unwrap(self.model, name)
         self.adapters.clear()
         for param_name, param in self.model.named_parameters():
@@ -399,6 +407,10 @@ class AdaptedModel:
         return self.model
 
     # --- parameters and state ----------------------------------------------------------------------
+    # The older names (docs/architecture.md, "Words"): they still work, with a DeprecationWarning.
+    merge, unmerge, merged = Renamed("fold"), Renamed("unfold"), Renamed("folded")
+    merge_adapters = Renamed("combine")
+
     def layers(self) -> dict[str, AdaptedModule]:
         return adapter_layers(self.model)
 
@@ -437,7 +449,7 @@ class AdaptedModel:
         return {n: layer.configs[name] for n, layer in self.layers().items() if name in layer.adapters}
 
     def base_fingerprints(self, module_names: Sequence[str]) -> dict[str, str]:
-        """Fingerprint of each named base module's unmerged parameters (cached until a tensor changes)."""
+        """Fingerprint of each named base module's unfolded parameters (cached until a tensor changes)."""
         layers = self.layers()
         modules = dict(named_base_modules(self.model))
         out = {}
@@ -492,9 +504,9 @@ class AdaptedModel:
         return [layer for layer in self.layers().values() if name in layer.adapters]
 
 
-def refuse_tied_merge(model: nn.Module, module_names: Sequence[str]) -> None:
+def refuse_tied_fold(model: nn.Module, module_names: Sequence[str]) -> None:
     """Folding a delta into a weight that another module shares (tied weights: GPT-2's lm_head is its token
-    table) would change that module too, which the unmerged adapter does not: refused before any change."""
+    table) would change that module too, which the unfolded adapter does not: refused before any change."""
     if not module_names:
         return
     users: dict[int, list[str]] = {}
@@ -506,6 +518,6 @@ def refuse_tied_merge(model: nn.Module, module_names: Sequence[str]) -> None:
             if others:
                 raise AdapterStateError(
                     f"cannot fold an adapter into {module_name!r}: its weight is tied to {others[0]!r}, which "
-                    "would change too, while the unmerged adapter leaves it alone; keep the adapter unmerged, "
+                    "would change too, while the unfolded adapter leaves it alone; keep the adapter unfolded, "
                     "or untie the weights in the base (e.g. tie_word_embeddings=False) and bring it in again")
 

@@ -1,4 +1,4 @@
-"""The registry: every kind, model, merge method and format, with the plugin that owns it.
+"""The registry: every kind, model, combine method and format, with the plugin that owns it.
 
 Built from a PluginManager (never module-global state), so each test can make
 its own. Lookups follow timm: `create_model(name)`, `list_models(pattern)`,
@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from .config import AdapterConfig
 from .errors import AdapterhubError, ConfigError, PluginError, UnknownNameError, UnsupportedModuleError
 from .plugins import PluginManager, call_each_plugin, get_plugin_manager, load_plugins
-from .specs import AdapterKind, Deferred, Format, MergeMethod, ModelSource, ModelSpec
+from ._moved import Renamed
+from .specs import AdapterKind, CombineMethod, Deferred, Format, ModelSource, ModelSpec
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -38,7 +39,8 @@ class Owned(Generic[S]):
 _TABLES: dict[str, tuple[str, type, str]] = {
     "register_adapter_types": ("kinds", AdapterKind, "adapter kind"),
     "register_models": ("models", ModelSpec, "model"),
-    "register_merge_methods": ("merges", MergeMethod, "merge method"),
+    "register_combine_methods": ("combine_methods", CombineMethod, "combine method"),
+    "register_merge_methods": ("combine_methods", CombineMethod, "combine method"),  # the hook's older name
     "register_formats": ("formats", Format, "format"),
     "register_model_sources": ("sources", ModelSource, "model source"),
 }
@@ -63,7 +65,7 @@ class Registry:
         self.pm = pm
         self.kinds: dict[str, Owned[AdapterKind]] = {}
         self.models: dict[str, Owned[ModelSpec]] = {}
-        self.merges: dict[str, Owned[MergeMethod]] = {}
+        self.combine_methods: dict[str, Owned[CombineMethod]] = {}
         self.formats: dict[str, Owned[Format]] = {}
         self.sources: dict[str, Owned[ModelSource]] = {}
         for hook_name in _TABLES:
@@ -117,7 +119,7 @@ class Registry:
         if model is not None and model in self.models:
             wanted = self.get_model(model).default_family
             if wanted:
-                return self.config_class(wanted).kind
+                return self.config_class(wanted).family
         if len(families) == 1:
             return next(iter(families))
         if not families:
@@ -145,7 +147,7 @@ class Registry:
     def wrappable_types(self, family: str) -> list[str]:
         return sorted({t for o in self.kinds.values() if o.spec.family == family for t in o.spec.target_names})
 
-    # --- models, merges, formats ---------------------------------------------------
+    # --- models, combine methods, formats-----------------------------------------------
     def list_models(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self.models if fnmatch.fnmatchcase(n, pattern))
 
@@ -198,15 +200,18 @@ class Registry:
                 if card is not None:
                     self.adopt(model, card)
 
-    def get_merge_method(self, name: str) -> MergeMethod:
-        if name not in self.merges:
-            raise UnknownNameError("merge method", name, self.merges)
-        return self.merges[name].spec
+    def get_combine_method(self, name: str) -> CombineMethod:
+        if name not in self.combine_methods:
+            raise UnknownNameError("combine method", name, self.combine_methods)
+        return self.combine_methods[name].spec
 
     def get_format(self, name: str) -> Format:
         if name not in self.formats:
             raise UnknownNameError("format", name, self.formats)
         return self.formats[name].spec
+
+    # The older names, with a DeprecationWarning.
+    merges, get_merge_method = Renamed("combine_methods"), Renamed("get_combine_method")
 
     # --- listing ---------------------------------------------------------------------
     def describe(self, commands: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
@@ -219,9 +224,10 @@ class Registry:
                 "distribution": info.distribution if info else None,
                 "version": info.version if info else None,
             }
-            for attr, _spec, _what in _TABLES.values():
+            for attr in dict.fromkeys(attr for attr, _spec, _what in _TABLES.values()):
                 table: dict[str, Owned[Any]] = getattr(self, attr)
                 entry[attr] = [_describe_spec(o.spec) for o in table.values() if o.plugin == name]
+            entry["merges"] = entry["combine_methods"]  # the key's older name, kept for scripts reading it
             entry["commands"] = sorted((commands or {}).get(name, []))
             out.append(entry)
         return out

@@ -4,7 +4,7 @@ They carry data and callables only; the registry records which plugin owns
 each name and refuses duplicates.
 
 Deferred references: any class or function a spec holds (a kind's layer, a
-model's build, a merge function, a format's export and import, a task via
+model's build, a combine function, a format's export and import, a task via
 `DeferredTask`) may be given as a string "package.module:attribute", imported
 on first use. A plugin that registers only references and light config
 classes is imported without torch, which keeps `adapters --help`, `plugins`
@@ -80,8 +80,8 @@ def _loaded_class(name: str) -> type | None:
 
 
 @dataclass(frozen=True)
-class MergeInput:
-    """One adapter going into a merge: its tensors, its config per target module, its weight."""
+class CombineInput:
+    """One adapter going into a combine: its tensors, its config per target module, its weight."""
 
     label: str  # how messages name it, e.g. "mymodel/style@v2"
     weight: float
@@ -90,23 +90,23 @@ class MergeInput:
 
     @property
     def family(self) -> str:
-        return next(iter(self.configs.values())).kind if self.configs else ""
+        return next(iter(self.configs.values())).family if self.configs else ""
 
 
 @dataclass
-class MergeResult:
-    """What a merge method returns: a new adapter, per module, and what was lost."""
+class CombineResult:
+    """What a combine method returns: a new adapter, per module, and what was lost."""
 
     configs: dict[str, AdapterConfig]
     state: dict[str, Tensor]
     report: dict[str, Any] = field(default_factory=dict)  # e.g. {"energy_kept": 0.998, "exact": False}
 
 
-class MergeFn(Protocol):
+class CombineFn(Protocol):
     """Combine weighted adapters into one. Raise IncompatibleAdapterError for inputs it cannot combine
     correctly; never approximate silently."""
 
-    def __call__(self, inputs: list[MergeInput], *, rank: int | None = None, **options: Any) -> MergeResult: ...
+    def __call__(self, inputs: list[CombineInput], *, rank: int | None = None, **options: Any) -> CombineResult: ...
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class AdapterKind:
     """One adapter layer class for some base module types.
 
     A family (LoRA) usually registers several kinds, one per module type it
-    wraps, all sharing the family's config class: `config.kind` names the family.
+    wraps, all sharing the family's config class: `config.family` names the family.
     """
 
     name: str
@@ -184,7 +184,7 @@ class AdapterKind:
 
     @property
     def family(self) -> str:
-        return self.config.kind
+        return self.config.family
 
     def wraps(self, cls: type) -> bool:
         """Whether `cls` itself (not a subclass: the registry walks the MRO) is one of the targets."""
@@ -213,7 +213,7 @@ class Task:
     The core names no dataset, class or metric. A task declares its own data
     options (`Options`: a dataclass whose fields, with `metadata["help"]`, and
     optionally `choices` or a `parse` function, become command-line options of
-    train, train-base, apply and merge), its splits, how an adapter's
+    train, train-base, apply and combine), its splits, how an adapter's
     measurement is scoped, what replay draws from, and how its metrics read.
     Options reach the task as a plain dict (JSON in recipes and cards).
     """
@@ -392,20 +392,20 @@ class ModelSource:
 
 
 @dataclass(frozen=True)
-class MergeMethod:
+class CombineMethod:
     """A way to combine adapters into a new adapter.
 
     `families` lists the adapter families `fn` can combine (it gets inputs of
     those families only, mixed only if it lists them all). `options` declares
     the keyword options `fn` accepts: best a frozen dataclass whose fields carry
-    `help_field` text (then `adapters merge --method NAME` offers each as a
+    `help_field` text (then `adapters combine --method NAME` offers each as a
     flag, e.g. `rank` -> `--rank`, and refuses the others); a tuple of names
     also works (no flags; `takes_rank` then says whether `rank` is one).
-    `fn(inputs, rank=None, **options)` returns a MergeResult.
+    `fn(inputs, rank=None, **options)` returns a CombineResult.
     """
 
     name: str
-    fn: MergeFn | str  # or a deferred reference "package.module:function"
+    fn: CombineFn | str  # or a deferred reference "package.module:function"
     families: tuple[str, ...] = ()
     description: str = ""
     options: tuple[str, ...] | type = ()
@@ -414,15 +414,15 @@ class MergeMethod:
     def __post_init__(self) -> None:
         from .errors import PluginError
 
-        _check_name(self.name, "merge method")
+        _check_name(self.name, "combine method")
         object.__setattr__(self, "fn", _deferred(self.fn))
         object.__setattr__(self, "families", tuple(self.families))
         if not self.families:
-            raise PluginError(f"merge method {self.name!r} must declare the adapter families it combines "
+            raise PluginError(f"combine method {self.name!r} must declare the adapter families it combines "
                               "(families=(...))")
         if isinstance(self.options, type):
             if not dataclasses.is_dataclass(self.options):
-                raise PluginError(f"merge method {self.name!r}: options must be a dataclass (fields with "
+                raise PluginError(f"combine method {self.name!r}: options must be a dataclass (fields with "
                                   "help_field) or a tuple of names")
         else:
             object.__setattr__(self, "options", tuple(self.options))
@@ -465,3 +465,7 @@ class Format:
             from .errors import PluginError
 
             raise PluginError(f"format {self.name!r}: holds must be 'adapter' or 'model', not {self.holds!r}")
+
+
+# The older names of the combine specs (the same classes).
+MergeInput, MergeResult, MergeFn, MergeMethod = CombineInput, CombineResult, CombineFn, CombineMethod

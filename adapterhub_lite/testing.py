@@ -5,11 +5,11 @@ has no example of), through the same `AdaptedModel` users get, and checks the ru
 
 - a fresh adapter is a no-op;
 - the forward is the base output plus the adapters' deltas (kinds whose `run` is the default);
-- `delta` agrees with `delta_weight`: the low-rank forward, the merged-weight forward and a merge agree;
-- merge then unmerge gives the base back bit for bit (the same tensors);
+- `delta` agrees with `delta_weight`: the low-rank forward, the folded-weight forward and a fold agree;
+- fold then unfold gives the base back bit for bit (the same tensors);
 - only adapter parameters get gradients;
 - save and load keep every tensor the adapter needs (the reloaded adapter gives the same output, bit for bit);
-- merge methods of the family that report an exact result are exact on random inputs;
+- combine methods of the family that report an exact result are exact on random inputs;
 - float32, bfloat16 and float16 stay within `TOLERANCE` of a float64 run of the same adapters;
 - with `reference` (a function of the adapted module and an adapter name giving each changed base parameter's
   delta in float64, written from the family's definition), `delta_weights` matches it.
@@ -146,10 +146,10 @@ class _KindChecker:
         if type(self.case.module) is not nn.MultiheadAttention and self.kind.layer_class.run is AdapterLayer.run:
             rules.append(("forward is the base output plus the deltas", self.forward_is_base_plus_deltas))
         rules += [("delta agrees with delta weight", self.delta_agrees_with_delta_weight),
-                  ("merge and unmerge are exact", self.merge_and_unmerge_are_exact),
+                  ("fold and unfold are exact", self.fold_and_unfold_are_exact),
                   ("only adapter parameters get gradients", self.only_adapters_get_gradients),
                   ("save and load keep every tensor", self.save_and_load_keep_every_tensor),
-                  ("exact merge methods are exact", self.exact_merge_methods_are_exact)]
+                  ("exact combine methods are exact", self.exact_combine_methods_are_exact)]
         rules += [(f"{str(d).removeprefix('torch.')} within {TOLERANCE[d]:g} of float64",
                    lambda d=d: self.dtype_within_tolerance(d)) for d in dtypes]
         if self.reference is not None:
@@ -189,13 +189,13 @@ class _KindChecker:
     def fresh_is_a_no_op(self) -> None:
         with torch.no_grad():
             want = self.run(self.case.module)
-            for policy in (LayerPolicy(merge_limit=0), LayerPolicy()):
+            for policy in (LayerPolicy(fold_limit=0), LayerPolicy()):
                 am = self.adapted(randomize=False, policy=policy)
                 _close(self.run(am), want, torch.float32, "output with fresh adapters vs the base")
                 _close(self.run(am.train()), want, torch.float32, "in training mode")
 
     def forward_is_base_plus_deltas(self) -> None:
-        am = self.adapted(policy=LayerPolicy(merge_limit=0))
+        am = self.adapted(policy=LayerPolicy(fold_limit=0))
         host, x = self.host(am), self.case.args[0]
         with torch.no_grad():
             want = host.base(*self.case.args, **self.case.kwargs)
@@ -204,39 +204,39 @@ class _KindChecker:
             _close(self.run(am), want, torch.float32, "forward vs base + sum of weight * delta")
 
     def delta_agrees_with_delta_weight(self) -> None:
-        """The forward with deltas, the kind's fast merged weights, and W + weight * delta_weight (one adapter:
+        """The forward with deltas, the kind's fast folded weights, and W + weight * delta_weight (one adapter:
         a family may compose several its own way, as (IA)^3's scales multiply) give the same output."""
         with torch.no_grad():
-            low_rank = self.run(self.adapted(policy=LayerPolicy(merge_limit=0)))
+            low_rank = self.run(self.adapted(policy=LayerPolicy(fold_limit=0)))
             cached = self.run(self.adapted())
-            am = self.adapted(policy=LayerPolicy(merge_limit=0))
+            am = self.adapted(policy=LayerPolicy(fold_limit=0))
             am.set_active(["a"], [0.7])
             alone = self.run(am)
             host = self.host(am)
             summed = host.forward_with(host._summed(host.live()), *self.case.args, **self.case.kwargs)
         summed = summed[0] if isinstance(summed, tuple) else summed
-        _close(cached, low_rank, torch.float32, "merged-weight forward vs the forward with deltas")
+        _close(cached, low_rank, torch.float32, "folded-weight forward vs the forward with deltas")
         _close(summed, alone, torch.float32, "W + weight * delta_weight vs the forward with the delta")
 
-    def merge_and_unmerge_are_exact(self) -> None:
-        am = self.adapted(policy=LayerPolicy(merge_limit=0))
+    def fold_and_unfold_are_exact(self) -> None:
+        am = self.adapted(policy=LayerPolicy(fold_limit=0))
         host = self.host(am)
         before = {k: v.clone() for k, v in host.base.state_dict().items()}
         storage = {k: p.data_ptr() for k, p in host.base.named_parameters()}
         with torch.no_grad():
-            unmerged = self.run(am)
-            am.merge()
-            _close(self.run(am), unmerged, torch.float32, "merged vs unmerged output")
-            am.unmerge()
+            unfolded = self.run(am)
+            am.fold()
+            _close(self.run(am), unfolded, torch.float32, "folded vs unfolded output")
+            am.unfold()
             again = self.run(am)
         for key, value in host.base.state_dict().items():
             if not torch.equal(value, before[key]):
-                raise AssertionError(f"unmerge left base tensor {key!r} changed")
+                raise AssertionError(f"unfold left base tensor {key!r} changed")
         for key, param in host.base.named_parameters():
             if param.data_ptr() != storage[key]:
-                raise AssertionError(f"unmerge did not put back the original tensor of {key!r}")
-        if not torch.equal(again, unmerged):
-            raise AssertionError("the output after unmerge differs from the output before merge")
+                raise AssertionError(f"unfold did not put back the original tensor of {key!r}")
+        if not torch.equal(again, unfolded):
+            raise AssertionError("the output after unfold differs from the output before fold")
 
     def only_adapters_get_gradients(self) -> None:
         am = self.adapted().train()
@@ -250,10 +250,10 @@ class _KindChecker:
                 raise AssertionError(f"adapter parameter {key!r} gets no gradient")
 
     def save_and_load_keep_every_tensor(self) -> None:
-        am = self.adapted(policy=LayerPolicy(merge_limit=0))
+        am = self.adapted(policy=LayerPolicy(fold_limit=0))
         am.set_active(["a"], [0.7])
         fresh = AdaptedModel(_Holder(copy.deepcopy(self.case.module)), registry=self.registry,
-                             policy=LayerPolicy(merge_limit=0)).eval()
+                             policy=LayerPolicy(fold_limit=0)).eval()
         with tempfile.TemporaryDirectory() as folder:
             fresh.load_adapter(am.save_adapter("a", Path(folder) / "a.safetensors"), "a")
         fresh.set_active(["a"], [0.7])
@@ -262,20 +262,20 @@ class _KindChecker:
                 raise AssertionError("an adapter saved and loaded again gives another output: a tensor it needs "
                                      "is not in its parameters")
 
-    def exact_merge_methods_are_exact(self) -> None:
-        family = self.config.kind
-        for method, owned in self.registry.merges.items():
+    def exact_combine_methods_are_exact(self) -> None:
+        family = self.config.family
+        for method, owned in self.registry.combine_methods.items():
             if family not in owned.spec.families:
                 continue
             am = self.adapted()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the report says it; warnings would repeat it
                 try:
-                    report = am.merge_adapters({"a": 0.7, "b": -0.4}, "merged", method=method)
+                    report = am.combine({"a": 0.7, "b": -0.4}, "combined", method=method)
                 except ConfigError:  # a method that needs options (a rank, a density...) is not tried bare
                     continue
             if "exact_deviation" in report and not report.get("exact"):
-                raise AssertionError(f"merge method {method!r} reports an exact result, but deviates by "
+                raise AssertionError(f"combine method {method!r} reports an exact result, but deviates by "
                                      f"{report['exact_deviation']:.3g} (relative) from the weighted sum")
 
     def dtype_within_tolerance(self, dtype: torch.dtype) -> None:
@@ -284,11 +284,11 @@ class _KindChecker:
             exact.model.double()
             want = self.run(exact, _cast(self.case, torch.float64))
             am.model.to(dtype)
-            for policy in (LayerPolicy(merge_limit=0), LayerPolicy()):
+            for policy in (LayerPolicy(fold_limit=0), LayerPolicy()):
                 am.policy = policy
                 _close(self.run(am, _cast(self.case, dtype)), want, dtype, f"{dtype} vs float64 output")
-            am.merge()
-            _close(self.run(am, _cast(self.case, dtype)), want, dtype, f"{dtype} merged vs float64 output")
+            am.fold()
+            _close(self.run(am, _cast(self.case, dtype)), want, dtype, f"{dtype} folded vs float64 output")
 
     def matches_reference(self) -> None:
         assert self.reference is not None

@@ -128,7 +128,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
                        f"{_verdict(_lowrank_ok(r))} | {r['ours_cold_overhead']:+.1%} | {_verdict(_cold_ok(r))} | "
                        f"{r['cache_bytes'] / 2**20:.1f} / "
                        f"{r['model_bytes'] / 2**20:.1f} |")
-        out += ["", "Merged, side by side (`am.merge()` and PEFT's `merge_adapter()`, then the forward):", "",
+        out += ["", "Merged, side by side (`am.fold()` and PEFT's `merge_adapter()`, then the forward):", "",
                 "| model | adapters | ours merged / base | peft merged / base | target <= 1.02 (ours) |",
                 "|---|---|---|---|---|"]
         for r in forward:
@@ -143,8 +143,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
                 "(so gradients, optimizer state and activations all count). "
                 "Targets: ours <= PEFT in time and memory on every model; on the CNN below full fine-tuning in both.",
                 "`ours` is the default: small convs train through W + delta built inside autograd "
-                "(`LoraConv2d.train_on_merged_weights`); the last columns turn that off with "
-                "`LayerPolicy(merged_training=False)` (base + low-rank ops). "
+                "(`LoraConv2d.train_on_folded_weights`); the last columns turn that off with "
+                "`LayerPolicy(folded_training=False)` (base + low-rank ops). "
                 f"Time: the four variants side by side in one process, one step each per round in shuffled order, "
                 f"{train[0]['steps']} rounds; medians. Memory: each variant alone in a fresh process over 5 steps, "
                 f"median of {train[0]['memory_runs']} processes.",
@@ -164,7 +164,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
                 "| | merge ms | unmerge ms | merge speedup vs PEFT | unmerge bit-exact |", "|---|---|---|---|---|",
                 f"| ours (default: a fresh tensor each merge, released on unmerge) | {r['fresh_merge_ms']:.1f} | "
                 f"{r['fresh_unmerge_ms']:.1f} | {r['fresh_speedup']:.2f}x | {r['ours_unmerge_bit_exact']} |",
-                f"| ours, `LayerPolicy(keep_merge_buffers=True)` (re-merge into the kept buffer; holds a copy while unmerged) "
+                f"| ours, `LayerPolicy(keep_fold_buffers=True)` (re-merge into the kept buffer; holds a copy while unmerged) "
                 f"| {r['kept_merge_ms']:.1f} | {r['kept_unmerge_ms']:.1f} | {r['kept_speedup']:.2f}x | "
                 f"{r['ours_unmerge_bit_exact']} |",
                 f"| PEFT `merge_adapter` | {r['peft_merge_ms']:.1f} | {r['peft_unmerge_ms']:.1f} | 1x | "

@@ -165,7 +165,7 @@ def forward_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
             row["lowrank_ratio"] = (row["ours_lowrank_overhead"] / row["peft_lowrank_overhead"]
                                     if row["peft_lowrank_overhead"] > 0 else float("nan"))
             if n in (1, 8):
-                am.merge()
+                am.fold()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     pm.merge_adapter()
@@ -173,7 +173,7 @@ def forward_group(models: list[str], repeats: int) -> list[dict[str, Any]]:
                     merged = interleaved([lambda: base_model(*args), lambda: am(*args), lambda: pm(*args)], repeats)
                 row["merged_vs_base"] = paired_ratio(merged[1], merged[0])
                 row["peft_merged_vs_base"] = paired_ratio(merged[2], merged[0])
-                am.unmerge()
+                am.unfold()
                 pm.unmerge_adapter()
             rows.append(row)
             print(f"forward {name} x{n}: base {base*1e3:.2f} ms, ours {t_ours*1e3:.2f} (cold {t_cold*1e3:.2f}, "
@@ -194,7 +194,7 @@ def training_step(case: dict[str, Any], variant: str) -> tuple[Callable[[], None
         if variant == "ours-lowrank":  # small convs through base + low-rank ops (merged-weights training off)
             from adapterhub_lite import LayerPolicy
 
-            am.policy = LayerPolicy(merged_training=False)
+            am.policy = LayerPolicy(folded_training=False)
         params, net = am.trainable_parameters(), am
     elif variant == "peft":
         net = theirs(model, targets, 1)
@@ -260,7 +260,7 @@ def train_group(models: list[str], steps: int, memory_runs: int) -> list[dict[st
 # --- merge, combination, save/load on the wide MLP -----------------------------------------------------------------
 def merge_group(repeats: int) -> list[dict[str, Any]]:
     """Merge and unmerge one adapter on the wide MLP, timed separately: ours by default (every merge writes a
-    fresh tensor, released again on unmerge) and with keep_merge_buffers on (unmerge keeps the merged tensor for
+    fresh tensor, released again on unmerge) and with keep_fold_buffers on (unmerge keeps the merged tensor for
     the next merge to write into: no allocation, one weight-sized copy held while unmerged)."""
     from adapterhub_lite import LayerPolicy
 
@@ -283,7 +283,7 @@ def merge_group(repeats: int) -> list[dict[str, Any]]:
         return statistics.median(merges), statistics.median(unmerges)
 
     fresh_merge, fresh_unmerge = cycle(am.merge, am.unmerge)  # the default: a new tensor every merge
-    am.policy = LayerPolicy(keep_merge_buffers=True)
+    am.policy = LayerPolicy(keep_fold_buffers=True)
     try:
         kept_merge, kept_unmerge = cycle(am.merge, am.unmerge)  # opt-in: re-merge into the kept buffer
         am.release_buffers()
@@ -310,7 +310,7 @@ def combine_group() -> list[dict[str, Any]]:
     pm = theirs(copy.deepcopy(base_model), targets, 2)
     sync(am, pm, targets, ["a0", "a1"])
     start = time.perf_counter()
-    am.merge_adapters({"a0": 1.0, "a1": 1.0}, out="c", method="svd", rank=RANK)
+    am.combine({"a0": 1.0, "a1": 1.0}, out="c", method="svd", rank=RANK)
     t_ours = time.perf_counter() - start
     start = time.perf_counter()
     with warnings.catch_warnings():

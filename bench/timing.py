@@ -56,13 +56,13 @@ _KEPT: dict[Any, Any] = {}
 def served_with(am: Any, policy: Any):
     """`am`'s layers served under `policy` for a block; each layer keeps its strategy for that policy (and so
     its warm cache) from one block to the next, as a model served under that policy all along would."""
-    from adapterhub_lite.forward import MergedWeights
+    from adapterhub_lite.forward import FoldedWeights
 
     layers = list(am.layers().values())
     kept = _KEPT.setdefault((id(am), policy), {})
     saved = [layer.strategy for layer in layers]
     for layer in layers:
-        layer.strategy = kept.setdefault(id(layer), MergedWeights(policy))
+        layer.strategy = kept.setdefault(id(layer), FoldedWeights(policy))
     try:
         yield
     finally:
@@ -74,6 +74,6 @@ def no_merged_weight_cache(am: Any):
     """Our layers on the low-rank path only (what PEFT computes): no inference on cached merged weights."""
     from adapterhub_lite import LayerPolicy
 
-    return served_with(am, LayerPolicy(merge_limit=0))
+    return served_with(am, LayerPolicy(fold_limit=0))
 
 

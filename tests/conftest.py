@@ -142,16 +142,16 @@ def _family_delta(layer: Any, name: str) -> dict[str, torch.Tensor] | None:
     """Families other than LoRA, each from its published definition."""
     base, f, config = layer.base, layer.adapters[name], layer.configs[name]
     shape = getattr(base, "weight", torch.empty(0)).shape
-    if config.kind == "dora":  # m * (W + s B A) / ||W + s B A|| - W, the norm per output channel
+    if config.family == "dora":  # m * (W + s B A) / ||W + s B A|| - W, the norm per output channel
         weight, low = _dora_terms(layer, name)  # a channel where W + s B A is zero has no direction: W' = 0 there
         directed = weight + low
         norm = directed.flatten(1).norm(dim=1)
         ratio = torch.where(norm > 0, _d(f.lora_magnitude) / norm, 0.0)
         return {"weight": ratio.view(-1, *(1,) * (weight.dim() - 1)) * directed - weight}
-    if config.kind == "loha":  # (w1a w1b) * (w2a w2b) * alpha / r
+    if config.family == "loha":  # (w1a w1b) * (w2a w2b) * alpha / r
         product = (_d(f.hada_w1_a) @ _d(f.hada_w1_b)) * (_d(f.hada_w2_a) @ _d(f.hada_w2_b))
         return {"weight": (product * config.alpha / config.rank).reshape(shape)}
-    if config.kind == "lokr":  # kron(w1, w2) * alpha / r
+    if config.family == "lokr":  # kron(w1, w2) * alpha / r
         w1 = _d(f.lokr_w1) if hasattr(f, "lokr_w1") else _d(f.lokr_w1_a) @ _d(f.lokr_w1_b)
         w2 = _d(f.lokr_w2) if hasattr(f, "lokr_w2") else _d(f.lokr_w2_a) @ _d(f.lokr_w2_b)
         if w2.dim() == 4:
@@ -168,7 +168,7 @@ def dora_cancellation(layer: Any, names: list[str]) -> float:
     on such a draw."""
     worst = 1.0
     for name in names:
-        if layer.configs[name].kind != "dora":
+        if layer.configs[name].family != "dora":
             continue
         weight, low = (t.flatten(1) for t in _dora_terms(layer, name))
         ratio = (weight.norm(dim=1) + low.norm(dim=1)) / (weight + low).norm(dim=1)
@@ -183,12 +183,12 @@ def reference_delta(layer: Any, name: str) -> dict[str, torch.Tensor]:
     other = _family_delta(layer, name)
     if other is not None:
         return other
-    if config.kind == "ia3":  # its change alone, at weight 1 (reference_module multiplies several)
+    if config.family == "ia3":  # its change alone, at weight 1 (reference_module multiplies several)
         one = reference_module(layer, [(name, 1.0)])
         return {path: p.detach() - _d(layer.base_state()[path]) for path, p in one.named_parameters()
                 if path in layer.base_state()}
-    if config.kind != "lora":
-        raise AssertionError(f"no reference for the {config.kind!r} family: add one to tests/conftest.py")
+    if config.family != "lora":
+        raise AssertionError(f"no reference for the {config.family!r} family: add one to tests/conftest.py")
     if isinstance(base, (nn.Conv1d, nn.Conv2d)):
         return {"weight": _low_rank(factors, config, base.groups)}
     if isinstance(base, nn.Linear):
@@ -218,13 +218,13 @@ def reference_module(layer: Any, weighted: list[tuple[str, float]]) -> nn.Module
         for path, tensor in layer.base_state().items():  # the unmerged originals, even while merged
             module.get_parameter(path).data = tensor.detach().double().clone()
         for name, weight in weighted:
-            if layer.configs[name].kind == "ia3":
+            if layer.configs[name].family == "ia3":
                 continue
             for path, delta in reference_delta(layer, name).items():
                 param = module.get_parameter(path)
                 param.data = param.data + weight * delta
         for name, weight in weighted:
-            if layer.configs[name].kind != "ia3":
+            if layer.configs[name].family != "ia3":
                 continue
             scale = 1 + weight * (_d(layer.adapters[name].ia3_l) - 1)
             w = module.weight.data

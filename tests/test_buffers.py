@@ -37,23 +37,23 @@ def test_big_layer_merge_is_exact_and_unmerge_bit_exact(keep, monkeypatch) -> No
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2048, 1100))  # 9 MB of weight: above the huge-page threshold
     original = model[0].weight.detach().clone()
-    am = AdaptedModel(model, policy=LayerPolicy(keep_merge_buffers=keep))
+    am = AdaptedModel(model, policy=LayerPolicy(keep_fold_buffers=keep))
     am.add_adapter("a", LoraConfig(targets=["0"], rank=4, alpha=8))
     layer = am.layers()["0"]
     with torch.no_grad():
         layer.adapters["a"].lora_B.normal_()
     want = original + reference_delta(layer, "a")["weight"].float()
     for _ in range(3):
-        am.merge()
+        am.fold()
         torch.testing.assert_close(layer.base.weight, want, rtol=1e-5, atol=1e-5)
-        am.unmerge()
+        am.unfold()
         assert torch.equal(layer.base.weight, original)
-    am.merge()
+    am.fold()
     kept = layer.base.weight.detach()  # someone holds the merged tensor: the next merge must not write into it
     snapshot = kept.clone()
-    am.unmerge()
+    am.unfold()
     am.set_weight("a", 0.5)
-    am.merge()
+    am.fold()
     assert torch.equal(kept, snapshot)
     torch.testing.assert_close(layer.base.weight, original + 0.5 * reference_delta(layer, "a")["weight"].float(),
                                rtol=1e-5, atol=1e-5)

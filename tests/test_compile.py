@@ -56,7 +56,7 @@ def test_twenty_swaps_among_eight_adapters_never_recompile(backend, path) -> Non
     """Small layers serve from one merged-weight buffer, big ones from zero-padded factor buffers: both paths."""
     am = _eight_adapters()
     if path == "low-rank":
-        am.policy = LayerPolicy(merge_limit=0)
+        am.policy = LayerPolicy(fold_limit=0)
     counter = CompileCounter()
     run = am.compile(max_rank=8 + 7, backend=counter if backend == "counter" else backend)
     buffers = {name for layer in am.layers().values() for kind in layer.kinds for name in kind._buffers}
@@ -72,7 +72,7 @@ def test_twenty_swaps_among_eight_adapters_never_recompile(backend, path) -> Non
         am.set_active([])  # nothing live: the base itself
         torch.testing.assert_close(run(IDS), am.model(IDS), rtol=1e-6, atol=1e-6)
         am.set_active(["a7"])
-        am.merge()  # merged adapters leave the buffers; the base weights carry them
+        am.fold()  # merged adapters leave the buffers; the base weights carry them
         torch.testing.assert_close(run(IDS), _eager(am, IDS), rtol=1e-5, atol=1e-5)
     if backend == "counter":
         assert counter.frame_count == 1

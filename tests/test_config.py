@@ -25,7 +25,7 @@ def test_unknown_fields_are_errors_unless_asked(tmp_path) -> None:
 
 
 def test_wrong_family_and_empty_targets() -> None:
-    with pytest.raises(ConfigError, match="for adapter kind 'loha', not 'lora'"):
+    with pytest.raises(ConfigError, match="for adapter family 'loha', not 'lora'"):
         LoraConfig.from_dict({"kind": "loha", "targets": ["x"]})
     with pytest.raises(ConfigError, match="targets nothing"):
         LoraConfig()

@@ -15,7 +15,7 @@ import torch
 from adapterhub_lite_lora import LoraConfig, LoraLinear
 from conftest import reference_delta
 
-from adapterhub_lite import (AdapterKind, MergeMethod, MergeResult, PluginManager, Registry, get_registry,
+from adapterhub_lite import (AdapterKind, CombineMethod, CombineResult, PluginManager, Registry, get_registry,
                              hookimpl)
 from adapterhub_lite.testing import ContractFailure, check_family
 
@@ -28,8 +28,8 @@ def test_every_installed_family_keeps_the_contract(family: str) -> None:
     """The first-party families through the kit, against tests/conftest.py's float64 reference."""
     passed = check_family(family, reference=reference_delta)
     rules = {line.split(": ", 1)[1] for line in passed}
-    assert {"a fresh adapter is a no-op", "delta agrees with delta weight", "merge and unmerge are exact",
-            "save and load keep every tensor", "exact merge methods are exact", "bfloat16 within 0.06 of float64",
+    assert {"a fresh adapter is a no-op", "delta agrees with delta weight", "fold and unfold are exact",
+            "save and load keep every tensor", "exact combine methods are exact", "bfloat16 within 0.06 of float64",
             "delta weights match the reference"} <= rules, rules
 
 
@@ -41,20 +41,20 @@ def test_the_third_party_scale_family_keeps_the_contract(monkeypatch) -> None:
     pm.add(scale_plugin, name="scale")
     pm.check()
     passed = check_family("scale", registry=Registry(pm))
-    assert "scale-linear: exact merge methods are exact" in passed
+    assert "scale-linear: exact combine methods are exact" in passed
 
 
 @dataclass(frozen=True)
 class TwiceConfig(LoraConfig):
-    kind: ClassVar[str] = "twice"
+    family: ClassVar[str] = "twice"
 
 
-def _registry(layer: type, merge: MergeMethod | None = None) -> Registry:
+def _registry(layer: type, merge: CombineMethod | None = None) -> Registry:
     plugin = types.ModuleType("author_plugin")
     plugin.register_adapter_types = hookimpl(lambda register: register(
         AdapterKind(name="twice-linear", layer=layer, config=TwiceConfig)))
     if merge is not None:
-        plugin.register_merge_methods = hookimpl(lambda register: register(merge))
+        plugin.register_combine_methods = hookimpl(lambda register: register(merge))
     pm = PluginManager()
     pm.add(adapterhub_lite_lora, name="lora")
     pm.add(plugin, name="author-plugin")
@@ -81,11 +81,11 @@ def test_a_delta_weight_that_disagrees_with_the_delta_is_caught() -> None:
 def test_a_merge_method_that_claims_exact_but_is_not_is_caught() -> None:
     def sloppy(inputs, *, rank=None):
         first = inputs[0]
-        return MergeResult(configs=first.configs, state={k: v * 1.5 for k, v in first.state.items()},
+        return CombineResult(configs=first.configs, state={k: v * 1.5 for k, v in first.state.items()},
                            report={"exact": True})
 
-    registry = _registry(TwiceLinear, MergeMethod("sloppy", sloppy, families=("twice",), takes_rank=False))
-    with pytest.raises(ContractFailure, match="twice-linear: exact merge methods are exact: merge method 'sloppy' "
+    registry = _registry(TwiceLinear, CombineMethod("sloppy", sloppy, families=("twice",), takes_rank=False))
+    with pytest.raises(ContractFailure, match="twice-linear: exact combine methods are exact: combine method 'sloppy' "
                                               "reports an exact result, but deviates by"):
         check_family("twice", registry=registry)
 

@@ -25,7 +25,7 @@ def _headings(path: Path) -> list[str]:
 
 
 def test_hooks_are_found() -> None:
-    assert {"register_adapter_types", "register_models", "register_merge_methods", "register_formats",
+    assert {"register_adapter_types", "register_models", "register_combine_methods", "register_formats",
             "register_commands"} <= set(HOOKS)
 
 

@@ -108,7 +108,7 @@ def test_dora_on_zero_channels_keeps_them_zero_instead_of_nan(base_state, dtype)
         if dtype == torch.float32:  # the definition in float64 (tests/conftest.py), and the merged weights
             assert_matches_reference(am(inputs), reference_model(am)(inputs.double()))
             unmerged = am(inputs)
-            am.merge(["x"])
+            am.fold(["x"])
             torch.testing.assert_close(am(inputs), unmerged)
 
 
@@ -246,8 +246,8 @@ TRAINING_CONFIGS = {
     "lora-rslora": lambda: peft.LoraConfig(r=3, lora_alpha=5, target_modules=TARGETS, init_lora_weights=False,
                                            use_rslora=True),
 }
-POLICIES = {"default": LayerPolicy(), "cache-off": LayerPolicy(merge_limit=0),
-            "no-merged-training": LayerPolicy(merged_training=False)}
+POLICIES = {"default": LayerPolicy(), "cache-off": LayerPolicy(fold_limit=0),
+            "no-merged-training": LayerPolicy(folded_training=False)}
 
 
 def _peft_and_ours(tmp_path, base_state, case: str, policy: LayerPolicy):
@@ -330,7 +330,7 @@ def test_half_precision_merges_accumulate_in_float32(family, dtype) -> None:
                 ratio = kind._ratio(name).double().view(-1, *(1,) * (original.dim() - 1))
                 total += ratio * (original + kind.factor_weight(kind.factors(name)).double()) - original
             exact[module]["weight"] = total
-    am.merge()
+    am.fold()
     worst = 0.0
     for module, layer in am.layers().items():
         for path, param in layer.base.named_parameters():

@@ -66,7 +66,7 @@ def test_the_cli_streams_export_and_into_base(zoo_with_stack, tmp_path) -> None:
     result = runner.invoke(cli, ["export", *refs, "--format", "merged", "--out", str(in_memory), "--zoo", str(zoo.root)])
     assert result.exit_code == 0, result.output
     assert file_fingerprint(out) == file_fingerprint(in_memory)
-    result = runner.invoke(cli, ["merge", "richboynet", *refs, "--into-base", "--stream", "--out", "fused",
+    result = runner.invoke(cli, ["fuse", "richboynet", *refs, "--stream", "--out", "fused",
                                  "--zoo", str(zoo.root), "--json"])
     assert result.exit_code == 0, result.output
     entry = zoo.resolve("richboynet/fused")

@@ -221,7 +221,7 @@ def test_training_mode_and_one_step_match_lycoris(tmp_path, net, case, policy) -
     algo, options, _family, _ = LYCORIS_CASES[case]
     theirs, network = _lycoris_network(net, tmp_path / "f.safetensors", algo, options)
     ours = AdaptedModel(copy.deepcopy(net), registry=get_registry(),
-                        policy=LayerPolicy(merge_limit=0) if policy == "cache-off" else LayerPolicy())
+                        policy=LayerPolicy(fold_limit=0) if policy == "cache-off" else LayerPolicy())
     ours.add_bundle(kohya.import_(tmp_path / "f.safetensors", ours), "x")
     target = torch.randn(3, 64, generator=torch.Generator().manual_seed(8))
     steps = []

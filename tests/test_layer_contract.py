@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from adapterhub_lite import AdaptedModule, AdapterLayer, LayerPolicy, LoraConfig, get_registry
-from adapterhub_lite.forward import MergedWeights
+from adapterhub_lite.forward import FoldedWeights
 from conftest import as_double, dora_cancellation, entries_for_kind, reference_module
 
 KINDS = sorted(get_registry().kinds)
@@ -41,19 +41,19 @@ CANCELLATION_LIMIT = 10.0
 POLICY = {"current": LayerPolicy()}
 
 
-@pytest.fixture(scope="module", autouse=True, params=[0, LayerPolicy().merge_limit],
+@pytest.fixture(scope="module", autouse=True, params=[0, LayerPolicy().fold_limit],
                 ids=["low-rank-path", "merged-weights-path"])
 def inference_path(request):
     """Every rule holds on both inference paths: the low-rank stack, and small layers' cached merged weights
     (the model handle's default strategy, under a policy with the cache off or on)."""
-    POLICY["current"] = LayerPolicy(merge_limit=request.param)
+    POLICY["current"] = LayerPolicy(fold_limit=request.param)
     yield request.param
     POLICY["current"] = LayerPolicy()
 
 
 def _served(layer: AdaptedModule) -> AdaptedModule:
     """The layer served as an AdaptedModel serves it, under the current path's policy."""
-    layer.strategy = MergedWeights(POLICY["current"])
+    layer.strategy = FoldedWeights(POLICY["current"])
     return layer
 
 
@@ -315,13 +315,13 @@ def test_merged_equals_unmerged_and_unmerge_is_bit_exact(kind_name: str) -> None
         with torch.no_grad():
             reference = _reference(layer, case, list(zip(layer.adapters, weights)))
             unmerged = case.run(layer)  # the low-rank path, or small layers' cached merged weights
-            layer.merge()
-            assert set(layer.merged) == {n for n, w in zip(layer.adapters, weights) if w != 0.0}
+            layer.fold()
+            assert set(layer.folded) == {n for n, w in zip(layer.adapters, weights) if w != 0.0}
             merged = case.run(layer)
         _assert_close(unmerged, reference, dtype)
         _assert_close(merged, reference, dtype)
-        layer.unmerge()
-        assert layer.merged == ()
+        layer.unfold()
+        assert layer.folded == ()
         for key, value in case.module.state_dict().items():
             assert torch.equal(value, before[key]), key
         for key, param in case.module.named_parameters():

@@ -12,7 +12,7 @@ from conftest import randomize_adapters
 from torch import nn
 
 from adapterhub_lite import AdaptedModel, AdaptedModule, ConfigError, LayerPolicy, LoraConfig, UnsupportedModuleError
-from adapterhub_lite.forward import MergedWeights
+from adapterhub_lite.forward import FoldedWeights
 
 
 def _linear_with(n: int, seed: int = 0) -> LoraLinear:
@@ -32,7 +32,7 @@ def test_fused_stack_matches_naive_sum(n: int) -> None:
         layer.set_weight(f"a{i}", w)
     x = torch.randn(7, 6)
     with torch.no_grad():
-        fused = layer.kinds[0].combine(layer.live(), x)
+        fused = layer.kinds[0].add_deltas(layer.live(), x)
         naive = sum(layer.kinds[0].delta(f"a{i}", x) * w for i, w in enumerate(weights))
     torch.testing.assert_close(fused, naive, rtol=1e-5, atol=1e-6)
 
@@ -50,7 +50,7 @@ def test_stack_runs_one_pair_of_products_for_many_adapters(monkeypatch: pytest.M
 @pytest.mark.parametrize("limit", [0, 1 << 22], ids=["low-rank-stack", "merged-weights"])
 def test_cache_follows_weights_parameters_and_active_set(limit: int) -> None:
     layer = _linear_with(2).eval()
-    layer.strategy = MergedWeights(LayerPolicy(merge_limit=limit))
+    layer.strategy = FoldedWeights(LayerPolicy(fold_limit=limit))
     x = torch.randn(4, 6)
 
     def fresh() -> torch.Tensor:  # reference with no cache involved
@@ -72,7 +72,7 @@ def test_cache_follows_weights_parameters_and_active_set(limit: int) -> None:
 def test_small_layers_run_inference_on_merged_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     """One base-sized product instead of base + adapters; training and big layers keep the low-rank path."""
     layer = _linear_with(3).eval()
-    layer.strategy = MergedWeights(LayerPolicy())  # as an AdaptedModel serves it
+    layer.strategy = FoldedWeights(LayerPolicy())  # as an AdaptedModel serves it
     calls = []
     original = layer.kinds[0].down
     monkeypatch.setattr(layer.kinds[0], "down", lambda x, a: calls.append(a.shape) or original(x, a))
@@ -229,7 +229,7 @@ def test_conv_training_on_merged_weights_gives_the_low_rank_gradients(monkeypatc
 
     torch.manual_seed(0)
     layer = AdaptedModule(nn.Conv2d(3, 6, 3, padding=1))
-    assert LoraConv2d.train_on_merged_weights is True
+    assert LoraConv2d.train_on_folded_weights is True
     layer.add("a", LoraConfig(targets="*", rank=2, alpha=4), LoraConv2d)
     layer.add("b", LoraConfig(targets="*", rank=3, rslora=True), LoraConv2d)
     randomize_adapters(layer)
@@ -237,7 +237,7 @@ def test_conv_training_on_merged_weights_gives_the_low_rank_gradients(monkeypatc
     x = torch.randn(2, 3, 8, 8)
 
     def grads(merged: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        layer.strategy = MergedWeights(LayerPolicy(merged_training=merged))  # what an AdaptedModel serves
+        layer.strategy = FoldedWeights(LayerPolicy(folded_training=merged))  # what an AdaptedModel serves
         layer.zero_grad()
         out = layer.train()(x)
         out.square().mean().backward()
@@ -249,7 +249,7 @@ def test_conv_training_on_merged_weights_gives_the_low_rank_gradients(monkeypatc
     for name in g_low:
         torch.testing.assert_close(g_merged[name], g_low[name], rtol=1e-4, atol=1e-5)
     assert all(p.grad is None for p in layer.base.parameters())
-    assert AdapterLayer.train_on_merged_weights is False  # kinds opt in; the core default is off
+    assert AdapterLayer.train_on_folded_weights is False  # kinds opt in; the core default is off
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -266,7 +266,7 @@ def test_attention_per_head_mask_and_padding_match_torch_on_merged_weights(batch
     per_head = torch.randn(n * heads, L, L)
     pad = torch.tensor([[False, False, True, False], [False, True, False, False], [False, False, False, True]])
     layer = am.layers()["0"]
-    am.policy = LayerPolicy(merge_limit=0)  # our attention code
+    am.policy = LayerPolicy(fold_limit=0)  # our attention code
     with torch.no_grad():
         ours, ours_weights = layer(x, x, x, attn_mask=per_head, key_padding_mask=pad, need_weights=need_weights)
         am.policy = LayerPolicy()  # torch's own attention on merged projections

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from adapterhub_lite import ConfigError, IncompatibleAdapterError, LoraConfig, ZooError
 from adapterhub_lite.zoo.compositions import compose
-from adapterhub_lite.zoo.combine import plan_merge, write_merge
+from adapterhub_lite.zoo.combine import plan_combine, write_combined
 from adapterhub_lite.zoo.fuse import fuse
 from adapterhub_lite.zoo.workflow import load_base, stack
 from adapterhub_lite.zoo import Zoo
@@ -68,8 +68,8 @@ def deltas(registry, zoo, refs) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("method", ["cat", "linear"])
 def test_exact_methods_equal_the_stack_with_mixed_ranks_alphas_and_rslora(tiny_registry, zoo, method) -> None:
     refs = ["a=0.7", "b=-1.3"]  # a negative weight subtracts
-    plan = plan_merge(tiny_registry, zoo, "tiny", refs, method)
-    entry = write_merge(tiny_registry, zoo, plan, "merged")
+    plan = plan_combine(tiny_registry, zoo, "tiny", refs, method)
+    entry = write_combined(tiny_registry, zoo, plan, "merged")
     want, got = deltas(tiny_registry, zoo, ["tiny/" + r for r in refs]), deltas(tiny_registry, zoo, [entry.ref])
     assert set(got) == set(want)
     for key in want:
@@ -89,19 +89,20 @@ def test_exact_methods_equal_the_stack_with_mixed_ranks_alphas_and_rslora(tiny_r
 
 def test_linear_finds_the_smallest_exact_rank(tiny_registry, zoo) -> None:
     # the same adapter at 0.25 and 0.75 is one rank-2 adapter at weight 1
-    plan = plan_merge(tiny_registry, zoo, "tiny", ["a=0.25", "a=0.75"], "linear")
+    plan = plan_combine(tiny_registry, zoo, "tiny", ["a=0.25", "a=0.75"], "linear")
     assert plan.result.report["ranks"]["fc2"] == 2 and plan.result.report["ranks"]["conv"] == 2
     # a minus itself is nothing: rank 1 of zeros, and the model is the base
-    zero = write_merge(tiny_registry, zoo, plan_merge(tiny_registry, zoo, "tiny", ["a=1", "a=-1"], "linear"), "zero")
+    zero = write_combined(tiny_registry, zoo, plan_combine(tiny_registry, zoo, "tiny", ["a=1", "a=-1"], "linear"),
+                          "zero")
     torch.testing.assert_close(outputs(tiny_registry, zoo, [zero.ref]), outputs(tiny_registry, zoo, ["tiny"]),
                                rtol=0, atol=1e-5)
     with pytest.raises(IncompatibleAdapterError, match="linear is exact and this weighted sum needs rank"):
-        plan_merge(tiny_registry, zoo, "tiny", ["a", "b"], "linear", rank=1)
+        plan_combine(tiny_registry, zoo, "tiny", ["a", "b"], "linear", rank=1)
 
 
 def test_svd_is_the_best_low_rank_approximation_and_reports_energy(tiny_registry, zoo) -> None:
-    plan = plan_merge(tiny_registry, zoo, "tiny", ["a=0.7", "b=-1.3"], "svd", rank=2)
-    entry = write_merge(tiny_registry, zoo, plan, "svd2")
+    plan = plan_combine(tiny_registry, zoo, "tiny", ["a=0.7", "b=-1.3"], "svd", rank=2)
+    entry = write_combined(tiny_registry, zoo, plan, "svd2")
     want, got = deltas(tiny_registry, zoo, ["tiny/a=0.7", "tiny/b=-1.3"]), deltas(tiny_registry, zoo, [entry.ref])
     kept = total = 0.0
     for key in ("fc1.weight", "conv.weight"):
@@ -112,14 +113,14 @@ def test_svd_is_the_best_low_rank_approximation_and_reports_energy(tiny_registry
         kept, total = kept + float((s[:2] ** 2).sum()), total + float((s**2).sum())
     assert 0 < plan.result.report["energy_kept"] < 1 and plan.result.report["exact"] is False
     assert plan.result.report["min_energy_kept"] <= kept / total
-    resized = plan_merge(tiny_registry, zoo, "tiny", ["b"], "svd", rank=3)  # resizing to its own rank loses nothing
+    resized = plan_combine(tiny_registry, zoo, "tiny", ["b"], "svd", rank=3)  # resizing to its own rank loses nothing
     assert resized.result.report["energy_kept"] == pytest.approx(1.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("method", ["ties", "dare-linear", "dare-ties", "magnitude-prune"])
 def test_sparsifying_methods_are_seeded_and_sound(tiny_registry, zoo, method) -> None:
     def run(**options):
-        return plan_merge(tiny_registry, zoo, "tiny", ["a", "b=0.5"], method, rank=3, options=options).result.state
+        return plan_combine(tiny_registry, zoo, "tiny", ["a", "b=0.5"], method, rank=3, options=options).result.state
 
     first, again = run(density=0.5, **({"seed": 3} if "dare" in method else {})), \
         run(density=0.5, **({"seed": 3} if "dare" in method else {}))
@@ -129,12 +130,12 @@ def test_sparsifying_methods_are_seeded_and_sound(tiny_registry, zoo, method) ->
         assert any(not torch.equal(first[k], other[k]) for k in first)
     # density 1 keeps everything: magnitude-prune and dare-linear become the plain weighted sum (truncated)
     if method in ("magnitude-prune", "dare-linear"):
-        full = plan_merge(tiny_registry, zoo, "tiny", ["a", "b=0.5"], method, rank=5, options={"density": 1.0})
-        exact = plan_merge(tiny_registry, zoo, "tiny", ["a", "b=0.5"], "svd", rank=5)
+        full = plan_combine(tiny_registry, zoo, "tiny", ["a", "b=0.5"], method, rank=5, options={"density": 1.0})
+        exact = plan_combine(tiny_registry, zoo, "tiny", ["a", "b=0.5"], "svd", rank=5)
         assert full.result.report["ranks"] == exact.result.report["ranks"]
         assert full.result.report["energy_kept"] == pytest.approx(exact.result.report["energy_kept"], rel=1e-6)
-        got = deltas(tiny_registry, zoo, [write_merge(tiny_registry, zoo, full, "full").ref])
-        want = deltas(tiny_registry, zoo, [write_merge(tiny_registry, zoo, exact, "exact").ref])
+        got = deltas(tiny_registry, zoo, [write_combined(tiny_registry, zoo, full, "full").ref])
+        want = deltas(tiny_registry, zoo, [write_combined(tiny_registry, zoo, exact, "exact").ref])
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5 * want[key].abs().max().item())
 
@@ -153,16 +154,16 @@ def test_ties_sign_election_by_hand() -> None:
 
 def test_merge_refuses_what_it_cannot_do_right(tiny_registry, zoo, tmp_path) -> None:
     with pytest.raises(ConfigError, match="does not use density") as info:
-        plan_merge(tiny_registry, zoo, "tiny", ["a", "b"], "svd", options={"density": 0.3})
+        plan_combine(tiny_registry, zoo, "tiny", ["a", "b"], "svd", options={"density": 0.3})
     assert info.value.option == "density"  # the library names its parameter; the CLI adds the flag
     with pytest.raises(ConfigError, match="sets the rank itself") as info:
-        plan_merge(tiny_registry, zoo, "tiny", ["a", "b"], "cat", rank=2)
+        plan_combine(tiny_registry, zoo, "tiny", ["a", "b"], "cat", rank=2)
     assert info.value.option == "rank"
     # another base: refused by fingerprint
     other = seed_base(tiny_registry, zoo, "tiny", seed=5)
     seed_adapter(tiny_registry, zoo, other, "c", LoraConfig(targets=["fc1"], rank=2), seed=3)
     with pytest.raises(IncompatibleAdapterError, match="tiny/c@v1 was trained on tiny/base@v2, not tiny/base@v1"):
-        plan_merge(tiny_registry, zoo, "tiny", ["a", "c"], "cat")
+        plan_combine(tiny_registry, zoo, "tiny", ["a", "c"], "cat")
 
 
 def _rewrite(entry_path: Path, edit) -> None:
@@ -186,7 +187,7 @@ def test_dora_and_unknown_fields_are_refused_not_dropped(tiny_registry, zoo) -> 
     with pytest.raises(IncompatibleAdapterError, match=r"does not understand \(config.use_dora\)"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            plan_merge(tiny_registry, zoo, "tiny", ["a", "b"], "cat")
+            plan_combine(tiny_registry, zoo, "tiny", ["a", "b"], "cat")
 
     def add_magnitude(header, tensors):
         tensors["fc1.lora_magnitude"] = torch.ones(16)
@@ -194,7 +195,7 @@ def test_dora_and_unknown_fields_are_refused_not_dropped(tiny_registry, zoo) -> 
 
     _rewrite(zoo.resolve("tiny/a").path, add_magnitude)
     with pytest.raises(IncompatibleAdapterError, match="'fc1.lora_magnitude' is not a LoRA factor"):
-        plan_merge(tiny_registry, zoo, "tiny", ["a"], "svd")
+        plan_combine(tiny_registry, zoo, "tiny", ["a"], "svd")
 
 
 def test_fuse_into_base_equals_the_stack(tiny_registry, zoo) -> None:
@@ -219,7 +220,7 @@ def test_compositions_expand_everywhere(tiny_registry, zoo) -> None:
     nested = compose(zoo, "tiny", "nested", ["mix=-1"])
     torch.testing.assert_close(outputs(tiny_registry, zoo, [nested.ref]),
                                outputs(tiny_registry, zoo, ["tiny/a=-0.5", "tiny/b=-2"]))
-    merged = write_merge(tiny_registry, zoo, plan_merge(tiny_registry, zoo, "tiny", ["nested"], "cat"), "flat")
+    merged = write_combined(tiny_registry, zoo, plan_combine(tiny_registry, zoo, "tiny", ["nested"], "cat"), "flat")
     torch.testing.assert_close(outputs(tiny_registry, zoo, [merged.ref]),
                                outputs(tiny_registry, zoo, ["tiny/a=-0.5", "tiny/b=-2"]), rtol=1e-4, atol=1e-3)
     # a part that disappeared, and a composition on another base
@@ -324,7 +325,7 @@ def test_library_merge_export_and_fused_state(tiny_registry, tmp_path) -> None:
         want = reference_model(am)(X.double())
         assert_matches_reference(am(X), want)
     before = {k: v.clone() for k, v in am.model.state_dict().items()}
-    report = am.merge_adapters({"a": 0.5, "b": -1.0}, out="ab", method="cat")
+    report = am.combine({"a": 0.5, "b": -1.0}, out="ab", method="cat")
     assert report["exact"] and am.active == {"a": 0.5, "b": -1.0}  # the new adapter starts disabled
     fused = am.fused_state_dict()
     assert all(torch.equal(v, before[k]) for k, v in am.model.state_dict().items() if k in before)  # untouched
@@ -340,13 +341,13 @@ def test_library_merge_export_and_fused_state(tiny_registry, tmp_path) -> None:
 def test_energy_kept_is_pinned_on_a_hand_computed_case(tiny_registry) -> None:
     """delta = diag(3, 2, 1): keeping rank 1 keeps 3^2 / (3^2 + 2^2 + 1^2) = 9/14 of the energy (squared
     singular values), and the kept delta is diag(3, 0, 0); two ranks keep 13/14."""
-    from adapterhub_lite import MergeInput
+    from adapterhub_lite import CombineInput
 
     config = LoraConfig(targets=["fc"], rank=3, alpha=3)  # scale 1
     state = {"fc.lora_A": torch.eye(3), "fc.lora_B": torch.diag(torch.tensor([3.0, 2.0, 1.0]))}
-    svd = tiny_registry.get_merge_method("svd").fn
+    svd = tiny_registry.get_combine_method("svd").fn
     for rank, energy in ((1, 9 / 14), (2, 13 / 14), (3, 1.0)):
-        result = svd([MergeInput(label="d", weight=1.0, configs={"fc": config}, state=state)], rank=rank)
+        result = svd([CombineInput(label="d", weight=1.0, configs={"fc": config}, state=state)], rank=rank)
         assert result.report["energy_kept"] == pytest.approx(energy, abs=1e-9)
         assert result.report["min_energy_kept"] == pytest.approx(energy, abs=1e-9)
         kept = result.configs["fc"]
@@ -354,7 +355,7 @@ def test_energy_kept_is_pinned_on_a_hand_computed_case(tiny_registry) -> None:
         want = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64) * (torch.arange(3) < rank))
         torch.testing.assert_close(delta, want, rtol=0, atol=1e-6)
     # a weight scales the delta, never the share of energy kept
-    half = svd([MergeInput(label="d", weight=0.5, configs={"fc": config}, state=state)], rank=1)
+    half = svd([CombineInput(label="d", weight=0.5, configs={"fc": config}, state=state)], rank=1)
     assert half.report["energy_kept"] == pytest.approx(9 / 14, abs=1e-9)
 
 
@@ -389,17 +390,17 @@ def test_a_method_that_reports_exact_is_checked_on_its_inputs(registry) -> None:
     from conftest import randomize_adapters
     from torch import nn
 
-    from adapterhub_lite import (AdaptedModel, AdapterhubWarning, LoraConfig, MergeMethod, MergeResult,
+    from adapterhub_lite import (AdaptedModel, AdapterhubWarning, LoraConfig, CombineMethod, CombineResult,
                                  PluginManager, Registry, hookimpl)
 
     def liar(inputs, *, rank=None):
         honest = merge_cat(inputs)
         state = {k: v * 1.1 if k.endswith("lora_B") else v for k, v in honest.state.items()}
-        return MergeResult(configs=honest.configs, state=state, report={**honest.report, "exact": True})
+        return CombineResult(configs=honest.configs, state=state, report={**honest.report, "exact": True})
 
     plugin = types.ModuleType("liar_plugin")
-    plugin.register_merge_methods = hookimpl(lambda register: register(
-        MergeMethod(name="liar", fn=liar, families=("lora",), options=())))
+    plugin.register_combine_methods = hookimpl(lambda register: register(
+        CombineMethod(name="liar", fn=liar, families=("lora",), options=())))
     pm = PluginManager()
     pm.add(adapterhub_lite_lora, name="lora")
     pm.add(plugin, name="liar")
@@ -409,9 +410,9 @@ def test_a_method_that_reports_exact_is_checked_on_its_inputs(registry) -> None:
     for name in ("a", "b"):
         am.add_adapter(name, LoraConfig(targets=["0", "2"], rank=2), activate=False)
     randomize_adapters(am.model)
-    honest = am.merge_adapters({"a": 1.0, "b": -0.5}, "both", method="cat")
+    honest = am.combine({"a": 1.0, "b": -0.5}, "both", method="cat")
     assert honest["exact"] is True and honest["exact_deviation"] < 1e-6
     with pytest.warns(AdapterhubWarning, match="'liar' reported an exact result, but it deviates"):
-        lied = am.merge_adapters({"a": 1.0, "b": -0.5}, "lie", method="liar")
+        lied = am.combine({"a": 1.0, "b": -0.5}, "lie", method="liar")
     assert lied["exact"] is False and lied["exact_deviation"] > 0.05
     assert sorted(am.adapters) == ["a", "b", "both", "lie"]  # the inputs copied for the check are gone

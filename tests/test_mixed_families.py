@@ -101,18 +101,18 @@ def test_merge_all_or_in_steps_matches_and_unmerge_is_bit_exact() -> None:
     with torch.no_grad():
         unmerged = am(X)
     want = reference_model(am)(X.double())
-    am.merge()
+    am.fold()
     with torch.no_grad():
         assert_matches_reference(am(X), want)
-    am.unmerge()
+    am.unfold()
     assert all(torch.equal(v, originals[k]) for k, v in am.model.state_dict().items())
     with torch.no_grad():
         assert torch.equal(am(X), unmerged)
     for step in (["lora", "loha"], ["scales-in"], ["dora", "lokr", "scales-out"]):  # a wrap between additive ones
-        am.merge(step)
+        am.fold(step)
         _check(am)  # merged ones from the weights, the rest live: still the whole stack
-    assert set(am.merged) == set(STACK)
-    am.unmerge()
+    assert set(am.folded) == set(STACK)
+    am.unfold()
     assert all(torch.equal(v, originals[k]) for k, v in am.model.state_dict().items())
 
 
@@ -172,9 +172,9 @@ def test_a_second_family_on_a_merged_module_is_refused_and_changes_nothing() -> 
     torch.manual_seed(0)
     am = AdaptedModel(Small().eval(), registry=get_registry())
     am.add_adapter("l", _config("lora", rank=2))
-    am.merge()
+    am.fold()
     before = copy.deepcopy(am.model.state_dict())
-    with pytest.raises(AdapterStateError, match=r"merged into this module: unmerge\(\) before adding"):
+    with pytest.raises(AdapterStateError, match=r"folded into this module: unfold\(\) before adding"):
         am.add_adapter("h", _config("loha", rank=2))
     assert list(am.adapters) == ["l"] and am.model.fc1.families == ("lora",)
     assert all(torch.equal(v, before[k]) for k, v in am.model.state_dict().items())

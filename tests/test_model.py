@@ -99,14 +99,14 @@ def test_set_active_weights_and_bit_exact_paths(tiny_net, tiny_input, registry) 
         am.set_active(["a"], weights={"a": 0.0})
         assert torch.equal(am(tiny_input), base_out)
         am.set_active(["a", "b"], weights=[0.7, -1.0])
-        am.merge()
-        assert am.merged == ("a", "b")
+        am.fold()
+        assert am.folded == ("a", "b")
         assert_matches_reference(am(tiny_input), reference)
-        with pytest.raises(AdapterStateError, match="unmerge"):
+        with pytest.raises(AdapterStateError, match="unfold"):
             am.set_active(["a"])
-        with pytest.raises(AdapterStateError, match="unmerge"):
+        with pytest.raises(AdapterStateError, match="unfold"):
             am.delete_adapter("a")
-        am.unmerge()
+        am.unfold()
         assert torch.equal(am(tiny_input), stacked)
 
 
@@ -117,7 +117,7 @@ def test_unload_gives_back_the_original_model(tiny_net, tiny_input, registry) ->
     am = AdaptedModel(tiny_net, registry=registry)
     am.add_adapter("a", LoraConfig(targets=["*"]))
     randomize_adapters(tiny_net)
-    am.merge()
+    am.fold()
     plain = am.unload()
     assert plain is tiny_net
     assert dict(plain.named_modules()).keys() == modules.keys()
@@ -134,7 +134,7 @@ def test_unload_with_merge_fuses_the_adapters(tiny_net, tiny_input, registry) ->
     randomize_adapters(tiny_net)
     with torch.no_grad():
         expected = reference_model(am)(tiny_input.double())
-        fused = am.unload(merge=True)
+        fused = am.unload(fold=True)
         assert not any(isinstance(m, AdaptedModule) for m in fused.modules())
         assert_matches_reference(fused(tiny_input), expected)
 
@@ -200,7 +200,7 @@ def test_whole_model_merge_in_both_attention_layouts(batch_first, registry) -> N
     with torch.no_grad():
         reference = reference_model(am)(x.double())
         assert_matches_reference(am(x), reference)
-        am.merge()
+        am.fold()
         assert_matches_reference(am(x), reference)
 
 
@@ -231,7 +231,7 @@ def test_separate_projection_attention(registry) -> None:
         am.set_active(["a", "b"], [0.5, 1.5])
         reference = reference_model(am)(x.double())
         assert_matches_reference(am(x), reference)
-        am.merge()
+        am.fold()
         assert_matches_reference(am(x), reference)
 
 
@@ -253,36 +253,36 @@ def test_kept_merge_buffers_are_reused_and_unmerge_stays_bit_exact(registry, mon
     from adapterhub_lite import AdaptedModel, LayerPolicy, LoraConfig
 
     torch.manual_seed(0)
-    am = AdaptedModel(nn.Sequential(nn.Linear(16, 16)), registry=registry, policy=LayerPolicy(keep_merge_buffers=True))
+    am = AdaptedModel(nn.Sequential(nn.Linear(16, 16)), registry=registry, policy=LayerPolicy(keep_fold_buffers=True))
     am.add_adapter("a", LoraConfig(targets=["0"], rank=2))
     randomize_adapters(am.model)
     layer = am.layers()["0"]
     original = layer.base.weight.data.clone()
-    am.merge()
+    am.fold()
     first_ptr = layer.base.weight.data_ptr()  # an address, not a reference: the buffer stays ours alone
     first_values = layer.base.weight.detach().clone()
-    am.unmerge()
+    am.unfold()
     assert torch.equal(layer.base.weight.data, original)  # bit-exact
     assert layer.base.weight.data_ptr() != first_ptr
-    am.merge()
+    am.fold()
     assert layer.base.weight.data_ptr() == first_ptr  # written into the kept buffer
     assert torch.equal(layer.base.weight.data, first_values)
-    am.unmerge()
+    am.unfold()
     fused = am.fused_state_dict()["0.weight"]  # must not be overwritten by a later merge
     kept = fused.clone()
-    am.merge()
-    am.unmerge()
+    am.fold()
+    am.unfold()
     assert torch.equal(fused, kept)
     # a merged weight someone still holds is never written into
-    am.merge()
+    am.fold()
     held = am.model.state_dict()["0.base.weight"]
     held_values = held.clone()
-    am.unmerge()
-    am.merge()
+    am.unfold()
+    am.fold()
     assert layer.base.weight.data_ptr() != held.data_ptr() and torch.equal(held, held_values)
-    am.unmerge()
+    am.unfold()
     am.release_buffers()
-    assert not len(layer._merge_buffers)
+    assert not len(layer._fold_buffers)
 
 
 def test_memory_after_unmerge_and_in_the_inference_cache_is_bounded(registry) -> None:
@@ -296,9 +296,9 @@ def test_memory_after_unmerge_and_in_the_inference_cache_is_bounded(registry) ->
         am.add_adapter(name, LoraConfig(targets=["0", "2"], rank=4))
     randomize_adapters(model)
     x = torch.randn(3, 64)
-    am.merge()
-    am.unmerge()
-    assert all(not len(layer._merge_buffers) for layer in am.layers().values())  # released on unmerge
+    am.fold()
+    am.unfold()
+    assert all(not len(layer._fold_buffers) for layer in am.layers().values())  # released on unmerge
     with torch.no_grad():
         for i, weight in enumerate([0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6]):
             am.set_active(["a", "b"] if i % 2 else ["a"], [weight, -weight][: 1 + i % 2])
@@ -322,9 +322,9 @@ def test_adapter_names_that_are_torch_module_attributes_work(registry) -> None:
     randomize_adapters(model)
     with torch.no_grad():
         stacked = am(x)
-        am.merge()
+        am.fold()
         torch.testing.assert_close(am(x), stacked, rtol=1e-5, atol=1e-6)
-        am.unmerge()
+        am.unfold()
     assert callable(model.fc1.half) and "fc1.adapters.half.lora_A" in model.state_dict()
     for name in ("half", "train", "to", "forward", "state_dict"):
         am.delete_adapter(name)
@@ -333,7 +333,7 @@ def test_adapter_names_that_are_torch_module_attributes_work(registry) -> None:
 
 
 def test_the_policy_tunes_every_layer_and_is_refused_mid_routing(registry) -> None:
-    """One LayerPolicy per model: merge_limit 0 turns the merged-weight cache off (outputs equal), a bad value
+    """One LayerPolicy per model: fold_limit 0 turns the merged-weight cache off (outputs equal), a bad value
     is one ConfigError, and a policy cannot change inside a routing() block."""
     from adapterhub_lite import AdaptedModel, AdapterStateError, ConfigError, LayerPolicy, LoraConfig
 
@@ -345,17 +345,17 @@ def test_the_policy_tunes_every_layer_and_is_refused_mid_routing(registry) -> No
     with torch.no_grad():
         cached = am(x)
         assert am.cache_bytes > 0
-        am.policy = LayerPolicy(merge_limit=0)
+        am.policy = LayerPolicy(fold_limit=0)
         plain = am(x)
         assert am.cache_bytes == 0
     torch.testing.assert_close(cached, plain, rtol=1e-4, atol=1e-5)  # two roundings of the same sum
-    with pytest.raises(ConfigError, match="merge_limit"):
-        LayerPolicy(merge_limit=-1)
+    with pytest.raises(ConfigError, match="fold_limit"):
+        LayerPolicy(fold_limit=-1)
     with pytest.raises(ConfigError, match="cache_budget"):
         LayerPolicy(cache_budget=float("nan"))
     with am.routing(["a"] * 4), pytest.raises(AdapterStateError, match="routing"):
         am.policy = LayerPolicy()
-    assert AdaptedModel(nn.Linear(2, 2), policy=LayerPolicy(merge_limit=7)).policy.merge_limit == 7
+    assert AdaptedModel(nn.Linear(2, 2), policy=LayerPolicy(fold_limit=7)).policy.fold_limit == 7
 
 
 def test_an_adapter_module_with_buffers_is_refused_when_created(registry) -> None:
@@ -412,14 +412,14 @@ def test_a_kind_whose_delta_has_the_wrong_shape_is_one_line_naming_kind_plugin_m
     from adapterhub_lite import AdapterLayer, LayerPolicy, PluginError
 
     class Narrow(LoraLinear):
-        def combine(self, live, x, out=None):
-            return AdapterLayer.combine(self, live, x, out)
+        def add_deltas(self, live, x, out=None):
+            return AdapterLayer.add_deltas(self, live, x, out)
 
         def delta(self, name, x):
             return super().delta(name, x)[..., :1]
 
     am = _special_model_with("narrow", Narrow, "narrow-plugin")
-    am.policy = LayerPolicy(merge_limit=0)  # the plain path, where the delta is added
+    am.policy = LayerPolicy(fold_limit=0)  # the plain path, where the delta is added
     with torch.no_grad(), pytest.raises(PluginError, match="kind 'narrow' of plugin 'narrow-plugin' on module '0', "
                                                            "adapter 'a': its delta has shape \\(2, 1\\) where the base "
                                                            "output has \\(2, 5\\)"):
@@ -435,15 +435,15 @@ def test_a_kind_that_raises_is_one_line_naming_kind_plugin_module_and_adapter(pa
     from adapterhub_lite import LayerPolicy, PluginError
 
     class Broken(LoraLinear):
-        def combine(self, live, x, out=None):
+        def add_deltas(self, live, x, out=None):
             raise IndexError("index 7 is out of bounds for dimension 0 with size 2")
 
-        def merged_weights(self, weighted, allocate):
+        def folded_weights(self, weighted, allocate):
             raise IndexError("index 7 is out of bounds for dimension 0 with size 2")
 
     am = _special_model_with("broken", Broken, "broken-plugin")
     if path == "low-rank":
-        am.policy = LayerPolicy(merge_limit=0)
+        am.policy = LayerPolicy(fold_limit=0)
     am.train(path == "training")
     with torch.set_grad_enabled(path == "training"), pytest.raises(PluginError) as caught:
         am(torch.randn(2, 4))
@@ -451,7 +451,7 @@ def test_a_kind_that_raises_is_one_line_naming_kind_plugin_module_and_adapter(pa
     assert message.startswith("kind 'broken' of plugin 'broken-plugin' on module '0', adapter 'a': its ")
     assert "raised IndexError: index 7 is out of bounds" in message and "\n" not in message
     assert isinstance(caught.value.__cause__, IndexError)
-    am.policy = LayerPolicy(merge_limit=0)
+    am.policy = LayerPolicy(fold_limit=0)
     am.train(False)
     am.set_weight("a", 0.0)  # nothing live: the kind's code does not run, the base does
     with torch.no_grad():

@@ -66,7 +66,7 @@ def test_off_paths_and_unload_are_bit_identical(drawn, weights, registry) -> Non
         am.set_active(list(am.adapters), [0.0] * len(configs))
         assert torch.equal(am(x), base_out)
         am.set_active(list(am.adapters), weights[: len(configs)])
-        am.merge()
+        am.fold()
         plain = am.unload()
         assert torch.equal(plain(x), base_out)
     assert all(torch.equal(v, state[k]) for k, v in plain.state_dict().items())

@@ -58,7 +58,7 @@ def test_same_weights_same_outputs_as_peft(targets, rslora, registry) -> None:
         expected = theirs(x)
         torch.testing.assert_close(am(x), expected, rtol=1e-5, atol=1e-6)
         theirs.merge_adapter()
-        am.merge()
+        am.fold()
         torch.testing.assert_close(am(x), theirs(x), rtol=1e-5, atol=1e-6)
 
 

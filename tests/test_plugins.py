@@ -94,9 +94,9 @@ def test_third_party_plugin_end_to_end(toy_site, monkeypatch, tmp_path) -> None:
     with torch.no_grad():
         trained = am(x)
         assert not torch.allclose(trained, base_out)
-        am.merge()
+        am.fold()
         torch.testing.assert_close(am(x), trained, rtol=1e-5, atol=1e-6)
-        am.unmerge()
+        am.unfold()
     path = am.save_adapter("d", tmp_path / "d.safetensors")
     fresh = AdaptedModel(am.unload(), base_id="toy-mlp", registry=registry)
     with torch.no_grad():
@@ -261,7 +261,7 @@ def test_a_third_party_family_model_and_task_through_the_command_line(scale_site
     assert scale["distribution"] == "scale-adapter"
     assert [k["name"] for k in scale["kinds"]] == ["scale-linear"] and scale["kinds"][0]["family"] == "scale"
     assert [m["name"] for m in scale["models"]] == ["wave"] and scale["models"][0]["task"] == "regress"
-    assert [m["name"] for m in scale["merges"]] == ["scale-sum"]
+    assert [m["name"] for m in scale["combine_methods"]] == ["scale-sum"]
     helped = adapters("train", "wave", "x", "--family", "scale", "--help").stdout
     assert "--init FLOAT" in helped and "Starting value of every scale" in helped and "--rank INTEGER" not in helped
     assert "--variant [plain|shifted]" in helped and "--points INTEGER" in helped
@@ -278,15 +278,15 @@ def test_a_third_party_family_model_and_task_through_the_command_line(scale_site
     text = adapters("apply", "wave/up", "--eval", "--variant", "shifted").stdout
     assert f"mean squared error {adapted['mse']:.5f} on 512 points" in text  # the task's own report
 
-    merged = json.loads(adapters("merge", "wave", "up=0.5", "up2=0.5", "--method", "scale-sum", "--out", "both",
+    merged = json.loads(adapters("combine", "wave", "up=0.5", "up2=0.5", "--method", "scale-sum", "--out", "both",
                                  "--json").stdout)
     assert merged["merge"]["exact"] is True and merged["parents"] == ["wave/up@v1", "wave/up2@v1"]
     # the family's own default method, with the flag that method declares
-    clipped = json.loads(adapters("merge", "wave", "up=0.5", "up2=0.5", "--clip", "0.01", "--out", "clipped",
+    clipped = json.loads(adapters("combine", "wave", "up=0.5", "up2=0.5", "--clip", "0.01", "--out", "clipped",
                                   "--json").stdout)
     assert clipped["recipe"]["method"] == "scale-sum" and clipped["recipe"]["clip"] == 0.01
     assert clipped["merge"]["exact"] is False
-    assert "--clip" in adapters("merge", "wave", "up", "--method", "scale-sum", "--out", "x", "--help").stdout
+    assert "--clip" in adapters("combine", "wave", "up", "--method", "scale-sum", "--out", "x", "--help").stdout
     refused = _run([*ADAPTERS, "merge", "wave", "up", "--method", "linear", "--out", "x"], scale_site,
                    ADAPTERS_ZOO=str(zoo))
     assert refused.returncode == 1 and "'scale' adapter; method 'linear' combines 'lora' adapters only" in \

@@ -71,7 +71,7 @@ def test_a_second_config_class_claiming_a_family_is_refused_naming_both_plugins(
 
     @dataclass(frozen=True)
     class Impostor(AdapterConfig):
-        kind: ClassVar[str] = "lora"
+        family: ClassVar[str] = "lora"
 
     claim = _plugin(register_adapter_types=lambda register: register(
         AdapterKind(name="impostor-linear", layer=LoraLinear, config=Impostor)))
@@ -144,9 +144,10 @@ def test_unknown_kind_family_merge_and_format(registry) -> None:
         registry.get_kind("lora-linaer")
     with pytest.raises(UnknownNameError, match="unknown adapter family 'loha'.*Install the plugin"):
         registry.config_class("loha")
-    with pytest.raises(UnknownNameError, match="unknown merge method 'tie'; did you mean 'ties'"):
-        registry.get_merge_method("tie")
-    assert registry.merges["ties"].plugin == "lora" and registry.get_merge_method("svd").families == ("lora",)
+    with pytest.raises(UnknownNameError, match="unknown combine method 'tie'; did you mean 'ties'"):
+        registry.get_combine_method("tie")
+    assert registry.combine_methods["ties"].plugin == "lora"
+    assert registry.get_combine_method("svd").families == ("lora",)
     with pytest.raises(UnknownNameError, match="unknown format"):
         registry.get_format("peft")
     assert isinstance(UnknownNameError("x", "y", []), KeyError)

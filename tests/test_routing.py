@@ -38,13 +38,13 @@ def one_by_one(am: AdaptedModel, route) -> torch.Tensor:
 
 @pytest.fixture(params=[(0, 1.0), (1 << 22, 1.0), (1 << 22, 8.0)],
                 ids=["low-rank-route", "small-layers-default-budget", "merged-weights-route"])
-def merge_limit(request):
+def fold_limit(request):
     """The low-rank route; small layers with the default cache budget (one merged copy: routing stays
     low-rank); and a budget that holds a copy per routed adapter (each sample group on merged weights)."""
     from adapterhub_lite import LayerPolicy
 
     limit, budget = request.param
-    return LayerPolicy(merge_limit=limit, cache_budget=budget)
+    return LayerPolicy(fold_limit=limit, cache_budget=budget)
 
 
 def reference_per_sample(am: AdaptedModel, route) -> torch.Tensor:
@@ -58,9 +58,9 @@ def reference_per_sample(am: AdaptedModel, route) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_routed_batch_equals_each_sample_alone(registry, batch_first, merge_limit) -> None:
+def test_routed_batch_equals_each_sample_alone(registry, batch_first, fold_limit) -> None:
     am = adapted(registry, batch_first)
-    am.policy = merge_limit
+    am.policy = fold_limit
     with torch.no_grad():
         with am.routing(ROUTE):
             routed = am(X)
@@ -123,7 +123,7 @@ def test_routing_refuses_unknown_merged_and_nested(registry) -> None:
             with am.routing(["b"] * 6):
                 pass
     am.set_active(["a"])
-    am.merge()
-    with pytest.raises(AdapterStateError, match="merged into every sample"):
+    am.fold()
+    with pytest.raises(AdapterStateError, match="folded into every sample"):
         with am.routing(["a"] * 6):
             pass

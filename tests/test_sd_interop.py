@@ -250,7 +250,7 @@ def test_a_training_step_on_a_kohya_sd_file_matches_diffusers(tmp_path, policy) 
     path = tmp_path / "a1111.safetensors"
     _kohya_file(path, seed=7, rank=4, alpha=1.0)
     am = ours()
-    am.policy = LayerPolicy(merge_limit=0) if policy == "cache-off" else LayerPolicy()
+    am.policy = LayerPolicy(fold_limit=0) if policy == "cache-off" else LayerPolicy()
     import_file(am, path, "kohya", "a1111")
     unet, text_encoder = diffusers_loaded({"a1111": str(path)})
     theirs_params = [p for m in (unet, text_encoder) for n, p in m.named_parameters() if "lora_" in n]

@@ -81,7 +81,7 @@ def test_header_describes_the_adapter(tmp_path, registry) -> None:
 def test_fingerprint_ignores_merging(registry) -> None:
     _, am = _trained(registry)
     before = am.base_fingerprint("style")
-    am.merge()
+    am.fold()
     assert am.base_fingerprint("style") == before
 
 

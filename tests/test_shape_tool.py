@@ -54,9 +54,9 @@ def test_the_zoo_modules_old_flat_paths_still_import_with_a_pointer() -> None:
     code = ("import warnings, adapterhub_lite\n"
             "with warnings.catch_warnings(record=True) as caught:\n"
             "    warnings.simplefilter('always')\n"
-            "    from adapterhub_lite.merge import fuse, plan_merge\n"
+            "    from adapterhub_lite.merge import fuse, plan_combine\n"
             "    from adapterhub_lite.workflow import load_base\n"
-            "print(fuse.__module__, plan_merge.__module__, load_base.__module__)\n"
+            "print(fuse.__module__, plan_combine.__module__, load_base.__module__)\n"
             "print(sorted({str(w.message).split(':')[0] for w in caught if w.category is DeprecationWarning}))\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     modules, warned = run.stdout.splitlines()

@@ -47,7 +47,7 @@ def test_the_page_holds_lineage_curves_charts_and_grids(built_zoo, tmp_path) -> 
     entries = list(built_zoo.entries())
     assert counts["entries"] == len(entries) == 6  # per seed 0, 1: a richboynet base and nines; a ddpm base, inv
     for entry in entries:  # every entry is a node of its model's lineage, and has its section
-        assert f"<title>{entry.ref} ({entry.kind})</title>" in page and f'id="{entry.ref}"' in page
+        assert f"<title>{entry.ref} ({entry.entry_type})</title>" in page and f'id="{entry.ref}"' in page
     trained = [e for e in entries if "training" in e.card]
     assert counts["curves"] == len(trained) > 0 and page.count('class="curve"') == len(trained)
     # each richboynet adapter: its task's per-digit chart for "all" and for its trained digits
@@ -125,7 +125,7 @@ def test_a_real_browser_loads_the_page_without_errors(built_zoo, tmp_path, monke
         assert images and all(ok for _, ok in images), images
         nodes = driver.execute_script(
             "return [...document.querySelectorAll('svg.lineage g.node title')].map(t => t.textContent)")
-        assert sorted(nodes) == sorted(f"{e.ref} ({e.kind})" for e in built_zoo.entries())
+        assert sorted(nodes) == sorted(f"{e.ref} ({e.entry_type})" for e in built_zoo.entries())
         shot = tmp_path / "shot.png"
         shot.write_bytes(driver.get_screenshot_as_png())
         colours = {c for _, c in Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)}

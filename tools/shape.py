@@ -5,7 +5,10 @@
 Prints: the core's modules and lines (the largest named), the public surface of the layer contract class (methods,
 properties, class attributes defined on it, not inherited from nn.Module), and every import cycle among the
 package's modules, counting imports at module level, inside functions and under TYPE_CHECKING alike (a cycle
-is a strongly connected group of two or more modules).
+is a strongly connected group of two or more modules), and the public names that still say "merge" (issue 30
+fixes fold / combine / fuse): the members of the API classes, the specs, the hooks and the commands, each
+either current or an older name kept for compatibility (a `Renamed` / `_old_name` member, an alias of another
+name, a hook that warns on use).
 """
 
 from __future__ import annotations
@@ -87,6 +90,20 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(out, key=lambda g: (-len(g), g))
 
 
+API_CLASSES = {"model.py": "AdaptedModel", "host.py": "AdaptedModule", "layer.py": "AdapterLayer",
+               "forward.py": "LayerPolicy", "registry.py": "Registry"}
+ALIAS_CALLS = {"Renamed", "_old_name"}
+
+
+def _is_alias(value: ast.expr | None) -> bool:
+    """An older name's value: `Renamed(...)` / `_old_name(...)`, another name, or a tuple of those."""
+    if isinstance(value, ast.Tuple):
+        return bool(value.elts) and all(_is_alias(v) for v in value.elts)
+    if isinstance(value, ast.Call):
+        return getattr(value.func, "id", None) in ALIAS_CALLS
+    return isinstance(value, ast.Name)
+
+
 def contract_surface(path: Path, cls: str) -> dict[str, list[str]]:
     """Public names defined in class `cls` of `path`: methods, properties, class attributes."""
     tree = ast.parse(path.read_text())
@@ -96,11 +113,52 @@ def contract_surface(path: Path, cls: str) -> dict[str, list[str]]:
         if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and not item.name.startswith("_"):
             decorators = {getattr(d, "id", getattr(d, "attr", "")) for d in item.decorator_list}
             surface["properties" if "property" in decorators else "methods"].append(item.name)
-        elif isinstance(item, (ast.AnnAssign, ast.Assign)):
+        elif isinstance(item, (ast.AnnAssign, ast.Assign)) and not _is_alias(item.value):  # older names: not counted
             targets = [item.target] if isinstance(item, ast.AnnAssign) else item.targets
             surface["class attributes"] += [t.id for t in targets if isinstance(t, ast.Name)
                                             and not t.id.startswith("_")]
     return surface
+
+
+def merge_words() -> dict[str, list[str]]:
+    """Public names saying "merge": {"current": [...], "older names": [...]}."""
+    found: dict[str, list[str]] = {"current": [], "older names": []}
+
+    def note(label: str, older: bool) -> None:
+        if "merge" in label.split(" ")[-1].lower():
+            found["older names" if older else "current"].append(label)
+
+    for file, cls in API_CLASSES.items():
+        tree = ast.parse((PACKAGE / file).read_text())
+        node = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls)
+        for item in node.body:
+            if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and not item.name.startswith("_"):
+                note(f"{cls}.{item.name}", False)
+            elif isinstance(item, (ast.AnnAssign, ast.Assign)):
+                targets = [item.target] if isinstance(item, ast.AnnAssign) else item.targets
+                names = [e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+                for name in names:
+                    if isinstance(name, ast.Name) and not name.id.startswith("_"):
+                        note(f"{cls}.{name.id}", _is_alias(item.value))
+    for item in ast.parse((PACKAGE / "specs.py").read_text()).body:
+        if isinstance(item, ast.ClassDef):
+            note(item.name, False)
+        elif isinstance(item, ast.Assign):
+            for target in item.targets:
+                for name in target.elts if isinstance(target, ast.Tuple) else [target]:
+                    if isinstance(name, ast.Name):
+                        note(name.id, _is_alias(item.value))
+    for item in ast.parse((PACKAGE / "hookspecs.py").read_text()).body:
+        if isinstance(item, ast.FunctionDef):
+            warns = any(isinstance(d, ast.Call) and any(k.arg == "warn_on_impl" for k in d.keywords)
+                        for d in item.decorator_list)
+            note(f"hook {item.name}", warns)
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        for item in ast.walk(ast.parse(path.read_text())):
+            if isinstance(item, ast.Call) and getattr(item.func, "attr", None) == "command" and item.args \
+                    and isinstance(item.args[0], ast.Constant):
+                note(f"command {item.args[0].value}", False)
+    return found
 
 
 def measure() -> dict:
@@ -114,7 +172,7 @@ def measure() -> dict:
             "largest core module": {largest: core[largest]},
             "contract class": "adapterhub_lite.layer.AdapterLayer",
             "contract public members": {k: len(v) for k, v in surface.items()},
-            "contract members": surface, "import cycles": cycles(graph)}
+            "contract members": surface, "import cycles": cycles(graph), "names saying merge": merge_words()}
 
 
 def main() -> None:
@@ -129,6 +187,9 @@ def main() -> None:
             print(f"import cycles: {len(value)}")
             for group in value:
                 print("  " + " <-> ".join(m.removeprefix("adapterhub_lite.") for m in group))
+        elif key == "names saying merge":
+            print(f"public names saying merge: {len(value['current'])} current ({', '.join(value['current'])}), "
+                  f"{len(value['older names'])} older names kept ({', '.join(value['older names'])})")
         elif key == "contract members":
             for kind, names in value.items():
                 print(f"  {kind}: {', '.join(names)}")

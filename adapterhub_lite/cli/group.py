@@ -163,10 +163,10 @@ class AdaptersGroup(click.Group):
               help="No progress display and no step announcements (results and errors still print; "
                    "ADAPTERS_QUIET=1 does the same). Progress goes to stderr, so --json output stays clean anyway.")
 def cli(quiet: bool) -> None:
-    """Manage adapters (LoRA and any family a plugin adds) on PyTorch models: train, stack, merge, export, share.
+    """Manage adapters (LoRA and any family a plugin adds) on PyTorch models: train, stack, combine, fuse, export, share.
 
     \b
-    Plugins add adapter kinds, models, merge methods, formats and commands;
+    Plugins add adapter kinds, models, combine methods, formats and commands;
     `adapters plugins` shows what is installed. Long jobs (training, zoo
     builds, sampling) show progress on stderr: redrawn in place on a
     terminal, a flushed line every few seconds into a file.

@@ -40,7 +40,7 @@ def plugins_command(as_json: bool) -> None:
     if not described:
         click.echo(f"no plugins found (entry-point group {PROJECT!r}); install one, e.g. plugins/adapterhub-lite-lora")
         return
-    labels = {"kinds": "adapter kinds", "models": "models", "merges": "merge methods", "formats": "formats",
+    labels = {"kinds": "adapter kinds", "models": "models", "combine_methods": "combine methods", "formats": "formats",
               "sources": "model sources"}
     for entry in described:
         source = f" ({entry['distribution']} {entry['version']})" if entry["distribution"] else ""
@@ -104,7 +104,7 @@ def zoo_list(model: str | None, zoo_dir: Path | None, as_json: bool) -> None:
             rows.append({"ref": entry.ref, "damaged": entry.problem})
             continue
         card = entry.card
-        rows.append({"ref": entry.ref, "kind": entry.kind, "bytes": sum(card.get("files", {}).values()),
+        rows.append({"ref": entry.ref, "kind": entry.entry_type, "bytes": sum(card.get("files", {}).values()),
                      "parameters": card.get("parameters"),
                      "fingerprint": card.get("fingerprint") or card.get("base", {}).get("fingerprint"),
                      "base": card.get("base", {}).get("ref"), "created": card.get("created"),
@@ -179,7 +179,7 @@ def zoo_add_base(name: str, pretrained: Path | None, config: Path | None, weight
     A model source plugin (e.g. adapterhub-lite-hf: transformers, diffusers,
     timm) loads the folder or config; the zoo keeps the weights (safetensors,
     fingerprinted like any base) and what rebuilds the model, so `apply`,
-    `merge`, `export` and `import` work on NAME afterwards. --config with
+    `combine`, `fuse`, `export` and `import` work on NAME afterwards. --config with
     --weights builds from the config and loads a safetensors state dict. A pickled
     checkpoint (pytorch_model.bin) is refused: convert it to safetensors.
     A Hub id (owner/name) is downloaded only with --source named.
@@ -267,7 +267,7 @@ def _tree(zoo: Any, entry: Any, weight: float = 1.0) -> list[str]:
             lines.append(f"{branch}{w:g} x {part['ref']}  MISSING ({' '.join(str(exc).split())[:80]})")
             continue
         applied = f" (applied at {w * weight:g})" if weight != 1.0 else ""
-        lines.append(f"{branch}{w:g} x {child.ref}  [{child.kind}]{applied}")
+        lines.append(f"{branch}{w:g} x {child.ref}  [{child.entry_type}]{applied}")
         if child.is_composition:
             lines += [indent + line for line in _tree(zoo, child, w * weight)]
     return lines

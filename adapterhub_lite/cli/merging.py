@@ -1,8 +1,10 @@
-"""Commands that combine: `merge` (into a new adapter or a new base) and `compose`."""
+"""Commands that make one thing of several: `combine` (a new adapter), `fuse` (a new base), `merge` (either,
+the name the product's command line has always had) and `compose` (a named stack)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -19,64 +21,126 @@ from .options import (
 )
 
 
-@cli.command("merge", cls=PluginOptionsCommand, task=True, merge_methods=True, model_from=first_positional)
-@click.argument("model")
-@click.argument("refs", nargs=-1, required=True)
+REFS_HELP = "REFS: NAME, NAME@v2, NAME=0.5, NAME=-1 (subtract), or MODEL/NAME...; compositions too."
+STREAM_HELP = ("fuse and write tensor by tensor, never holding the model (default: when the base checkpoint is over "
+               "4 GiB, or $ADAPTERS_STREAM_ABOVE bytes; not with --eval or --dry-run).")
+
+
+def _inputs_and_outputs(out_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The arguments and options `combine`, `fuse` and `merge` share."""
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for decorate in reversed([
+            click.argument("model"), click.argument("refs", nargs=-1, required=True),
+            click.option("--out", "out", required=True, metavar="NAME", help=out_help),
+            click.option("--dry-run", is_flag=True, help="Check and compute, print the plan, write nothing."),
+            click.option("--eval", "do_eval", is_flag=True,
+                         help="Evaluate the result and keep the metrics in its card."),
+            click.option("--json", "as_json", is_flag=True, help="Print the plan or the new card as JSON."),
+            data_dir_option, zoo_option,
+        ]):
+            command = decorate(command)
+        return command
+    return apply
+
+
+@cli.command("combine", cls=PluginOptionsCommand, task=True, combine_methods=True, model_from=first_positional)
+@_inputs_and_outputs("Name of the new adapter in the zoo.")
 @click.option("--method", default=None, help="How to combine (`adapters plugins` lists the methods).")
-@click.option("--into-base", is_flag=True, help="Fuse the adapters into the base weights: write a new base.")
-@click.option("--stream/--no-stream", default=None,
-              help="With --into-base: fuse and write tensor by tensor, never holding the model (default: when the "
-                   "base checkpoint is over 4 GiB, or $ADAPTERS_STREAM_ABOVE bytes; not with --eval or --dry-run).")
-@click.option("--out", "out", required=True, metavar="NAME",
-              help="Name of the new adapter (or, with --into-base, of the new base) in the zoo.")
-@click.option("--dry-run", is_flag=True, help="Check and compute, print the plan, write nothing.")
-@click.option("--eval", "do_eval", is_flag=True, help="Evaluate the result and keep the metrics in its card.")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan or the new card as JSON.")
-@data_dir_option
-@zoo_option
-def merge_command(model: str, refs: tuple[str, ...], method: str | None, into_base: bool, stream: bool | None,
-                  out: str, dry_run: bool, do_eval: bool, as_json: bool, data_dir: Path | None,
-                  zoo_dir: Path | None, **plugin_values: Any) -> None:
-    """Combine adapters of MODEL into a new adapter version, or fuse them into a new base.
+def combine_command(model: str, refs: tuple[str, ...], out: str, dry_run: bool, do_eval: bool, as_json: bool,
+                    data_dir: Path | None, zoo_dir: Path | None, method: str | None, **plugin_values: Any) -> None:
+    """Combine adapters of MODEL into a new adapter version, with a combine method.
 
     \b
     REFS: NAME, NAME@v2, NAME=0.5, NAME=-1 (subtract), or MODEL/NAME...; compositions too.
     Every input must sit on the same base. The new card records parents, weights and method.
-    Each method brings its own options (`adapters merge --method M --help` lists M's).
+    Each method brings its own options (`adapters combine --method M --help` lists M's).
+    Examples:
+      adapters combine MODEL task=1 style=0.5 --method cat --out both
+      adapters combine MODEL task --method svd --rank 1 --out task-r1   (resize)
+      adapters combine MODEL task style --method ties --density 0.3 --out t --dry-run
+    """
+    _combine(model, refs, method, out, dry_run, do_eval, as_json, data_dir, zoo_dir, plugin_values)
+
+
+@cli.command("fuse", cls=PluginOptionsCommand, task=True, model_from=first_positional)
+@_inputs_and_outputs("Name of the new base in the zoo.")
+@click.option("--stream/--no-stream", default=None, help=STREAM_HELP[0].upper() + STREAM_HELP[1:])
+def fuse_command(model: str, refs: tuple[str, ...], out: str, dry_run: bool, do_eval: bool, as_json: bool,
+                 data_dir: Path | None, zoo_dir: Path | None, stream: bool | None, **plugin_values: Any) -> None:
+    """Fuse adapters of MODEL into its weights for good: write a new base version.
+
+    \b
+    REFS: NAME, NAME@v2, NAME=0.5, NAME=-1 (subtract), or MODEL/NAME...; compositions too.
+    The exact weighted sum of every input, any family; the new base's card records what went in.
+    Examples:
+      adapters fuse MODEL style=0.5 --out half-styled
+      adapters fuse MODEL style=0.5 --stream --out half-styled   (out of core)
+    """
+    _fuse(model, refs, stream, out, dry_run, do_eval, as_json, data_dir, zoo_dir, plugin_values)
+
+
+@cli.command("merge", cls=PluginOptionsCommand, task=True, combine_methods=True, model_from=first_positional)
+@_inputs_and_outputs("Name of the new adapter (or, with --into-base, of the new base) in the zoo.")
+@click.option("--method", default=None, help="How to combine (`adapters plugins` lists the methods).")
+@click.option("--into-base", is_flag=True, help="Fuse the adapters into the base weights: write a new base.")
+@click.option("--stream/--no-stream", default=None, help="With --into-base: " + STREAM_HELP)
+def merge_command(model: str, refs: tuple[str, ...], out: str, dry_run: bool, do_eval: bool, as_json: bool,
+                  data_dir: Path | None, zoo_dir: Path | None, method: str | None, into_base: bool,
+                  stream: bool | None, **plugin_values: Any) -> None:
+    """Combine adapters of MODEL into a new adapter version, or (--into-base) fuse them into a new base.
+
+    \b
+    The same as `adapters combine` and, with --into-base, `adapters fuse`, which say one thing each.
+    REFS: NAME, NAME@v2, NAME=0.5, NAME=-1 (subtract), or MODEL/NAME...; compositions too.
     Examples:
       adapters merge MODEL task=1 style=0.5 --method cat --out both
-      adapters merge MODEL task --method svd --rank 1 --out task-r1   (resize)
       adapters merge MODEL style=0.5 --into-base --out half-styled
-      adapters merge MODEL style=0.5 --into-base --stream --out half-styled   (out of core)
-      adapters merge MODEL task style --method ties --density 0.3 --out t --dry-run
     """
-    from ..zoo.combine import plan_merge, write_merge
-    from ..zoo.fuse import fuse
-    from ..zoo.workflow import DataOptions
-
-    registry, zoo = registry_and_zoo(zoo_dir)
-    command = click.get_current_context().command
-    options = config_values(command, plugin_values, "merge")
-    task_options = config_values(command, plugin_values, "task")
-    data = DataOptions(data_dir, task_options) if do_eval else None
     if into_base:
+        options = config_values(click.get_current_context().command, plugin_values, "combine")
         if method is not None or options:
             given = ", ".join(["--method", *("--" + k.replace("_", "-") for k in options)][0 if method else 1:])
             raise click.UsageError(f"--into-base fuses the exact weighted sum: drop {given}")
-        plan, entry = fuse(registry, zoo, model, list(refs), out, dry_run=dry_run, data=data, stream=stream)
-        if as_json:
-            echo_json(plan if entry is None else entry.card)
-        elif entry is None:
-            fused = " + ".join(f"{f['weight']:g} x {f['ref']}" for f in plan["fused"])
-            click.echo(f"would write {plan['out']} (a base): {plan['base']} with {fused} folded in, "
-                       f"{plan['parameters']:,} parameters, {plan['bytes']:,} bytes; nothing written")
-        else:
-            click.echo(f"wrote {summary_line(entry)}")
+        _fuse(model, refs, stream, out, dry_run, do_eval, as_json, data_dir, zoo_dir, plugin_values)
         return
     if stream is not None:
-        raise click.UsageError("--stream applies to --into-base (a merged adapter is small)")
+        raise click.UsageError("--stream applies to --into-base (a combined adapter is small)")
+    _combine(model, refs, method, out, dry_run, do_eval, as_json, data_dir, zoo_dir, plugin_values)
+
+
+def _data(do_eval: bool, data_dir: Path | None, plugin_values: dict[str, Any]) -> Any:
+    from ..zoo.workflow import DataOptions
+
+    task_options = config_values(click.get_current_context().command, plugin_values, "task")
+    return DataOptions(data_dir, task_options) if do_eval else None
+
+
+def _fuse(model: str, refs: tuple[str, ...], stream: bool | None, out: str, dry_run: bool, do_eval: bool,
+          as_json: bool, data_dir: Path | None, zoo_dir: Path | None, plugin_values: dict[str, Any]) -> None:
+    from ..zoo.fuse import fuse
+
+    registry, zoo = registry_and_zoo(zoo_dir)
+    data = _data(do_eval, data_dir, plugin_values)
+    plan, entry = fuse(registry, zoo, model, list(refs), out, dry_run=dry_run, data=data, stream=stream)
+    if as_json:
+        echo_json(plan if entry is None else entry.card)
+    elif entry is None:
+        fused = " + ".join(f"{f['weight']:g} x {f['ref']}" for f in plan["fused"])
+        click.echo(f"would write {plan['out']} (a base): {plan['base']} with {fused} folded in, "
+                   f"{plan['parameters']:,} parameters, {plan['bytes']:,} bytes; nothing written")
+    else:
+        click.echo(f"wrote {summary_line(entry)}")
+
+
+def _combine(model: str, refs: tuple[str, ...], method: str | None, out: str, dry_run: bool, do_eval: bool,
+             as_json: bool, data_dir: Path | None, zoo_dir: Path | None, plugin_values: dict[str, Any]) -> None:
+    from ..zoo.combine import plan_combine, write_combined
+
+    registry, zoo = registry_and_zoo(zoo_dir)
+    options = config_values(click.get_current_context().command, plugin_values, "combine")
+    data = _data(do_eval, data_dir, plugin_values)
     zoo.check_new(model, out, "adapter", writable=not dry_run)
-    plan = plan_merge(registry, zoo, model, list(refs), method, None, options)
+    plan = plan_combine(registry, zoo, model, list(refs), method, None, options)
     described = plan.describe()
     method = plan.method.name
     if dry_run:
@@ -89,7 +153,7 @@ def merge_command(model: str, refs: tuple[str, ...], method: str | None, into_ba
                    f"parameters, {described['bytes']:,} bytes")
         click.echo("  nothing written")
         return
-    entry = write_merge(registry, zoo, plan, out, data)
+    entry = write_combined(registry, zoo, plan, out, data)
     if as_json:
         echo_json(entry.card)
     else:

@@ -76,16 +76,16 @@ class PluginOptionsCommand(click.Command):
     of the model's task. So `adapters train --family F --help` lists F's options, and a third-party family or
     task gets its options on the command line without touching the core.
 
-    With `merge_methods`, also the options the merge methods declare (`--method M`: M's alone, else every
+    With `combine_methods`, also the options the combine methods declare (`--method M`: M's alone, else every
     method's, each saying which methods use it), so a third-party method gets its own flags.
 
     `model_from(args, command)` finds the model name in the raw arguments (or returns None)."""
 
     def __init__(self, *args: Any, family: bool = False, task: bool = False, model_from: Any = None,
-                 merge_methods: bool = False, **kwargs: Any) -> None:
+                 combine_methods: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.family, self.task, self.model_from = family, task, model_from
-        self.merge_methods = merge_methods
+        self.combine_methods = combine_methods
         self.own_params = list(self.params)
         if task:
             self.epilog = ((self.epilog or "") + " The model's task adds its own data options: "
@@ -118,8 +118,8 @@ class PluginOptionsCommand(click.Command):
                 added += config_options(registry.config_class(family), source="family")
             except AdapterhubError:
                 pass  # no family to show options for: the command says why when it runs
-        if self.merge_methods:
-            added += self._merge_params(registry, peek_option(args, "--method"))
+        if self.combine_methods:
+            added += self._combine_params(registry, peek_option(args, "--method"))
         if self.task and model is not None:
             task = registry.get_model(model).task
             if task is not None and task.Options is not None:
@@ -135,11 +135,11 @@ class PluginOptionsCommand(click.Command):
         return added
 
 
-    def _merge_params(self, registry: Any, method: str | None) -> list[click.Parameter]:
+    def _combine_params(self, registry: Any, method: str | None) -> list[click.Parameter]:
         """Every method's declared options, each once (a flag the chosen method does not take is then refused
-        by the merge, which says why); with `--method M` only M's show in --help. `--method`'s help names the
+        by the combine, which says why); with `--method M` only M's show in --help. `--method`'s help names the
         installed methods."""
-        methods = {name: owned.spec for name, owned in sorted(registry.merges.items())}
+        methods = {name: owned.spec for name, owned in sorted(registry.combine_methods.items())}
         for param in self.own_params:
             if param.name == "method" and isinstance(param, click.Option):
                 param.help = (f"How to combine: {', '.join(methods) or 'no method is installed'} (`adapters plugins` "
@@ -147,7 +147,7 @@ class PluginOptionsCommand(click.Command):
         users: dict[str, list[str]] = {}
         options: dict[str, click.Option] = {}
         for name, spec in methods.items():
-            for option in config_options(spec.Options, source="merge") if spec.Options is not None else []:
+            for option in config_options(spec.Options, source="combine") if spec.Options is not None else []:
                 users.setdefault(str(option.name), []).append(name)
                 options.setdefault(str(option.name), option)
         for key, option in options.items():

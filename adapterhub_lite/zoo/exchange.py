@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import AdapterFileError, ConfigError, IncompatibleAdapterError
 from ..fingerprint import state_fingerprint
-from .combine import plan_merge
+from .combine import plan_combine
 from ..model import AdaptedModel
 from ..registry import Registry
 from ..specs import AdapterBundle, Format
@@ -77,8 +77,8 @@ def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, fmt_n
         am = AdaptedModel(load_base(registry, base), base_id=base.ref, registry=registry)
         name = am.load_adapter(entry.weights, name=entry.name)
     else:  # combine exactly first, so every format sees one plain adapter
-        plan = plan_merge(registry, zoo, None, resolved, method)
-        am, name = plan.adapter, "merged"
+        plan = plan_combine(registry, zoo, None, resolved, method)
+        am, name = plan.adapter, "combined"
         info["combined"] = plan.method.name
         if plan.result.report.get("exact") is False:
             info["exact"] = False  # the user chose a method that approximates: say so beside the file

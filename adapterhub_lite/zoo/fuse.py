@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import IncompatibleAdapterError, RefError
 from ..fingerprint import state_fingerprint
-from ..model import AdaptedModel, refuse_tied_merge
+from ..model import AdaptedModel, refuse_tied_fold
 from ..registry import Registry
 from ..serialization import read_adapter_file
 from ..specs import AdapterBundle
@@ -89,7 +89,7 @@ def _fuse_streamed_into_zoo(registry: Registry, zoo: Zoo, model: str, resolved: 
 def fused_model(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, model: str | None = None) -> nn.Module:
     """The plain base model with the adapters of refs (or a resolved Stack) folded in at their weights."""
     am, _ = stack(registry, zoo, refs, model)
-    return am.unload(merge=True)
+    return am.unload(fold=True)
 
 
 def fuse_streamed(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, dest: Path,
@@ -97,7 +97,7 @@ def fuse_streamed(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, des
     """The fused base written to `dest` (safetensors) tensor by tensor, never holding the whole model.
 
     The model is built on the meta device (no memory); each adapted module is made real on its own, with its
-    base tensors read from the checkpoint, gets its adapters (every family: the same layers and merge as in
+    base tensors read from the checkpoint, gets its adapters (every family: the same layers and fold as in
     memory) and is fused; its tensors are written as the stream reaches them, then dropped. Tensors of other
     modules are copied through. Peak memory: one tensor's buffer plus about twice the largest adapted module.
     Each adapter's base fingerprint is checked per module, as `load_adapter` does."""
@@ -130,7 +130,7 @@ def fuse_streamed(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, des
         except AttributeError:
             raise IncompatibleAdapterError(f"{entry.ref} targets {module!r}, which {base.model} lacks") from None
         owner.update({f"{module}.{k}": module for k in names})
-    refuse_tied_merge(skeleton, sorted(users))
+    refuse_tied_fold(skeleton, sorted(users))
     src = base.weights
     header = read_header(src)
     missing = sorted(set(owner) - set(header.tensors))
@@ -156,7 +156,7 @@ def fuse_streamed(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, des
                                  state={k: v for k, v in whole.state.items() if k.startswith(module + ".")},
                                  kinds={module: whole.kinds[module]}, config=whole.config)
             am.set_weight(am.add_bundle(part), weight)
-        plain = am.unload(merge=True)
+        plain = am.unload(fold=True)
         return {k: v.detach() for k, v in plain.get_submodule(module).state_dict().items()}
 
     def change(name: str, tensor: torch.Tensor) -> None:

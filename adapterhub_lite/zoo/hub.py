@@ -62,7 +62,7 @@ def stage(zoo: Zoo, ref: str, folder: Path) -> list[str]:
     """Write exactly what a push uploads into `folder`; returns the file names."""
     entry = zoo.resolve(ref)
     if entry.is_composition:
-        raise RefError(f"{entry.ref} is a composition (references only): push its parts, or merge it first "
+        raise RefError(f"{entry.ref} is a composition (references only): push its parts, or combine it first "
                               "into one adapter (method cat)")
     readme = model_card(entry)
 

@@ -1,6 +1,6 @@
 """`adapters zoo report`: the zoo as one self-contained HTML page, drawn from the cards.
 
-Per model: the lineage of bases, adapters, compositions and merges (an SVG
+Per model: the lineage of bases, adapters, compositions and combined adapters (an SVG
 graph from each card's `parents` and a composition's `parts`), then per
 entry its headline figures, its training curve (`training.curve`) and the
 bar charts its task draws from the stored metrics (`Task.charts`; a model
@@ -13,7 +13,6 @@ escaped (cards are data, not markup).
 from __future__ import annotations
 
 import html
-import json
 import math
 import shutil
 from collections.abc import Callable, Mapping
@@ -75,9 +74,9 @@ def lineage_svg(entries: list[ZooEntry]) -> str:
                              f'{ex},{ey}" fill="none" stroke="#888"/>')
     for ref, entry in refs.items():
         x, y = where[ref]
-        colour = KIND_COLOURS.get(entry.kind, "#eee")
+        colour = KIND_COLOURS.get(entry.entry_type, "#eee")
         label = ref if len(ref) <= 32 else ref[:31] + "…"
-        parts.append(f'<g class="node"><title>{_e(ref)} ({_e(entry.kind)})</title>'
+        parts.append(f'<g class="node"><title>{_e(ref)} ({_e(entry.entry_type)})</title>'
                      f'<rect x="{x}" y="{y}" width="{NODE_W}" height="{NODE_H}" rx="5" fill="{colour}" '
                      f'stroke="#555"/><text x="{x + 8}" y="{y + 18}" font-size="12">{_e(label)}</text></g>')
     parts.append("</svg>")
@@ -142,7 +141,7 @@ def _headline_rows(entry: ZooEntry) -> str:
 
 def _entry_html(entry: ZooEntry, curve: str, charts: dict[str, dict[str, dict[str, float]]] | str) -> str:
     card = entry.card
-    facts = [f"{_e(entry.kind)}"]
+    facts = [f"{_e(entry.entry_type)}"]
     if isinstance(card.get("family"), str):
         facts.append(_e(card["family"]))
     if isinstance(card.get("parameters"), int):

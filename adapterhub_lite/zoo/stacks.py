@@ -1,6 +1,6 @@
 """From refs to a stack, once: parse, resolve against the zoo, expand compositions, check one base.
 
-Every command that takes refs (apply, merge, fuse, export, compose) resolves
+Every command that takes refs (apply, combine, fuse, merge, export, compose) resolves
 them here exactly once and passes the resolved `Stack` on, so no string is
 parsed twice and every step sees the same exact versions.
 """

@@ -4,7 +4,7 @@
     <root>/<model>/<name>/v<N>/adapter.safetensors + card.json     an adapter (kind "adapter")
     <root>/<model>/<name>/v<N>/composition.json + card.json        a composition (kind "composition"):
                                                                     exact adapter versions and weights
-A fused base (`adapters merge --into-base --out NAME`) is a base under its own name.
+A fused base (`adapters fuse --out NAME`) is a base under its own name.
 
 Versions are write-once. A write fills a hidden `.tmp-<pid>-*` folder, flushes
 it to disk, then, holding a lock on the model's folder, picks the next number
@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .._moved import Renamed
 from ..atomic import fsync_dir, fsync_tree, make_dirs_under, os_reason, remove_made, write_error, write_failure
 from ..bounded_json import check_shape, parse_json
 from .cards import card_problem
@@ -76,21 +77,24 @@ class ZooEntry:
         return f"{self.model}/{self.name}@v{self.version}"
 
     @property
-    def kind(self) -> str:
+    def entry_type(self) -> str:
+        """base, adapter or composition (the card's "kind" field on disk)."""
         return self.card.get("kind") or ("base" if self.name == BASE else "adapter")
+
+    kind = Renamed("entry_type")  # the older name, read with a DeprecationWarning
 
     @property
     def is_base(self) -> bool:
-        return self.kind == "base"
+        return self.entry_type == "base"
 
     @property
     def is_composition(self) -> bool:
-        return self.kind == "composition"
+        return self.entry_type == "composition"
 
     @property
     def weights(self) -> Path:
         """The entry's one data file: weights, or a composition's parts."""
-        return self.path / FILES.get(self.kind, FILES["adapter"])
+        return self.path / FILES.get(self.entry_type, FILES["adapter"])
 
 
 def default_root(option: str | Path | None = None) -> Path:
@@ -180,7 +184,7 @@ class Zoo:
     def check_kind(self, model: str, name: str, kind: str) -> None:
         """One name holds one kind of entry: never a base version under an adapter's name, etc."""
         if self.versions(model, name):
-            existing = self.resolve(f"{model}/{name}").kind
+            existing = self.resolve(f"{model}/{name}").entry_type
             if existing != kind:
                 raise ZooError(f"{model}/{name} already holds {existing} versions; pick another name for this {kind}")
 
@@ -189,7 +193,7 @@ class Zoo:
         entry = self.resolve(ref)
         if not entry.is_base or entry.model != model:
             raise RefError(f"{what} must be a {model} base version, e.g. {model}/base@v1; {entry.ref} is "
-                           f"{'a ' + entry.kind if entry.model == model else 'of model ' + entry.model}")
+                           f"{'a ' + entry.entry_type if entry.model == model else 'of model ' + entry.model}")
         return entry
 
     # --- writing -------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def add_adapter_version(registry: Registry, zoo: Zoo, base: ZooEntry, name: str,
     _require_finite(am.adapter_state(adapter), f"{base.model}/{name}")
     counts = am.parameter_counts()
     card: dict[str, Any] = {
-        "kind": "adapter", "family": am.adapters[adapter].config.kind, "config": am.adapters[adapter].config.to_dict(),
+        "kind": "adapter", "family": am.adapters[adapter].config.family, "config": am.adapters[adapter].config.to_dict(),
         "modules": sorted(am.target_configs(adapter)),
         "base": {"ref": base.ref, "version": base.version, "fingerprint": base.card["fingerprint"]},
         "parents": [base.ref], "task": base.card.get("task"), "recipe": recipe,

@@ -26,7 +26,7 @@ __getattr__ = lazy_exports(__name__, {"DoraConv2d": ".layer", "DoraLinear": ".la
 class DoraConfig(LoraConfig):
     """LoRA's fields (rank, alpha, rslora, dropout, init); the magnitude needs none."""
 
-    kind: ClassVar[str] = "dora"
+    family: ClassVar[str] = "dora"
 
 
 @hookimpl

@@ -28,8 +28,8 @@ from adapterhub_lite_lora import LoraConfig, LoraConv2d, LoraFactors, LoraLinear
 class _Dora:
     """What both DoRA layers add to their LoRA layer: the magnitude, and the delta built on it."""
 
-    fast_merge = False  # W' is not W + B' A: the generic sum of delta weights
-    combine_routed = AdapterLayer.combine_routed
+    fast_fold = False  # W' is not W + B' A: the generic sum of delta weights
+    add_deltas_routed = AdapterLayer.add_deltas_routed
 
     def create(self, name: str, config: LoraConfig) -> LoraFactors:
         factors = super().create(name, config)  # type: ignore[misc]
@@ -72,13 +72,13 @@ class _Dora:
             ratio = ratio.view(-1, 1, 1) if base.dim() == 3 else ratio.view(1, -1, 1, 1)
         return (ratio - 1) * base + ratio * low_rank
 
-    def combine(self, live: list[tuple[str, float]], x: Tensor, out: Tensor | None = None) -> Tensor:
+    def add_deltas(self, live: list[tuple[str, float]], x: Tensor, out: Tensor | None = None) -> Tensor:
         """Each adapter's delta; W x is read off the base output (minus its bias) instead of run again, unless a
         live dropout in training must feed it the dropped input (PEFT does the same)."""
         dropping = self.training and any(not isinstance(self.factors(n).dropout, nn.Identity)  # type: ignore[attr-defined]
                                          for n, _ in live)
-        if out is None or dropping or self.host.merged:
-            return AdapterLayer.combine(self, live, x, out)  # type: ignore[arg-type]
+        if out is None or dropping or self.host.folded:
+            return AdapterLayer.add_deltas(self, live, x, out)  # type: ignore[arg-type]
         bias = self.base.bias  # type: ignore[attr-defined]
         if bias is not None:  # a conv's bias per channel: (C, 1, 1) lines up with (N, C, H, W) and (C, H, W) alike
             bias = bias.view(-1, 1, 1) if isinstance(self.base, nn.Conv2d) else bias  # type: ignore[attr-defined]
@@ -113,7 +113,7 @@ class DoraLinear(_Dora, LoraLinear):
 
 
 class DoraConv2d(_Dora, LoraConv2d):
-    train_on_merged_weights = False  # the magnitude's gradient is taken through the delta, as PEFT does
+    train_on_folded_weights = False  # the magnitude's gradient is taken through the delta, as PEFT does
 
     def forward_with(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
         return self.base._conv_forward(x, weights["weight"], weights.get("bias", self.base.bias))

@@ -41,12 +41,12 @@ def plain_lora(am: AdaptedModel, name: str, fmt: str, skip: frozenset[str] | set
         if not isinstance(config, LoraConfig) or not isinstance(layer, LowRankLayer):
             raise IncompatibleAdapterError(
                 f"the {fmt} format holds LoRA factor pairs; {module!r} has a {kind!r} adapter of family "
-                f"{bundle.family!r} (export it as native, or merge it into the base and export the merged model)")
+                f"{bundle.family!r} (export it as native, or fuse it into the base: --format merged)")
         refusal = layer.plain_pair_refusal()
         if refusal is not None:
             raise IncompatibleAdapterError(
                 f"the {fmt} format holds one LoRA pair per weight; {module!r} is {refusal} (export it as native, "
-                "or merge it into the base and export the merged model)")
+                "or fuse it into the base: --format merged)")
         out[module] = (config, kind)
     return out
 

@@ -92,7 +92,7 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
     dropouts = {c.dropout for c, _ in modules.values()}
     if len(rslora) > 1:
         raise IncompatibleAdapterError("PEFT has one use_rslora per adapter; this adapter mixes both: "
-                                       "merge it with method cat first")
+                                       "combine it with method cat first")
     r, alpha = max(ranks.values()), alphas[max(ranks, key=ranks.get)]
     if len(dropouts) > 1:
         warnings.warn(f"modules use lora_dropout {sorted(dropouts)}; PEFT has one lora_dropout per adapter, "

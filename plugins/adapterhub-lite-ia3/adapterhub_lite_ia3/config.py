@@ -10,7 +10,7 @@ from adapterhub_lite import AdapterConfig, ConfigError, help_field
 
 @dataclass(frozen=True)
 class IA3Config(AdapterConfig):
-    kind: ClassVar[str] = "ia3"
+    family: ClassVar[str] = "ia3"
 
     feedforward: bool = field(default=False, metadata=help_field(
         "scale the layer's input features (feed-forward layers) instead of its output features"))

@@ -74,7 +74,7 @@ class IA3Layer(AdapterLayer):
             return self.base._conv_forward(x, weights["weight"], weights.get("bias", self.base.bias))
         return nn.functional.linear(x, weights["weight"], weights.get("bias", self.base.bias))
 
-    def merged_weights(self, weighted: list[tuple[str, float]], allocate: Any) -> dict[str, Tensor]:
+    def folded_weights(self, weighted: list[tuple[str, float]], allocate: Any) -> dict[str, Tensor]:
         """The current tensors (with what is already merged) scaled by these adapters."""
         return self.wrap_weights(weighted, {path: p.detach() for path, p in self.base.named_parameters()})
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from adapterhub_lite import AdapterKind, MergeMethod, hookimpl, lazy_exports
+from adapterhub_lite import AdapterKind, CombineMethod, hookimpl, lazy_exports
 
 from .commands import extract_command
 from .config import ATTENTION_PROJECTIONS, LoraConfig
@@ -64,9 +64,9 @@ def register_adapter_types(register: Callable[[AdapterKind], None]) -> None:
 
 
 @hookimpl
-def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
+def register_combine_methods(register: Callable[[CombineMethod], None]) -> None:
     for name, (description, options) in METHODS.items():
-        register(MergeMethod(name=name, fn=f"{__name__}.merges:merge_{name.replace('-', '_')}", families=("lora",),
+        register(CombineMethod(name=name, fn=f"{__name__}.merges:merge_{name.replace('-', '_')}", families=("lora",),
                              description=description, options=options))
 
 

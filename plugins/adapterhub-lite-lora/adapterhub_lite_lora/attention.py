@@ -25,7 +25,7 @@ QKV = ("q", "k", "v")
 
 class LoraMultiheadAttention(LowRankLayer):
     targets = (nn.MultiheadAttention,)
-    fast_merge = False
+    fast_fold = False
 
     def __init__(self, base: nn.MultiheadAttention) -> None:
         if base.bias_k is not None or base.add_zero_attn:

@@ -20,7 +20,7 @@ def shorten(value: object, limit: int = 40) -> str:
 class LoraConfig(AdapterConfig):
     """LoRA: W' = W + scale * B @ A with scale = alpha/rank (alpha/sqrt(rank) with rslora)."""
 
-    kind: ClassVar[str] = "lora"
+    family: ClassVar[str] = "lora"
     combine_method: ClassVar[str | None] = "linear"  # exact, at the smallest rank that holds the sum
     header_fields: ClassVar[tuple[str, ...]] = ("rank", "alpha")
 

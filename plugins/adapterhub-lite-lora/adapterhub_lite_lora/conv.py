@@ -25,7 +25,7 @@ class LoraConv(LowRankLayer):
     route_per_group = True
     # Small convs train through W + delta built inside autograd: the adapter's rank-channel activations cost
     # more (time and memory) than the base weight's gradient (docs/benchmarks.md, training step).
-    train_on_merged_weights = True
+    train_on_folded_weights = True
     conv: ClassVar[Callable[..., Tensor]]
 
     def __init__(self, base: nn.Conv1d | nn.Conv2d) -> None:

@@ -73,7 +73,7 @@ class LowRankLayer(AdapterLayer):
 
     groups = 1
     rank_axis = -1  # where the rank lives in down(x, A): last for Linear, 1 (channels) for Conv2d
-    fast_merge = True  # one weight, W + B A: merge with addmm (attention, with several weights, opts out)
+    fast_fold = True  # one weight, W + B A: merge with addmm (attention, with several weights, opts out)
     # the base keeps its weight as (in, out), the transpose of B @ A: transformers' Conv1D, nn.Embedding
     weight_transposed = False
 
@@ -117,18 +117,18 @@ class LowRankLayer(AdapterLayer):
     def delta_weight(self, name: str) -> Tensor:
         return self.factor_weight(self.factors(name))
 
-    def combine(self, live: list[tuple[str, float]], x: Tensor, out: Tensor | None = None) -> Tensor:
+    def add_deltas(self, live: list[tuple[str, float]], x: Tensor, out: Tensor | None = None) -> Tensor:
         return self.low_rank(x, live, out=out)
 
-    def combine_routed(self, live: list[tuple[str, float]], x: Tensor, route: Route, batch_dim: int = 0,
+    def add_deltas_routed(self, live: list[tuple[str, float]], x: Tensor, route: Route, batch_dim: int = 0,
                        out: Tensor | None = None) -> Tensor:
         return self.low_rank(x, live, route=route, batch_dim=batch_dim, out=out)
 
-    def merged_weights(self, weighted: list[tuple[str, float]], allocate: Any) -> dict[str, Tensor] | None:
+    def folded_weights(self, weighted: list[tuple[str, float]], allocate: Any) -> dict[str, Tensor] | None:
         """W + B' A in one addmm (B' = B x weight x scale, stacked), written into the tensor the core hands over
         (fresh, or a kept buffer): no full-size temporaries."""
         weight = getattr(self.base, "weight", None)
-        if not self.fast_merge or self.groups != 1 or weight is None or weight.dtype != torch.float32:
+        if not self.fast_fold or self.groups != 1 or weight is None or weight.dtype != torch.float32:
             return None
         with torch.no_grad():
             a, b, alpha = _stack([(self.factors(n), w) for n, w in weighted], 1)
@@ -141,15 +141,15 @@ class LowRankLayer(AdapterLayer):
         return {"weight": out.view(weight.shape)}
 
     # --- compiled serving (AdaptedModel.compile): fixed-shape buffers, refilled eagerly on every change ---------
-    def prepare_static(self, max_rank: int, merge_limit: int) -> None:
-        """Small layers (within `merge_limit`, the policy's) keep one merged weight buffer, W + the live deltas,
+    def prepare_static(self, max_rank: int, fold_limit: int) -> None:
+        """Small layers (within `fold_limit`, the policy's) keep one merged weight buffer, W + the live deltas,
         and run the base op on it (the base's own cost, as the eager path's cache does); bigger ones keep the
         live stack in zero-padded factor buffers of rank `max_rank` (the low-rank path, no weight-sized copy)."""
-        if type(self).combine is not LowRankLayer.combine or type(self).run is not AdapterLayer.run:
+        if type(self).add_deltas is not LowRankLayer.add_deltas or type(self).run is not AdapterLayer.run:
             raise UnsupportedModuleError(f"{type(self).__name__} is not a plain low-rank sum; it has no fixed-shape "
                                          "path for compiled hot-swap")
         weight = self.base.weight
-        if self.host.base_numel <= merge_limit:
+        if self.host.base_numel <= fold_limit:
             self.register_buffer("static_W", torch.empty_like(weight.detach()), persistent=False)
         else:
             probe = self.create("static", LoraConfig(targets=("*",), rank=max_rank))
@@ -169,7 +169,7 @@ class LowRankLayer(AdapterLayer):
                                     f"compiled for at most {self.max_rank}: compile with a larger max_rank")
         with torch.no_grad():
             if "static_W" in self._buffers:
-                merged = self.host.merged_tensors(live, lambda path, current: self.static_W) if live else {}
+                merged = self.host.folded_tensors(live, lambda path, current: self.static_W) if live else {}
                 weight = merged.get("weight", self.base.weight)
                 if weight.data_ptr() != self.static_W.data_ptr():  # the generic sum, or no live adapter
                     self.static_W.copy_(weight)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from adapterhub_lite import ConfigError, IncompatibleAdapterError, MergeInput, MergeResult
+from adapterhub_lite import ConfigError, IncompatibleAdapterError, CombineInput, CombineResult
 
 from .config import ATTENTION_PROJECTIONS, LoraConfig
 from .methods import METHODS
@@ -51,7 +51,7 @@ def _owner(key: str, modules: list[str]) -> str | None:
     return next((m for m in modules if key.startswith(m + ".")), None)
 
 
-def collect(inputs: list[MergeInput]) -> dict[str, Weight]:
+def collect(inputs: list[CombineInput]) -> dict[str, Weight]:
     """Every adapted weight, with each input's per-group term (zero-rank where an input lacks it)."""
     weights: dict[str, Weight] = {}
     for index, inp in enumerate(inputs):
@@ -208,8 +208,8 @@ COMBINES: dict[str, Combine] = {  # the methods' descriptions and options: metho
 }
 
 
-def merge(method: str, inputs: list[MergeInput], *, rank: int | None = None, density: float = 0.5,
-          seed: int = 0) -> MergeResult:
+def merge(method: str, inputs: list[CombineInput], *, rank: int | None = None, density: float = 0.5,
+          seed: int = 0) -> CombineResult:
     """Combine `inputs` with one of the methods (methods.METHODS); see the module docstring."""
     combine = COMBINES[method]
     if rank is not None and rank < 1:
@@ -241,10 +241,10 @@ def merge(method: str, inputs: list[MergeInput], *, rank: int | None = None, den
     takes = {f.name for f in dataclasses.fields(METHODS[method][1])} - {"rank"}
     if takes:
         report["options"] = {k: v for k, v in (("density", density), ("seed", seed)) if k in takes}
-    return MergeResult(configs=configs, state=state, report=report)
+    return CombineResult(configs=configs, state=state, report=report)
 
 
-def _assemble(inputs: list[MergeInput], weights: dict[str, Weight],
+def _assemble(inputs: list[CombineInput], weights: dict[str, Weight],
               results: dict[str, list[Pair]]) -> tuple[dict[str, Tensor], dict[str, LoraConfig], dict[str, int]]:
     """Per module one rank (attention slots and groups padded with zero factors), scale 1, back to input dtype."""
     by_module: dict[str, list[str]] = {}
@@ -276,14 +276,14 @@ def _assemble(inputs: list[MergeInput], weights: dict[str, Weight],
     return state, configs, ranks
 
 
-def _bound(name: str) -> Callable[..., MergeResult]:
-    def fn(inputs: list[MergeInput], *, rank: int | None = None, **options: float) -> MergeResult:
+def _bound(name: str) -> Callable[..., CombineResult]:
+    def fn(inputs: list[CombineInput], *, rank: int | None = None, **options: float) -> CombineResult:
         return merge(name, inputs, rank=rank, **options)
     fn.__name__ = f"merge_{name.replace('-', '_')}"
     return fn
 
 
-# what each registered MergeMethod references (adapterhub_lite_lora.merges:merge_<name>)
+# what each registered CombineMethod references (adapterhub_lite_lora.merges:merge_<name>)
 merge_cat, merge_linear, merge_svd = _bound("cat"), _bound("linear"), _bound("svd")
 merge_ties, merge_dare_linear, merge_dare_ties = _bound("ties"), _bound("dare-linear"), _bound("dare-ties")
 merge_magnitude_prune = _bound("magnitude-prune")

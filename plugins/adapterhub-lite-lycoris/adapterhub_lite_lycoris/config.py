@@ -49,7 +49,7 @@ def _check_rank_alpha(rank: object, alpha: object) -> None:
 class LohaConfig(AdapterConfig):
     """LoHa: delta W = (w1a @ w1b) * (w2a @ w2b) * alpha / rank (Hadamard product of two rank-r products)."""
 
-    kind: ClassVar[str] = "loha"
+    family: ClassVar[str] = "loha"
 
     rank: int = field(default=8, metadata=help_field("inner dimension r of each of the two products"))
     alpha: float = field(default=8.0, metadata=help_field("scale numerator: scale = alpha / r"))
@@ -69,7 +69,7 @@ class LokrConfig(AdapterConfig):
     """LoKr: delta W = kron(w1, w2) * alpha / rank, each factor full or a rank-r product, as LyCORIS lays
     them out (the output and input sizes are split into two factors each)."""
 
-    kind: ClassVar[str] = "lokr"
+    family: ClassVar[str] = "lokr"
 
     rank: int = field(default=8, metadata=help_field("rank of a factor that is decomposed"))
     alpha: float = field(default=8.0, metadata=help_field("scale numerator: scale = alpha / r"))

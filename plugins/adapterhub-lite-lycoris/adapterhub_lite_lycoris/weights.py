@@ -43,7 +43,7 @@ class WeightDeltaLayer(AdapterLayer):
     def delta(self, name: str, x: Tensor) -> Tensor:
         return self.apply_weight(self.delta_weight(name), x)
 
-    def combine(self, live: list[tuple[str, float]], x: Tensor, out: Tensor | None = None) -> Tensor:
+    def add_deltas(self, live: list[tuple[str, float]], x: Tensor, out: Tensor | None = None) -> Tensor:
         """A stack in one op: the weighted delta weights summed first (each is a whole weight), then one base op,
         instead of one op per adapter."""
         if len(live) == 1:
