@@ -48,8 +48,6 @@ from .specs import (
     CombineInput,
     CombineMethod,
     CombineResult,
-    DeferredTask,
-    EvalContext,
     ExportFn,
     Format,
     ImportFn,
@@ -59,26 +57,26 @@ from .specs import (
     MergeResult,
     ModelSource,
     ModelSpec,
-    Task,
 )
+from .tasks import DeferredTask, EvalContext, Task
 from .tensorfile import read_header
 from ._moved import install as _install_old_paths
 
-_install_old_paths()  # adapterhub_lite.workflow & co. (now under .zoo) still import, with a DeprecationWarning
+_install_old_paths()  # adapterhub_lite.workflow & co. (moved under .zoo) still import, with a DeprecationWarning
 
 # name -> the module that defines it, imported on first use (these need torch, or click for the CLI helpers)
 _LAZY = {
     "AdaptedModel": ".model",
     "AdaptedModule": ".host",
     "AdapterLayer": ".layer",
-    "DataOptions": ".zoo.workflow",
+    "DataOptions": ".zoo.evaluation",
     "LayerPolicy": ".forward",
     "PluginOptionsCommand": ".cli.options",
     "Registry": ".registry",
     "Route": ".routing",
     "Zoo": ".zoo",
     "ZooEntry": ".zoo",
-    "add_adapter_version": ".zoo.workflow",
+    "add_adapter_version": ".zoo.versions",
     "build_within_budget": ".model_budget",
     "check_declared_size": ".model_budget",
     "hub_snapshot": ".zoo.hub_download",
@@ -87,7 +85,7 @@ _LAZY = {
     "first_positional": ".cli.options",
     "get_registry": ".registry",
     "load_adapter": ".serialization",
-    "load_base": ".zoo.workflow",
+    "load_base": ".zoo.loading",
     "load_tensors": ".tensorfile",
     "read_adapter_file": ".serialization",
     "save_adapter": ".serialization",
@@ -111,7 +109,9 @@ if TYPE_CHECKING:
     from .routing import Route
     from .serialization import load_adapter, read_adapter_file, save_adapter
     from .tensorfile import load_tensors
-    from .zoo.workflow import DataOptions, add_adapter_version, load_base
+    from .zoo.evaluation import DataOptions
+    from .zoo.loading import load_base
+    from .zoo.versions import add_adapter_version
     from .zoo.store import Zoo, ZooEntry
 
 __all__ = [

@@ -17,7 +17,8 @@ from .config import AdapterConfig
 from .errors import AdapterhubError, ConfigError, PluginError, UnknownNameError, UnsupportedModuleError
 from .plugins import PluginManager, call_each_plugin, get_plugin_manager, load_plugins
 from ._moved import Renamed
-from .specs import AdapterKind, CombineMethod, Deferred, Format, ModelSource, ModelSpec
+from .deferred import Deferred
+from .specs import AdapterKind, CombineMethod, Format, ModelSource, ModelSpec
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

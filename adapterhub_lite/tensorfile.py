@@ -12,7 +12,6 @@ every output without a word. Nothing is ever unpickled.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping

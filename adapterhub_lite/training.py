@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .progress import Progress
-from .specs import Task
+from .tasks import Task
 
 SCHEDULES = ("constant", "cosine")
 

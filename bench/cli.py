@@ -25,7 +25,7 @@ def _seed_zoo(root: Path) -> tuple[str, str]:
     from safetensors.torch import save_file
 
     from adapterhub_lite import AdaptedModel, LoraConfig, Zoo, get_registry, state_fingerprint
-    from adapterhub_lite.zoo.workflow import load_base
+    from adapterhub_lite.zoo.loading import load_base
 
     registry, zoo = get_registry(), Zoo(root)
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from adapterhub_lite import Zoo, get_registry, load_base
 from adapterhub_lite.zoo.exchange import export_refs, import_file
-from adapterhub_lite.zoo.workflow import stack
+from adapterhub_lite.zoo.loading import stack
 
 
 def main() -> None:

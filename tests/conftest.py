@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from adapterhub_lite import AdaptedModel, LoraConfig, ModelSpec, PluginManager, Registry, hookimpl, state_fingerprint
-from adapterhub_lite.zoo.workflow import load_base
+from adapterhub_lite.zoo.loading import load_base
 from adapterhub_lite.zoo import Zoo, ZooEntry
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"

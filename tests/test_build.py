@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from adapterhub_lite import ConfigError, get_registry
 from adapterhub_lite.zoo.build import load_recipes
 from adapterhub_lite.cli import cli
-from adapterhub_lite.zoo.workflow import stack
+from adapterhub_lite.zoo.loading import stack
 from adapterhub_lite.zoo import Zoo
 
 need("mnist-data", mnist_data())

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from adapterhub_lite import AdapterFileError, IncompatibleAdapterError, LoraConfig, get_registry
 from adapterhub_lite.cli import cli
 from adapterhub_lite.zoo.exchange import export_refs, import_file
-from adapterhub_lite.zoo.workflow import load_base, stack
+from adapterhub_lite.zoo.loading import load_base, stack
 from adapterhub_lite.zoo import Zoo
 
 import peft  # a test extra (pyproject's [test]): installed by the README's command, so it is never skipped

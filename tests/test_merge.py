@@ -21,7 +21,7 @@ from adapterhub_lite import ConfigError, IncompatibleAdapterError, LoraConfig, Z
 from adapterhub_lite.zoo.compositions import compose
 from adapterhub_lite.zoo.combine import plan_combine, write_combined
 from adapterhub_lite.zoo.fuse import fuse
-from adapterhub_lite.zoo.workflow import load_base, stack
+from adapterhub_lite.zoo.loading import load_base, stack
 from adapterhub_lite.zoo import Zoo
 
 X = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(7))

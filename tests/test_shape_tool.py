@@ -56,13 +56,17 @@ def test_the_zoo_modules_old_flat_paths_still_import_with_a_pointer() -> None:
             "    warnings.simplefilter('always')\n"
             "    from adapterhub_lite.merge import fuse, plan_combine\n"
             "    from adapterhub_lite.workflow import load_base\n"
-            "print(fuse.__module__, plan_combine.__module__, load_base.__module__)\n"
+            "    from adapterhub_lite.zoo.workflow import train_adapter\n"
+            "print(fuse.__module__, plan_combine.__module__, load_base.__module__, train_adapter.__module__)\n"
             "print(sorted({str(w.message).split(':')[0] for w in caught if w.category is DeprecationWarning}))\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     modules, warned = run.stdout.splitlines()
-    assert modules == "adapterhub_lite.zoo.fuse adapterhub_lite.zoo.combine adapterhub_lite.zoo.workflow"
+    assert modules == ("adapterhub_lite.zoo.fuse adapterhub_lite.zoo.combine adapterhub_lite.zoo.loading "
+                       "adapterhub_lite.zoo.train")
     assert "adapterhub_lite.merge moved to adapterhub_lite.zoo.combine and adapterhub_lite.zoo.fuse" in warned
-    assert "adapterhub_lite.workflow moved to adapterhub_lite.zoo.workflow" in warned
+    split = " and ".join(f"adapterhub_lite.zoo.{n}" for n in ("loading", "evaluation", "versions", "train"))
+    assert f"adapterhub_lite.workflow moved to {split}" in warned
+    assert f"adapterhub_lite.zoo.workflow moved to {split}" in warned
     assert importlib.import_module("adapterhub_lite.zoo").Zoo.__module__ == "adapterhub_lite.zoo.store"
 
 

@@ -18,7 +18,9 @@ from adapterhub_lite import IncompatibleAdapterError, LoraConfig, get_registry
 from adapterhub_lite.cli import cli
 from adapterhub_lite.fingerprint import state_fingerprint
 from adapterhub_lite.training import TrainOptions
-from adapterhub_lite.zoo.workflow import DataOptions, load_base, stack, train_adapter, train_base
+from adapterhub_lite.zoo.evaluation import DataOptions
+from adapterhub_lite.zoo.loading import load_base, stack
+from adapterhub_lite.zoo.train import train_adapter, train_base
 from adapterhub_lite.zoo import Zoo
 
 need("mnist-data", mnist_data())

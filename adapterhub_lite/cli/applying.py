@@ -53,7 +53,8 @@ def apply_command(refs: tuple[str, ...], do_eval: bool, sample: int, inputs: Pat
       adapters apply MODEL/style --sample 16 --route style,base --out mixed.png
       adapters apply my-gpt2/chat --inputs ids.safetensors --out logits.safetensors
     """
-    from ..zoo.workflow import DataOptions, evaluate, stack, task_of
+    from ..zoo.evaluation import DataOptions, evaluate, task_of
+    from ..zoo.loading import stack
 
     if sample and inputs is not None:
         raise click.UsageError("--sample and --inputs both write --out: run them one at a time")

@@ -109,7 +109,7 @@ def merge_command(model: str, refs: tuple[str, ...], out: str, dry_run: bool, do
 
 
 def _data(do_eval: bool, data_dir: Path | None, plugin_values: dict[str, Any]) -> Any:
-    from ..zoo.workflow import DataOptions
+    from ..zoo.evaluation import DataOptions
 
     task_options = config_values(click.get_current_context().command, plugin_values, "task")
     return DataOptions(data_dir, task_options) if do_eval else None

@@ -41,7 +41,8 @@ def train_base_command(model: str, start: str | None, model_args: tuple[str, ...
     Runs under torchrun too (DDP, gloo): one zoo version is written.
     """
     from ..training import TrainOptions
-    from ..zoo.workflow import DataOptions, train_base
+    from ..zoo.evaluation import DataOptions
+    from ..zoo.train import train_base
 
     if model_args and start is not None:
         raise click.UsageError("--model-arg sets up a new network; --from fine-tunes a base with its own config")
@@ -85,7 +86,8 @@ def train_command(model: str, name: str, family: str | None, base_ref: str | Non
     Example: adapters train MODEL style --rank 4 --alpha 4 --steps 500 --seed 0
     """
     from ..training import TrainOptions
-    from ..zoo.workflow import DataOptions, train_adapter
+    from ..zoo.evaluation import DataOptions
+    from ..zoo.train import train_adapter
 
     registry, zoo = registry_and_zoo(zoo_dir)
     registry.get_model(model)  # an unknown model is one clear line, with the valid names

@@ -37,16 +37,9 @@ from ..progress import is_quiet
 from ..refs import check_name
 from ..registry import Registry
 from ..training import TrainOptions
-from .workflow import (
-    DataOptions,
-    evaluate,
-    headlines,
-    stack,
-    task_of,
-    test_metrics,
-    train_adapter,
-    train_base,
-)
+from .evaluation import DataOptions, evaluate, headlines, task_of, test_metrics
+from .loading import stack
+from .train import train_adapter, train_base
 from .store import Zoo
 
 COMMANDS = ("train-base", "train", "evaluate")

@@ -20,7 +20,9 @@ from ..registry import Registry
 from ..serialization import read_adapter_file
 from ..specs import AdapterBundle, CombineInput, CombineMethod, CombineResult
 from .stacks import Stack, resolve_stack
-from .workflow import DataOptions, add_adapter_version, load_base
+from .evaluation import DataOptions
+from .loading import load_base
+from .versions import add_adapter_version
 from .store import Zoo, ZooEntry
 
 
@@ -49,21 +51,21 @@ class CombinePlan:
         ranks = self.result.report.get("ranks", {})
         return {
             "method": self.method.name, "base": self.base.ref,
-            "inputs": [{"ref": e.ref, "weight": w, **_header_fields(e.card)} for e, w in self.inputs],
+            "inputs": [{"ref": e.ref, "weight": w, **_header_fields(self.adapter.registry, e.card)}
+                       for e, w in self.inputs],
             "rank": {"min": min(ranks.values()), "max": max(ranks.values())} if ranks else None,
             "modules": len(ranks), "parameters": self.parameters, "bytes": self.bytes,
             **{k: v for k, v in self.result.report.items() if k not in ("ranks", "method")},
         }
 
 
-def _header_fields(card: dict[str, Any]) -> dict[str, Any]:
+def _header_fields(registry: Registry, card: dict[str, Any]) -> dict[str, Any]:
     """The fields the card's family names for a one-word summary (its config's `header_fields`)."""
     from ..errors import AdapterhubError
-    from ..registry import get_registry
 
     config = card.get("config") or {}
     try:
-        names = get_registry().config_class(str(card.get("family"))).header_fields
+        names = registry.config_class(str(card.get("family"))).header_fields
     except AdapterhubError:  # a family not installed here: nothing to name
         return {}
     return {k: config[k] for k in names if k in config}

@@ -24,7 +24,9 @@ from ..model import AdaptedModel
 from ..registry import Registry
 from ..specs import AdapterBundle, Format
 from .stacks import Stack, resolve_stack
-from .workflow import DataOptions, add_adapter_version, add_base_version, fitting_state, load_base, stack
+from .evaluation import DataOptions
+from .loading import fitting_state, load_base, stack
+from .versions import add_adapter_version, add_base_version
 from .store import Zoo, ZooEntry
 
 

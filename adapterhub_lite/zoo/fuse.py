@@ -19,7 +19,9 @@ from ..serialization import read_adapter_file
 from ..specs import AdapterBundle
 from .stacks import Stack, resolve_stack
 from .store import Zoo, ZooEntry
-from .workflow import DataOptions, add_base_version, evaluate, stack
+from .evaluation import DataOptions, evaluate
+from .loading import stack
+from .versions import add_base_version
 
 
 def fuse(registry: Registry, zoo: Zoo, model: str, refs: Sequence[str] | Stack, name: str, *,

@@ -148,7 +148,7 @@ def pull(registry: Registry, zoo: Zoo, spec: str, *, name: str | None = None, fo
     from .exchange import import_bundle
     from ..model import AdaptedModel
     from ..serialization import read_adapter_file
-    from .workflow import load_base
+    from .loading import load_base
 
     repo, revision = _check_repo(spec), check_revision(spec.partition("@")[2])
     _hub()
@@ -194,7 +194,8 @@ def _pull_base(registry: Registry, zoo: Zoo, folder: Path, model: str, name: str
     """A base needs no local base: it is checked against its own card's fingerprint, then written."""
     from ..fingerprint import state_fingerprint
     from ..tensorfile import load_tensors
-    from .workflow import add_base_version, fitting_state
+    from .loading import fitting_state
+    from .versions import add_base_version
 
     state, _ = load_tensors(folder / "model.safetensors")
     if state_fingerprint(state) != card.get("fingerprint"):

@@ -14,7 +14,8 @@ from ..errors import AdapterFileError, ConfigError
 from ..registry import Registry
 from ..specs import ModelSource
 from ..tensorfile import load_tensors, read_header
-from .workflow import add_base_version, fitting_state
+from .loading import fitting_state
+from .versions import add_base_version
 from .store import BASE, Zoo, ZooEntry
 
 

@@ -20,7 +20,7 @@ import json
 import torch
 
 from adapterhub_lite import Zoo, get_registry
-from adapterhub_lite.zoo.workflow import load_base, stack
+from adapterhub_lite.zoo.loading import load_base, stack
 from adapterhub_lite_mnist.tasks import GenerateTask, sample_metrics
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -17,7 +17,8 @@ import torch
 
 from adapterhub_lite import Zoo, get_registry
 from adapterhub_lite.training import TrainOptions
-from adapterhub_lite.zoo.workflow import DataOptions, train_base
+from adapterhub_lite.zoo.evaluation import DataOptions
+from adapterhub_lite.zoo.train import train_base
 
 CANDIDATES = {"seed-recipe": {}, "epsilon-min-snr-5": {"min_snr": 5}, "v-min-snr-5": {"prediction": "v", "min_snr": 5}}
 
