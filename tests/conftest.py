@@ -138,6 +138,13 @@ def _dora_terms(layer: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return _d(layer.base_state()["weight"]), _low_rank(layer.adapters[name], layer.configs[name], groups)
 
 
+def _tucker(core: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """A Tucker kernel (out, in, kh, kw): at each kernel position, wa^T core[:, :, k, l] wb (wa (r, out),
+    wb (r, in)), LyCORIS's definition written as matrix products."""
+    per_position = _d(wa).T @ _d(core).permute(2, 3, 0, 1) @ _d(wb)  # (kh, kw, out, in)
+    return per_position.permute(2, 3, 0, 1).contiguous()
+
+
 def _family_delta(layer: Any, name: str) -> dict[str, torch.Tensor] | None:
     """Families other than LoRA, each from its published definition."""
     base, f, config = layer.base, layer.adapters[name], layer.configs[name]
@@ -148,12 +155,18 @@ def _family_delta(layer: Any, name: str) -> dict[str, torch.Tensor] | None:
         norm = directed.flatten(1).norm(dim=1)
         ratio = torch.where(norm > 0, _d(f.lora_magnitude) / norm, 0.0)
         return {"weight": ratio.view(-1, *(1,) * (weight.dim() - 1)) * directed - weight}
+    if config.family == "loha" and hasattr(f, "hada_t1"):  # each product a Tucker kernel
+        product = _tucker(f.hada_t1, f.hada_w1_a, f.hada_w1_b) * _tucker(f.hada_t2, f.hada_w2_a, f.hada_w2_b)
+        return {"weight": product * config.alpha / config.rank}
     if config.family == "loha":  # (w1a w1b) * (w2a w2b) * alpha / r
         product = (_d(f.hada_w1_a) @ _d(f.hada_w1_b)) * (_d(f.hada_w2_a) @ _d(f.hada_w2_b))
         return {"weight": (product * config.alpha / config.rank).reshape(shape)}
     if config.family == "lokr":  # kron(w1, w2) * alpha / r
         w1 = _d(f.lokr_w1) if hasattr(f, "lokr_w1") else _d(f.lokr_w1_a) @ _d(f.lokr_w1_b)
-        w2 = _d(f.lokr_w2) if hasattr(f, "lokr_w2") else _d(f.lokr_w2_a) @ _d(f.lokr_w2_b)
+        if hasattr(f, "lokr_t2"):
+            w2 = _tucker(f.lokr_t2, f.lokr_w2_a, f.lokr_w2_b)
+        else:
+            w2 = _d(f.lokr_w2) if hasattr(f, "lokr_w2") else _d(f.lokr_w2_a) @ _d(f.lokr_w2_b)
         if w2.dim() == 4:
             w1 = w1[:, :, None, None]
         return {"weight": (torch.kron(w1, w2) * config.alpha / config.rank).reshape(shape)}

@@ -33,6 +33,15 @@ def test_every_installed_family_keeps_the_contract(family: str) -> None:
             "delta weights match the reference"} <= rules, rules
 
 
+@pytest.mark.parametrize("family, rank", [("loha", 2), ("lokr", 1)])
+def test_tucker_kernels_keep_the_contract(family: str, rank: int) -> None:
+    """LoHa and LoKr with Tucker conv cores (issue 32, item 6), through the kit, against the float64 reference
+    (at rank 1 LoKr's w2 on the example conv is decomposed, so it is a core)."""
+    config = get_registry().config_class(family)(targets=("*",), rank=rank, tucker=True)
+    passed = check_family(family, config=config, reference=reference_delta)
+    assert any(line.startswith(f"{family}-conv2d: delta weights match the reference") for line in passed), passed
+
+
 def test_the_third_party_scale_family_keeps_the_contract(monkeypatch) -> None:
     monkeypatch.syspath_prepend(str(SCALE_FIXTURE))
     import scale_plugin

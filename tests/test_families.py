@@ -58,11 +58,13 @@ def _config(family: str, variant: str):
     if family == "dora":
         return config_class(targets=TARGETS, rank=2, alpha=3.0, rslora=variant == "rslora")
     extra = {"decompose_both": True, "decompose_factor": 2} if variant == "decomposed" else {}
+    if variant == "tucker":  # LoKr's w2 on the 3x3 conv is decomposed (and so a Tucker core) at rank 1
+        return config_class(targets=TARGETS, rank=1 if family == "lokr" else 2, alpha=3.0, tucker=True)
     return config_class(targets=TARGETS, rank=2, alpha=3.0, **extra)
 
 
-CASES = [("loha", "plain"), ("lokr", "plain"), ("lokr", "decomposed"), ("ia3", "output"), ("ia3", "feedforward"),
-         ("dora", "plain"), ("dora", "rslora")]
+CASES = [("loha", "plain"), ("loha", "tucker"), ("lokr", "plain"), ("lokr", "decomposed"), ("lokr", "tucker"),
+         ("ia3", "output"), ("ia3", "feedforward"), ("dora", "plain"), ("dora", "rslora")]
 
 
 @pytest.mark.parametrize("family, variant", CASES)
@@ -136,6 +138,11 @@ PEFT_CONFIGS = {
                                     rank_pattern={"fc1": 1}, alpha_pattern={"conv": 5}),
     "lokr-decomposed": lambda: peft.LoKrConfig(r=1, alpha=3, target_modules=TARGETS, init_weights=False,
                                                decompose_both=True, decompose_factor=2),
+    # Tucker conv kernels (issue 32, item 6): hada_t1/t2 on the 3x3 conv; lokr_t2 where w2 is decomposed (r=1)
+    "loha-tucker": lambda: peft.LoHaConfig(r=2, alpha=3, target_modules=TARGETS, init_weights=False,
+                                           use_effective_conv2d=True, alpha_pattern={"conv": 5}),
+    "lokr-tucker": lambda: peft.LoKrConfig(r=1, alpha=3, target_modules=TARGETS, init_weights=False,
+                                           use_effective_conv2d=True, alpha_pattern={"conv": 5}),
     "ia3": lambda: peft.IA3Config(target_modules=TARGETS, feedforward_modules=["fc2"], init_ia3_weights=False),
     "dora": lambda: peft.LoraConfig(r=2, lora_alpha=3, target_modules=TARGETS, use_dora=True,
                                     init_lora_weights=False, rank_pattern={"fc2": 3}, alpha_pattern={"conv": 5}),
@@ -154,6 +161,8 @@ def test_a_folder_peft_saves_imports_with_the_same_outputs(tmp_path, base_state,
     ours = AdaptedModel(small(base_state), registry=get_registry())
     bundle = peft_format.import_(tmp_path / "saved", ours)
     assert bundle.family == case.split("-")[0]
+    if case.endswith("tucker"):
+        assert {"conv.hada_t1", "conv.hada_t2"} <= set(bundle.state) or "conv.lokr_t2" in bundle.state
     ours.add_bundle(bundle)
     with torch.no_grad():
         torch.testing.assert_close(ours(X), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())

@@ -56,19 +56,22 @@ LYCORIS_CASES = {
     "lokr-unbalanced": ("lokr", {"unbalanced_factorization": True}, "lokr", {"lokr_w1"}),
     "lokr-full-matrix": ("lokr", {"full_matrix": True}, "lokr", {"lokr_w1", "lokr_w2"}),
     "loha-rslora": ("loha", {"rs_lora": True}, "loha", {"hada_w1_a"}),
+    # Tucker conv kernels (issue 32, item 6); LoKr's w2 on the conv is decomposed, so a core, at rank 1
+    "loha-tucker": ("loha", {"use_tucker": True}, "loha", {"hada_t1", "hada_t2"}),
+    "lokr-tucker": ("lokr", {"use_tucker": True, "linear_dim": 1}, "lokr", {"lokr_t2"}),
     "dora": ("lora", {"dora_wd": True}, "dora", {"dora_scale"}),
     "lora": ("lora", {}, "lora", {"lora_down.weight"}),
     "lora-rslora": ("lora", {"rs_lora": True}, "lora", {"lora_down.weight"}),
 }
 
 
-def _lycoris_network(net: Net, path: Path, algo: str, options: dict) -> tuple[Net, LycorisNetwork]:
+def _lycoris_network(net: Net, path: Path, algo: str, options: dict, alpha: float = 3) -> tuple[Net, LycorisNetwork]:
     """LyCORIS's own network on a copy of `net`, its factors drawn at random, saved to `path`."""
     options = dict(options)
     dim = options.pop("linear_dim", 2)
     copied = copy.deepcopy(net)
     LycorisNetwork.apply_preset({"target_module": [], "target_name": ["conv", "proj", "head"]})
-    network = create_lycoris(copied, 1.0, linear_dim=dim, linear_alpha=3, conv_dim=dim, conv_alpha=3, algo=algo,
+    network = create_lycoris(copied, 1.0, linear_dim=dim, linear_alpha=alpha, conv_dim=dim, conv_alpha=alpha, algo=algo,
                              **options)
     network.apply_to()
     gen = torch.Generator().manual_seed(1)
@@ -91,6 +94,7 @@ def test_a_file_lycoris_saves_imports_with_its_outputs(tmp_path, net, case) -> N
     algo, options, family, factors = LYCORIS_CASES[case]
     theirs = _lycoris_file(net, tmp_path / "f.safetensors", algo, options)
     assert any(key.endswith(tuple(factors)) for key in load_file(tmp_path / "f.safetensors"))
+    assert all(any(key.endswith(f) for key in load_file(tmp_path / "f.safetensors")) for f in factors)
     am = AdaptedModel(copy.deepcopy(net), registry=get_registry())
     bundle = kohya.import_(tmp_path / "f.safetensors", am)
     assert bundle.family == family and sorted(bundle.configs) == ["conv", "head", "proj"]
@@ -102,8 +106,15 @@ def test_a_file_lycoris_saves_imports_with_its_outputs(tmp_path, net, case) -> N
         assert (want - net.double()(X.double())).abs().max() > 0.05  # the adapter changes the output
 
 
-@pytest.mark.parametrize("case", [c for c in LYCORIS_CASES if c != "lokr-unbalanced"])
-def test_our_export_loads_in_lycoris_kohya_loader_with_our_outputs(tmp_path, net, case) -> None:
+# Layouts LyCORIS's kohya loader (4.1.3) cannot rebuild from a file, its own included: it does not pass
+# unbalanced_factorization on, and it reads a LoKr Tucker w2's rank from w2_a's second axis, which is b there
+# ("'LokrModule' object has no attribute 'lokr_w2_a'"). Our export of these is loaded into LyCORIS's own network
+# of that layout instead (create_lycoris, then the file's tensors by name, strictly).
+NOT_REBUILT_BY_LYCORIS = {"lokr-unbalanced", "lokr-tucker"}
+
+
+@pytest.mark.parametrize("case", LYCORIS_CASES)
+def test_our_export_loads_in_lycoris_with_our_outputs(tmp_path, net, case) -> None:
     algo, options, family, _ = LYCORIS_CASES[case]
     _lycoris_file(net, tmp_path / "theirs.safetensors", algo, options)  # the configs LyCORIS chose
     am = AdaptedModel(copy.deepcopy(net), registry=get_registry())
@@ -112,10 +123,19 @@ def test_our_export_loads_in_lycoris_kohya_loader_with_our_outputs(tmp_path, net
     am.add_bundle(type(bundle)(name="x", family=family, configs=configs, state=bundle.state), "x")
     path = am.export("x", format="kohya", dest=tmp_path / "ours.safetensors")
     assert all(key.startswith("lora_unet_") for key in load_file(path))
-    loaded = copy.deepcopy(net)
-    network, _ = create_network_from_weights(1.0, str(path), None, None, unet=loaded)
-    network.apply_to(None, loaded, apply_text_encoder=False, apply_unet=True)
-    assert len(network.unet_loras) == 3
+    if case in NOT_REBUILT_BY_LYCORIS:
+        # LyCORIS fixes a module's scale from alpha when it is built: build it with the alpha we export
+        loaded, network = _lycoris_network(net, tmp_path / "again.safetensors", algo, options, alpha=4.5)
+        ours = {key.replace("lora_unet_", "lycoris_", 1): t for key, t in load_file(path).items()}
+        result = network.load_state_dict(ours, strict=False)
+        assert not result.missing_keys and not result.unexpected_keys, result
+        # the alpha we exported (a LoKr module with both factors full has its scale in w2, alpha = rank)
+        assert 4.5 in {float(t) for key, t in ours.items() if key.endswith(".alpha")}
+    else:
+        loaded = copy.deepcopy(net)
+        network, _ = create_network_from_weights(1.0, str(path), None, None, unet=loaded)
+        network.apply_to(None, loaded, apply_text_encoder=False, apply_unet=True)
+        assert len(network.unet_loras) == 3
     with torch.no_grad():
         want = reference_model(am)(X.double())
         assert_matches_reference(loaded(X), want)
@@ -143,8 +163,17 @@ def _save(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
 
 
 @pytest.mark.parametrize("tensors, message", [
-    ({"lycoris_conv.hada_w1_a": torch.ones(8, 2), "lycoris_conv.hada_t1": torch.ones(2, 2, 3, 3)},
-     "hada_t1, a Tucker/CP-decomposed conv kernel"),
+    ({"lycoris_conv.lora_down.weight": torch.ones(2, 4, 1, 1), "lycoris_conv.lora_up.weight": torch.ones(8, 2, 1, 1),
+      "lycoris_conv.lora_mid.weight": torch.ones(2, 2, 3, 3)},
+     "lora_mid.weight, a Tucker/CP-decomposed conv kernel this version does not build"),
+    ({"lycoris_conv.hada_w1_a": torch.ones(2, 8), "lycoris_conv.hada_w1_b": torch.ones(2, 4),
+      "lycoris_conv.hada_t1": torch.ones(2, 2, 3, 3), "lycoris_conv.hada_w2_a": torch.ones(2, 8),
+      "lycoris_conv.hada_w2_b": torch.ones(2, 4)}, "LoHa needs hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_b, "
+                                                  "hada_t1, hada_t2; missing hada_t2"),
+    ({"lycoris_conv.hada_w1_a": torch.ones(2, 8), "lycoris_conv.hada_w1_b": torch.ones(2, 4),
+      "lycoris_conv.hada_t1": torch.ones(2, 2, 5, 5), "lycoris_conv.hada_w2_a": torch.ones(2, 8),
+      "lycoris_conv.hada_w2_b": torch.ones(2, 4), "lycoris_conv.hada_t2": torch.ones(2, 2, 5, 5)},
+     "are not a layout built here for a weight of shape (8, 4, 3, 3) (LyCORIS's rules, Tucker)"),
     ({"lora_unet_head.lora_down.weight": torch.ones(2, 64), "lora_unet_head.lora_up.weight": torch.ones(64, 2),
       "lora_unet_proj.lokr_w1": torch.ones(8, 16), "lora_unet_proj.lokr_w2": torch.ones(8, 18)},
      "mixes families (lokr on lora_unet_proj, lora on lora_unet_head)"),
@@ -206,7 +235,8 @@ def test_a_lokr_split_peft_cannot_express_is_refused_by_the_peft_export(tmp_path
 
 
 @pytest.mark.parametrize("policy", ["default", "cache-off"])
-@pytest.mark.parametrize("case", ["loha", "lokr", "lokr-factor", "dora", "lora", "lora-rslora"])
+@pytest.mark.parametrize("case", ["loha", "loha-tucker", "lokr", "lokr-factor", "lokr-tucker", "dora", "lora",
+                                  "lora-rslora"])
 def test_training_mode_and_one_step_match_lycoris(tmp_path, net, case, policy) -> None:
     """Parity beyond the merged path (issue 31, item 7): LyCORIS's own network and ours, holding the same
     factors, in training mode with autograd on give the same output, and one SGD step on the same loss gives

@@ -38,7 +38,7 @@ PREFIX = "lora_unet"
 PREFIXES = (PREFIX, "lycoris")
 _KEY = re.compile(r"^(?P<flat>[A-Za-z0-9_]+)\.(?P<part>lora_(?:down|up|mid)\.weight|alpha|dora_scale|"
                   r"(?:hada|lokr)_[wt][12](?:_[ab])?)$")
-_TUCKER = {"lora_mid.weight", "hada_t1", "hada_t2", "lokr_t1", "lokr_t2"}
+_TUCKER = {"lora_mid.weight", "lokr_t1"}  # LoCon's Tucker core, and a w1 core LyCORIS never writes
 _ALLOWED = {"lora": {"lora_down.weight", "lora_up.weight", "alpha"},
             "dora": {"lora_down.weight", "lora_up.weight", "alpha", "dora_scale"},
             **{family: {*factors, "alpha"} for family, factors in kohya_lycoris.FACTORS.items()}}
@@ -135,6 +135,8 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
                 "adapterhub_lite_modules": json.dumps(sorted(modules))}
     if family != "lora":  # what LyCORIS's kohya network records for its algorithms
         args = {"algo": "lora", "dora_wd": "True"} if family == "dora" else {"algo": family}
+        if any(getattr(config, "tucker", False) for config in modules.values()):
+            args["use_tucker"] = "True"
         metadata.update({"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(args)})
     dest = dest / f"{name}.safetensors" if dest.is_dir() else dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -147,8 +149,8 @@ def _family(flat: str, parts: set[str], where: Path) -> str:
     """Which family a module's tensors are, from their names (as LyCORIS tells its algorithms apart)."""
     tucker = sorted(parts & _TUCKER)
     if tucker:
-        raise IncompatibleAdapterError(f"{where}: {flat} has {tucker[0]}, a Tucker/CP-decomposed conv kernel; this "
-                                       "version builds conv kernels flattened (LyCORIS's default, use_tucker=False)")
+        raise IncompatibleAdapterError(f"{where}: {flat} has {tucker[0]}, a Tucker/CP-decomposed conv kernel this "
+                                       "version does not build (LoHa's hada_t1/t2 and LoKr's lokr_t2 it does)")
     if any(p.startswith("hada_") for p in parts):
         family = "loha"
     elif any(p.startswith("lokr_") for p in parts):

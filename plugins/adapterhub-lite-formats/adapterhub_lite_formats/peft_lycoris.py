@@ -1,7 +1,8 @@
 """PEFT's LoHa and LoKr folders: peft_type LOHA / LOKR, keys `base_model.model.<module>.<factor>`, scale
 alpha / r with per-module `rank_pattern` / `alpha_pattern`, LyCORIS's factor layouts with conv kernels
-flattened (`use_effective_conv2d=False`). The families come from the registry (the LyCORIS plugin registers
-them): this format needs no import of that plugin, and says what to install when it is missing.
+flattened, or as Tucker cores (`use_effective_conv2d`, one value per adapter: our `tucker`). The families come
+from the registry (the LyCORIS plugin registers them): this format needs no import of that plugin, and says
+what to install when it is missing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ FAMILIES = {v: k for k, v in PEFT_TYPES.items()}
 _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<param>(?:hada|lokr)_[wt][12](?:_[ab])?)"
                   r"(?:\.[A-Za-z0-9_-]+)?$")
 REFUSED = {  # config field -> (value that is fine, why anything else is refused)
-    "use_effective_conv2d": (False, "CP-decomposed conv kernels (hada_t / lokr_t) are not built here"),
     "modules_to_save": (None, "it carries fully trained modules, not factors"),
     "layer_replication": (None, "layer replication changes the base model's structure"),
 }
@@ -38,7 +38,8 @@ def export_config(source: AdaptedModel, bundle: AdapterBundle, anchored: Any) ->
     r, alpha = max(ranks.values()), alphas[max(ranks, key=ranks.get)]
     config: dict[str, Any] = {
         "peft_type": PEFT_TYPES[family], "task_type": None, "base_model_name_or_path": source.base_id,
-        "r": r, "alpha": alpha, "rank_dropout": 0.0, "module_dropout": 0.0, "use_effective_conv2d": False,
+        "r": r, "alpha": alpha, "rank_dropout": 0.0, "module_dropout": 0.0,
+        "use_effective_conv2d": _one_tucker(source, bundle, modules),
         "target_modules": "^(" + "|".join(re.escape(m) for m in modules) + ")$",
         "rank_pattern": {anchored(m): ranks[m] for m in modules if ranks[m] != r},
         "alpha_pattern": {anchored(m): alphas[m] for m in modules if alphas[m] != alpha},
@@ -58,6 +59,18 @@ def export_config(source: AdaptedModel, bundle: AdapterBundle, anchored: Any) ->
             config[field_name] = values.pop()
         config["rank_dropout_scale"] = False
     return config
+
+
+def _one_tucker(source: AdaptedModel, bundle: AdapterBundle, modules: list[str]) -> bool:
+    """PEFT's one use_effective_conv2d for the adapter: the `tucker` of every module it changes something on (a
+    conv with a kernel bigger than 1x1), which must agree."""
+    values = {bundle.configs[m].tucker for m in modules
+              if any(k != 1 for k in source.model.get_submodule(m).base.weight.shape[2:])}
+    if len(values) > 1:
+        raise IncompatibleAdapterError("PEFT has one use_effective_conv2d per adapter; this one has Tucker conv "
+                                       "kernels on some modules and flattened ones on others (export it as kohya "
+                                       "or native)")
+    return values.pop() if values else False
 
 
 def export_tensors(source: AdaptedModel, name: str, prefix: str) -> dict[str, Tensor]:
@@ -80,14 +93,15 @@ def import_bundle(folder: Any, config: dict[str, Any], tensors: dict[str, Tensor
     state: dict[str, Tensor] = {}
     for key, tensor in tensors.items():
         match = _KEY.match(key)
-        if match is None or "_t" in match["param"]:
+        if match is None:
             raise IncompatibleAdapterError(f"{folder}: tensor {shown(key)} is not a {family} factor this version "
-                                           "builds (CP kernels and saved modules are refused)")
+                                           "builds (saved modules are refused)")
         state[f"{match['module']}.{match['param']}"] = tensor
     modules = sorted({key.rsplit(".", 1)[0] for key in state})
     if not modules:
         raise AdapterFileError(f"{folder} holds no {family} factors")
     extra = {k: config[k] for k in ("decompose_both", "decompose_factor") if family == "lokr" and k in config}
+    extra["tucker"] = bool(config.get("use_effective_conv2d", False))  # PEFT keeps 1x1 convs flat, as we do
     configs = {m: config_class(targets=[m], rank=int(pattern_value(config.get("rank_pattern") or {}, m,
                                                                    config.get("r", 8))),
                                alpha=float(pattern_value(config.get("alpha_pattern") or {}, m,

@@ -1,4 +1,5 @@
-"""LoHa (FedPara / LyCORIS): delta W = (w1a @ w1b) * (w2a @ w2b) * alpha / r, on Linear and Conv2d."""
+"""LoHa (FedPara / LyCORIS): delta W = (w1a @ w1b) * (w2a @ w2b) * alpha / r, on Linear and Conv2d (a conv's
+kernel flattened, or each product a Tucker core between two factor matrices: `LohaConfig.tucker`)."""
 
 from __future__ import annotations
 
@@ -7,26 +8,27 @@ from typing import Any
 from torch import Tensor, nn
 
 from .config import LohaConfig
-from .weights import WeightDeltaLayer, parameter
+from .weights import WeightDeltaLayer, parameter, tucker_rebuild
 
 
 class LohaLayer(WeightDeltaLayer):
     def create(self, name: str, config: LohaConfig) -> nn.Module:
-        out, inp = self.flat_shape
-        like = self.base.weight
         factors = nn.Module()
-        # w1a, w2a: (out, r)  w1b, w2b: (r, in); w2b starts at zero, so the product does (PEFT's init)
-        factors.hada_w1_a = parameter((out, config.rank), like, "kaiming")
-        factors.hada_w1_b = parameter((config.rank, inp), like, "kaiming")
-        factors.hada_w2_a = parameter((out, config.rank), like, "kaiming")
-        factors.hada_w2_b = parameter((config.rank, inp), like, "zeros")
+        # w2b starts at zero, so the product does (PEFT's init); the others as nn.Linear's
+        for factor, shape in config.factor_shapes(tuple(self.base.weight.shape)).items():
+            init = "zeros" if factor == "hada_w2_b" else "kaiming"
+            setattr(factors, factor, parameter(shape, self.base.weight, init))
         return factors
 
     def delta_weight(self, name: str) -> Tensor:
         f = self.adapters[name]
-        delta = (f.hada_w1_a @ f.hada_w1_b) * (f.hada_w2_a @ f.hada_w2_b) * self.configs[name].scale
+        if hasattr(f, "hada_t1"):  # Tucker kernels: each product rebuilt from its core
+            first = tucker_rebuild(f.hada_t1, f.hada_w1_a, f.hada_w1_b)
+            delta = first * tucker_rebuild(f.hada_t2, f.hada_w2_a, f.hada_w2_b) * self.configs[name].scale
+        else:
+            delta = (f.hada_w1_a @ f.hada_w1_b) * (f.hada_w2_a @ f.hada_w2_b) * self.configs[name].scale
         return delta.reshape(self.base.weight.shape)
 
     def describe(self, name: str) -> dict[str, Any]:
         config = self.configs[name]
-        return {"rank": config.rank, "alpha": config.alpha}
+        return {"rank": config.rank, "alpha": config.alpha, **({"tucker": True} if config.tucker else {})}

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import LokrConfig
-from .weights import WeightDeltaLayer, parameter
+from .weights import WeightDeltaLayer, parameter, tucker_rebuild
 
 
 class LokrLayer(WeightDeltaLayer):
@@ -28,11 +28,16 @@ class LokrLayer(WeightDeltaLayer):
     def delta_weight(self, name: str) -> Tensor:
         f = self.adapters[name]
         w1 = f.lokr_w1 if hasattr(f, "lokr_w1") else f.lokr_w1_a @ f.lokr_w1_b
-        w2 = f.lokr_w2 if hasattr(f, "lokr_w2") else f.lokr_w2_a @ f.lokr_w2_b
+        if hasattr(f, "lokr_w2"):
+            w2 = f.lokr_w2
+        elif hasattr(f, "lokr_t2"):  # a Tucker kernel: (b, d, kh, kw) from its core
+            w2 = tucker_rebuild(f.lokr_t2, f.lokr_w2_a, f.lokr_w2_b)
+        else:
+            w2 = f.lokr_w2_a @ f.lokr_w2_b
         if w2.dim() == 4:  # a full conv factor: (b, d, kh, kw); w1 gets unit kernel axes
             w1 = w1[:, :, None, None]
         return (torch.kron(w1, w2.contiguous()) * self.configs[name].scale).reshape(self.base.weight.shape)
 
     def describe(self, name: str) -> dict[str, Any]:
         config = self.configs[name]
-        return {"rank": config.rank, "alpha": config.alpha}
+        return {"rank": config.rank, "alpha": config.alpha, **({"tucker": True} if config.tucker else {})}

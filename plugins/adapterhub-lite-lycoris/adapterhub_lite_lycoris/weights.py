@@ -3,7 +3,7 @@
 Neither is a low-rank product (a Hadamard or Kronecker product of low-rank factors has full rank), so the
 delta is built as a weight and run through the base module's own op: a Linear's `F.linear`, a Conv2d's conv
 with its stride, padding, dilation and groups. A Conv2d's kernel is handled flattened (out, in/groups*kh*kw),
-as PEFT's and LyCORIS's default layout is.
+as PEFT's and LyCORIS's default layout is, or as a Tucker core (`tucker_rebuild`) where the config says so.
 """
 
 from __future__ import annotations
@@ -27,6 +27,12 @@ def parameter(shape: tuple[int, ...], like: Tensor, init: str) -> nn.Parameter:
     t = torch.empty(shape, dtype=torch.float32, device=like.device)
     kaiming_(t) if init == "kaiming" else nn.init.zeros_(t)
     return nn.Parameter(t.to(like.dtype))
+
+
+def tucker_rebuild(core: Tensor, wa: Tensor, wb: Tensor) -> Tensor:
+    """A Tucker-decomposed kernel: core (r, r, kh, kw) with factor matrices wa (r, out) and wb (r, in) gives
+    (out, in, kh, kw), W[p, q] = sum_ij core[i, j] wa[i, p] wb[j, q] (LyCORIS's and PEFT's rebuild)."""
+    return torch.einsum("ij...,ip,jq->pq...", core, wa, wb)
 
 
 class WeightDeltaLayer(AdapterLayer):
