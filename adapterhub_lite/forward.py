@@ -51,6 +51,11 @@ class LayerPolicy:
     # folded copy (the steady state of serving one active set); a new active set or weight evicts the old one
     # (least recently used first). Under routing, a budget of N lets each of N adapters keep its own copy.
     cache_budget: float = 1.0
+    # The folded-weight cache of the whole model, at most this fraction of its parameter bytes, or `cache_floor`
+    # bytes if that is more (a small model is cached whole): the model handle admits the smallest eligible
+    # layers first (the most overhead saved per byte), the others keep the low-rank path. None: no limit.
+    cache_limit: float | None = 0.10
+    cache_floor: int = 64 << 20
     # Unfold keeps the folded tensor and the next fold writes into it (no allocation), at the cost of one
     # weight-sized copy per folded weight while unfolded: for code that folds and unfolds again and again.
     keep_fold_buffers: bool = False
@@ -77,9 +82,28 @@ class LayerPolicy:
             raise ConfigError(f"fold_limit must be a whole number >= 0, got {self.fold_limit!r}")
         if not isinstance(self.cache_budget, (int, float)) or not self.cache_budget >= 0:
             raise ConfigError(f"cache_budget must be a number >= 0, got {self.cache_budget!r}")
+        limit = self.cache_limit
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit >= 0):
+            raise ConfigError(f"cache_limit must be a fraction >= 0 of the model's bytes (or None), got {limit!r}")
+        if isinstance(self.cache_floor, bool) or not isinstance(self.cache_floor, int) or self.cache_floor < 0:
+            raise ConfigError(f"cache_floor must be a whole number of bytes >= 0, got {self.cache_floor!r}")
 
     def small(self, layer: AdaptedModule) -> bool:
         return layer.base_numel <= self.fold_limit
+
+    def admitted(self, layers: list[AdaptedModule], model_bytes: int) -> set[int]:
+        """Which layers (by id) may cache folded weights: those within `fold_limit`, smallest first, while their
+        copies (`cache_budget` each) fit in `cache_limit` of the model's bytes (at least `cache_floor`)."""
+        eligible = sorted((layer for layer in layers if self.small(layer)), key=lambda layer: layer.base_bytes)
+        if self.cache_limit is None:
+            return {id(layer) for layer in eligible}
+        room, admitted = max(self.cache_limit * model_bytes, self.cache_floor), set()
+        for layer in eligible:
+            room -= self.cache_budget * layer.base_bytes
+            if room < 0:
+                break
+            admitted.add(id(layer))
+        return admitted
 
     # The older names, read with a DeprecationWarning.
     merge_limit, keep_merge_buffers = Renamed("fold_limit"), Renamed("keep_fold_buffers")
@@ -94,9 +118,10 @@ class FoldedWeights:
     """One layer's default forward: cached folded weights for inference and, where the kind opts in, folded
     weights inside autograd for training; the plain way otherwise."""
 
-    def __init__(self, policy: LayerPolicy) -> None:
+    def __init__(self, policy: LayerPolicy, admitted: bool = True) -> None:
         self.policy = policy
         self.cache = InferenceCache()
+        self.admitted = admitted  # within the model's cache limit (`LayerPolicy.admitted`); else the low-rank path
 
     def forward(self, layer: AdaptedModule, *args: Any, **kwargs: Any) -> Any:
         live = layer.live()
@@ -110,8 +135,8 @@ class FoldedWeights:
         return layer.run(live, *args, **kwargs)
 
     def for_inference(self, layer: AdaptedModule) -> bool:
-        """Inference (no autograd, eval mode) on a layer within the policy's `fold_limit`."""
-        return not (torch.is_grad_enabled() or layer.training) and self.policy.small(layer)
+        """Inference (no autograd, eval mode) on a layer within the policy's `fold_limit` and cache limit."""
+        return self.admitted and not (torch.is_grad_enabled() or layer.training) and self.policy.small(layer)
 
     def inference_weights(self, layer: AdaptedModule, live: Live) -> dict[str, Tensor] | None:
         """Folded base tensors for these live adapters at these weights, from a small LRU cache keyed by

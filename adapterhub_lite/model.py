@@ -76,6 +76,19 @@ class AdaptedModel:
         self._policy = policy
         for layer in layers:
             layer.strategy = FoldedWeights(policy)  # a fresh cache under the new budget
+        self._admit()
+
+    def _admit(self) -> None:
+        """Set which layers may cache folded weights under the policy's model-wide limit (`cache_limit`)."""
+        layers = list(self.layers().values())
+        adapter_bytes = sum(p.numel() * p.element_size() for layer in layers for p in layer.adapters.parameters())
+        model_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters()) - adapter_bytes
+        admitted = self._policy.admitted(layers, model_bytes)
+        for layer in layers:
+            if isinstance(layer.strategy, FoldedWeights):
+                layer.strategy.admitted = id(layer) in admitted
+                if not layer.strategy.admitted:
+                    layer.strategy.invalidate()
 
     @property
     def cache_bytes(self) -> int:
@@ -136,6 +149,8 @@ class AdaptedModel:
             layer.strategy = FoldedWeights(self.policy)
             layer.label = f"module {layer_name!r}"
             wrap(self.model, layer_name, layer)
+        if new_layers:
+            self._admit()
         return [t.name for t in targets]
 
     def add_bundle(self, bundle: AdapterBundle, name: str | None = None, *, activate: bool = True) -> str:
@@ -233,6 +248,7 @@ class AdaptedModel:
                 if not layer.adapters:
                     unwrap(self.model, layer_name)
         del self.adapters[name]
+        self._admit()
 
     # --- which adapters run -------------------------------------------------------------------
     def set_active(self, names: Sequence[str] | str, weights: Sequence[float] | Mapping[str, float] | None = None) -> None:

@@ -282,10 +282,81 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
                        f"{r['compiled_vs_eager_ours']:.3f} | {r['recompiles']} of {r['swaps']} | "
                        f"{r['compile_seconds']:.0f} | {_verdict(r['ours_vs_compiled_base'] <= 1.05)} |")
         out.append("")
+    scale = Path(__file__).with_name("scale-results.json")
+    if scale.is_file():
+        out += scale_section(json.loads(scale.read_text()))
     notes = Path(__file__).with_name("notes.md")
     if notes.is_file():
         out += [notes.read_text().rstrip(), ""]
     path.write_text("\n".join(out))
+
+
+def _median(rounds: list[dict[str, Any]], key: str) -> float:
+    values = sorted(r[key] for r in rounds)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+def scale_verdicts(entry: dict[str, Any]) -> dict[str, bool]:
+    """The issue-32 targets of one dtype's rows (items 1 and 2): load >= 3x faster than diffusers, resident
+    growth within the files' bytes, switch + first forward within diffusers', steady <= 1.05x the bare base,
+    the folded-weight cache within 10% of the model."""
+    ours, theirs = entry["ours"], entry["diffusers"]
+    cold = _median(ours["rounds"], "switch_s") + _median(ours["rounds"], "first_forward_s")
+    their_cold = _median(theirs["rounds"], "switch_s") + _median(theirs["rounds"], "first_forward_s")
+    return {"load": theirs["load_s"] >= 3 * ours["load_s"], "memory": ours["rss_growth_mb"] <= ours["file_mb"],
+            "switch": cold <= their_cold, "steady": _median(ours["rounds"], "steady_s") <= 1.05 * ours["base_s"],
+            "cache": ours.get("cache_mb", 0.0) <= 0.10 * ours["model_mb"]}
+
+
+def scale_section(data: dict[str, Any]) -> list[str]:
+    """The scale group's tables (bench/scale.py, issue 32), one row per base dtype."""
+    unet, text = data["unet_config"], data["text_config"]
+    out = ["## Scale: a Stable-Diffusion-1.5-shaped UNet and text encoder with 50 LoRA files (issue 32)", "",
+           f"`python bench/scale.py` at {data['commit']} on {data['cpu']} ({'avx512' if data['avx512'] else 'avx2'}), "
+           f"{data['threads']} threads, torch {data['torch']}; {data['wall_s'] / 60:.0f} minutes. The UNet "
+           f"(block_out_channels {tuple(unet['block_out_channels'])}, cross_attention_dim "
+           f"{unet['cross_attention_dim']}) and the CLIP text encoder (hidden {text['hidden_size']}, "
+           f"{text['num_hidden_layers']} layers) are built from "
+           f"{'a scaled-down copy of ' if data.get('shape') == 'quick' else ''}SD-1.5's published configs with "
+           "random weights. "
+           f"{data['count']} kohya files of ranks {', '.join(map(str, data['ranks']))} on kohya's default targets "
+           f"(attention, feed-forward, proj_in/out; every text-encoder Linear), float16 tensors "
+           f"({data['rows'][0]['file_mb']:.0f} MB in all). A forward is the text encoder on 77 tokens, then the UNet "
+           f"on a {data['latent']}x{data['latent']} latent; each side runs in its own process. diffusers: "
+           "`lora_state_dict` + `load_lora_into_unet` + `load_lora_into_text_encoder` per file (what "
+           f"`load_lora_weights` runs), `set_adapters`. {data['switches']} switches to 4 random adapters at random "
+           "weights; medians.", "",
+           "| base dtype | load s, ours | load s, diffusers | diffusers / ours (>= 3) | resident growth MB, ours | "
+           "diffusers | files MB | within the files | switch + first forward s, ours | diffusers | within "
+           "diffusers' | steady / bare base, ours (<= 1.05) | diffusers | cache MB (<= 10% of model MB) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for entry in data["table"]:
+        ours, theirs = entry["ours"], entry["diffusers"]
+        ok = scale_verdicts(entry)
+        cold = _median(ours["rounds"], "switch_s") + _median(ours["rounds"], "first_forward_s")
+        their_cold = _median(theirs["rounds"], "switch_s") + _median(theirs["rounds"], "first_forward_s")
+        out.append(
+            f"| {entry['dtype']} | {ours['load_s']:.2f} | {theirs['load_s']:.2f} | "
+            f"{theirs['load_s'] / ours['load_s']:.1f}x {_verdict(ok['load'])} | {ours['rss_growth_mb']:.0f} | "
+            f"{theirs['rss_growth_mb']:.0f} | {ours['file_mb']:.0f} | {_verdict(ok['memory'])} | {cold:.2f} | "
+            f"{their_cold:.2f} | {_verdict(ok['switch'])} | "
+            f"{_median(ours['rounds'], 'steady_s') / ours['base_s']:.3f} {_verdict(ok['steady'])} | "
+            f"{_median(theirs['rounds'], 'steady_s') / theirs['base_s']:.3f} | {ours.get('cache_mb', 0):.0f} of "
+            f"{ours['model_mb']:.0f} {_verdict(ok['cache'])} |")
+    out += ["", "Outputs after the first switch, as the largest difference relative to the output's largest value: "
+            "ours against diffusers in the same dtype, ours in half precision against ours in float32, and ours "
+            "folded into the weights against unfolded.", "",
+            "| base dtype | ours vs diffusers | ours vs float32 | folded vs unfolded |", "|---|---|---|---|"]
+    for entry in data["table"]:
+        ours = entry["ours"]
+        against = entry.get("ours_vs_float32")
+        out.append(f"| {entry['dtype']} | {entry.get('ours_vs_diffusers', float('nan')):.1e} | "
+                   f"{'-' if against is None else f'{against:.1e}'} | "
+                   f"{ours['fold_max_diff'] / ours['fold_scale']:.1e} |")
+    missed = [f"{e['dtype']} {name}" for e in data["table"] for name, ok in scale_verdicts(e).items() if not ok]
+    out += ["", f"Rows missed: {_listed(missed)} (where we lose: below).", ""]
+    return out
 
 
 if __name__ == "__main__":

@@ -73,3 +73,31 @@ def test_the_benchmark_prose_holds_no_measured_figure() -> None:
     measured = re.compile(r"\d[\d.,]*\s?(ms|s|%|x\b|GB/s|MB/s)|~\s?\d|about \d|\d+(\.\d+)? (MB|GB)\b(?! per| transparent)")
     found = [line for line in (ROOT / "bench" / "notes.md").read_text().splitlines() if measured.search(line)]
     assert not found, found
+
+
+def _scale_side(**figures) -> dict:
+    rounds = [{"switch_s": 0.01, "first_forward_s": 1.0, "steady_s": 1.0}] * 3
+    side = {"load_s": 1.0, "rss_growth_mb": 10.0, "file_mb": 20.0, "base_s": 1.0, "model_mb": 1000.0,
+            "cache_mb": 50.0, "rounds": rounds, "fold_max_diff": 0.0, "fold_scale": 1.0}
+    return {**side, **figures}
+
+
+def test_the_scale_section_judges_each_issue_32_target_from_the_figures() -> None:
+    """bench/scale.py's tables (issue 32): each verdict follows its figures, and the missed rows are named."""
+    report = _report_module()
+    data = {"commit": "c", "cpu": "cpu", "avx512": False, "threads": 2, "torch": "t", "wall_s": 60, "count": 50,
+            "ranks": [8, 128], "latent": 16, "switches": 3,
+            "unet_config": {"block_out_channels": [320], "cross_attention_dim": 768},
+            "text_config": {"hidden_size": 768, "num_hidden_layers": 12}, "shape": "sd15",
+            "rows": [_scale_side()],
+            "table": [{"dtype": "float32", "ours_vs_diffusers": 1e-6,
+                       "ours": _scale_side(), "diffusers": _scale_side(load_s=4.0, rss_growth_mb=30.0)},
+                      {"dtype": "float16", "ours_vs_diffusers": 1e-3, "ours_vs_float32": 2e-3,
+                       "ours": _scale_side(load_s=2.0, rss_growth_mb=40.0, cache_mb=150.0,
+                                           rounds=[{"switch_s": 0.5, "first_forward_s": 2.0, "steady_s": 1.2}]),
+                       "diffusers": _scale_side(load_s=4.0)}]}
+    good, bad = (report.scale_verdicts(entry) for entry in data["table"])
+    assert all(good.values()) and not any(bad.values())
+    text = "\n".join(report.scale_section(data))
+    assert "| float32 | 1.00 | 4.00 | 4.0x met |" in text and "| float16 | 2.00 | 4.00 | 2.0x **missed** |" in text
+    assert ("Rows missed: float16 load, float16 memory, float16 switch, float16 steady, float16 cache" in text)

@@ -16,6 +16,7 @@ from adapterhub_lite import (
     AdaptedModule,
     AdapterStateError,
     ConfigError,
+    LayerPolicy,
     LoraConfig,
     UnknownNameError,
     UnsupportedModuleError,
@@ -456,3 +457,36 @@ def test_a_kind_that_raises_is_one_line_naming_kind_plugin_module_and_adapter(pa
     am.set_weight("a", 0.0)  # nothing live: the kind's code does not run, the base does
     with torch.no_grad():
         am(torch.randn(2, 4))
+
+
+def test_the_folded_weight_cache_stays_within_its_model_wide_limit(registry) -> None:
+    """Issue 32, item 2: the folded weights cached for inference hold at most `cache_limit` of the model's bytes
+    (or `cache_floor`, so a small model is cached whole), the smallest layers first; the layers left out run the
+    low-rank path, with the same outputs."""
+    def adapted(policy: LayerPolicy) -> AdaptedModel:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 32), nn.Linear(32, 64), nn.Linear(64, 64))
+        am = AdaptedModel(model, registry=registry, policy=policy).eval()
+        am.add_adapter("a", LoraConfig(targets=["0", "1", "2", "3"], rank=2))
+        randomize_adapters(am.model)
+        return am
+
+    x = torch.randn(4, 8)
+    limited = adapted(LayerPolicy(cache_limit=0.25, cache_floor=0))
+    model_bytes = 4 * sum(m.weight.numel() + m.bias.numel() for m in limited.base_modules().values())
+    unlimited = adapted(LayerPolicy(cache_limit=None))
+    with torch.no_grad():
+        want = unlimited(x)  # the low-rank path and folded weights round differently: float32's tolerance
+        torch.testing.assert_close(limited(x), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    cached = [name for name, layer in limited.layers().items() if layer.strategy.cache_bytes]
+    assert cached == ["0", "1"]  # 288 + 1,152 bytes fit in a quarter of 26,528; the next layer's 8,448 do not
+    assert 0 < limited.cache_bytes <= 0.25 * model_bytes
+    assert len([layer for layer in unlimited.layers().values() if layer.strategy.cache_bytes]) == 4
+    limited.policy = LayerPolicy()  # the default: 10% of the model, or 64 MiB if more
+    with torch.no_grad():
+        limited(x)
+    assert all(layer.strategy.cache_bytes for layer in limited.layers().values())
+    limited.delete_adapter("a")
+    assert limited.cache_bytes == 0
+    with pytest.raises(ConfigError, match="cache_limit must be a fraction"):
+        LayerPolicy(cache_limit=-0.5)
