@@ -7,7 +7,8 @@ a wrapped module keeps its name, its original sits at `<name>.base`.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from torch import nn
@@ -51,6 +52,36 @@ def pattern_matches(pattern: str, name: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern)
 
 
+_GLOB = re.compile(r"[*?\[]")
+
+
+def _literal(pattern: str) -> str | None:
+    """The one module name a pattern can match, when it is a plain name (no glob character) or an escaped name
+    after "re:" (as a bundle names its exact modules); None otherwise."""
+    if not pattern.startswith("re:"):
+        return None if _GLOB.search(pattern) else pattern
+    name = re.sub(r"\\(.)", r"\1", pattern[3:])
+    return name if re.escape(name) == pattern[3:] else None
+
+
+def _matchers(patterns: tuple[str, ...]) -> tuple[dict[str, list[str]], list[tuple[str, Callable[[str], bool]]]]:
+    """The patterns split into plain names (looked up, not scanned: a bundle names hundreds) and matchers,
+    each compiled once."""
+    literals: dict[str, list[str]] = {}
+    matchers: list[tuple[str, Callable[[str], bool]]] = []
+    for pattern in patterns:
+        name = _literal(pattern)
+        if name is not None:
+            literals.setdefault(name, []).append(pattern)
+        elif pattern.startswith("re:"):
+            compiled = safe_pattern(pattern[3:], f"target {shorten(pattern, 80)}")
+            matchers.append((pattern, lambda n, c=compiled: c.fullmatch(n) is not None))
+        else:
+            glob = re.compile(fnmatch.translate(pattern))
+            matchers.append((pattern, lambda n, g=glob: g.match(n) is not None))
+    return literals, matchers
+
+
 def _inside_attention(name: str, modules: dict[str, nn.Module]) -> str | None:
     """nn.MultiheadAttention reads its out_proj weight directly: wrapping it would do nothing."""
     parent, _, child = name.rpartition(".")
@@ -78,8 +109,9 @@ def find_targets(model: nn.Module, config: AdapterConfig, registry: Registry) ->
 
     targets: list[Target] = []
     hits: dict[str, list[str]] = {p: [] for p in config.targets}
+    literals, matchers = _matchers(tuple(config.targets))
     for name, module in modules.items():
-        matched = [p for p in config.targets if pattern_matches(p, name)]
+        matched = [*literals.get(name, ()), *(p for p, matches in matchers if matches(name))]
         for p in matched:
             hits[p].append(name)
         if (config.targets and not matched) or not type_ok(module):
