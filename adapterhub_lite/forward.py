@@ -56,6 +56,11 @@ class LayerPolicy:
     # layers first (the most overhead saved per byte), the others keep the low-rank path. None: no limit.
     cache_limit: float | None = 0.10
     cache_floor: int = 64 << 20
+    # The inference call with one live set (adapters and weights) on which its folded weights are built. 1 (the
+    # default): the first, so every call gives the same bits. 2 or more: the calls before it run the low-rank path
+    # (equal to float tolerance, not bit for bit), so a switch between active sets that are used once or twice
+    # each costs no fold of every layer.
+    cache_after: int = 1
     # Unfold keeps the folded tensor and the next fold writes into it (no allocation), at the cost of one
     # weight-sized copy per folded weight while unfolded: for code that folds and unfolds again and again.
     keep_fold_buffers: bool = False
@@ -87,6 +92,8 @@ class LayerPolicy:
             raise ConfigError(f"cache_limit must be a fraction >= 0 of the model's bytes (or None), got {limit!r}")
         if isinstance(self.cache_floor, bool) or not isinstance(self.cache_floor, int) or self.cache_floor < 0:
             raise ConfigError(f"cache_floor must be a whole number of bytes >= 0, got {self.cache_floor!r}")
+        if isinstance(self.cache_after, bool) or not isinstance(self.cache_after, int) or self.cache_after < 1:
+            raise ConfigError(f"cache_after must be a whole number of calls >= 1, got {self.cache_after!r}")
 
     def small(self, layer: AdaptedModule) -> bool:
         return layer.base_numel <= self.fold_limit
@@ -122,6 +129,8 @@ class FoldedWeights:
         self.policy = policy
         self.cache = InferenceCache()
         self.admitted = admitted  # within the model's cache limit (`LayerPolicy.admitted`); else the low-rank path
+        self._waiting: tuple | None = None  # the live set not folded yet (`LayerPolicy.cache_after`), its calls
+        self._calls = 0
 
     def forward(self, layer: AdaptedModule, *args: Any, **kwargs: Any) -> Any:
         live = layer.live()
@@ -138,15 +147,21 @@ class FoldedWeights:
         """Inference (no autograd, eval mode) on a layer within the policy's `fold_limit` and cache limit."""
         return self.admitted and not (torch.is_grad_enabled() or layer.training) and self.policy.small(layer)
 
-    def inference_weights(self, layer: AdaptedModule, live: Live) -> dict[str, Tensor] | None:
+    def inference_weights(self, layer: AdaptedModule, live: Live, wait: bool = True) -> dict[str, Tensor] | None:
         """Folded base tensors for these live adapters at these weights, from a small LRU cache keyed by
-        everything they depend on; None when the low-rank path must run (autograd, training, a big layer)."""
+        everything they depend on; None when the low-rank path must run (autograd, training, a big layer, or,
+        with `wait`, a live set used fewer than `cache_after` times in a row)."""
         if not self.for_inference(layer):
             return None
         tensors = [*layer.base.parameters(), *(p for n, _ in live for p in layer.adapters[n].parameters())]
         key = cache_key(live, tensors)
         if key is None:
             return None  # a tensor made in inference mode has no version counter: a cache could go stale
+        if wait and key not in self.cache and self.policy.cache_after > 1:
+            self._calls = self._calls + 1 if key == self._waiting else 1
+            self._waiting = key
+            if self._calls < self.policy.cache_after:
+                return None
 
         def build() -> dict[str, Tensor]:
             with torch.no_grad():
@@ -202,7 +217,7 @@ class Routed:
         out = None
         for name, weight in routed:  # a routed name always has samples: the route is built from them
             rows = self.route.rows(name, x.device)
-            folded = inner.inference_weights(layer, [(name, weight)])
+            folded = inner.inference_weights(layer, [(name, weight)], wait=False)
             assert folded is not None  # forward checked the layer is small and in inference
             part = layer.forward_with(folded, x.index_select(0, rows), *args, **kwargs)
             out = part.new_empty((len(covered), *part.shape[1:])) if out is None else out

@@ -46,6 +46,13 @@ class InferenceCache:
                 self._entries.popitem(last=False)
         return built
 
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._entries
+
+    def live_sets(self) -> list[tuple[tuple[str, float], ...]]:
+        """The live adapters and weights of each entry, least recently used first."""
+        return [key[1] for key in self._entries]
+
     @property
     def nbytes(self) -> int:
         return sum(nbytes(tensors) for tensors in self._entries.values())

@@ -217,6 +217,21 @@ def child(side: str, shape: str, dtype_name: str, files: list[str], latent: int,
     }
     if side == "ours":
         row["cache_mb"] = am.cache_bytes / 1e6
+        from adapterhub_lite import LayerPolicy
+
+        am.policy = LayerPolicy(cache_after=2)  # the first call after a switch on the low-rank path, no fold
+        forward(unet, text, x)
+        row["rounds_cache_after_2"] = []
+        for _ in range(switches):
+            active = rng.sample(names, ACTIVE)
+            weights = [round(rng.uniform(0.3, 1.0), 3) for _ in active]
+            start = time.perf_counter()
+            switch(active, weights)
+            switched = time.perf_counter()
+            forward(unet, text, x)
+            row["rounds_cache_after_2"].append({"switch_s": switched - start,
+                                                "first_forward_s": time.perf_counter() - switched})
+        am.policy = LayerPolicy()
         with torch.no_grad():  # folded vs unfolded, the last active set
             unfolded = forward(unet, text, x)
             am.fold()

@@ -490,3 +490,38 @@ def test_the_folded_weight_cache_stays_within_its_model_wide_limit(registry) -> 
     assert limited.cache_bytes == 0
     with pytest.raises(ConfigError, match="cache_limit must be a fraction"):
         LayerPolicy(cache_limit=-0.5)
+
+
+def test_cache_after_folds_a_live_set_only_on_its_nth_call_in_a_row(registry) -> None:
+    """Issue 32, item 2: with `LayerPolicy(cache_after=2)` the first inference call after a switch runs the
+    low-rank path (no fold of every layer at once) and the second folds; the default folds on the first call, so
+    repeated calls give the same bits."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 4))
+    am = AdaptedModel(model, registry=registry, policy=LayerPolicy(cache_after=2)).eval()
+    for name in ("a", "b"):
+        am.add_adapter(name, LoraConfig(targets=["0", "1"], rank=2), activate=False)
+    randomize_adapters(am.model)
+    x = torch.randn(3, 8)
+
+    def folded_for(live: tuple) -> list[bool]:
+        return [live in layer.strategy.cache.live_sets() for layer in am.layers().values()]
+
+    with torch.no_grad():
+        for active in (["a"], ["b"], ["a", "b"]):
+            am.set_active(active)
+            live = tuple((name, 1.0) for name in active)
+            first = am(x)
+            assert folded_for(live) == [False, False], active  # the low-rank path: nothing folded yet
+            second = am(x)
+            assert folded_for(live) == [True, True], active
+            torch.testing.assert_close(second, first, rtol=1e-5, atol=1e-5 * first.abs().max().item())
+            assert torch.equal(am(x), second)  # from the cache on
+        am.set_weight("a", 0.5)  # a new weight is a new live set: it waits again
+        am(x)
+        assert folded_for((("a", 0.5), ("b", 1.0))) == [False, False]
+        am.policy = LayerPolicy()  # the default folds on the first call: repeated calls give the same bits
+        once = am(x)
+        assert folded_for((("a", 0.5), ("b", 1.0))) == [True, True] and torch.equal(am(x), once)
+    with pytest.raises(ConfigError, match="cache_after must be a whole number"):
+        LayerPolicy(cache_after=0)
