@@ -168,6 +168,16 @@ def _by_hand(in_delta: torch.Tensor, out_delta: torch.Tensor, fc_delta: torch.Te
         return plain(X.double())
 
 
+_PEFT_FIXED_OUT_PROJ = tuple(int(p) for p in peft.__version__.split(".")[:2]) >= (0, 22)
+
+
+def _peft_deltas_attention_only(theirs: peft.PeftModel) -> tuple[torch.Tensor, ...]:
+    attn = theirs.base_model.model.attn
+    return (attn.get_delta_weight("default").detach().double(),
+            attn.base_layer.out_proj.get_delta_weight("default").detach().double(),
+            torch.zeros(3, 8, dtype=torch.float64))
+
+
 def _peft_deltas(theirs: peft.PeftModel) -> tuple[torch.Tensor, ...]:
     attn, fc = theirs.base_model.model.attn, theirs.base_model.model.fc
     return tuple(d.detach().double() for d in (attn.get_delta_weight("default"),
@@ -195,12 +205,10 @@ def test_attention_lora_goes_to_peft_and_back_exactly(projections, rslora, tmp_p
     with torch.no_grad():
         assert_matches_reference(_by_hand(in_delta, out_delta, fc_delta).float(), want)  # the file means our deltas
         peft_out = theirs(X)
-    if "out" not in projections:
+    if "out" not in projections or _PEFT_FIXED_OUT_PROJ:  # our file says peft_version 0.22.0: the delta once
         assert_matches_reference(peft_out, want)
-    else:  # PEFT 0.21 adds the out_proj delta twice (huggingface/peft#3774); once fixed, it computes ours
-        doubled = _by_hand(in_delta, 2 * out_delta, fc_delta)
-        assert torch.allclose(peft_out.double(), doubled, atol=1e-4) or torch.allclose(peft_out.double(), want,
-                                                                                        atol=1e-4)
+    else:  # PEFT before 0.22 adds the out_proj delta twice (huggingface/peft#3774)
+        assert torch.allclose(peft_out.double(), _by_hand(in_delta, 2 * out_delta, fc_delta), atol=1e-4)
     back = AdaptedModel(Attend(), registry=get_registry())
     back.add_bundle(peft_format.import_(folder, back))
     with torch.no_grad():
@@ -224,6 +232,39 @@ def test_attention_lora_peft_trained_imports_with_its_delta_weights(tmp_path) ->
     assert config.rank == 3 and config.attention_projections == ("q", "k", "v", "out")
     with torch.no_grad():
         assert_matches_reference(ours(X), want)
+
+
+@pytest.mark.parametrize("version,doubled", [(None, True), ("0.17.0", True), ("0.21.0", True), ("0.21.0.dev0", True),
+                                             ("0.21.1.dev0", False), ("0.21.1", True), ("0.22.0", False),
+                                             ("0.23.0.dev0@1a2b3c", False), ("not a version", True)])
+def test_attention_files_from_peft_before_0_22_import_with_the_outputs_peft_gives_them(version, doubled,
+                                                                                         tmp_path) -> None:
+    """PEFT before 0.22 ran an attention module's out_proj delta twice (huggingface/peft#3774); PEFT 0.22 keeps
+    such a file's outputs by doubling its out_proj lora_B on load, by the config's peft_version (None: the key is
+    missing). We import by the same rule, and where PEFT is 0.22 or later its outputs are ours."""
+    theirs = peft.get_peft_model(Attend(), peft.LoraConfig(r=2, lora_alpha=5, target_modules=["attn"]))
+    with torch.no_grad():
+        for name, param in theirs.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(len(name))) * 0.3)
+    in_delta, out_delta, fc_delta = _peft_deltas_attention_only(theirs)
+    folder = tmp_path / "theirs"
+    theirs.save_pretrained(str(folder), safe_serialization=True)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config.pop("peft_version", None)
+    if version is not None:
+        config["peft_version"] = version
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    want = _by_hand(in_delta, (2 if doubled else 1) * out_delta, fc_delta)
+    ours = AdaptedModel(Attend(), registry=get_registry())
+    ours.add_bundle(peft_format.import_(folder, ours))
+    with torch.no_grad():
+        assert_matches_reference(ours(X), want)
+        if _PEFT_FIXED_OUT_PROJ and version != "not a version":  # PEFT's parser refuses that one
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loaded = peft.PeftModel.from_pretrained(Attend(), str(folder)).eval()
+            assert_matches_reference(loaded(X), want)
 
 
 @pytest.mark.parametrize("field,value,why", [

@@ -110,6 +110,7 @@ def export(source: AdaptedModel, dest: Path, *, name: str | None = None, **optio
         # PEFT sets it per module by type anyway (warning when the config disagrees): true where Conv1D is
         "fan_in_fan_out": any(type(b).__name__ == "Conv1D" for b in bases.values()),
         "init_lora_weights": True, "inference_mode": True,
+        "peft_version": peft_mha.FIXED_IN,  # what the file means: without it PEFT >= 0.22 doubles out_proj's B
     }
     tensors = {}
     for module, parts in attention_tensors.items():
@@ -174,7 +175,7 @@ _CONFIG_TYPES: dict[str, tuple[type, ...]] = {  # adapter_config.json field -> a
     "feedforward_modules": (str, list, type(None)),
     "lora_dropout": (int, float, type(None)), "rank_pattern": (dict, type(None)),
     "alpha_pattern": (dict, type(None)), "target_modules": (str, list, type(None)),
-    "base_model_name_or_path": (str, type(None)),
+    "base_model_name_or_path": (str, type(None)), "peft_version": (str, type(None)),
 }
 
 
@@ -285,7 +286,8 @@ def bundle_from(config: Any, tensors: dict[str, Any], model: AdaptedModel, folde
         if dora:
             raise IncompatibleAdapterError(f"{folder}: DoRA on nn.MultiheadAttention ({shown(module)}) is not supported")
         _check_peft_computes_it(modules[module], module, folder)
-        parts, projections, rank = peft_mha.import_module(module, pairs, modules[module], folder)
+        parts, projections, rank = peft_mha.import_module(module, pairs, modules[module], folder,
+                                                          doubled=peft_mha.out_proj_doubled(config))
         state.update(parts)
         configs[module] = module_config(module, rank, attention_projections=projections)
     if not configs:

@@ -5,14 +5,20 @@ Ours holds one pair per projection. Importing gives q, k and v the same A and
 each its third of B: the same deltas. Exporting stacks our A's (A = [A_q; A_k;
 A_v] with B block-diagonal) unless the three already share one A, pads the
 out pair with zeros to that rank, and raises the module's lora_alpha with the
-rank so the scale stays: exact either way. PEFT (0.21) adds the out_proj
-delta twice when it runs or merges the adapter (huggingface/peft#3774); a file
-holds it once, as PEFT's own get_delta_weight defines it, and so do we.
+rank so the scale stays: exact either way.
+
+PEFT before 0.22 added the out_proj delta twice when it ran or merged the
+adapter (huggingface/peft#3774). PEFT 0.22 fixed that and, to keep an older
+file's outputs, doubles its out_proj lora_B on load when the config's
+peft_version is missing or older (`out_proj_doubled`, PEFT's own rule). We
+read such files the same way, and write `peft_version` 0.22.0 (FIXED_IN): the
+delta once, as PEFT's get_delta_weight defines it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import torch
@@ -22,6 +28,27 @@ from adapterhub_lite import AdaptedModel, IncompatibleAdapterError
 
 QKV = ("q", "k", "v")
 OUT_PROJ = ".base_layer.out_proj"
+FIXED_IN = "0.22.0"  # the first PEFT release that adds the out_proj delta once
+
+
+def out_proj_doubled(config: dict[str, Any]) -> bool:
+    """Whether the file's out_proj pair ran twice in the PEFT that wrote it, so its outputs need lora_B doubled:
+    PEFT 0.22's rule (no peft_version, a release before 0.21.1, or a release that is not a dev build before
+    0.22.0). A null peft_version is PEFT's own (it fills in the running version); one that does not parse counts
+    as missing."""
+    if "peft_version" not in config:
+        return True
+    version = config["peft_version"]
+    if version is None:
+        return False
+    if not isinstance(version, str):
+        return True
+    text = version.partition("@")[0].strip().lower()
+    match = re.match(r"v?(\d+)(?:\.(\d+))?(?:\.(\d+))?", text)
+    if match is None:
+        return True
+    release = tuple(int(part or 0) for part in match.groups())
+    return release < (0, 21, 1) or ("dev" not in text[match.end():] and release < (0, 22, 0))
 
 
 def check(base: nn.Module, module: str, where: Any) -> None:
@@ -56,10 +83,11 @@ def export_module(am: AdaptedModel, name: str, module: str, config: Any) -> tupl
     return {k: v.detach().contiguous() for k, v in tensors.items()}, peft_rank, alpha
 
 
-def import_module(module: str, pairs: dict[str, dict[str, Tensor]], base: nn.Module, where: Any
-                  ) -> tuple[dict[str, Tensor], tuple[str, ...], int]:
+def import_module(module: str, pairs: dict[str, dict[str, Tensor]], base: nn.Module, where: Any,
+                  doubled: bool = False) -> tuple[dict[str, Tensor], tuple[str, ...], int]:
     """Our state for one attention module from PEFT's in_proj pair (`pairs["in"]`) and out_proj pair
-    (`pairs["out"]`): the tensors, the projections they adapt and the rank."""
+    (`pairs["out"]`, its lora_B doubled when `doubled`: `out_proj_doubled`): the tensors, the projections they
+    adapt and the rank."""
     check(base, module, where)
     if "in" not in pairs or set(pairs["in"]) != {"A", "B"}:
         raise IncompatibleAdapterError(f"{where}: attention {module!r} has no complete in_proj pair (lora_A and "
@@ -79,6 +107,6 @@ def import_module(module: str, pairs: dict[str, dict[str, Tensor]], base: nn.Mod
             raise IncompatibleAdapterError(f"{where}: attention {module!r} out_proj pair does not match its in_proj "
                                            f"pair of rank {rank} (PEFT gives both one r)")
         if torch.count_nonzero(out["B"]) and torch.count_nonzero(out["A"]):  # a zero factor: no delta
-            state[f"{module}.out.lora_A"], state[f"{module}.out.lora_B"] = out["A"], out["B"]
+            state[f"{module}.out.lora_A"], state[f"{module}.out.lora_B"] = out["A"], 2 * out["B"] if doubled else out["B"]
             projections = (*QKV, "out")
     return state, projections, rank
