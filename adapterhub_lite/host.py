@@ -377,6 +377,18 @@ class AdaptedModule(nn.Module):
         self._originals.clear()
         self._fold_buffers.release()
 
+    def release(self) -> None:
+        """Once unwrapped (`inject.unwrap`): drop the kinds, the caches and the kept tensors. A kind points back at
+        its host, so without this the pair, and every tensor they reach (the base, the adapters), waits for
+        Python's cyclic collector, which a loop over big modules (a streamed fuse) outpaces by a gigabyte."""
+        for kind in self._kinds.values():
+            kind.__dict__.pop("host", None)
+        self._kinds.clear()
+        self._kinds_changed()
+        self.strategy = None
+        self._originals.clear()
+        self._fold_buffers.release()
+
     def release_buffers(self) -> None:
         """Free the buffers kept from the last fold (one weight-sized tensor per folded weight)."""
         self._fold_buffers.release()

@@ -156,4 +156,6 @@ def unwrap(model: nn.Module, name: str) -> nn.Module:
     layer = model.get_submodule(name)
     assert isinstance(layer, AdaptedModule), name
     model.set_submodule(name, layer.base)
-    return layer.base
+    base = layer.base
+    layer.release()
+    return base

@@ -14,6 +14,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,7 +22,7 @@ from .atomic import publish
 from .bounded_json import parse_json
 from .errors import AdapterFileError, IncompatibleAdapterError, UnknownNameError, shorten
 from .specs import AdapterBundle
-from .tensorfile import load_tensors, read_header
+from .tensorfile import Header, load_tensors, read_header
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -69,6 +70,8 @@ class AdapterFile:
     meta: dict[str, Any]
     keys: list[str]
     unknown: dict[str, Any] = field(default_factory=dict)
+    header: Header | None = field(default=None, repr=False)  # as read_header checked it, so reads skip that
+    _by_module: dict[str, list[str]] | None = field(default=None, init=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -81,19 +84,38 @@ class AdapterFile:
         known = registry.config_class(self.meta["family"]).field_names() | {"kind"}
         return sorted(set(self.meta["config"]) - known)
 
-    def bundle(self, registry: Registry, name: str | None = None) -> AdapterBundle:
-        """The file's adapter with one config per target module (the file's overrides applied)."""
+    def module_keys(self, modules: Collection[str]) -> list[str]:
+        """The tensor keys of these target modules: a key belongs to the longest target module it starts with
+        (a module's own tensors may sit under sub-names, e.g. `attn.q.lora_A`)."""
+        if self._by_module is None:
+            targets = self.meta["targets"]
+            self._by_module = {}
+            for key in self.keys:
+                parts = key.split(".")
+                owner = next((m for m in (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)) if m in targets),
+                             None)
+                self._by_module.setdefault(owner, []).append(key)
+        return [k for m in dict.fromkeys(modules) for k in self._by_module.get(m, [])]
+
+    def bundle(self, registry: Registry, name: str | None = None,
+               modules: Collection[str] | None = None) -> AdapterBundle:
+        """The file's adapter with one config per target module (the file's overrides applied); with `modules`,
+        only those modules and only their tensors read (a streamed fuse reads a big file module by module)."""
         meta = self.meta
+        targets = {m: t for m, t in meta["targets"].items() if modules is None or m in modules}
         config = registry.config_class(meta["family"]).from_dict(meta["config"], ignore_unknown=True)
-        configs = {m: config.replace(**t["config"]) if t.get("config") else config
-                   for m, t in sorted(meta["targets"].items())}
-        kinds = {m: t["kind"] for m, t in meta["targets"].items()}
+        configs = {m: config.replace(**t["config"]) if t.get("config") else config for m, t in sorted(targets.items())}
+        kinds = {m: t["kind"] for m, t in targets.items()}
         unknown = dict(self.unknown)
         if self.unknown_config_fields(registry):
             unknown["config"] = {k: meta["config"][k] for k in self.unknown_config_fields(registry)}
-        return AdapterBundle(name=name or self.name, family=meta["family"], configs=configs, state=self.tensors(),
+        state = self.tensors() if modules is None else load_tensors(self.path, self.module_keys(targets),
+                                                                    self.header)[0]
+        fingerprints = {m: f for m, f in (meta.get("base_module_fingerprints") or {}).items()
+                        if modules is None or m in targets}
+        return AdapterBundle(name=name or self.name, family=meta["family"], configs=configs, state=state,
                              kinds=kinds, config=config, base_model=meta.get("base_model"),
-                             base_fingerprints=dict(meta.get("base_module_fingerprints") or {}), metadata=unknown)
+                             base_fingerprints=fingerprints, metadata=unknown)
 
 
 def build_metadata(am: ModelHandle, name: str) -> dict[str, Any]:
@@ -170,7 +192,7 @@ def read_adapter_file(path: str | Path) -> AdapterFile:
         warnings.warn(f"{path} uses adapter format v{meta['format_version']}; this version reads v{FORMAT_VERSION}",
                       stacklevel=2)
     unknown = {k: v for k, v in meta.items() if k not in KNOWN_FIELDS}
-    return AdapterFile(path, meta, keys, unknown)
+    return AdapterFile(path, meta, keys, unknown, header=found)
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {  # field -> accepted types (the first four are required)

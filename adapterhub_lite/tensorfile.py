@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .bounded_json import parse_json
 from .errors import AdapterFileError, shorten
@@ -116,11 +116,58 @@ def _tensor_info(path: Path, key: str, info: object, data_bytes: int, memory: in
     return TensorInfo(dtype, tuple(shape), offsets[0], offsets[1])
 
 
-def load_tensors(path: str | Path, keys: Iterable[str] | None = None) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors (all, or `keys`) and metadata of a safetensors file whose header passed `read_header`."""
+_TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _dtype(path: str | Path, name: str, info: TensorInfo) -> Any:
+    import torch
+
+    if info.dtype not in _TORCH_DTYPES:
+        raise AdapterFileError(f"{path}: tensor {name!r} has dtype {info.dtype}, which is not supported")
+    return getattr(torch, _TORCH_DTYPES[info.dtype])
+
+
+def _bytes_of(tensor: Tensor) -> memoryview:
+    """A writable view of a contiguous CPU tensor's bytes."""
+    import torch
+
+    flat = tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor.view(torch.uint8)
+    return memoryview(flat.numpy())
+
+
+def _read_into(f: BinaryIO, path: str | Path, header: Header, name: str, into: memoryview) -> None:
+    """Read tensor `name`'s bytes from the open file into `into` (exactly its size)."""
+    info = header.tensors[name]
+    f.seek(header.data_start + info.begin)
+    if f.readinto(into) != info.end - info.begin:
+        raise AdapterFileError(f"{path} is truncated at tensor {name!r}")
+
+
+def read_tensors(path: str | Path, names: Iterable[str], header: Header | None = None) -> dict[str, Tensor]:
+    """Some tensors of a safetensors file, each read into fresh memory by its checked byte range (no mapping of
+    the file stays behind); pass the file's `header` when reading it piece by piece, so it is parsed once."""
+    import torch
+
+    header = header or read_header(path)
+    out = {}
+    with open(path, "rb") as f:
+        for name in names:
+            info = header.tensors[name]
+            out[name] = torch.empty(info.shape, dtype=_dtype(path, name, info))
+            _read_into(f, path, header, name, _bytes_of(out[name]))
+    return out
+
+
+def load_tensors(path: str | Path, keys: Iterable[str] | None = None,
+                 header: Header | None = None) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors (all, or `keys`) and metadata of a safetensors file whose header passed `read_header` (pass it as
+    `header` when reading one file piece by piece, so it is checked once)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    if header is not None and keys is not None:  # checked already: read the byte ranges (no header parse again)
+        return read_tensors(path, keys, header), header.metadata
     header = read_header(path)
     wanted = list(header.tensors) if keys is None else list(keys)
     try:

@@ -153,10 +153,9 @@ def fuse_streamed(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, des
             if expected != actual:
                 raise IncompatibleAdapterError(f"{entry.ref} was trained on another base: module {module!r} of "
                                                f"{base.ref} differs from the one it records")
-            whole = file.bundle(registry, entry.name)
-            part = AdapterBundle(name=f"part{i}", family=whole.family, configs={module: whole.configs[module]},
-                                 state={k: v for k, v in whole.state.items() if k.startswith(module + ".")},
-                                 kinds={module: whole.kinds[module]}, config=whole.config)
+            own = file.bundle(registry, f"part{i}", modules=[module])  # this module's tensors only
+            part = AdapterBundle(name=own.name, family=own.family, configs=own.configs, state=own.state,
+                                 kinds=own.kinds, config=own.config)
             am.set_weight(am.add_bundle(part), weight)
         plain = am.unload(fold=True)
         return {k: v.detach() for k, v in plain.get_submodule(module).state_dict().items()}

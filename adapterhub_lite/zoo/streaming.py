@@ -16,7 +16,7 @@ import os
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,7 +24,8 @@ from torch import Tensor
 from ..atomic import publish
 from ..errors import AdapterFileError
 from ..progress import Progress
-from ..tensorfile import Header, TensorInfo, read_header
+from ..tensorfile import _bytes_of, _dtype, _read_into, read_header
+from ..tensorfile import read_tensors  # noqa: F401  (its older home; tensorfile.py holds it now)
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -38,26 +39,6 @@ def streams_by_default(checkpoint: Path) -> bool:
     bytes, else over 4 GiB."""
     value = os.environ.get("ADAPTERS_STREAM_ABOVE", "")
     return checkpoint.stat().st_size > (int(value) if value.isdigit() else 4 << 30)
-
-
-def _dtype(path: str | Path, name: str, info: TensorInfo) -> torch.dtype:
-    if info.dtype not in DTYPES:
-        raise AdapterFileError(f"{path}: tensor {name!r} has dtype {info.dtype}, which is not supported")
-    return DTYPES[info.dtype]
-
-
-def _bytes_of(tensor: Tensor) -> memoryview:
-    """A writable view of a contiguous CPU tensor's bytes."""
-    flat = tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor.view(torch.uint8)
-    return memoryview(flat.numpy())
-
-
-def _read_into(f: BinaryIO, path: str | Path, header: Header, name: str, into: memoryview) -> None:
-    """Read tensor `name`'s bytes from the open file into `into` (exactly its size)."""
-    info = header.tensors[name]
-    f.seek(header.data_start + info.begin)
-    if f.readinto(into) != info.end - info.begin:
-        raise AdapterFileError(f"{path} is truncated at tensor {name!r}")
 
 
 def write_streamed(dst: str | Path, specs: Sequence[tuple[str, torch.dtype, tuple[int, ...]]],
@@ -114,19 +95,6 @@ def rewrite_file(src: str | Path, dst: str | Path, change: Callable[[str, Tensor
         out_meta.update(metadata or {})
         write_streamed(dst, specs, fill, out_meta)
     return {"tensors": len(names), "bytes": Path(dst).stat().st_size}
-
-
-def read_tensors(path: str | Path, names: Sequence[str], header: Header | None = None) -> dict[str, Tensor]:
-    """Some tensors of a safetensors file, each read into fresh memory (no mapping of the file stays behind);
-    pass the file's `header` when reading it piece by piece, so it is parsed once."""
-    header = header or read_header(path)
-    out = {}
-    with open(path, "rb") as f:
-        for name in names:
-            info = header.tensors[name]
-            out[name] = torch.empty(info.shape, dtype=_dtype(path, name, info))
-            _read_into(f, path, header, name, _bytes_of(out[name]))
-    return out
 
 
 def file_fingerprint(path: str | Path) -> str:

@@ -126,9 +126,11 @@ class LowRankLayer(AdapterLayer):
 
     def folded_weights(self, weighted: list[tuple[str, float]], allocate: Any) -> dict[str, Tensor] | None:
         """W + B' A in one addmm (B' = B x weight x scale, stacked), written into the tensor the core hands over
-        (fresh, or a kept buffer): no full-size temporaries."""
+        (fresh, or a kept buffer): no full-size temporaries in float32; a half-precision weight is summed in one
+        float32 copy and rounded once (not one float32 delta per adapter)."""
         weight = getattr(self.base, "weight", None)
-        if not self.fast_fold or self.groups != 1 or weight is None or weight.dtype != torch.float32:
+        if (not self.fast_fold or self.groups != 1 or weight is None
+                or weight.dtype not in (torch.float32, torch.float16, torch.bfloat16)):
             return None
         with torch.no_grad():
             a, b, alpha = _stack([(self.factors(n), w) for n, w in weighted], 1)
@@ -137,7 +139,10 @@ class LowRankLayer(AdapterLayer):
             b, a = b.reshape(b.shape[0], -1), a.reshape(a.shape[0], -1)
             if self.weight_transposed:  # W^T + B A  <=>  W + A^T B^T
                 b, a = a.t(), b.t()
-            torch.addmm(flat, b, a, alpha=alpha, out=out)
+            if weight.dtype == torch.float32:
+                torch.addmm(flat, b, a, alpha=alpha, out=out)
+            else:
+                out.copy_(torch.addmm(flat.float(), b.float(), a.float(), alpha=alpha))
         return {"weight": out.view(weight.shape)}
 
     # --- compiled serving (AdaptedModel.compile): fixed-shape buffers, refilled eagerly on every change ---------
