@@ -285,6 +285,9 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     scale = Path(__file__).with_name("scale-results.json")
     if scale.is_file():
         out += scale_section(json.loads(scale.read_text()))
+    fuse = Path(__file__).with_name("scale-fuse-results.json")
+    if fuse.is_file():
+        out += scale_fuse_section(json.loads(fuse.read_text()))
     notes = Path(__file__).with_name("notes.md")
     if notes.is_file():
         out += [notes.read_text().rstrip(), ""]
@@ -367,6 +370,44 @@ def scale_section(data: dict[str, Any]) -> list[str]:
     missed = [f"{e['dtype']} {name}" for e in data["table"] for name, ok in scale_verdicts(e).items() if not ok]
     out += ["", f"Rows missed: {_listed(missed)} (where we lose: below).", ""]
     return out
+
+
+def scale_fuse_verdicts(data: dict[str, Any]) -> dict[str, bool]:
+    """Issue 32, item 3: the streamed fuse's peak memory over the process's start within 2 x the largest tensor +
+    300 MB, and its throughput at least 70% of a plain copy of the file (the faster of the two copies)."""
+    return {"memory": data["peak_mb"] - data["start_rss_mb"] <= 2 * data["largest_tensor_mb"] + 300,
+            "throughput": min(data["copy_s"]) / data["fuse_s"] >= 0.70}
+
+
+def scale_fuse_section(data: dict[str, Any]) -> list[str]:
+    """The scale group's fuse table (bench/scale_fuse.py, issue 32 item 3)."""
+    ok = scale_fuse_verdicts(data)
+    unet = data["unet_config"]
+    growth, bound = data["peak_mb"] - data["start_rss_mb"], 2 * data["largest_tensor_mb"] + 300
+    ratio = min(data["copy_s"]) / data["fuse_s"]
+    missed = [name for name, met in ok.items() if not met]
+    return ["## Scale: LoRAs fused into an SDXL-shaped checkpoint, streamed (issue 32)", "",
+            f"`python bench/scale_fuse.py` at {data['commit']} on {data['cpu']} "
+            f"({'avx512' if data['avx512'] else 'avx2'}), {data['threads']} threads, torch {data['torch']}; "
+            f"{data['wall_s'] / 60:.0f} minutes, {data['prepare_s'] / 60:.0f} of them writing the checkpoint and "
+            f"the adapters. The UNet is built from {'a scaled-down copy of ' if data['shape'] == 'quick' else ''}"
+            f"SDXL's published config (block_out_channels {tuple(unet['block_out_channels'])}, "
+            f"transformer_layers_per_block {tuple(unet['transformer_layers_per_block'])}) with random float16 "
+            f"weights: {data['checkpoint_mb']:,.0f} MB, its largest tensor {data['largest_tensor_mb']:.0f} MB. "
+            f"{data['count']} LoRAs of ranks {', '.join(map(str, data['ranks']))} on kohya's default targets "
+            f"({sum(data['lora_mb']):,.0f} MB in all) are fused at weight 1 into {data['modules']} modules by "
+            "`fuse_streamed` (what `merge --into-base --stream` runs) in a fresh process; a plain copy of the "
+            "checkpoint (`shutil.copyfile`) before and after it.", "",
+            "| fuse s | plain copy s | copy / fuse (>= 0.70) | the delta products alone s | peak MB over start | "
+            "bound: 2 x largest + 300 MB | fused vs float32 |", "|---|---|---|---|---|---|---|",
+            f"| {data['fuse_s']:.1f} | {min(data['copy_s']):.1f} | {ratio:.2f} {_verdict(ok['throughput'])} | "
+            f"{data['products_s']:.1f} | {growth:.0f} | {bound:.0f} {_verdict(ok['memory'])} | "
+            f"{data['fused_vs_float32']:.1e} |", "",
+            "The delta products alone: one float32 `addmm` per adapted module with every LoRA's factors stacked, "
+            "on random tensors of the same shapes, timed in the same process after the fuse (its arithmetic "
+            "floor). Fused vs float32: the largest difference between fused tensors and W + the deltas summed in "
+            "float32, relative to the tensor's largest value, on three modules.", "",
+            f"Rows missed: {_listed(missed)}{' (where we lose: below)' if missed else ''}.", ""]
 
 
 if __name__ == "__main__":

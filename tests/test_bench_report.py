@@ -101,3 +101,20 @@ def test_the_scale_section_judges_each_issue_32_target_from_the_figures() -> Non
     text = "\n".join(report.scale_section(data))
     assert "| float32 | 1.00 | 4.00 | 4.0x met |" in text and "| float16 | 2.00 | 4.00 | 2.0x **missed** |" in text
     assert ("Rows missed: float16 load, float16 memory, float16 switch, float16 steady, float16 cache" in text)
+
+
+def test_the_scale_fuse_section_judges_memory_and_throughput_from_the_figures() -> None:
+    """bench/scale_fuse.py's table (issue 32, item 3): peak over the start within 2 x the largest tensor + 300 MB,
+    and copy / fuse >= 0.70, each verdict from its figures."""
+    report = _report_module()
+    data = {"commit": "c", "cpu": "cpu", "avx512": False, "threads": 2, "torch": "t", "wall_s": 600,
+            "prepare_s": 300, "shape": "sdxl", "count": 10, "ranks": [8, 128], "checkpoint_mb": 5135.0,
+            "largest_tensor_mb": 59.0, "lora_mb": [40.0, 700.0], "modules": 722, "fused_vs_float32": 4e-4,
+            "unet_config": {"block_out_channels": [320, 640, 1280], "transformer_layers_per_block": [1, 2, 10]},
+            "copy_s": [3.0, 2.0], "fuse_s": 2.5, "products_s": 1.5, "start_rss_mb": 500.0, "peak_mb": 900.0}
+    assert report.scale_fuse_verdicts(data) == {"memory": True, "throughput": True}
+    text = "\n".join(report.scale_fuse_section(data))
+    assert "| 2.5 | 2.0 | 0.80 met | 1.5 | 400 | 418 met | 4.0e-04 |" in text and "Rows missed: none." in text
+    worse = {**data, "fuse_s": 10.0, "peak_mb": 1000.0}
+    assert report.scale_fuse_verdicts(worse) == {"memory": False, "throughput": False}
+    assert "| 10.0 | 2.0 | 0.20 **missed** | 1.5 | 500 | 418 **missed** |" in "\n".join(report.scale_fuse_section(worse))
