@@ -124,3 +124,21 @@ def test_the_kit_imports_from_an_installed_package_without_the_repository(tmp_pa
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert result.returncode == 0 and int(result.stdout) > 20, result.stderr[-2000:]
+
+
+VERA_FIXTURE = Path(__file__).parent / "fixtures" / "vera-plugin"
+
+
+def test_a_vera_sized_family_keeps_the_contract_in_a_few_dozen_lines(monkeypatch) -> None:
+    """Issue 30's measure of what a new family costs: VeRA (shared frozen projections, two trained vectors per
+    layer) written against the small contract passes the kit, folds included, through the same hook a
+    third-party package uses; `python tools/shape.py` counts its code lines."""
+    monkeypatch.syspath_prepend(str(VERA_FIXTURE))
+    import vera_plugin
+
+    pm = PluginManager()
+    pm.add(vera_plugin, name="vera")
+    pm.check()
+    passed = check_family("vera", registry=Registry(pm), config=vera_plugin.VeraConfig(targets=("*",), rank=3))
+    assert {"vera-linear: a fresh adapter is a no-op", "vera-linear: delta agrees with delta weight",
+            "vera-linear: fold and unfold are exact", "vera-linear: save and load keep every tensor"} <= set(passed)
