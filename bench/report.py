@@ -389,8 +389,10 @@ def scale_fuse_section(data: dict[str, Any]) -> list[str]:
     return ["## Scale: LoRAs fused into an SDXL-shaped checkpoint, streamed (issue 32)", "",
             f"`python bench/scale_fuse.py` at {data['commit']} on {data['cpu']} "
             f"({'avx512' if data['avx512'] else 'avx2'}), {data['threads']} threads, torch {data['torch']}; "
-            f"{data['wall_s'] / 60:.0f} minutes, {data['prepare_s'] / 60:.0f} of them writing the checkpoint and "
-            f"the adapters. The UNet is built from {'a scaled-down copy of ' if data['shape'] == 'quick' else ''}"
+            f"{data['wall_s'] / 60:.0f} minutes"
+            + (f", {data['prepare_s'] / 60:.0f} of them writing the checkpoint and the adapters. " if data["prepare_s"]
+               >= 60 else " (the checkpoint and the adapters written by an earlier run, kept in its cache folder). ")
+            + f"The UNet is built from {'a scaled-down copy of ' if data['shape'] == 'quick' else ''}"
             f"SDXL's published config (block_out_channels {tuple(unet['block_out_channels'])}, "
             f"transformer_layers_per_block {tuple(unet['transformer_layers_per_block'])}) with random float16 "
             f"weights: {data['checkpoint_mb']:,.0f} MB, its largest tensor {data['largest_tensor_mb']:.0f} MB. "
