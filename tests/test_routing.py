@@ -127,3 +127,56 @@ def test_routing_refuses_unknown_merged_and_nested(registry) -> None:
     with pytest.raises(AdapterStateError, match="folded into every sample"):
         with am.routing(["a"] * 6):
             pass
+
+
+@pytest.mark.parametrize("conv1d", [False, True], ids=["linear", "transformers-conv1d"])
+def test_grouped_routing_runs_each_sample_at_its_own_rank_and_matches_one_by_one(registry, monkeypatch,
+                                                                                  conv1d) -> None:
+    """Issue 33, item 1: on Linear-like layers the routed low-rank path sorts samples by adapter and runs two
+    grouped GEMMs (torch's grouped_mm), every sample at its own adapter's rank, whatever the number of adapters
+    in the batch; sequences of tokens, bare samples, different ranks and weights all match each sample run with
+    its adapter alone, to 1e-5 in float32."""
+    import torch.nn.functional as F
+
+    from adapterhub_lite import LayerPolicy
+
+    if conv1d:
+        from transformers.pytorch_utils import Conv1D
+
+        def layer(i: int, o: int) -> nn.Module:
+            return Conv1D(o, i)
+    else:
+        layer = nn.Linear
+    torch.manual_seed(0)
+    model = nn.Sequential(layer(12, 16), nn.GELU(), layer(16, 5)).eval()
+    am = AdaptedModel(model, registry=registry, policy=LayerPolicy(fold_limit=0))  # the low-rank path
+    names = [f"a{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        am.add_adapter(name, LoraConfig(targets=["0", "2"], rank=1 + i, alpha=2.0 + i), activate=False)
+    randomize_adapters(am.model)
+    weights = {name: 0.5 + 0.25 * i for i, name in enumerate(names)}
+    route = ["a3", None, "a0", "a5", "a3", "a1", None, "a2", "a4", "a0"]
+    x = torch.randn(len(route), 7, 12, generator=torch.Generator().manual_seed(9))
+    calls = []
+    real = F.grouped_mm
+    monkeypatch.setattr(F, "grouped_mm", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    with torch.no_grad():
+        am.set_active(names, [weights[n] for n in names])
+        with am.routing(route):
+            routed = am(x)
+        assert len(calls) == 4  # two grouped products on each of the two layers
+        alone = []
+        for i, name in enumerate(route):
+            am.set_active([name] if name else [], [weights[name]] if name else None)
+            alone.append(am(x[i:i + 1]))
+    want = torch.cat(alone)
+    torch.testing.assert_close(routed, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    with torch.no_grad():  # the grouped factors are kept between calls: an in-place change must reach them
+        am.set_active(names, [weights[n] for n in names])
+        with am.routing(route):
+            am(x)
+        am.layers()["0"].adapters["a3"].lora_B.mul_(-2.0)
+        with am.routing(route):
+            changed = am(x)
+        am.set_active(["a3"], [weights["a3"]])
+        torch.testing.assert_close(changed[:1], am(x[:1]), rtol=1e-5, atol=1e-5 * want.abs().max().item())

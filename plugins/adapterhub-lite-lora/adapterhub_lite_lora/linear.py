@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import LoraConfig
+from adapterhub_lite import Route
 
+from .config import LoraConfig
 from .lowrank import LoraFactors, LowRankLayer, addmm_up
+
+_GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what grouped_mm runs on the CPU
 
 
 class LoraLinear(LowRankLayer):
@@ -30,5 +35,67 @@ class LoraLinear(LowRankLayer):
 
     def up(self, h: Tensor, b: Tensor) -> Tensor:
         return F.linear(h, b)
+
+    def routed_grouped(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
+                       route: Route, batch_dim: int) -> Tensor | None:
+        """Samples sorted by adapter, then two grouped GEMMs (torch's `grouped_mm`): each sample's tokens run
+        its own adapter's A and B only, at that adapter's rank (factors zero-padded to the largest), so the
+        adapter cost does not grow with the number of adapters in the batch (the masked stack runs every
+        sample at the summed rank). None while autograd records (grouped_mm has no CPU backward), for a batch
+        axis other than the first, or where torch has no grouped_mm; samples of no live adapter get no delta."""
+        grouped_mm = getattr(F, "grouped_mm", None)
+        params = [p for f, _ in pairs for p in (f.lora_A, f.lora_B)]
+        if (grouped_mm is None or batch_dim != 0 or x.dim() < 2 or x.dtype not in _GROUPED_DTYPES
+                or (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)))):
+            return None
+        route.check_batch(x, batch_dim)
+        out_features = pairs[0][0].lora_B.shape[0]
+        position = torch.full((len(route.names) + 1,), -1, dtype=torch.long)  # route index -1 reads the last
+        for i, (name, _) in enumerate(live):
+            if name in route.names:
+                position[route.names.index(name)] = i
+        group = position[route.index]
+        kept = (group >= 0).nonzero().squeeze(1)
+        delta = x.new_zeros(*x.shape[:-1], out_features)
+        if not len(kept):
+            return delta
+        order = kept[torch.argsort(group[kept], stable=True)]
+        tokens = x[0].numel() // x.shape[-1]  # per sample
+        offsets = (torch.cumsum(torch.bincount(group[order], minlength=len(pairs)), 0) * tokens).to(torch.int32)
+        unit = 16 // x.element_size()  # grouped_mm wants every row stride a multiple of 16 bytes: pad with zeros
+
+        def padded(n: int) -> int:
+            return -(-n // unit) * unit
+
+        in_features = x.shape[-1]
+        a, b = self._grouped_factors(pairs, x, padded)
+        rows = x.index_select(0, order.to(x.device)).reshape(-1, in_features)
+        if padded(in_features) != in_features:
+            rows = F.pad(rows, (0, padded(in_features) - in_features))
+        product = grouped_mm(grouped_mm(rows, a, offs=offsets), b, offs=offsets)[:, :out_features]
+        delta.index_copy_(0, order.to(x.device), product.reshape(len(order), *x.shape[1:-1], out_features))
+        return delta
+
+    def _grouped_factors(self, pairs: list[tuple[LoraFactors, float]], x: Tensor,
+                         padded: Callable[[int], int]) -> tuple[Tensor, Tensor]:
+        """The live adapters' A^T (G, in, r) and scaled B^T (G, r, out), zero-padded, kept until a factor, a
+        weight or the live set changes (the same key as the fused stack's)."""
+        params = [p for f, _ in pairs for p in (f.lora_A, f.lora_B)]
+        key = ("grouped", x.dtype, x.device, tuple(w for _, w in pairs),
+               tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+        hit = self._stacks.get("grouped")
+        if hit is not None and hit[0] == key:
+            return hit[1][0], hit[1][1]
+        out_features, in_features = pairs[0][0].lora_B.shape[0], x.shape[-1]
+        rank = padded(max(f.lora_A.shape[0] for f, _ in pairs))
+        a = x.new_zeros(len(pairs), padded(in_features), rank)
+        b = x.new_zeros(len(pairs), rank, padded(out_features))
+        for i, (f, w) in enumerate(pairs):
+            r = f.lora_A.shape[0]
+            a[i, :in_features, :r] = f.lora_A.t()
+            b[i, :r, :out_features] = (f.lora_B * (f.scale * w)).t()
+        if not any(p.is_inference() for p in params):  # made under inference_mode: no version counter to key on
+            self._stacks["grouped"] = (key, (a, b, 1.0))
+        return a, b
 
     up_add = staticmethod(addmm_up)

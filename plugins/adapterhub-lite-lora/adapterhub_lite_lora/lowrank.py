@@ -222,11 +222,21 @@ class LowRankLayer(AdapterLayer):
         if route is not None and self.route_per_group:
             delta = self._routed_gather(x, live, pairs, route, batch_dim)
             return delta if out is None else out + delta
+        if route is not None:
+            delta = self.routed_grouped(x, live, pairs, route, batch_dim)
+            if delta is not None:
+                return delta if out is None else out + delta
         a, b, alpha = self._stacked(pairs, slot)
         h = self.down(x, a)
         if route is not None:
             h = h * self._rank_mask(live, pairs, h, route, batch_dim)
         return self.up_add(out, h, b, alpha)
+
+    def routed_grouped(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
+                       route: Route, batch_dim: int) -> Tensor | None:
+        """The routed delta with each sample through its own adapter's factors only, or None: the masked stack
+        runs instead. Linear-like kinds give it (LoraLinear: grouped GEMMs)."""
+        return None
 
     def _routed_gather(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
                        route: Route, batch_dim: int) -> Tensor:
