@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from timing import median_time
+
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 2
 
@@ -103,14 +105,9 @@ def forward(unet: torch.nn.Module, text: torch.nn.Module, x: dict[str, torch.Ten
         return unet(x["latent"], x["t"], encoder_hidden_states=hidden).sample
 
 
-def timed(fn: Any, repeats: int = 3) -> float:
-    """Median seconds of `repeats` calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed(fn: Any) -> float:
+    """Median seconds of 3 calls (the warm-up is the caller's)."""
+    return median_time(fn, 3, warmup=0)
 
 
 # --- the files ---------------------------------------------------------------------------------------------------
@@ -194,17 +191,21 @@ def child(side: str, shape: str, dtype_name: str, files: list[str], latent: int,
     load_s = time.perf_counter() - start
     rss_loaded = _rss_mb()
     rng = random.Random(7)
-    rounds = []
-    for i in range(switches):
+
+    def switched_forward() -> tuple[dict[str, float], torch.Tensor]:
+        """A new active set of ACTIVE at random weights, then the first forward: both timed."""
         active = rng.sample(names, ACTIVE)
         weights = [round(rng.uniform(0.3, 1.0), 3) for _ in active]
         start = time.perf_counter()
         switch(active, weights)
         switched = time.perf_counter()
         out = forward(unet, text, x)
-        first = time.perf_counter()
-        steady = timed(lambda: forward(unet, text, x))
-        rounds.append({"switch_s": switched - start, "first_forward_s": first - switched, "steady_s": steady})
+        return {"switch_s": switched - start, "first_forward_s": time.perf_counter() - switched}, out
+
+    rounds = []
+    for i in range(switches):
+        timing, out = switched_forward()
+        rounds.append({**timing, "steady_s": timed(lambda: forward(unet, text, x))})
         if i == 0:
             from safetensors.torch import save_file
 
@@ -221,16 +222,7 @@ def child(side: str, shape: str, dtype_name: str, files: list[str], latent: int,
 
         am.policy = LayerPolicy(cache_after=2)  # the first call after a switch on the low-rank path, no fold
         forward(unet, text, x)
-        row["rounds_cache_after_2"] = []
-        for _ in range(switches):
-            active = rng.sample(names, ACTIVE)
-            weights = [round(rng.uniform(0.3, 1.0), 3) for _ in active]
-            start = time.perf_counter()
-            switch(active, weights)
-            switched = time.perf_counter()
-            forward(unet, text, x)
-            row["rounds_cache_after_2"].append({"switch_s": switched - start,
-                                                "first_forward_s": time.perf_counter() - switched})
+        row["rounds_cache_after_2"] = [switched_forward()[0] for _ in range(switches)]
         am.policy = LayerPolicy()
         with torch.no_grad():  # folded vs unfolded, the last active set
             unfolded = forward(unet, text, x)
