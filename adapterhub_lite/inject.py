@@ -43,7 +43,26 @@ def named_base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def adapter_layers(model: nn.Module) -> dict[str, AdaptedModule]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, AdaptedModule)}
+    """Every adapter layer by its name, as `named_modules` names them (a module met twice counts once), without
+    walking into the layers' own adapters: with dozens of adapters those are most of the model's modules, and
+    the walk runs on every routed call."""
+    found: dict[str, AdaptedModule] = {}
+    seen: set[int] = set()
+
+    def walk(module: nn.Module, name: str) -> None:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        if isinstance(module, AdaptedModule):
+            found[name] = module
+            walk(module.base, f"{name}.base" if name else "base")
+            return
+        for child_name, child in module._modules.items():
+            if child is not None:
+                walk(child, f"{name}.{child_name}" if name else child_name)
+
+    walk(model, "")
+    return found
 
 
 def pattern_matches(pattern: str, name: str) -> bool:
