@@ -25,7 +25,7 @@ import pytest
 from capabilities import need_module
 import torch
 from click.testing import CliRunner
-from fake_hub import SHA, FakeHub
+from fake_hub import FakeHub
 from safetensors.torch import load_file, save_file
 from test_hostile import refused, tree
 

@@ -13,7 +13,6 @@ left to diffusers: export `kohya` (which diffusers reads) or `peft`.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
