@@ -203,6 +203,7 @@ def check_fused(checkpoint: Path, root: Path, refs: list[str], fused: Path, samp
     from adapterhub_lite.serialization import read_adapter_file
     from adapterhub_lite.zoo.streaming import read_tensors
 
+    registry = bench_registry()
     files = [read_adapter_file(Zoo(root).resolve(ref).weights) for ref in refs]
     modules = sorted(files[0].meta["targets"])
     worst = 0.0
@@ -210,9 +211,9 @@ def check_fused(checkpoint: Path, root: Path, refs: list[str], fused: Path, samp
         key = f"{module}.weight"
         want = read_tensors(checkpoint, [key])[key].float()
         for file in files:
-            state = file.bundle(bench_registry(), modules=[module])
-            config = state.configs[module]
-            b, a = state.state[f"{module}.lora_B"].float(), state.state[f"{module}.lora_A"].float()
+            part = file.bundle(registry, modules=[module])
+            config = part.configs[module]
+            b, a = part.state[f"{module}.lora_B"].float(), part.state[f"{module}.lora_A"].float()
             want += (config.alpha / config.rank) * (b @ a)
         got = read_tensors(fused, [key])[key].float()
         worst = max(worst, ((got - want).abs().max() / want.abs().max()).item())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ from ..fingerprint import state_fingerprint
 from ..model import AdaptedModel, refuse_tied_fold
 from ..registry import Registry
 from ..serialization import read_adapter_file
-from ..specs import AdapterBundle
 from .stacks import Stack, resolve_stack
 from .store import Zoo, ZooEntry
 from .evaluation import DataOptions, evaluate
@@ -153,9 +153,8 @@ def fuse_streamed(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, des
             if expected != actual:
                 raise IncompatibleAdapterError(f"{entry.ref} was trained on another base: module {module!r} of "
                                                f"{base.ref} differs from the one it records")
-            own = file.bundle(registry, f"part{i}", modules=[module])  # this module's tensors only
-            part = AdapterBundle(name=own.name, family=own.family, configs=own.configs, state=own.state,
-                                 kinds=own.kinds, config=own.config)
+            part = file.bundle(registry, f"part{i}", modules=[module])  # this module's tensors only
+            part = replace(part, base_model=None, base_fingerprints={}, metadata={})  # fingerprint checked above
             am.set_weight(am.add_bundle(part), weight)
         plain = am.unload(fold=True)
         return {k: v.detach() for k, v in plain.get_submodule(module).state_dict().items()}

@@ -24,12 +24,10 @@ from torch import Tensor
 from ..atomic import publish
 from ..errors import AdapterFileError
 from ..progress import Progress
-from ..tensorfile import _bytes_of, _dtype, _read_into, read_header
+from ..tensorfile import _TORCH_DTYPES, _bytes_of, _dtype, _read_into, read_header
 from ..tensorfile import read_tensors  # noqa: F401  (its older home; tensorfile.py holds it now)
 
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool}
+DTYPES = {name: getattr(torch, dtype) for name, dtype in _TORCH_DTYPES.items()}  # tensorfile.py reads the same
 NAMES = {v: k for k, v in DTYPES.items()}
 LowRank = tuple[Tensor, Tensor, float]  # (B: (out, r), A: (r, in...)), multiplier: delta = m * B @ A
 

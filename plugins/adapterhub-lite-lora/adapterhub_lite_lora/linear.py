@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from adapterhub_lite import Route
 
 from .config import LoraConfig
-from .lowrank import LoraFactors, LowRankLayer, addmm_up
+from .lowrank import LoraFactors, LowRankLayer, addmm_up, stack_key
 
 _GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what grouped_mm runs on the CPU
 
@@ -81,8 +81,7 @@ class LoraLinear(LowRankLayer):
         """The live adapters' A^T (G, in, r) and scaled B^T (G, r, out), zero-padded, kept until a factor, a
         weight or the live set changes (the same key as the fused stack's)."""
         params = [p for f, _ in pairs for p in (f.lora_A, f.lora_B)]
-        key = ("grouped", x.dtype, x.device, tuple(w for _, w in pairs),
-               tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+        key = ("grouped", x.dtype, x.device, stack_key(pairs))
         hit = self._stacks.get("grouped")
         if hit is not None and hit[0] == key:
             return hit[1][0], hit[1][1]

@@ -58,6 +58,14 @@ def _stack(pairs: list[tuple[LoraFactors, float]], groups: int) -> tuple[Tensor,
     return a, b, 1.0  # a: (groups*R, ...)  b: (out, R, ...) with R the summed rank
 
 
+def stack_key(pairs: list[tuple[LoraFactors, float]]) -> tuple:
+    """What a stack built from these factors at these weights depends on (identity, version counter and dtype of
+    every factor): a kept stack is reused only while it is equal."""
+    params = [p for f, _ in pairs for p in (f.lora_A, f.lora_B)]
+    return (torch.is_inference_mode_enabled(), tuple(w for _, w in pairs),
+            tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+
+
 def addmm_up(out: Tensor | None, h: Tensor, b: Tensor, alpha: float) -> Tensor:
     """out + alpha * h B^T for Linear-like up-projections, as one addmm when the shapes allow: the add and
     the scaling ride inside the GEMM (no delta-sized temporary, no extra pass over the output)."""
@@ -276,8 +284,7 @@ class LowRankLayer(AdapterLayer):
         if any(p.is_inference() for p in params):  # made under inference_mode: no version counter to key on
             with torch.no_grad():
                 return _stack(pairs, self.groups)
-        key = (torch.is_inference_mode_enabled(), tuple(w for _, w in pairs),
-               tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+        key = stack_key(pairs)
         hit = self._stacks.get(slot)
         if hit is not None and hit[0] == key:
             return hit[1]
