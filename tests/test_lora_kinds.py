@@ -312,3 +312,15 @@ def test_extract_recovers_low_rank_changes_on_gpt2_conv1d_and_embeddings() -> No
     am.add_bundle(bundle)
     with torch.no_grad():
         torch.testing.assert_close(am(IDS), seq_tuned(IDS), rtol=1e-4, atol=1e-5)
+
+
+def test_a_hostile_peft_version_is_read_without_error() -> None:
+    """The peft_version of a config from anywhere: a run of digits too long for int() (which raises past 4,300
+    digits) is read by its first nine, so it still orders as the huge version it is; other text counts as
+    missing (PEFT's rule: doubled)."""
+    from adapterhub_lite_formats.peft_mha import out_proj_doubled
+
+    assert out_proj_doubled({"peft_version": "9" * 50_000}) is False
+    assert out_proj_doubled({"peft_version": "0." + "1" * 50_000}) is False  # minor far past 22
+    assert out_proj_doubled({"peft_version": "0.0." + "9" * 50_000}) is True  # before 0.21.1
+    assert out_proj_doubled({"peft_version": "x" * 50_000}) is True

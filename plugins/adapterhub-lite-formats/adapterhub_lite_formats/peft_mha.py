@@ -44,7 +44,7 @@ def out_proj_doubled(config: dict[str, Any]) -> bool:
     if not isinstance(version, str):
         return True
     text = version.partition("@")[0].strip().lower()
-    match = re.match(r"v?(\d+)(?:\.(\d+))?(?:\.(\d+))?", text)
+    match = re.match(r"v?(\d{1,9})(?:\.(\d{1,9}))?(?:\.(\d{1,9}))?", text)  # bounded: int() of a huge run raises
     if match is None:
         return True
     release = tuple(int(part or 0) for part in match.groups())
