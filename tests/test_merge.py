@@ -310,6 +310,54 @@ def test_extract_recovers_a_low_rank_fine_tune_and_reports_what_it_cannot_hold(t
                                    tuned.get_submodule(name).weight, rtol=1e-5, atol=1e-5)
 
 
+def test_extract_turns_an_adapter_of_another_family_into_a_lora(zoo_with_adapters, tmp_path) -> None:
+    """`adapters extract MODEL ADAPTER`: the adapter's fused weights are the tuned ones, so a LoHa (rank 2: its
+    Hadamard product has rank <= 4) comes back as a LoRA with the same outputs at rank 4, and a lossy one at
+    rank 1 says how much energy it kept; an adapter sits on its own base, so --base is refused."""
+    from adapterhub_lite_lycoris.config import LohaConfig
+
+    from adapterhub_lite import AdaptedModel, get_registry, load_base
+    from adapterhub_lite.zoo.loading import stack
+
+    registry, zoo, runner = get_registry(), Zoo(zoo_with_adapters), CliRunner()
+    am = AdaptedModel(load_base(registry, zoo.resolve("mnist-cnn/base")), base_id="mnist-cnn/base@v1",
+                      registry=registry)
+    am.add_adapter("style", LohaConfig(targets=["fc1", "conv2"], rank=2, alpha=2))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for _, param in am.adapter_parameters("style"):
+            param.normal_(0, 0.3)
+    am.save_adapter("style", tmp_path / "style.safetensors")
+    zoo_flag = ["--zoo", str(zoo_with_adapters)]
+    done = runner.invoke(cli_app(), ["import", str(tmp_path / "style.safetensors"), "--model", "mnist-cnn",
+                                     "--name", "style", *zoo_flag])
+    assert done.exit_code == 0, done.output
+    exact = runner.invoke(cli_app(), ["extract", "mnist-cnn", "style", "--rank", "4", "--out", "style-lora",
+                                      "--json", *zoo_flag])
+    assert exact.exit_code == 0, exact.output
+    card = json.loads(exact.output)
+    assert card["family"] == "lora" and card["extracted"]["energy_kept"] == pytest.approx(1.0, abs=1e-6)
+    assert card["parents"] == ["mnist-cnn/base@v1", "mnist-cnn/style@v1"]
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        want = stack(registry, zoo, ["mnist-cnn/style"])[0](x)
+        torch.testing.assert_close(stack(registry, zoo, ["mnist-cnn/style-lora"])[0](x), want, rtol=1e-4, atol=1e-5)
+    lossy = runner.invoke(cli_app(), ["extract", "mnist-cnn", "mnist-cnn/style=0.5", "--rank", "1", "--out", "half",
+                                      *zoo_flag])
+    assert lossy.exit_code == 0 and "energy kept 0." in lossy.output, lossy.output
+    refused = runner.invoke(cli_app(), ["extract", "mnist-cnn", "style", "--rank", "4", "--out", "x", "--base",
+                                        "mnist-cnn/base", *zoo_flag])
+    assert refused.exit_code != 0 and "drop --base" in refused.output
+    assert "x" not in zoo.names("mnist-cnn")
+
+
+def test_check_base_needs_a_base_that_came_from_a_folder(zoo_with_adapters, tmp_path) -> None:
+    done = CliRunner().invoke(cli_app(), ["export", "mnist-cnn/a", "--format", "peft", "--out", str(tmp_path / "p"),
+                                          "--check-base", str(tmp_path), "--zoo", str(zoo_with_adapters)])
+    assert done.exit_code == 1 and "not brought in from a checkpoint folder" in done.output
+    assert not (tmp_path / "p").exists()
+
+
 def test_library_merge_export_and_fused_state(tiny_registry, tmp_path) -> None:
     from conftest import TinyNet, randomize_adapters
 

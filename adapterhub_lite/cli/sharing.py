@@ -22,10 +22,14 @@ from .options import registry_and_zoo, summary_line, zoo_option
 @click.option("--method", default=None, help="How several adapters (or one at a weight) are combined into one "
               "first (`adapters plugins` lists the methods). Default: the one their family names (LoRA: linear, "
               "exact).")
+@click.option("--check-base", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Refuse (writing nothing) unless the checkpoint folder DIR holds exactly the weights the "
+                   "adapters were trained on (the base's fingerprint): check the folder another engine, vLLM say, "
+                   "will serve the export on. Bases brought in with `zoo add-base`.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @zoo_option
 def export_command(refs: tuple[str, ...], fmt: str, out: Path, stream: bool | None, method: str | None,
-                   as_json: bool, zoo_dir: Path | None) -> None:
+                   check_base: Path | None, as_json: bool, zoo_dir: Path | None) -> None:
     """Write adapters (or, with --format merged, the fused model) in another format.
 
     \b
@@ -37,10 +41,12 @@ def export_command(refs: tuple[str, ...], fmt: str, out: Path, stream: bool | No
       adapters export MODEL/task --format kohya --out task.safetensors
       adapters export MODEL/style=0.5 --format merged --out half-styled.safetensors
       adapters export MODEL/style=0.5 --format merged --stream --out half-styled.safetensors
+      adapters export MODEL/task --format peft --out task-peft/ --check-base ./served-model
     """
     from ..zoo.exchange import export_refs
 
-    path, info = export_refs(*registry_and_zoo(zoo_dir), list(refs), fmt, out, stream=stream, method=method)
+    path, info = export_refs(*registry_and_zoo(zoo_dir), list(refs), fmt, out, stream=stream, method=method,
+                             check_base=check_base)
     info["path"] = str(path)
     if as_json:
         echo_json(info)

@@ -39,12 +39,13 @@ def _format(registry: Registry, name: str, direction: str) -> Format:
 
 def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, fmt_name: str, dest: Path,
                 model: str | None = None, stream: bool | None = None,
-                method: str | None = None) -> tuple[Path, dict[str, Any]]:
+                method: str | None = None, check_base: Path | None = None) -> tuple[Path, dict[str, Any]]:
     """Write what refs name in a format; returns the path written and what it holds. Refs are resolved once;
     the writing itself is `AdaptedModel.export`'s (one owner for every export), except a streamed model
     (`stream`, or None: `streams_by_default` decides by the base checkpoint's size), written tensor by tensor.
     Several adapters, or one at a weight, are first combined into one with `method` (None: the one their
-    family names; LoRA's is exact)."""
+    family names; LoRA's is exact). `check_base`: a checkpoint folder that must hold exactly the base's weights
+    (another engine will serve the export on it); checked before anything is written."""
     fmt = _format(registry, fmt_name, "export")
     if method is not None and fmt.holds == "model":
         raise ConfigError(f"format {fmt_name!r} fuses the adapters into the model exactly: --method combines "
@@ -52,6 +53,11 @@ def export_refs(registry: Registry, zoo: Zoo, refs: Sequence[str] | Stack, fmt_n
     resolved = resolve_stack(zoo, refs, model)
     base, adapters = resolved.base, resolved.adapters
     info: dict[str, Any] = {"base": base.ref, "format": fmt_name, "adapters": resolved.describe()}
+    if check_base is not None:
+        from .sources import check_checkpoint
+
+        info["checked_base"] = {"folder": str(check_base),
+                                "fingerprint": check_checkpoint(registry, base, check_base)}
     if stream is None:
         from .streaming import streams_by_default
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import AdapterFileError, ConfigError
+from ..errors import AdapterFileError, ConfigError, IncompatibleAdapterError
+from ..fingerprint import state_fingerprint
 from ..registry import Registry
 from ..specs import ModelSource
 from ..tensorfile import load_tensors, read_header
@@ -72,3 +73,23 @@ def add_source_base(registry: Registry, zoo: Zoo, model: str, *, pretrained: Pat
     card = {"source": chosen.name, "config": built_from, "task": None, "parents": [], "recipe": recipe}
     return add_base_version(zoo, model, BASE, state, card)
 
+
+
+def check_checkpoint(registry: Registry, base: ZooEntry, folder: Path) -> str:
+    """Refuse unless the checkpoint `folder` holds exactly base `base`'s weights: loaded through the model source
+    that brought the base in, its state's fingerprint must be the base's. The check to make before another
+    engine (vLLM, say) serves an export on that folder; returns the fingerprint."""
+    if not base.card.get("source"):
+        raise ConfigError(f"{base.ref} was not brought in from a checkpoint folder (`adapters zoo add-base`), so "
+                          "there is no folder to check it against", option="check_base")
+    if not Path(folder).is_dir():
+        raise AdapterFileError(f"nothing at {folder}: give the checkpoint folder the other engine serves")
+    module, _ = registry.get_source(base.card["source"]).load(pretrained=Path(folder), config=None)
+    fingerprint = state_fingerprint(module.state_dict())
+    if fingerprint != base.card["fingerprint"]:
+        came_from = (base.card.get("recipe") or {}).get("from_pretrained")
+        raise IncompatibleAdapterError(
+            f"{folder} does not hold the weights of {base.ref} (fingerprint {fingerprint[:12]}, the base's "
+            f"{base.card['fingerprint'][:12]}): the adapters were trained on another base; serve them on the "
+            f"checkpoint {base.ref} came from" + (f" ({came_from})" if isinstance(came_from, str) else ""))
+    return fingerprint
