@@ -198,7 +198,7 @@ class Routed:
 
     def routed(self, layer: AdaptedModule) -> Live:
         """The routed adapters this layer holds, at their weights (the active set does not apply)."""
-        return [(n, layer.weight(n)) for n in self.route.names if n in layer.adapters and layer.weight(n) != 0.0]
+        return layer.held(self.route.names)
 
     def forward(self, layer: AdaptedModule, x: Tensor, *args: Any, **kwargs: Any) -> Any:
         routed = self.routed(layer)

@@ -212,6 +212,12 @@ class AdaptedModule(nn.Module):
         """Adapters the forward must compute: enabled, not folded, non-zero weight."""
         return [(n, self._weights[n]) for n in self.active if n not in self._folded and self._weights[n] != 0.0]
 
+    def held(self, names: tuple[str, ...]) -> Live:
+        """Those of `names` this module holds at a non-zero weight, with their weights (the routed set: on or
+        off does not apply). One dict lookup per name: it runs on every layer of every routed call."""
+        weights = self._weights
+        return [(n, w) for n in names if (w := weights.get(n, 0.0)) != 0.0]
+
     # --- forward -------------------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Served by the strategy the model handle set (forward.py); without one, `run` on the live adapters."""

@@ -129,13 +129,19 @@ def test_routing_refuses_unknown_merged_and_nested(registry) -> None:
             pass
 
 
+EVEN_ROUTE = ["a3", None, "a0", "a5", "a3", "a1", None, "a2", "a4", "a0"]  # groups of 1-2: batched GEMMs
+SKEWED_ROUTE = ["a0", "a1", "a0", None, "a0", "a2", "a0", "a3", "a0", "a4", "a0", "a5"]  # 6 and 1s: grouped GEMMs
+
+
 @pytest.mark.parametrize("conv1d", [False, True], ids=["linear", "transformers-conv1d"])
+@pytest.mark.parametrize("route", [EVEN_ROUTE, SKEWED_ROUTE], ids=["even", "skewed"])
 def test_grouped_routing_runs_each_sample_at_its_own_rank_and_matches_one_by_one(registry, monkeypatch,
-                                                                                  conv1d) -> None:
-    """Issue 33, item 1: on Linear-like layers the routed low-rank path sorts samples by adapter and runs two
-    grouped GEMMs (torch's grouped_mm), every sample at its own adapter's rank, whatever the number of adapters
-    in the batch; sequences of tokens, bare samples, different ranks and weights all match each sample run with
-    its adapter alone, to 1e-5 in float32."""
+                                                                                  conv1d, route) -> None:
+    """Issue 33, item 1: on Linear-like layers the routed low-rank path groups samples by adapter, every
+    sample at its own adapter's rank, whatever the number of adapters in the batch: groups of about equal size
+    through two batched GEMMs (bmm over a groups x widest layout), uneven ones through two grouped GEMMs
+    (torch's grouped_mm); sequences of tokens, bare samples, different ranks and weights all match each
+    sample run with its adapter alone, to 1e-5 in float32."""
     import torch.nn.functional as F
 
     from adapterhub_lite import LayerPolicy
@@ -155,16 +161,18 @@ def test_grouped_routing_runs_each_sample_at_its_own_rank_and_matches_one_by_one
         am.add_adapter(name, LoraConfig(targets=["0", "2"], rank=1 + i, alpha=2.0 + i), activate=False)
     randomize_adapters(am.model)
     weights = {name: 0.5 + 0.25 * i for i, name in enumerate(names)}
-    route = ["a3", None, "a0", "a5", "a3", "a1", None, "a2", "a4", "a0"]
     x = torch.randn(len(route), 7, 12, generator=torch.Generator().manual_seed(9))
-    calls = []
-    real = F.grouped_mm
-    monkeypatch.setattr(F, "grouped_mm", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    calls = {"grouped_mm": 0, "bmm": 0}
+    for owner, name in ((F, "grouped_mm"), (torch, "bmm")):
+        real = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, _real=real, _name=name, **k: calls.__setitem__(
+            _name, calls[_name] + 1) or _real(*a, **k))
     with torch.no_grad():
         am.set_active(names, [weights[n] for n in names])
         with am.routing(route):
             routed = am(x)
-        assert len(calls) == 4  # two grouped products on each of the two layers
+        path = "bmm" if route is EVEN_ROUTE else "grouped_mm"
+        assert calls == {"grouped_mm": 0, "bmm": 0, path: 4}  # two products on each of the two layers
         alone = []
         for i, name in enumerate(route):
             am.set_active([name] if name else [], [weights[name]] if name else None)
@@ -175,8 +183,8 @@ def test_grouped_routing_runs_each_sample_at_its_own_rank_and_matches_one_by_one
         am.set_active(names, [weights[n] for n in names])
         with am.routing(route):
             am(x)
-        am.layers()["0"].adapters["a3"].lora_B.mul_(-2.0)
+        am.layers()["0"].adapters[route[0]].lora_B.mul_(-2.0)
         with am.routing(route):
             changed = am(x)
-        am.set_active(["a3"], [weights["a3"]])
+        am.set_active([route[0]], [weights[route[0]]])
         torch.testing.assert_close(changed[:1], am(x[:1]), rtol=1e-5, atol=1e-5 * want.abs().max().item())

@@ -38,53 +38,55 @@ class LoraLinear(LowRankLayer):
 
     def routed_grouped(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
                        route: Route, batch_dim: int) -> Tensor | None:
-        """Samples sorted by adapter, then two grouped GEMMs (torch's `grouped_mm`): each sample's tokens run
-        its own adapter's A and B only, at that adapter's rank (factors zero-padded to the largest), so the
-        adapter cost does not grow with the number of adapters in the batch (the masked stack runs every
-        sample at the summed rank). None while autograd records (grouped_mm has no CPU backward), for a batch
-        axis other than the first, or where torch has no grouped_mm; samples of no live adapter get no delta."""
+        """Samples grouped by adapter (the route's grouping, shared by every layer), each through its own
+        adapter's A and B only, at that adapter's rank (factors zero-padded to the largest), so the adapter
+        cost does not grow with the number of adapters in the batch (the masked stack runs every sample at the
+        summed rank). Groups of about equal size run as two batched GEMMs over a (G, widest) layout; uneven
+        ones as two grouped GEMMs (torch's `grouped_mm`), which loop over the groups. None while autograd
+        records (neither has a CPU backward here), for a batch axis other than the first, or where torch has
+        no grouped_mm; samples of no live adapter get no delta."""
         grouped_mm = getattr(F, "grouped_mm", None)
-        params = [p for f, _ in pairs for p in (f.lora_A, f.lora_B)]
         if (grouped_mm is None or batch_dim != 0 or x.dim() < 2 or x.dtype not in _GROUPED_DTYPES
-                or (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)))):
+                or (torch.is_grad_enabled() and (x.requires_grad or any(
+                    f.lora_A.requires_grad or f.lora_B.requires_grad for f, _ in pairs)))):
             return None
         route.check_batch(x, batch_dim)
-        out_features = pairs[0][0].lora_B.shape[0]
-        position = torch.full((len(route.names) + 1,), -1, dtype=torch.long)  # route index -1 reads the last
-        for i, (name, _) in enumerate(live):
-            if name in route.names:
-                position[route.names.index(name)] = i
-        group = position[route.index]
-        kept = (group >= 0).nonzero().squeeze(1)
+        plan = route.groups([name for name, _ in live])
+        out_features, in_features = pairs[0][0].lora_B.shape[0], x.shape[-1]
         delta = x.new_zeros(*x.shape[:-1], out_features)
-        if not len(kept):
+        if not len(plan.order):
             return delta
-        order = kept[torch.argsort(group[kept], stable=True)]
-        tokens = x[0].numel() // x.shape[-1]  # per sample
-        offsets = (torch.cumsum(torch.bincount(group[order], minlength=len(pairs)), 0) * tokens).to(torch.int32)
         unit = 16 // x.element_size()  # grouped_mm wants every row stride a multiple of 16 bytes: pad with zeros
 
         def padded(n: int) -> int:
             return -(-n // unit) * unit
 
-        in_features = x.shape[-1]
         a, b = self._grouped_factors(pairs, x, padded)
-        rows = x.index_select(0, order.to(x.device)).reshape(-1, in_features)
+        order = plan.order.to(x.device)
+        tokens = x[0].numel() // in_features  # per sample
+        rows = x.index_select(0, order).reshape(len(order), tokens, in_features)
         if padded(in_features) != in_features:
             rows = F.pad(rows, (0, padded(in_features) - in_features))
-        product = grouped_mm(grouped_mm(rows, a, offs=offsets), b, offs=offsets)[:, :out_features]
-        delta.index_copy_(0, order.to(x.device), product.reshape(len(order), *x.shape[1:-1], out_features))
+        if plan.padded_rows <= 2 * len(order):  # equal enough: batched GEMMs over the (G, widest) layout
+            slot = plan.slot.to(x.device)
+            layout = rows.new_zeros(plan.padded_rows, tokens, rows.shape[-1]).index_copy_(0, slot, rows)
+            product = torch.bmm(torch.bmm(layout.view(len(pairs), -1, rows.shape[-1]), a), b)
+            product = product.view(plan.padded_rows, tokens, -1).index_select(0, slot)
+        else:
+            offsets = (torch.cumsum(plan.counts, 0) * tokens).to(torch.int32)
+            product = grouped_mm(grouped_mm(rows.reshape(-1, rows.shape[-1]), a, offs=offsets), b, offs=offsets)
+        delta.index_copy_(0, order, product[..., :out_features].reshape(len(order), *x.shape[1:-1], out_features))
         return delta
 
     def _grouped_factors(self, pairs: list[tuple[LoraFactors, float]], x: Tensor,
                          padded: Callable[[int], int]) -> tuple[Tensor, Tensor]:
         """The live adapters' A^T (G, in, r) and scaled B^T (G, r, out), zero-padded, kept until a factor, a
         weight or the live set changes (the same key as the fused stack's)."""
-        params = [p for f, _ in pairs for p in (f.lora_A, f.lora_B)]
         key = ("grouped", x.dtype, x.device, stack_key(pairs))
         hit = self._stacks.get("grouped")
         if hit is not None and hit[0] == key:
             return hit[1][0], hit[1][1]
+        params = [p for f, _ in pairs for p in (f.lora_A, f.lora_B)]
         out_features, in_features = pairs[0][0].lora_B.shape[0], x.shape[-1]
         rank = padded(max(f.lora_A.shape[0] for f, _ in pairs))
         a = x.new_zeros(len(pairs), padded(in_features), rank)

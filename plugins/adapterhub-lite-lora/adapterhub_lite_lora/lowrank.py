@@ -61,9 +61,9 @@ def _stack(pairs: list[tuple[LoraFactors, float]], groups: int) -> tuple[Tensor,
 def stack_key(pairs: list[tuple[LoraFactors, float]]) -> tuple:
     """What a stack built from these factors at these weights depends on (identity, version counter and dtype of
     every factor): a kept stack is reused only while it is equal."""
-    params = [p for f, _ in pairs for p in (f.lora_A, f.lora_B)]
     return (torch.is_inference_mode_enabled(), tuple(w for _, w in pairs),
-            tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+            tuple((a.data_ptr(), a._version, a.dtype, b.data_ptr(), b._version, b.dtype)
+                  for a, b in ((f.lora_A, f.lora_B) for f, _ in pairs)))
 
 
 def addmm_up(out: Tensor | None, h: Tensor, b: Tensor, alpha: float) -> Tensor:
