@@ -288,6 +288,9 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     fuse = Path(__file__).with_name("scale-fuse-results.json")
     if fuse.is_file():
         out += scale_fuse_section(json.loads(fuse.read_text()))
+    routed = Path(__file__).with_name("routing-results.json")
+    if routed.is_file():
+        out += routing_scale_section(json.loads(routed.read_text()))
     notes = Path(__file__).with_name("notes.md")
     if notes.is_file():
         out += [notes.read_text().rstrip(), ""]
@@ -425,6 +428,55 @@ def scale_fuse_section(data: dict[str, Any]) -> list[str]:
             "floor). Fused vs float32: the largest difference between fused tensors and W + the deltas summed in "
             "float32, relative to the tensor's largest value, on three modules.", "",
             f"Rows missed: {_listed(missed)}{' (where we lose: below)' if missed else ''}.", ""]
+
+
+# issue 33's targets: routed / bare base per model, and ours against PEFT's throughput on the decoder at 32
+ROUTING_TARGETS = {"richboynet": 1.15, "llama-decoder": 1.15, "ddpm-unet": 1.3}
+ROUTING_VS_PEFT = ("llama-decoder", 32, 5.0)
+
+
+def routing_scale_verdicts(r: dict[str, Any]) -> dict[str, bool]:
+    """Issue 33, item 2: routed / bare base within the model's target; on the decoder at 32 adapters, at least 5x
+    PEFT's throughput; ours and PEFT's routed outputs the same (1e-4 of the largest, where PEFT runs)."""
+    ok = {"vs base": r["vs_base"] <= ROUTING_TARGETS.get(r["model"], 1.15)}
+    if (r["model"], r["adapters"]) == ROUTING_VS_PEFT[:2]:
+        ok["vs peft"] = r["peft_vs_ours"] is not None and r["peft_vs_ours"] >= ROUTING_VS_PEFT[2]
+    if r["ours_vs_peft_output"] is not None:
+        ok["same outputs"] = r["ours_vs_peft_output"] <= 1e-4
+    return ok
+
+
+def routing_scale_section(data: dict[str, Any]) -> list[str]:
+    """Issue 33's routing rows (bench/routing_scale.py): mixed batches at 8, 32 and 128 adapters."""
+    decoder = data["decoder_config"]
+    out = ["## Routing at scale: mixed batches of 8 to 128 adapters (issue 33)", "",
+           f"`python bench/routing_scale.py{' --quick' if data['shape'] == 'quick' else ''}` at {data['commit']} on "
+           f"{data['cpu']} ({'avx512' if data['avx512'] else 'avx2'}), {data['threads']} threads, torch "
+           f"{data['torch']}; {data['wall_s'] / 60:.0f} minutes. Every sample names its adapter (LoRA rank "
+           f"{data['rank']}, spread evenly over the batch); ours `with am.routing(names): am(x)`, PEFT "
+           "`model(x, adapter_names=names)` with our factors, side by side in the same rounds with the bare base; "
+           "ratios are medians of per-round ratios. The decoder is Llama-shaped, built from its config with random "
+           f"weights (hidden {decoder['hidden_size']}, {decoder['num_hidden_layers']} layers, "
+           f"{decoder['num_attention_heads']} heads, MLP {decoder['intermediate_size']}, vocabulary "
+           f"{decoder['vocab_size']}): one decode step for {data['batch']} sequences with a "
+           f"{data['prompt_tokens']}-token prompt in the KV cache, LoRA on all seven projections of every layer. "
+           f"Targets: routed / base <= {ROUTING_TARGETS['richboynet']} on RichBoyNet and the decoder, <= "
+           f"{ROUTING_TARGETS['ddpm-unet']} on the UNet; on the decoder at {ROUTING_VS_PEFT[1]} adapters >= "
+           f"{ROUTING_VS_PEFT[2]:g}x PEFT's throughput.", "",
+           "| model | adapters | batch | bare base ms | ours routed ms | ours / base | PEFT ms | PEFT / base "
+           "| PEFT / ours | outputs differ by | verdicts |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    missed = []
+    for r in data["rows"]:
+        ok = routing_scale_verdicts(r)
+        missed += [f"{r['model']} x{r['adapters']} {name}" for name, met in ok.items() if not met]
+        peft = (f"{r['peft_ms']:.1f} | {r['peft_vs_base']:.2f}x | {r['peft_vs_ours']:.2f}x | "
+                f"{r['ours_vs_peft_output']:.1e}" if r["peft_ms"] is not None
+                else f"fails: {r['peft_note'][:60]} | - | - | -")
+        out.append(f"| {r['model']} | {r['adapters']} | {r['batch']} | {r['base_ms']:.1f} | {r['routed_ms']:.1f} | "
+                   f"{r['vs_base']:.2f}x | {peft} | "
+                   + ", ".join(f"{name} {_verdict(met)}" for name, met in ok.items()) + " |")
+    out += ["", f"Rows missed: {_listed(missed)}{' (where we lose: below)' if missed else ''}.", ""]
+    return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""Issue 33's routing rows: one mixed batch in which every sample names its adapter, at 8, 32 and 128 adapters,
+ours (`with am.routing(names): am(x)`) and PEFT (`model(x, adapter_names=names)`) side by side in the same rounds,
+against the bare base on the same batch. Its own command:
+
+    python bench/routing_scale.py          # RichBoyNet, the DDPM UNet and a Llama-shaped decoder (374 M parameters)
+    python bench/routing_scale.py --quick  # a 2-layer decoder, 4 and 8 adapters: a smoke run (CI)
+
+The decoder is built from its config with random weights (nothing is downloaded; the shape is written below):
+one decode step for 64 sequences, each with a 16-token prompt in the KV cache and its own adapter (LoRA rank 8 on
+q, k, v, o, gate, up and down of every layer). Every adapter's B is random (a fresh LoRA's is zero) and PEFT gets
+exactly our factors, so the two routed outputs are compared as well as timed. Ratios are per round (paired), so
+the machine's drift cancels; compare them within one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import make_case, ours, sync, theirs  # noqa: E402
+from scale_fuse import machine  # noqa: E402
+from timing import interleaved, medians, paired_ratio  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+THREADS = 2
+BATCH, PROMPT = 64, 16
+# a Llama-shaped decoder of a few hundred million parameters (issue 33: hidden 1024, 24 layers, 16 heads)
+DECODER = {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 24, "num_attention_heads": 16,
+           "num_key_value_heads": 16, "vocab_size": 32000, "max_position_embeddings": 256,
+           "tie_word_embeddings": False}
+QUICK_DECODER = {**DECODER, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 1000}
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class DecodeStep(nn.Module):
+    """One decode step of a causal LM for a batch whose prompts sit in a KV cache: the call timed, with the cache
+    put back after each call so every call sees the same prompt."""
+
+    def __init__(self, lm: nn.Module, step: torch.Tensor, cache: Any) -> None:
+        super().__init__()
+        self.lm, self.step, self.cache = lm, step, cache
+
+    def forward(self, **kwargs: Any) -> torch.Tensor:
+        logits = self.lm(self.step, past_key_values=self.cache, use_cache=True, **kwargs).logits
+        self.cache.crop(-1)
+        return logits
+
+
+def decoder_case(config: dict[str, Any]) -> dict[str, Any]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(**config)).eval()
+    prompts = torch.randint(0, config["vocab_size"], (BATCH, PROMPT))
+    with torch.inference_mode():
+        cache = lm(prompts, use_cache=True).past_key_values
+    targets = [f"model.layers.{i}.{'self_attn' if p.endswith(('q_proj', 'k_proj', 'v_proj', 'o_proj')) else 'mlp'}.{p}"
+               for i in range(config["num_hidden_layers"]) for p in PROJECTIONS]
+    return {"name": "llama-decoder", "model": lm, "step": torch.randint(0, config["vocab_size"], (BATCH, 1)),
+            "cache": cache, "targets": targets,
+            "parameters_m": sum(p.numel() for p in lm.parameters()) / 1e6}
+
+
+def row(case: dict[str, Any], n: int, repeats: int) -> dict[str, Any]:
+    """Base, ours routed and PEFT routed on one batch, `n` adapters spread evenly over its samples."""
+    base_model, targets = case["model"], case["targets"]
+    names = [f"a{i % n}" for i in range(BATCH if case["name"] != "ddpm-unet" else 16)]
+    am = ours(copy.deepcopy(base_model), targets, n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = theirs(copy.deepcopy(base_model), targets, n)
+    sync(am, pm, targets, [f"a{i}" for i in range(n)])
+    if case["name"] == "llama-decoder":
+        calls = [DecodeStep(m, case["step"], case["cache"]) for m in (base_model, am.model, pm)]
+        base_call, ours_call, peft_call = calls[0], calls[1], calls[2]
+        args: tuple = ()
+    else:
+        args = tuple(a[:len(names)] if a.shape[0] >= len(names) else a.repeat(len(names) // a.shape[0],
+                                                                             *[1] * (a.dim() - 1))
+                     for a in case["args"])
+        base_call, ours_call, peft_call = base_model, am.model, pm
+
+    def routed() -> torch.Tensor:
+        with am.routing(names):
+            return ours_call(*args)
+
+    def peft_routed() -> torch.Tensor:
+        return peft_call(*args, adapter_names=names)
+
+    with torch.inference_mode():
+        try:
+            want = peft_routed()
+            peft_note = ""
+        except (TypeError, ValueError) as exc:  # PEFT cannot route nn.MultiheadAttention
+            want, peft_note = None, " ".join(str(exc).split())[:200]
+        got = routed()
+        difference = (float((got - want).abs().max() / want.abs().max()) if want is not None else None)
+        fns = [lambda: base_call(*args), routed] + ([peft_routed] if want is not None else [])
+        times = interleaved(fns, repeats)
+    t = medians(times)
+    result = {"model": case["name"], "adapters": n, "batch": len(names), "base_ms": t[0] * 1e3,
+              "routed_ms": t[1] * 1e3, "vs_base": paired_ratio(times[1], times[0]), "peft_note": peft_note,
+              "peft_ms": t[2] * 1e3 if want is not None else None,
+              "peft_vs_base": paired_ratio(times[2], times[0]) if want is not None else None,
+              "peft_vs_ours": paired_ratio(times[2], times[1]) if want is not None else None,
+              "ours_vs_peft_output": difference}
+    print(f"routing {case['name']} x{n}: base {result['base_ms']:.1f} ms, ours {result['routed_ms']:.1f} "
+          f"({result['vs_base']:.2f}x), peft "
+          + (f"{result['peft_ms']:.1f} ({result['peft_vs_base']:.2f}x; {result['peft_vs_ours']:.2f}x ours), "
+             f"outputs differ by {difference:.1e}" if want is not None else f"fails: {peft_note[:80]}"),
+          file=sys.stderr, flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 2-layer decoder and 4 and 8 adapters: a smoke run")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="results (default bench/routing-results.json; --quick: a temporary file)")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    torch.set_flush_denormal(True)
+    warnings.simplefilter("ignore")
+    counts = (4, 8) if args.quick else (8, 32, 128)
+    started = time.time()
+    rows = []
+    for name in (["llama-decoder"] if args.quick else ["richboynet", "ddpm-unet", "llama-decoder"]):
+        case = decoder_case(QUICK_DECODER if args.quick else DECODER) if name == "llama-decoder" else make_case(name)
+        repeats = 3 if args.quick else (9 if name == "llama-decoder" else 30)
+        for n in counts:
+            rows.append(row(case, n, repeats))
+        del case
+    result = {"shape": "quick" if args.quick else "full", "decoder_config": QUICK_DECODER if args.quick else DECODER,
+              "batch": BATCH, "prompt_tokens": PROMPT, "rank": 8, "threads": THREADS, "rows": rows,
+              "wall_s": time.time() - started, **machine()}
+    target = args.json or (Path(tempfile.gettempdir()) / "routing-quick.json" if args.quick
+                           else ROOT / "bench" / "routing-results.json")
+    target.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"routing scale: {len(rows)} rows in {result['wall_s']:.0f} s; wrote {target}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
