@@ -70,6 +70,7 @@ def decoder_case(config: dict[str, Any]) -> dict[str, Any]:
                for i in range(config["num_hidden_layers"]) for p in PROJECTIONS]
     return {"name": "llama-decoder", "model": lm, "step": torch.randint(0, config["vocab_size"], (BATCH, 1)),
             "cache": cache, "targets": targets,
+            "patterns": [f"model.layers.*.{'self_attn' if p in PROJECTIONS[:4] else 'mlp'}.{p}" for p in PROJECTIONS],
             "parameters_m": sum(p.numel() for p in lm.parameters()) / 1e6}
 
 
@@ -77,7 +78,7 @@ def row(case: dict[str, Any], n: int, repeats: int) -> dict[str, Any]:
     """Base, ours routed and PEFT routed on one batch, `n` adapters spread evenly over its samples."""
     base_model, targets = case["model"], case["targets"]
     names = [f"a{i % n}" for i in range(BATCH if case["name"] != "ddpm-unet" else 16)]
-    am = ours(copy.deepcopy(base_model), targets, n)
+    am = ours(copy.deepcopy(base_model), targets, n, patterns=case.get("patterns"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pm = theirs(copy.deepcopy(base_model), targets, n)

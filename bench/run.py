@@ -81,11 +81,13 @@ def make_case(name: str) -> dict[str, Any]:
     return {"name": name, "model": model.eval(), "args": args, "targets": targets}
 
 
-def ours(model: nn.Module, targets: list[str], n: int, seed: int = 0):
+def ours(model: nn.Module, targets: list[str], n: int, seed: int = 0, patterns: list[str] | None = None):
+    """Our model with `n` LoRA adapters on `targets` (module names; or `patterns`, globs for a large model)."""
     from adapterhub_lite import AdaptedModel, LoraConfig
 
     am = AdaptedModel(model)
-    config = LoraConfig(targets=["re:" + "|".join(t.replace(".", r"\.") for t in targets)], rank=RANK, alpha=ALPHA)
+    config = LoraConfig(targets=patterns or ["re:" + "|".join(t.replace(".", r"\.") for t in targets)], rank=RANK,
+                        alpha=ALPHA)
     names = [f"a{i}" for i in range(n)]
     for name in names:
         am.add_adapter(name, config)
