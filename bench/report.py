@@ -436,11 +436,12 @@ ROUTING_VS_PEFT = ("llama-decoder", 32, 5.0)
 
 
 def routing_scale_verdicts(r: dict[str, Any]) -> dict[str, bool]:
-    """Issue 33, item 2: routed / bare base within the model's target; on the decoder at 32 adapters, at least 5x
-    PEFT's throughput; ours and PEFT's routed outputs the same (1e-4 of the largest, where PEFT runs)."""
-    ok = {"vs base": r["vs_base"] <= ROUTING_TARGETS.get(r["model"], 1.15)}
+    """Issue 33, item 2, judged on new mixes every call (what a server sees): routed / bare base within the
+    model's target; on the decoder at 32 adapters, at least 5x PEFT's throughput; ours and PEFT's routed outputs
+    the same (1e-4 of the largest, where PEFT runs)."""
+    ok = {"vs base": r["mixed_vs_base"] <= ROUTING_TARGETS.get(r["model"], 1.15)}
     if (r["model"], r["adapters"]) == ROUTING_VS_PEFT[:2]:
-        ok["vs peft"] = r["peft_vs_ours"] is not None and r["peft_vs_ours"] >= ROUTING_VS_PEFT[2]
+        ok["vs peft"] = r["peft_mixed_vs_ours"] is not None and r["peft_mixed_vs_ours"] >= ROUTING_VS_PEFT[2]
     if r["ours_vs_peft_output"] is not None:
         ok["same outputs"] = r["ours_vs_peft_output"] <= 1e-4
     return ok
@@ -463,17 +464,22 @@ def routing_scale_section(data: dict[str, Any]) -> list[str]:
            f"Targets: routed / base <= {ROUTING_TARGETS['richboynet']} on RichBoyNet and the decoder, <= "
            f"{ROUTING_TARGETS['ddpm-unet']} on the UNet; on the decoder at {ROUTING_VS_PEFT[1]} adapters >= "
            f"{ROUTING_VS_PEFT[2]:g}x PEFT's throughput.", "",
-           "| model | adapters | batch | bare base ms | ours routed ms | ours / base | PEFT ms | PEFT / base "
-           "| PEFT / ours | outputs differ by | verdicts |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "Two batches: a fixed one (adapter i % N for sample i, the same every call) and, as a server sees them, a "
+           "new mix every call (each sample draws one of the N at random; 16 seeded draws cycled, the same for "
+           "both libraries; `distinct` is how many adapters a mix names on average). The targets are judged on "
+           "the new mixes.", "",
+           "| model | adapters | batch | bare base ms | ours fixed / base | ours new mix ms | ours new mix / base "
+           "| distinct | PEFT new mix ms | PEFT / ours, new mix | PEFT / ours, fixed | outputs differ by | verdicts |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     missed = []
     for r in data["rows"]:
         ok = routing_scale_verdicts(r)
         missed += [f"{r['model']} x{r['adapters']} {name}" for name, met in ok.items() if not met]
-        peft = (f"{r['peft_ms']:.1f} | {r['peft_vs_base']:.2f}x | {r['peft_vs_ours']:.2f}x | "
+        peft = (f"{r['peft_mixed_ms']:.1f} | {r['peft_mixed_vs_ours']:.2f}x | {r['peft_vs_ours']:.2f}x | "
                 f"{r['ours_vs_peft_output']:.1e}" if r["peft_ms"] is not None
                 else f"fails: {r['peft_note'][:60]} | - | - | -")
-        out.append(f"| {r['model']} | {r['adapters']} | {r['batch']} | {r['base_ms']:.1f} | {r['routed_ms']:.1f} | "
-                   f"{r['vs_base']:.2f}x | {peft} | "
+        out.append(f"| {r['model']} | {r['adapters']} | {r['batch']} | {r['base_ms']:.1f} | {r['vs_base']:.2f}x | "
+                   f"{r['mixed_ms']:.1f} | {r['mixed_vs_base']:.2f}x | {r['distinct_per_mix']:.0f} | {peft} | "
                    + ", ".join(f"{name} {_verdict(met)}" for name, met in ok.items()) + " |")
     out += ["", f"Rows missed: {_listed(missed)}{' (where we lose: below)' if missed else ''}.", ""]
     return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import random
 import sys
 import tempfile
 import time
@@ -41,6 +42,7 @@ DECODER = {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 
            "tie_word_embeddings": False}
 QUICK_DECODER = {**DECODER, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
                  "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 1000}
+MIXES = 16  # the random batches a "new mix each call" cycles through
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -77,7 +79,12 @@ def decoder_case(config: dict[str, Any]) -> dict[str, Any]:
 def row(case: dict[str, Any], n: int, repeats: int) -> dict[str, Any]:
     """Base, ours routed and PEFT routed on one batch, `n` adapters spread evenly over its samples."""
     base_model, targets = case["model"], case["targets"]
-    names = [f"a{i % n}" for i in range(BATCH if case["name"] != "ddpm-unet" else 16)]
+    batch = BATCH if case["name"] != "ddpm-unet" else 16
+    names = [f"a{i % n}" for i in range(batch)]
+    # serving: every call a new batch, each sample naming one of the n at random (seeded; the same draws for both)
+    draws = random.Random(n)
+    mixes = [[f"a{draws.randrange(n)}" for _ in range(batch)] for _ in range(MIXES)]
+    turn = {"ours": 0, "peft": 0}
     am = ours(copy.deepcopy(base_model), targets, n, patterns=case.get("patterns"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -101,6 +108,15 @@ def row(case: dict[str, Any], n: int, repeats: int) -> dict[str, Any]:
     def peft_routed() -> torch.Tensor:
         return peft_call(*args, adapter_names=names)
 
+    def mixed() -> torch.Tensor:
+        turn["ours"] += 1
+        with am.routing(mixes[turn["ours"] % MIXES]):
+            return ours_call(*args)
+
+    def peft_mixed() -> torch.Tensor:
+        turn["peft"] += 1
+        return peft_call(*args, adapter_names=mixes[turn["peft"] % MIXES])
+
     with torch.inference_mode():
         try:
             want = peft_routed()
@@ -109,17 +125,23 @@ def row(case: dict[str, Any], n: int, repeats: int) -> dict[str, Any]:
             want, peft_note = None, " ".join(str(exc).split())[:200]
         got = routed()
         difference = (float((got - want).abs().max() / want.abs().max()) if want is not None else None)
-        fns = [lambda: base_call(*args), routed] + ([peft_routed] if want is not None else [])
+        fns = [lambda: base_call(*args), routed, mixed] + ([peft_routed, peft_mixed] if want is not None else [])
         times = interleaved(fns, repeats)
     t = medians(times)
+    peft = want is not None
     result = {"model": case["name"], "adapters": n, "batch": len(names), "base_ms": t[0] * 1e3,
               "routed_ms": t[1] * 1e3, "vs_base": paired_ratio(times[1], times[0]), "peft_note": peft_note,
-              "peft_ms": t[2] * 1e3 if want is not None else None,
-              "peft_vs_base": paired_ratio(times[2], times[0]) if want is not None else None,
-              "peft_vs_ours": paired_ratio(times[2], times[1]) if want is not None else None,
+              "mixed_ms": t[2] * 1e3, "mixed_vs_base": paired_ratio(times[2], times[0]),
+              "distinct_per_mix": sum(len(set(m)) for m in mixes) / MIXES,
+              "peft_ms": t[3] * 1e3 if peft else None,
+              "peft_vs_base": paired_ratio(times[3], times[0]) if peft else None,
+              "peft_vs_ours": paired_ratio(times[3], times[1]) if peft else None,
+              "peft_mixed_ms": t[4] * 1e3 if peft else None,
+              "peft_mixed_vs_ours": paired_ratio(times[4], times[2]) if peft else None,
               "ours_vs_peft_output": difference}
     print(f"routing {case['name']} x{n}: base {result['base_ms']:.1f} ms, ours {result['routed_ms']:.1f} "
-          f"({result['vs_base']:.2f}x), peft "
+          f"({result['vs_base']:.2f}x; a new mix each call {result['mixed_ms']:.1f}, {result['mixed_vs_base']:.2f}x), "
+          "peft "
           + (f"{result['peft_ms']:.1f} ({result['peft_vs_base']:.2f}x; {result['peft_vs_ours']:.2f}x ours), "
              f"outputs differ by {difference:.1e}" if want is not None else f"fails: {peft_note[:80]}"),
           file=sys.stderr, flush=True)
