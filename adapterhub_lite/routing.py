@@ -42,7 +42,7 @@ class Route:
 
     @classmethod
     def of(cls, per_sample: Sequence[str | None]) -> Route:
-        names = tuple(dict.fromkeys(n for n in per_sample if n))
+        names = tuple(sorted({n for n in per_sample if n}))  # sorted: the same set, the same kept stacks
         index = torch.tensor([names.index(n) if n else -1 for n in per_sample], dtype=torch.long)
         return cls(names, index)
 

@@ -188,3 +188,48 @@ def test_grouped_routing_runs_each_sample_at_its_own_rank_and_matches_one_by_one
             changed = am(x)
         am.set_active([route[0]], [weights[route[0]]])
         torch.testing.assert_close(changed[:1], am(x[:1]), rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def test_a_new_mix_every_call_gathers_from_the_pool_and_stays_exact(registry) -> None:
+    """Issue 33: a server's batches name a different set of adapters each call. Every layer keeps a pool with a
+    slot per routed adapter and gathers a batch's by index; after in-place changes, deletions and new adapters
+    every call still matches each sample run with its adapter alone, and a deleted adapter's slot is reused."""
+    import random
+
+    from adapterhub_lite import LayerPolicy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.GELU(), nn.Linear(16, 5)).eval()
+    am = AdaptedModel(model, registry=registry, policy=LayerPolicy(fold_limit=0))  # the low-rank path
+    names = [f"a{i}" for i in range(12)]
+    for i, name in enumerate(names):
+        am.add_adapter(name, LoraConfig(targets=["0", "2"], rank=1 + i % 4, alpha=2.0), activate=False)
+    randomize_adapters(am.model)
+    draws = random.Random(3)
+    x = torch.randn(10, 12, generator=torch.Generator().manual_seed(9))
+
+    def check(pool: list[str]) -> None:
+        route = [draws.choice(pool) for _ in range(len(x))]
+        with torch.no_grad():
+            with am.routing(route):
+                routed = am(x)
+            for i, name in enumerate(route):
+                am.set_active([name])
+                torch.testing.assert_close(routed[i:i + 1], am(x[i:i + 1]), rtol=1e-5, atol=1e-6)
+
+    for _ in range(6):
+        check(draws.sample(names, 4))
+    layer = am.layers()["0"].layer_of("a0")
+    capacity = layer._pool.a.shape[0]
+    with torch.no_grad():
+        am.layers()["0"].adapters["a5"].lora_A.mul_(-3.0)
+    check(["a5", "a6"])
+    am.delete_adapter("a7")
+    am.add_adapter("late", LoraConfig(targets=["0", "2"], rank=4, alpha=2.0), activate=False)
+    randomize_adapters(am.model, seed=5)
+    check(["late", "a1", "a2"])
+    check(names[:7] + ["late"] + names[8:])
+    import gc
+
+    gc.collect()
+    assert len(layer._pool.slots) == 12 and layer._pool.a.shape[0] == capacity  # a7's slot freed, no growth

@@ -12,12 +12,14 @@ from adapterhub_lite import Route
 
 from .config import LoraConfig
 from .lowrank import LoraFactors, LowRankLayer, addmm_up, stack_key
+from .pool import FactorPool
 
 _GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what grouped_mm runs on the CPU
 
 
 class LoraLinear(LowRankLayer):
     targets = (nn.Linear,)
+    _pool: FactorPool | None = None  # made on the first routed call
 
     def create(self, name: str, config: LoraConfig) -> LoraFactors:
         out_features, in_features = self.base.weight.shape
@@ -80,23 +82,18 @@ class LoraLinear(LowRankLayer):
 
     def _grouped_factors(self, pairs: list[tuple[LoraFactors, float]], x: Tensor,
                          padded: Callable[[int], int]) -> tuple[Tensor, Tensor]:
-        """The live adapters' A^T (G, in, r) and scaled B^T (G, r, out), zero-padded, kept until a factor, a
-        weight or the live set changes (the same key as the fused stack's)."""
+        """The live adapters' A^T (G, in, r) and scaled B^T (G, r, out), zero-padded: gathered from the layer's
+        pool of routed factors, and kept until a factor, a weight or the live set changes (the same key as the
+        fused stack's)."""
         key = ("grouped", x.dtype, x.device, stack_key(pairs))
         hit = self._stacks.get("grouped")
         if hit is not None and hit[0] == key:
             return hit[1][0], hit[1][1]
-        params = [p for f, _ in pairs for p in (f.lora_A, f.lora_B)]
-        out_features, in_features = pairs[0][0].lora_B.shape[0], x.shape[-1]
-        rank = padded(max(f.lora_A.shape[0] for f, _ in pairs))
-        a = x.new_zeros(len(pairs), padded(in_features), rank)
-        b = x.new_zeros(len(pairs), rank, padded(out_features))
-        for i, (f, w) in enumerate(pairs):
-            r = f.lora_A.shape[0]
-            a[i, :in_features, :r] = f.lora_A.t()
-            b[i, :r, :out_features] = (f.lora_B * (f.scale * w)).t()
-        if not any(p.is_inference() for p in params):  # made under inference_mode: no version counter to key on
-            self._stacks["grouped"] = (key, (a, b, 1.0))
+        if self._pool is None:
+            self._pool = FactorPool()
+        a, b = self._pool.gather(pairs, x, padded)
+        if not any(f.lora_A.is_inference() or f.lora_B.is_inference() for f, _ in pairs):
+            self._stacks["grouped"] = (key, (a, b, 1.0))  # made under inference_mode: no version counter to key on
         return a, b
 
     up_add = staticmethod(addmm_up)
