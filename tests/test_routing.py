@@ -130,7 +130,7 @@ def test_routing_refuses_unknown_merged_and_nested(registry) -> None:
 
 
 EVEN_ROUTE = ["a3", None, "a0", "a5", "a3", "a1", None, "a2", "a4", "a0"]  # groups of 1-2: batched GEMMs
-SKEWED_ROUTE = ["a0", "a1", "a0", None, "a0", "a2", "a0", "a3", "a0", "a4", "a0", "a5"]  # 6 and 1s: grouped GEMMs
+SKEWED_ROUTE = ["a0", "a1", "a0", None, "a0", "a2", "a0", "a3", "a0", "a4", "a0", "a5"] + ["a0"] * 6  # 12, 1s
 
 
 @pytest.mark.parametrize("conv1d", [False, True], ids=["linear", "transformers-conv1d"])

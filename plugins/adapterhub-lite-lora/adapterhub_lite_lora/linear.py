@@ -63,37 +63,40 @@ class LoraLinear(LowRankLayer):
         def padded(n: int) -> int:
             return -(-n // unit) * unit
 
-        a, b = self._grouped_factors(pairs, x, padded)
+        a, b, weights = self._grouped_factors(pairs, x, padded)
         order = plan.order.to(x.device)
         tokens = x[0].numel() // in_features  # per sample
         rows = x.index_select(0, order).reshape(len(order), tokens, in_features)
         if padded(in_features) != in_features:
             rows = F.pad(rows, (0, padded(in_features) - in_features))
-        if plan.padded_rows <= 2 * len(order):  # equal enough: batched GEMMs over the (G, widest) layout
+        if plan.padded_rows <= 4 * len(order):  # equal enough: batched GEMMs over the (G, widest) layout
             slot = plan.slot.to(x.device)
             layout = rows.new_zeros(plan.padded_rows, tokens, rows.shape[-1]).index_copy_(0, slot, rows)
-            product = torch.bmm(torch.bmm(layout.view(len(pairs), -1, rows.shape[-1]), a), b)
+            h = torch.bmm(layout.view(len(pairs), -1, rows.shape[-1]), a)
+            product = torch.bmm(h if weights is None else h * weights.view(-1, 1, 1), b)
             product = product.view(plan.padded_rows, tokens, -1).index_select(0, slot)
-        else:
+        else:  # a few large groups beside small ones: grouped GEMMs, which loop over the groups
             offsets = (torch.cumsum(plan.counts, 0) * tokens).to(torch.int32)
+            if weights is not None:
+                b = b * weights.view(-1, 1, 1)
             product = grouped_mm(grouped_mm(rows.reshape(-1, rows.shape[-1]), a, offs=offsets), b, offs=offsets)
         delta.index_copy_(0, order, product[..., :out_features].reshape(len(order), *x.shape[1:-1], out_features))
         return delta
 
     def _grouped_factors(self, pairs: list[tuple[LoraFactors, float]], x: Tensor,
-                         padded: Callable[[int], int]) -> tuple[Tensor, Tensor]:
-        """The live adapters' A^T (G, in, r) and scaled B^T (G, r, out), zero-padded: gathered from the layer's
-        pool of routed factors, and kept until a factor, a weight or the live set changes (the same key as the
-        fused stack's)."""
+                         padded: Callable[[int], int]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The live adapters' A^T (G, in, r), scaled B^T (G, r, out), zero-padded, and weights (None: all 1):
+        gathered from the layer's pool of routed factors, and kept until a factor, a weight or the live set
+        changes (the same key as the fused stack's)."""
         key = ("grouped", x.dtype, x.device, stack_key(pairs))
         hit = self._stacks.get("grouped")
         if hit is not None and hit[0] == key:
-            return hit[1][0], hit[1][1]
+            return hit[1]
         if self._pool is None:
             self._pool = FactorPool()
-        a, b = self._pool.gather(pairs, x, padded)
+        gathered = self._pool.gather(pairs, x, padded)
         if not any(f.lora_A.is_inference() or f.lora_B.is_inference() for f, _ in pairs):
-            self._stacks["grouped"] = (key, (a, b, 1.0))  # made under inference_mode: no version counter to key on
-        return a, b
+            self._stacks["grouped"] = (key, gathered)  # made under inference_mode: no version counter to key on
+        return gathered
 
     up_add = staticmethod(addmm_up)

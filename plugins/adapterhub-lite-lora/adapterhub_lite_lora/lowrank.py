@@ -87,7 +87,7 @@ class LowRankLayer(AdapterLayer):
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__(base)
-        self._stacks: dict[str | None, tuple[tuple, tuple[Tensor, Tensor, float]]] = {}
+        self._stacks: dict[str | None, tuple[tuple, tuple]] = {}  # key, then the stack (or grouped factors)
 
     def down(self, x: Tensor, a: Tensor) -> Tensor:
         raise NotImplementedError

@@ -21,9 +21,10 @@ class FactorPool:
         self.b: Tensor | None = None  # (capacity, r, out)
         self.slots: weakref.WeakKeyDictionary[nn.Module, tuple[int, tuple]] = weakref.WeakKeyDictionary()
 
-    def gather(self, pairs: list, like: Tensor, padded: Callable[[int], int]) -> tuple[Tensor, Tensor]:
-        """The adapters' A^T (G, in, r) and weight-scaled B^T (G, r, out), padded, for `pairs` of (factors,
-        weight): factors with `lora_A` (r, in), `lora_B` (out, r) and `scale`."""
+    def gather(self, pairs: list, like: Tensor, padded: Callable[[int], int]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The adapters' A^T (G, in, r) and scaled B^T (G, r, out), padded, for `pairs` of (factors, weight):
+        factors with `lora_A` (r, in), `lora_B` (out, r) and `scale`; and the weights (G,), None when all are 1
+        (a weight scales the rank-sized product between the two, not B)."""
         in_features, out_features = pairs[0][0].lora_A.shape[1], pairs[0][0].lora_B.shape[0]
         rank = padded(max(f.lora_A.shape[0] for f, _ in pairs))
         shape = (padded(in_features), padded(out_features))
@@ -32,9 +33,10 @@ class FactorPool:
                     or (self.a.shape[1], self.b.shape[2]) != shape or self.a.shape[2] < rank):
                 self._allocate(len(pairs), shape, max(rank, self.a.shape[2] if self.a is not None else 0), like)
             index = [self._slot(f) for f, _ in pairs]
-            weights = torch.tensor([w for _, w in pairs], dtype=like.dtype, device=like.device)
+            weights = (None if all(w == 1.0 for _, w in pairs)
+                       else torch.tensor([w for _, w in pairs], dtype=like.dtype, device=like.device))
         index_t = torch.tensor(index, device=like.device)
-        return self.a.index_select(0, index_t), self.b.index_select(0, index_t) * weights.view(-1, 1, 1)
+        return self.a.index_select(0, index_t), self.b.index_select(0, index_t), weights
 
     def _allocate(self, count: int, shape: tuple[int, int], rank: int, like: Tensor) -> None:
         capacity = max(8, 2 * count, len(self.slots))
