@@ -74,6 +74,9 @@ def test_a_zoo_lora_becomes_a_checked_peft_folder_in_the_cache(zoo) -> None:
                                               cache))
     assert path.parent.parent == cache and path.name == "llama--chat@v1"
     assert sorted(p.name for p in path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    again = asyncio.run(plugin.export_from_zoo("llama/chat@v1", str(zoo["root"] / "llama"), ADAPTERS,
+                                               str(zoo["zoo"]), cache))  # the version already in the cache
+    assert again == path
     assert [p.name for p in cache.iterdir() if p.name.startswith(".export-")] == []  # scratch cleaned up
 
 

@@ -90,7 +90,11 @@ async def export_from_zoo(ref: str, served: str, cli: str, zoo: str | None, cach
         final = cache / info["checked_base"]["fingerprint"][:16] / exact.replace("/", "--")
         if not final.exists():
             final.parent.mkdir(parents=True, exist_ok=True)
-            folder.rename(final)
+            try:
+                folder.rename(final)
+            except OSError:  # another server process exported the same version first: theirs is the same
+                if not (final / "adapter_config.json").is_file():
+                    raise
         return final
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
