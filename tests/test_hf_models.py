@@ -139,7 +139,7 @@ def test_export_checks_the_folder_another_engine_will_serve(folders, adapters, t
     gpt2.save_pretrained(tmp_path / "nudged")
     before = tree(adapters.zoo)
     for folder, says in ((tmp_path / "nudged", "does not hold the weights of my-gpt2/base@v1"),
-                         (tmp_path / "nowhere", "nothing at")):
+                         (tmp_path / "nowhere", "nothing at"), (folders / "gpt2" / "config.json", "not a folder")):
         refused = adapters("export", "my-gpt2/chat", "--format", "peft", "--out", str(tmp_path / "no"),
                            "--check-base", str(folder), code=1)
         assert says in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr

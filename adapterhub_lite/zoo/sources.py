@@ -83,7 +83,8 @@ def check_checkpoint(registry: Registry, base: ZooEntry, folder: Path) -> str:
         raise ConfigError(f"{base.ref} was not brought in from a checkpoint folder (`adapters zoo add-base`), so "
                           "there is no folder to check it against", option="check_base")
     if not Path(folder).is_dir():
-        raise AdapterFileError(f"nothing at {folder}: give the checkpoint folder the other engine serves")
+        raise AdapterFileError(f"{'not a folder' if Path(folder).exists() else 'nothing at'} {folder}: give the "
+                               "checkpoint folder the other engine serves (config.json and its *.safetensors)")
     module, _ = registry.get_source(base.card["source"]).load(pretrained=Path(folder), config=None)
     fingerprint = state_fingerprint(module.state_dict())
     if fingerprint != base.card["fingerprint"]:
