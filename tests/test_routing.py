@@ -130,11 +130,12 @@ def test_routing_refuses_unknown_merged_and_nested(registry) -> None:
 
 
 EVEN_ROUTE = ["a3", None, "a0", "a5", "a3", "a1", None, "a2", "a4", "a0"]  # groups of 1-2: batched GEMMs
+BALANCED_ROUTE = ["a2", "a0", "a1", "a5", "a3", "a4"] * 2  # every group of one size: the sorted rows are the layout
 SKEWED_ROUTE = ["a0", "a1", "a0", None, "a0", "a2", "a0", "a3", "a0", "a4", "a0", "a5"] + ["a0"] * 6  # 12, 1s
 
 
 @pytest.mark.parametrize("conv1d", [False, True], ids=["linear", "transformers-conv1d"])
-@pytest.mark.parametrize("route", [EVEN_ROUTE, SKEWED_ROUTE], ids=["even", "skewed"])
+@pytest.mark.parametrize("route", [EVEN_ROUTE, BALANCED_ROUTE, SKEWED_ROUTE], ids=["even", "balanced", "skewed"])
 def test_grouped_routing_runs_each_sample_at_its_own_rank_and_matches_one_by_one(registry, monkeypatch,
                                                                                   conv1d, route) -> None:
     """Issue 33, item 1: on Linear-like layers the routed low-rank path groups samples by adapter, every
@@ -171,7 +172,7 @@ def test_grouped_routing_runs_each_sample_at_its_own_rank_and_matches_one_by_one
         am.set_active(names, [weights[n] for n in names])
         with am.routing(route):
             routed = am(x)
-        path = "bmm" if route is EVEN_ROUTE else "grouped_mm"
+        path = "grouped_mm" if route is SKEWED_ROUTE else "bmm"
         assert calls == {"grouped_mm": 0, "bmm": 0, path: 4}  # two products on each of the two layers
         alone = []
         for i, name in enumerate(route):

@@ -39,8 +39,8 @@ class LoraLinear(LowRankLayer):
         return F.linear(h, b)
 
     def routed_grouped(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
-                       route: Route, batch_dim: int) -> Tensor | None:
-        """Samples grouped by adapter (the route's grouping, shared by every layer), each through its own
+                       route: Route, batch_dim: int, out: Tensor | None = None) -> Tensor | None:
+        """`out` (None: zeros) plus the routed delta, added in place. Samples grouped by adapter (the route's grouping, shared by every layer), each through its own
         adapter's A and B only, at that adapter's rank (factors zero-padded to the largest), so the adapter
         cost does not grow with the number of adapters in the batch (the masked stack runs every sample at the
         summed rank). Groups of about equal size run as two batched GEMMs over a (G, widest) layout; uneven
@@ -55,9 +55,9 @@ class LoraLinear(LowRankLayer):
         route.check_batch(x, batch_dim)
         plan = route.groups([name for name, _ in live])
         out_features, in_features = pairs[0][0].lora_B.shape[0], x.shape[-1]
-        delta = x.new_zeros(*x.shape[:-1], out_features)
+        total = x.new_zeros(*x.shape[:-1], out_features) if out is None else out
         if not len(plan.order):
-            return delta
+            return total
         unit = 16 // x.element_size()  # grouped_mm wants every row stride a multiple of 16 bytes: pad with zeros
 
         def padded(n: int) -> int:
@@ -69,7 +69,10 @@ class LoraLinear(LowRankLayer):
         rows = x.index_select(0, order).reshape(len(order), tokens, in_features)
         if padded(in_features) != in_features:
             rows = F.pad(rows, (0, padded(in_features) - in_features))
-        if plan.padded_rows <= 4 * len(order):  # equal enough: batched GEMMs over the (G, widest) layout
+        if plan.padded_rows == len(order):  # groups all of one size: the sorted rows are the layout
+            h = torch.bmm(rows.view(len(pairs), -1, rows.shape[-1]), a)
+            product = torch.bmm(h if weights is None else h * weights.view(-1, 1, 1), b)
+        elif plan.padded_rows <= 4 * len(order):  # equal enough: batched GEMMs over the (G, widest) layout
             slot = plan.slot.to(x.device)
             layout = rows.new_zeros(plan.padded_rows, tokens, rows.shape[-1]).index_copy_(0, slot, rows)
             h = torch.bmm(layout.view(len(pairs), -1, rows.shape[-1]), a)
@@ -80,8 +83,8 @@ class LoraLinear(LowRankLayer):
             if weights is not None:
                 b = b * weights.view(-1, 1, 1)
             product = grouped_mm(grouped_mm(rows.reshape(-1, rows.shape[-1]), a, offs=offsets), b, offs=offsets)
-        delta.index_copy_(0, order, product[..., :out_features].reshape(len(order), *x.shape[1:-1], out_features))
-        return delta
+        return total.index_add_(0, order, product[..., :out_features].reshape(len(order), *x.shape[1:-1],
+                                                                             out_features))
 
     def _grouped_factors(self, pairs: list[tuple[LoraFactors, float]], x: Tensor,
                          padded: Callable[[int], int]) -> tuple[Tensor, Tensor, Tensor | None]:

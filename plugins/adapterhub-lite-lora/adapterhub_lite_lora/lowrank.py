@@ -231,9 +231,9 @@ class LowRankLayer(AdapterLayer):
             delta = self._routed_gather(x, live, pairs, route, batch_dim)
             return delta if out is None else out + delta
         if route is not None:
-            delta = self.routed_grouped(x, live, pairs, route, batch_dim)
-            if delta is not None:
-                return delta if out is None else out + delta
+            routed = self.routed_grouped(x, live, pairs, route, batch_dim, out)
+            if routed is not None:
+                return routed
         a, b, alpha = self._stacked(pairs, slot)
         h = self.down(x, a)
         if route is not None:
@@ -241,9 +241,10 @@ class LowRankLayer(AdapterLayer):
         return self.up_add(out, h, b, alpha)
 
     def routed_grouped(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
-                       route: Route, batch_dim: int) -> Tensor | None:
-        """The routed delta with each sample through its own adapter's factors only, or None: the masked stack
-        runs instead. Linear-like kinds give it (LoraLinear: grouped GEMMs)."""
+                       route: Route, batch_dim: int, out: Tensor | None = None) -> Tensor | None:
+        """`out` plus the routed delta with each sample through its own adapter's factors only (added in place:
+        it runs only where autograd records nothing), or None: the masked stack runs instead. Linear-like kinds
+        give it (LoraLinear: grouped GEMMs)."""
         return None
 
     def _routed_gather(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
