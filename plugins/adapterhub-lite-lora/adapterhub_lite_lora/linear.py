@@ -40,13 +40,13 @@ class LoraLinear(LowRankLayer):
 
     def routed_grouped(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
                        route: Route, batch_dim: int, out: Tensor | None = None) -> Tensor | None:
-        """`out` (None: zeros) plus the routed delta, added in place. Samples grouped by adapter (the route's grouping, shared by every layer), each through its own
-        adapter's A and B only, at that adapter's rank (factors zero-padded to the largest), so the adapter
-        cost does not grow with the number of adapters in the batch (the masked stack runs every sample at the
-        summed rank). Groups of about equal size run as two batched GEMMs over a (G, widest) layout; uneven
-        ones as two grouped GEMMs (torch's `grouped_mm`), which loop over the groups. None while autograd
-        records (neither has a CPU backward here), for a batch axis other than the first, or where torch has
-        no grouped_mm; samples of no live adapter get no delta."""
+        """`out` (None: zeros) plus the routed delta, added in place. Samples grouped by adapter (the route's
+        grouping, shared by every layer), each through its own adapter's A and B only, at that adapter's rank
+        (factors zero-padded to the largest), so the adapter cost does not grow with the number of adapters in
+        the batch (the masked stack runs every sample at the summed rank). Groups of about equal size run as two
+        batched GEMMs over a (G, widest) layout; uneven ones as two grouped GEMMs (torch's `grouped_mm`), which
+        loop over the groups. None while autograd records (neither has a CPU backward here), for a batch axis
+        other than the first, or where torch has no grouped_mm; samples of no live adapter get no delta."""
         grouped_mm = getattr(F, "grouped_mm", None)
         if (grouped_mm is None or batch_dim != 0 or x.dim() < 2 or x.dtype not in _GROUPED_DTYPES
                 or (torch.is_grad_enabled() and (x.requires_grad or any(
@@ -69,15 +69,15 @@ class LoraLinear(LowRankLayer):
         rows = x.index_select(0, order).reshape(len(order), tokens, in_features)
         if padded(in_features) != in_features:
             rows = F.pad(rows, (0, padded(in_features) - in_features))
-        if plan.padded_rows == len(order):  # groups all of one size: the sorted rows are the layout
-            h = torch.bmm(rows.view(len(pairs), -1, rows.shape[-1]), a)
-            product = torch.bmm(h if weights is None else h * weights.view(-1, 1, 1), b)
-        elif plan.padded_rows <= 4 * len(order):  # equal enough: batched GEMMs over the (G, widest) layout
+        if plan.padded_rows <= 4 * len(order):  # equal enough: batched GEMMs over the (G, widest) layout
+            equal = plan.padded_rows == len(order)  # groups all of one size: the sorted rows are the layout
             slot = plan.slot.to(x.device)
-            layout = rows.new_zeros(plan.padded_rows, tokens, rows.shape[-1]).index_copy_(0, slot, rows)
+            layout = rows if equal else rows.new_zeros(plan.padded_rows, tokens, rows.shape[-1]).index_copy_(
+                0, slot, rows)
             h = torch.bmm(layout.view(len(pairs), -1, rows.shape[-1]), a)
             product = torch.bmm(h if weights is None else h * weights.view(-1, 1, 1), b)
-            product = product.view(plan.padded_rows, tokens, -1).index_select(0, slot)
+            if not equal:
+                product = product.view(plan.padded_rows, tokens, -1).index_select(0, slot)
         else:  # a few large groups beside small ones: grouped GEMMs, which loop over the groups
             offsets = (torch.cumsum(plan.counts, 0) * tokens).to(torch.int32)
             if weights is not None:
