@@ -69,6 +69,7 @@ _LAZY = {
     "AdaptedModel": ".model",
     "AdaptedModule": ".host",
     "AdapterLayer": ".layer",
+    "AdapterPager": ".paging",
     "DataOptions": ".zoo.evaluation",
     "LayerPolicy": ".forward",
     "PluginOptionsCommand": ".cli.options",
@@ -89,6 +90,7 @@ _LAZY = {
     "load_tensors": ".tensorfile",
     "resolve_stack": ".zoo.stacks",
     "stack": ".zoo.loading",
+    "zoo_adapters": ".zoo.loading",
     "read_adapter_file": ".serialization",
     "save_adapter": ".serialization",
     "state_fingerprint": ".fingerprint",
@@ -106,13 +108,14 @@ if TYPE_CHECKING:
     from .patterns import safe_pattern
     from .host import AdaptedModule
     from .layer import AdapterLayer
+    from .paging import AdapterPager
     from .model import AdaptedModel
     from .registry import Registry, get_registry
     from .routing import Route
     from .serialization import load_adapter, read_adapter_file, save_adapter
     from .tensorfile import load_tensors
     from .zoo.evaluation import DataOptions
-    from .zoo.loading import load_base, stack
+    from .zoo.loading import load_base, stack, zoo_adapters
     from .zoo.stacks import resolve_stack
     from .zoo.versions import add_adapter_version
     from .zoo.store import Zoo, ZooEntry
@@ -125,6 +128,7 @@ __all__ = [
     "AdapterFileError",
     "AdapterKind",
     "AdapterLayer",
+    "AdapterPager",
     "AdapterRef",
     "AdapterStateError",
     "CombineFn",
@@ -193,6 +197,7 @@ __all__ = [
     "set_quiet",
     "stack",
     "state_fingerprint",
+    "zoo_adapters",
 ]
 
 

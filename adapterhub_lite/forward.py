@@ -205,21 +205,21 @@ class Routed:
         inner = self.inner
         if (routed and inner is not None and layer.route_per_group and inner.for_inference(layer)
                 and len(routed) <= inner.policy.cache_budget):
-            return self._per_group(layer, inner, routed, x, *args, **kwargs)
+            folded = [inner.inference_weights(layer, [pair], wait=False) for pair in routed]
+            if all(f is not None for f in folded):  # None: a tensor without a version counter, never cached
+                return self._per_group(layer, routed, folded, x, *args, **kwargs)
         return layer.run(routed, x, *args, route=self.route, **kwargs)
 
-    def _per_group(self, layer: AdaptedModule, inner: FoldedWeights, routed: Live, x: Tensor, *args: Any,
+    def _per_group(self, layer: AdaptedModule, routed: Live, folded: list[Any], x: Tensor, *args: Any,
                    **kwargs: Any) -> Tensor:
         """Each sample group runs the base op once, on its own adapter's folded weights (batch axis 0); samples
         with no adapter here run the bare base."""
         self.route.check_batch(x, 0)
         covered = torch.zeros(len(self.route.index), dtype=torch.bool, device=x.device)
         out = None
-        for name, weight in routed:  # a routed name always has samples: the route is built from them
+        for (name, _), weights in zip(routed, folded):  # a routed name always has samples: the route is built from them
             rows = self.route.rows(name, x.device)
-            folded = inner.inference_weights(layer, [(name, weight)], wait=False)
-            assert folded is not None  # forward checked the layer is small and in inference
-            part = layer.forward_with(folded, x.index_select(0, rows), *args, **kwargs)
+            part = layer.forward_with(weights, x.index_select(0, rows), *args, **kwargs)
             out = part.new_empty((len(covered), *part.shape[1:])) if out is None else out
             out.index_copy_(0, rows, part)
             covered[rows] = True

@@ -157,7 +157,8 @@ class AdaptedModule(nn.Module):
             kind._attach(self)
         elif layer_class is not None and type(kind) is not layer_class:
             raise AdapterStateError(f"this module holds {family!r} with {type(kind).__name__}, not {layer_class.__name__}")
-        created = kind.create(name, config)
+        with torch.inference_mode(False):  # an adapter outlives an inference_mode block: normal tensors, which
+            created = kind.create(name, config)  # can train later and have the version counters caches key on
         buffers = [key for key, _ in created.named_buffers()]
         if buffers:  # files, combines and state dicts carry an adapter's parameters: a buffer would be lost
             raise UnsupportedModuleError(
@@ -429,8 +430,9 @@ class AdaptedModule(nn.Module):
     def load_adapter_state(self, name: str, tensors: dict[str, Tensor]) -> None:
         """Copy tensors in; every key must be present and every shape must match."""
         self.check_adapter_state(name, tensors)
-        for key, target in self.adapters[name].state_dict().items():
-            target.copy_(tensors[key])
+        with torch.inference_mode(False), torch.no_grad():
+            for key, target in self.adapters[name].state_dict().items():
+                target.copy_(tensors[key])
         self.invalidate()
 
     def _require(self, name: str, unfolded: bool = False) -> None:

@@ -9,7 +9,8 @@ module one kind object (`layer_class(base)`) and asks it for the math:
 - **may override**: `delta_weights` (several weights), `folded_weights` (a fast fold into tensors the core
   hands over), `add_deltas` / `add_deltas_routed` (several adapters at once, e.g. a fused stack), `run` (the whole
   forward, for kinds that are not base(x) + deltas, like attention), `forward_with` (the base op on replaced
-  weights), `describe` (per-target file metadata), `invalidate` (drop the kind's own caches); a kind that acts
+  weights), `describe` (per-target file metadata), `invalidate` (drop the kind's own caches), `kept_bytes`
+  (what those caches hold); a kind that acts
   on the whole layer (`composes = "wraps"`) gives `wrap_forward` and `wrap_weights`; a kind may offer a
   fixed-shape path for compiled serving (`prepare_static` / `fill_static` / `static_forward` /
   `release_static`, see `forward.py`); class attributes `targets`, `composes`, and two cost hints,
@@ -174,6 +175,11 @@ class AdapterLayer(nn.Module):
     def describe(self, name: str) -> dict[str, Any]:
         """Per-target hyper-parameters worth recording in file metadata."""
         return {}
+
+    def kept_bytes(self) -> int:
+        """Bytes of the copies of adapter tensors this kind keeps to run them fast (fused stacks, pools):
+        counted with the adapters against a paging budget (`paging.AdapterPager`)."""
+        return 0
 
     def wrap_forward(self, live: list[tuple[str, float]], x: Tensor, *args: Any, inner: Callable[..., Any],
                      **kwargs: Any) -> Any:

@@ -95,6 +95,16 @@ class AdaptedModel:
         """Bytes of folded weights the layers' forward strategies hold (the inference cache)."""
         return sum(getattr(layer.strategy, "cache_bytes", 0) for layer in self.layers().values())
 
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of every copy the layers keep of adapters to run them fast: the folded-weight cache and the
+        kinds' own (fused stacks, routed factor pools). What a paging budget counts beside the adapters."""
+        return self.cache_bytes + sum(kind.kept_bytes() for layer in self.layers().values() for kind in layer.kinds)
+
+    def adapter_bytes(self, name: str) -> int:
+        """Bytes of adapter `name`'s own tensors."""
+        return sum(p.numel() * p.element_size() for _, p in self.adapter_parameters(name))
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
 

@@ -6,15 +6,16 @@ loads onto its base with its fingerprints checked (`AdaptedModel.load_adapter`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..errors import AdapterFileError, ZooError, shorten
+from ..errors import AdapterFileError, RefError, ZooError, shorten
 from ..fingerprint import state_fingerprint
 from ..model import AdaptedModel
-from ..refs import AdapterRef
+from ..refs import AdapterRef, check_name
 from ..registry import Registry
 from ..tensorfile import check_finite_floats, load_tensors
 from .stacks import Stack, resolve_stack
@@ -83,3 +84,16 @@ def stack(registry: Registry, zoo: Zoo, refs: Sequence[str | AdapterRef] | Stack
     am.set_active(names, [w for _, w in resolved.adapters])
     return am, resolved.base
 
+
+
+def zoo_adapters(zoo: Zoo, model: str) -> Callable[[str], Path]:
+    """A pager's source (`paging.AdapterPager`): adapter name -> the file of the latest version of `model/name`
+    in the zoo, looked up when a batch first names it (a version published later is read after an eviction).
+    A base or a composition under that name is refused."""
+    def adapter_file(name: str) -> Path:
+        entry = zoo.resolve(AdapterRef(model, check_name(name, "adapter name")))
+        if entry.entry_type != "adapter":
+            raise RefError(f"{entry.ref} is a {entry.entry_type}, not an adapter: a route names adapters only")
+        return entry.weights
+
+    return adapter_file

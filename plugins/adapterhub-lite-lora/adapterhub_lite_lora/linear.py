@@ -102,4 +102,7 @@ class LoraLinear(LowRankLayer):
             self._stacks["grouped"] = (key, gathered)  # made under inference_mode: no version counter to key on
         return gathered
 
+    def kept_bytes(self) -> int:
+        return super().kept_bytes() + (self._pool.nbytes if self._pool is not None else 0)
+
     up_add = staticmethod(addmm_up)

@@ -213,6 +213,11 @@ class LowRankLayer(AdapterLayer):
         super().invalidate()
         self._stacks.clear()
 
+    def kept_bytes(self) -> int:
+        """The kept stacks' copies (a single adapter's stack is its own parameters: not a copy)."""
+        return sum(t.numel() * t.element_size() for _, stacked in self._stacks.values() for t in stacked
+                   if isinstance(t, Tensor) and not isinstance(t, nn.Parameter))
+
     def low_rank(self, x: Tensor, live: list[tuple[str, float]], slot: str | None = None,
                  route: Route | None = None, batch_dim: int = 0, out: Tensor | None = None) -> Tensor:
         """`out` plus the sum of weight * delta over `live` (on one slot of a multi-weight layer), fused.

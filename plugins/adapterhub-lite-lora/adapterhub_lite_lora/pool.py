@@ -3,7 +3,8 @@
 Each adapter the layer has routed keeps a slot: its A^T (in, r) and its scaled B^T (r, out), zero-padded to the
 pool's rank. A batch that names a new set of adapters gathers theirs by index (one copy, in C) instead of
 restacking them one by one; a slot is rewritten only when its adapter's factors change (identity and version
-counter, as every kept stack here is checked), and freed when the adapter is gone.
+counter, as every kept stack here is checked), and freed when the adapter is gone (deleted, or evicted by a
+pager: slots are reused, so the pool follows the adapters held at once).
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ class FactorPool:
         index_t = torch.tensor(index, device=like.device)
         return self.a.index_select(0, index_t), self.b.index_select(0, index_t), weights
 
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.a, self.b) if t is not None)
+
     def _allocate(self, count: int, shape: tuple[int, int], rank: int, like: Tensor) -> None:
-        capacity = max(8, 2 * count, len(self.slots))
+        capacity = max(8, count + count // 4, len(self.slots))
         self.a = like.new_zeros(capacity, shape[0], rank)
         self.b = like.new_zeros(capacity, rank, shape[1])
         self.slots = weakref.WeakKeyDictionary()
@@ -60,11 +65,13 @@ class FactorPool:
         return slot
 
     def _free(self) -> int:
-        """A slot no living adapter holds; the pool doubles when every slot is held."""
+        """A slot no living adapter holds; the pool grows by a quarter when every slot is held (it tracks the
+        adapters the layer holds at once, which a pager bounds, not every adapter it ever ran)."""
         used = {slot for slot, _ in self.slots.values()}
         capacity = self.a.shape[0]
         if len(used) >= capacity:
-            self.a = torch.cat([self.a, torch.zeros_like(self.a)])
-            self.b = torch.cat([self.b, torch.zeros_like(self.b)])
+            more = max(8, capacity // 4)
+            self.a = torch.cat([self.a, self.a.new_zeros(more, *self.a.shape[1:])])
+            self.b = torch.cat([self.b, self.b.new_zeros(more, *self.b.shape[1:])])
             return capacity
         return next(i for i in range(capacity) if i not in used)
