@@ -46,18 +46,27 @@ def content_check(tensor: Tensor) -> int:
 class FingerprintCache:
     """Fingerprints of modules' tensors, remembered until any byte of them changes. The sha256 fingerprint is
     computed once; each later call checks every tensor's dtype, shape and full CRC-32 instead, since an edit
-    through `.data` or a single element bumps no version counter and a sample of values can miss it."""
+    through `.data` or a single element bumps no version counter and a sample of values can miss it.
+
+    `full=False` trusts a remembered fingerprint while every tensor keeps its storage and version counter (no
+    pass over the bytes): for callers that check many adapters against one base in a row (a pager), at the
+    price of not seeing an edit made through `.data` since the last full check."""
 
     def __init__(self) -> None:
-        self._known: dict[str, tuple[tuple, str]] = {}
+        self._known: dict[str, tuple[tuple, str, tuple | None]] = {}
 
-    def get(self, name: str, state: Mapping[str, Tensor]) -> str:
-        key = tuple((k, t.dtype, tuple(t.shape), content_check(t)) for k, t in sorted(state.items()))
+    def get(self, name: str, state: Mapping[str, Tensor], full: bool = True) -> str:
+        identity = (None if any(t.is_inference() for t in state.values())  # no version counter: never trusted
+                    else tuple((k, t.dtype, tuple(t.shape), t.data_ptr(), t._version) for k, t in sorted(state.items())))
         cached = self._known.get(name)
+        if not full and identity is not None and cached is not None and cached[2] == identity:
+            return cached[1]
+        key = tuple((k, t.dtype, tuple(t.shape), content_check(t)) for k, t in sorted(state.items()))
         if cached is not None and cached[0] == key:
+            self._known[name] = (key, cached[1], identity)
             return cached[1]
         fingerprint = state_fingerprint(state)
-        self._known[name] = (key, fingerprint)
+        self._known[name] = (key, fingerprint, identity)
         return fingerprint
 
     def __contains__(self, name: str) -> bool:

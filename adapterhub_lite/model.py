@@ -195,7 +195,12 @@ class AdaptedModel:
     def kind_of(self, module: str, name: str) -> str:
         """The kind that holds adapter `name` on `module`: the registry's choice for that module and family (the
         rule that chose it when the adapter was added; one layer class may serve several kinds)."""
-        layer = self.layers()[module]
+        try:
+            layer = self.model.get_submodule(module)  # the wrapper at that path (not a walk over every layer)
+        except AttributeError:
+            layer = None
+        if not isinstance(layer, AdaptedModule):
+            raise UnknownNameError("adapted module", module, self.layers())
         return self.registry.require_kind_for(layer.base, layer.configs[name].family, module).name
 
     def bundle(self, name: str) -> AdapterBundle:
@@ -252,13 +257,16 @@ class AdaptedModel:
         self._require(name)
         if any(name in layer.folded for layer in self.layers().values()):
             raise AdapterStateError(f"adapter {name!r} is folded: unfold() before deleting it")
+        unwrapped = False
         for layer_name, layer in self.layers().items():
             if name in layer.adapters:
                 layer.remove(name)
                 if not layer.adapters:
                     unwrap(self.model, layer_name)
+                    unwrapped = True
         del self.adapters[name]
-        self._admit()
+        if unwrapped:  # which layers may cache depends on the set of layers only
+            self._admit()
 
     # --- which adapters run -------------------------------------------------------------------
     def set_active(self, names: Sequence[str] | str, weights: Sequence[float] | Mapping[str, float] | None = None) -> None:
@@ -474,8 +482,10 @@ class AdaptedModel:
     def target_configs(self, name: str) -> dict[str, AdapterConfig]:
         return {n: layer.configs[name] for n, layer in self.layers().items() if name in layer.adapters}
 
-    def base_fingerprints(self, module_names: Sequence[str]) -> dict[str, str]:
-        """Fingerprint of each named base module's unfolded parameters (cached until a tensor changes)."""
+    def base_fingerprints(self, module_names: Sequence[str], *, recheck: bool = True) -> dict[str, str]:
+        """Fingerprint of each named base module's unfolded parameters (cached until a tensor changes; every
+        call checks the bytes, unless `recheck=False`: then a module whose tensors keep their storage and
+        version counters since the last check is not read again)."""
         layers = self.layers()
         modules = dict(named_base_modules(self.model))
         out = {}
@@ -486,23 +496,24 @@ class AdaptedModel:
                 state = {k: p.detach() for k, p in modules[name].named_parameters()}
             else:
                 raise UnknownNameError("module", name, modules)
-            out[name] = self._fingerprints.get(name, state)
+            out[name] = self._fingerprints.get(name, state, full=recheck)
         return out
 
     def base_fingerprint(self, name: str) -> str:
         """The fingerprint of the base weights an adapter targets."""
         return combine_fingerprints(self.base_fingerprints(self._require(name).modules))
 
-    def save_adapter(self, name: str, path: str | Path) -> Path:
+    def save_adapter(self, name: str, path: str | Path, *, recheck_base: bool = True) -> Path:
         from .serialization import save_adapter
 
-        return save_adapter(self, name, path)
+        return save_adapter(self, name, path, recheck_base=recheck_base)
 
     def load_adapter(self, path: str | Path, name: str | None = None, *, ignore_fingerprint: bool = False,
-                     activate: bool = True) -> str:
+                     activate: bool = True, recheck_base: bool = True) -> str:
         from .serialization import load_adapter
 
-        return load_adapter(self, path, name, ignore_fingerprint=ignore_fingerprint, activate=activate)
+        return load_adapter(self, path, name, ignore_fingerprint=ignore_fingerprint, activate=activate,
+                            recheck_base=recheck_base)
 
     @torch.no_grad()
     def load_adapter_state(self, name: str, tensors: Mapping[str, Tensor]) -> None:

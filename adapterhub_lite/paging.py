@@ -10,6 +10,11 @@ from the model when the bytes held pass the budget, least recently used first. T
 adapters' own tensors plus the copies the layers keep to run them fast (fused stacks, routed factor pools:
 `AdaptedModel.kept_bytes`), so resident memory follows the budget, not the number of adapters the source
 could provide. Adapters the model held before the pager are never evicted.
+
+Base check: the pager's first load reads the base's bytes for its fingerprints (as every `load_adapter` does);
+later loads re-read a module only if one of its tensors changed storage or version counter, since reading a
+few hundred megabytes of base for every adapter paged in would cost more than the adapter. An edit made
+through `.data` after the first load goes unseen: serve a fixed base (or make a new pager after changing it).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class AdapterPager:
         self.am, self.source, self.budget_bytes = am, source, budget_bytes
         self._paged: OrderedDict[str, int] = OrderedDict()  # adapters this pager loaded -> their bytes, LRU first
         self.loads = self.evictions = self.hits = 0
+        self._recheck_base = True  # the first load reads the base's bytes for its fingerprints (a full check)
 
     @property
     def held(self) -> tuple[str, ...]:
@@ -66,7 +72,8 @@ class AdapterPager:
         keep = set(wanted)
         self._evict_to(self.budget_bytes - sum(_tensor_bytes(f) for f in files.values()), keep)  # room first
         for name, file in files.items():
-            self.am.load_adapter(file, name=name, activate=False)
+            self.am.load_adapter(file, name=name, activate=False, recheck_base=self._recheck_base)
+            self._recheck_base = False  # the base's bytes were read: later loads trust its version counters
             self._paged[name] = self.am.adapter_bytes(name)
             self.loads += 1
         self._evict_to(self.budget_bytes, keep)

@@ -47,7 +47,7 @@ class ModelHandle(Protocol):
     def kind_of(self, module: str, name: str) -> str: ...
     def adapter_state(self, name: str) -> dict[str, Tensor]: ...
     def add_bundle(self, bundle: AdapterBundle, name: str | None = None, *, activate: bool = True) -> str: ...
-    def base_fingerprints(self, module_names: Any) -> dict[str, str]: ...
+    def base_fingerprints(self, module_names: Any, *, recheck: bool = True) -> dict[str, str]: ...
     def fold(self, names: Any = None) -> None: ...
     def unfold(self) -> None: ...
     def release_buffers(self) -> None: ...
@@ -118,7 +118,7 @@ class AdapterFile:
                              base_fingerprints=fingerprints, metadata=unknown)
 
 
-def build_metadata(am: ModelHandle, name: str) -> dict[str, Any]:
+def build_metadata(am: ModelHandle, name: str, recheck_base: bool = True) -> dict[str, Any]:
     from .version import __version__
 
     info = am.adapters[name]
@@ -133,7 +133,7 @@ def build_metadata(am: ModelHandle, name: str) -> dict[str, Any]:
                            **({"config": overrides} if overrides else {})}
     from .fingerprint import combine_fingerprints
 
-    per_module = am.base_fingerprints(sorted(targets))
+    per_module = am.base_fingerprints(sorted(targets), recheck=recheck_base)
     return {
         **info.metadata,  # fields from a newer version are kept, not dropped
         "format": FORMAT,
@@ -150,12 +150,14 @@ def build_metadata(am: ModelHandle, name: str) -> dict[str, Any]:
     }
 
 
-def save_adapter(am: ModelHandle, name: str, path: str | Path) -> Path:
-    """Write one adapter atomically (temp file, then rename)."""
+def save_adapter(am: ModelHandle, name: str, path: str | Path, *, recheck_base: bool = True) -> Path:
+    """Write one adapter atomically (temp file, then rename). `recheck_base=False`: the base fingerprints it
+    records are read again only for modules whose tensors changed storage or version since the last check
+    (many saves in a row from one base; an edit through `.data` goes unseen)."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    meta = build_metadata(am, name)
+    meta = build_metadata(am, name, recheck_base)
     tensors = {k: t.detach().to("cpu").contiguous() for k, t in am.adapter_state(name).items()}
     header = {HEADER_KEY: json.dumps(meta), "format": FORMAT, "family": meta["family"],
               "base_fingerprint": meta["base_fingerprint"]}
@@ -225,9 +227,11 @@ def _metadata_problem(meta: Any) -> str | None:
 
 
 def load_adapter(am: ModelHandle, path: str | Path, name: str | None = None, *,
-                 ignore_fingerprint: bool = False, activate: bool = True) -> str:
+                 ignore_fingerprint: bool = False, activate: bool = True, recheck_base: bool = True) -> str:
     """Add the file's adapter to the model. Checks shapes and base fingerprints first;
-    on any error the model is left exactly as it was."""
+    on any error the model is left exactly as it was. `recheck_base=False`: the base's fingerprints are read
+    again only for modules whose tensors changed storage or version since the last check (many loads in a
+    row onto one base; an edit through `.data` goes unseen)."""
     file = read_adapter_file(path)
     meta = file.meta
     config_unknown = file.unknown_config_fields(am.registry)
@@ -249,17 +253,17 @@ def load_adapter(am: ModelHandle, path: str | Path, name: str | None = None, *,
                 f"{file.path}: module {module!r} is a {type(modules[module]).__name__}, "
                 f"but the adapter's {kind.name!r} layer wraps {', '.join(kind.target_names)}")
     if not ignore_fingerprint:
-        _check_fingerprints(am, file)
+        _check_fingerprints(am, file, recheck_base)
     return am.add_bundle(file.bundle(am.registry, name), activate=activate)
 
 
-def _check_fingerprints(am: ModelHandle, file: AdapterFile) -> None:
+def _check_fingerprints(am: ModelHandle, file: AdapterFile, recheck: bool = True) -> None:
     expected: dict[str, str] = file.meta.get("base_module_fingerprints") or {}
     if not expected:
         raise IncompatibleAdapterError(
             f"{file.path} records no base fingerprint, so its base cannot be checked; "
             "skip the check (ignore_fingerprint) to load it anyway", option="ignore_fingerprint")
-    actual = am.base_fingerprints(sorted(expected))
+    actual = am.base_fingerprints(sorted(expected), recheck=recheck)
     for module in sorted(expected):
         if actual[module] != expected[module]:
             raise IncompatibleAdapterError(

@@ -176,3 +176,32 @@ def test_an_adapter_loaded_inside_inference_mode_routes_and_trains_later(paged_z
     am.train()
     am(X).sum().backward()
     assert all(p.grad is not None for _, p in am.adapter_parameters("p1"))
+
+
+def test_a_base_changed_in_place_while_paging_refuses_the_next_load(paged_zoo, tiny_registry):
+    """Later loads trust the base's version counters instead of reading its bytes again (a pager's speed), so an
+    in-place change of a base weight is still seen: the next adapter paged in is refused by fingerprint."""
+    zoo, base = paged_zoo
+    am = fresh(tiny_registry, base)
+    pager = AdapterPager(am, zoo_adapters(zoo, "tiny"), 1 << 30)
+    pager.hold(["p1"])
+    pager.hold(["p3"])  # same base: loads without reading it again
+    with torch.no_grad():
+        am.base_modules()["fc1"].weight.add_(1e-3)
+    with pytest.raises(IncompatibleAdapterError, match="module 'fc1' differs"):
+        pager.hold(["p5"])
+    assert "p5" not in am.adapters and pager.held == ("p1", "p3")
+
+
+def test_a_base_built_inside_inference_mode_is_checked_in_full_every_time(paged_zoo, tiny_registry):
+    """Inference tensors have no version counter to trust: every load reads the base's bytes again."""
+    zoo, base = paged_zoo
+    with torch.inference_mode():
+        am = fresh(tiny_registry, base)
+        pager = AdapterPager(am, zoo_adapters(zoo, "tiny"), 1 << 30)
+        pager.hold(["p1"])
+        pager.hold(["p3"])
+        am.base_modules()["fc1"].weight.add_(1e-3)  # in place, inside inference mode
+        with pytest.raises(IncompatibleAdapterError, match="module 'fc1' differs"):
+            pager.hold(["p5"])
+    assert pager.held == ("p1", "p3")

@@ -141,12 +141,14 @@ class Zoo:
         """The entry a ref names; a bare ref means the latest version, `MODEL` alone the base."""
         ref = parse_ref(ref) if isinstance(ref, str) else ref
         name = ref.name or BASE
-        if ref.model not in self.models():
+        # the one folder's own checks (what `models()` and `names()` would say of it, without listing every
+        # other name: a zoo of a thousand adapters resolves one in constant time); the lists only for the error
+        if ref.model.startswith(".") or not _is_real_dir(self.root / ref.model):
             raise UnknownNameError("zoo model", ref.model, self.models(), f"The zoo at {self.root} has no such model")
-        if name not in self.names(ref.model):
+        versions = [] if name.startswith(".") else self.versions(ref.model, name)
+        if not versions:
             raise UnknownNameError(f"{ref.model} entry", name, self.names(ref.model),
                                    f"See `adapters zoo list {ref.model}`")
-        versions = self.versions(ref.model, name)
         version = ref.version or versions[-1]
         if version not in versions:
             raise RefError(f"{ref.model}/{name} has no v{version}; versions: "
