@@ -9,7 +9,10 @@ file's base fingerprint is checked as `load_adapter` always does) the first time
 from the model when the bytes held pass the budget, least recently used first. The bytes counted are the
 adapters' own tensors plus the copies the layers keep to run them fast (fused stacks, routed factor pools:
 `AdaptedModel.kept_bytes`), so resident memory follows the budget, not the number of adapters the source
-could provide. Adapters the model held before the pager are never evicted.
+could provide. A routed forward may keep up to `ROUTED_COPIES` copies of each of a batch's adapters (the LoRA
+plugin: its slot in the layer's pool and the batch's gathered stack), so room is made for those before a
+batch's new adapters load, and a batch whose adapters with their copies exceed the budget is refused.
+Adapters the model held before the pager are never evicted.
 
 Base check: the pager's first load reads the base's bytes for its fingerprints (as every `load_adapter` does);
 later loads re-read a module only if one of its tensors changed storage or version counter, since reading a
@@ -28,6 +31,7 @@ from .errors import AdapterStateError, ConfigError
 from .model import AdaptedModel
 
 Source = Callable[[str], "str | Path"]  # adapter name -> the adapter file to load it from
+ROUTED_COPIES = 2  # what a routed forward may keep of each adapter a batch names, beside its own tensors
 
 
 class AdapterPager:
@@ -51,17 +55,20 @@ class AdapterPager:
 
     def hold(self, names: Sequence[str | None]) -> None:
         """Make sure the model holds every adapter `names` mentions (None: the bare base), loading those it
-        lacks, with the least recently used others evicted to make room first (and after, until the held bytes
-        fit the budget: the layers' copies of the new adapters count too). A set of
-        adapters whose own tensors alone exceed the budget (a file counts its tensor data) is refused before
-        anything is loaded or evicted."""
+        lacks. Before loading, the least recently used others are evicted until what is held leaves room for
+        the new adapters and the copies a routed forward keeps of the batch's adapters; a batch whose adapters
+        with those copies alone exceed the budget (a file counts its tensor data) is refused before anything
+        is loaded or evicted."""
         wanted = list(dict.fromkeys(n for n in names if n))
         files = {n: Path(self.source(n)) for n in wanted if n not in self.am.adapters}
-        own = sum(self._paged.get(n, 0) for n in wanted) + sum(_tensor_bytes(f) for f in files.values())
-        if own > self.budget_bytes:
+        fresh = sum(_tensor_bytes(f) for f in files.values())
+        own = sum(self._paged.get(n, 0) for n in wanted) + fresh
+        need = own * (1 + ROUTED_COPIES)
+        if need > self.budget_bytes:
             raise AdapterStateError(
-                f"this batch names {len(wanted)} adapters holding {_bytes_text(own)}, more than the pager's budget "
-                f"of {_bytes_text(self.budget_bytes)}: raise budget_bytes or split the batch")
+                f"this batch names {len(wanted)} adapters holding {_bytes_text(own)} ({_bytes_text(need)} with the "
+                f"copies routing keeps of them), more than the pager's budget of {_bytes_text(self.budget_bytes)}: "
+                "raise budget_bytes or split the batch")
         for name in wanted:
             if name in self._paged:
                 self._paged.move_to_end(name)
@@ -70,13 +77,13 @@ class AdapterPager:
         if not files:
             return  # nothing new held: within the budget as before (the hot path reads no layer)
         keep = set(wanted)
-        self._evict_to(self.budget_bytes - sum(_tensor_bytes(f) for f in files.values()), keep)  # room first
+        # room for the new adapters, a pool slot each, and the batch's gathered copy (what the forward adds)
+        self._evict_to(self.budget_bytes - 2 * fresh - own, keep)
         for name, file in files.items():
             self.am.load_adapter(file, name=name, activate=False, recheck_base=self._recheck_base)
             self._recheck_base = False  # the base's bytes were read: later loads trust its version counters
             self._paged[name] = self.am.adapter_bytes(name)
             self.loads += 1
-        self._evict_to(self.budget_bytes, keep)
 
     def _evict_to(self, limit: int, keep: set[str]) -> None:
         """Evict paged adapters outside `keep`, least recently used first, until the held bytes are within

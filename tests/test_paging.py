@@ -11,6 +11,7 @@ from conftest import seed_adapter, seed_base
 
 from adapterhub_lite import (AdaptedModel, AdapterPager, AdapterStateError, ConfigError, IncompatibleAdapterError,
                              LoraConfig, NameRuleError, RefError, UnknownNameError, Zoo, load_base, zoo_adapters)
+from adapterhub_lite.paging import ROUTED_COPIES
 from adapterhub_lite.zoo.compositions import compose
 
 NAMES = [f"p{i}" for i in range(10)]
@@ -52,7 +53,7 @@ def test_paged_routing_matches_each_adapter_held_for_good(paged_zoo, tiny_regist
     for name in NAMES:
         resident.load_adapter(zoo.resolve(f"tiny/{name}").weights, name=name)
     am = fresh(tiny_registry, base)
-    budget = 4 * one_bytes(tiny_registry, zoo, base)
+    budget = 4 * (1 + ROUTED_COPIES) * one_bytes(tiny_registry, zoo, base)  # three a batch named, with copies
     pager = AdapterPager(am, zoo_adapters(zoo, "tiny"), budget)
     draws = random.Random(0)
     with torch.inference_mode():
@@ -73,15 +74,18 @@ def test_least_recently_used_goes_first_and_the_budget_holds(paged_zoo, tiny_reg
     zoo, base = paged_zoo
     am = fresh(tiny_registry, base)
     one = one_bytes(tiny_registry, zoo, base)
-    pager = AdapterPager(am, zoo_adapters(zoo, "tiny"), 3 * one + one // 2)  # room for three
-    pager.hold(["p1", "p3", "p5"])
+    # each new adapter needs room for itself and the copies routing keeps of it: three held, the fourth evicts
+    pager = AdapterPager(am, zoo_adapters(zoo, "tiny"), (2 + 1 + ROUTED_COPIES) * one + one // 2)
+    for name in ("p1", "p3", "p5"):
+        pager.hold([name])
     pager.hold(["p1"])  # p1 used again: p3 is now the least recently used
     pager.hold(["p7", None])
     assert pager.held == ("p5", "p1", "p7") and "p3" not in am.adapters
     assert pager.held_bytes <= pager.budget_bytes
     assert (pager.loads, pager.evictions, pager.hits) == (4, 1, 1)
-    pager.hold(["p3", "p7", "p9"])  # p5 and p1 go, oldest first
-    assert pager.held == ("p7", "p3", "p9")
+    pager.hold(["p9"])
+    pager.hold(["p3"])  # p5, then p1: oldest first
+    assert pager.held == ("p7", "p9", "p3")
 
 
 def test_the_models_own_adapters_are_never_evicted(paged_zoo, tiny_registry):
@@ -89,7 +93,7 @@ def test_the_models_own_adapters_are_never_evicted(paged_zoo, tiny_registry):
     am = fresh(tiny_registry, base)
     am.load_adapter(zoo.resolve("tiny/p0").weights, name="mine")
     one = one_bytes(tiny_registry, zoo, base)
-    pager = AdapterPager(am, zoo_adapters(zoo, "tiny"), 2 * one + one // 2)
+    pager = AdapterPager(am, zoo_adapters(zoo, "tiny"), (1 + 1 + ROUTED_COPIES) * one + one // 2)
     for name in NAMES[1::2]:
         pager.hold([name, "mine"])
     assert "mine" in am.adapters and "mine" not in pager.held and len(pager.held) == 2
@@ -102,9 +106,10 @@ def test_a_batch_over_the_budget_is_refused_before_anything_changes(paged_zoo, t
     before = zoo_state(zoo)
     am = fresh(tiny_registry, base)
     one = one_bytes(tiny_registry, zoo, base)
-    pager = AdapterPager(am, zoo_adapters(zoo, "tiny"), 3 * one + one // 2)
+    pager = AdapterPager(am, zoo_adapters(zoo, "tiny"), 3 * (1 + ROUTED_COPIES) * one)  # three, with copies
     pager.hold(["p1"])
-    with pytest.raises(AdapterStateError, match=r"names 4 adapters .* more than the pager's budget .* split the batch"):
+    with pytest.raises(AdapterStateError, match=r"names 4 adapters .* copies routing keeps .* more than the pager's "
+                                                r"budget .* split the batch"):
         with pager.routing(["p3", "p5", "p7", "p9"]):
             pytest.fail("the block ran")
     assert pager.held == ("p1",) and list(am.adapters) == ["p1"] and pager.loads == 1
