@@ -448,9 +448,10 @@ def routing_scale_verdicts(r: dict[str, Any]) -> dict[str, bool]:
 
 
 def routing_scale_section(data: dict[str, Any]) -> list[str]:
-    """Issue 33's routing rows (bench/routing_scale.py): mixed batches at 8, 32 and 128 adapters."""
+    """Issue 33's routing rows (bench/routing_scale.py): mixed batches at 8, 32 and 128 adapters, and the paged
+    row (1,000 adapters in a zoo)."""
     decoder = data["decoder_config"]
-    out = ["## Routing at scale: mixed batches of 8 to 128 adapters (issue 33)", "",
+    out = ["## Routing at scale: mixed batches of 8 to 128 adapters, and 1,000 paged from a zoo (issue 33)", "",
            f"`python bench/routing_scale.py{' --quick' if data['shape'] == 'quick' else ''}` at {data['commit']} on "
            f"{data['cpu']} ({'avx512' if data['avx512'] else 'avx2'}), {data['threads']} threads, torch "
            f"{data['torch']}; {data['wall_s'] / 60:.0f} minutes. Every sample names its adapter (LoRA rank "
@@ -468,9 +469,13 @@ def routing_scale_section(data: dict[str, Any]) -> list[str]:
            "new mix every call (each sample draws one of the N at random; 16 seeded draws cycled, the same for "
            "both libraries; `distinct` is how many adapters a mix names on average). The targets are judged on "
            "the new mixes.", "",
+           "`factors / base`: the bytes of the factors a new mix names (distinct adapters x one adapter's "
+           "tensors) over the base model's own bytes: what routing reads beside the base weights on every call.",
+           "",
            "| model | adapters | batch | bare base ms | ours fixed / base | ours new mix ms | ours new mix / base "
-           "| distinct | PEFT new mix ms | PEFT / ours, new mix | PEFT / ours, fixed | outputs differ by | verdicts |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| distinct | factors / base | PEFT new mix ms | PEFT / ours, new mix | PEFT / ours, fixed "
+           "| outputs differ by | verdicts |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     missed = []
     for r in data["rows"]:
         ok = routing_scale_verdicts(r)
@@ -479,10 +484,62 @@ def routing_scale_section(data: dict[str, Any]) -> list[str]:
                 f"{r['ours_vs_peft_output']:.1e}" if r["peft_ms"] is not None
                 else f"fails: {r['peft_note'][:60]} | - | - | -")
         out.append(f"| {r['model']} | {r['adapters']} | {r['batch']} | {r['base_ms']:.1f} | {r['vs_base']:.2f}x | "
-                   f"{r['mixed_ms']:.1f} | {r['mixed_vs_base']:.2f}x | {r['distinct_per_mix']:.0f} | {peft} | "
+                   f"{r['mixed_ms']:.1f} | {r['mixed_vs_base']:.2f}x | {r['distinct_per_mix']:.0f} | "
+                   f"{_share(r.get('mixed_factor_share'))} | {peft} | "
                    + ", ".join(f"{name} {_verdict(met)}" for name, met in ok.items()) + " |")
+    paged = data.get("paged")
+    if paged:
+        ok = paged_verdicts(paged)
+        missed += [f"paged x{paged['registered']} {name}" for name, met in ok.items() if not met]
+        growth = paged["rss_growth_mb"]
+        first, every = growth[str(2 * paged["hot"])], growth[str(paged["registered"])]
+        out += ["", f"### {paged['registered']:,} adapters in a zoo, paged in on demand (item 3)", "",
+                f"{paged['registered']:,} adapters for the decoder written to a zoo (the seven projections, rank "
+                f"{data['rank']}: {paged['adapter_mb']:.1f} MB each; written in {paged['zoo_write_s']:.0f} s) and "
+                f"served through `AdapterPager(am, zoo_adapters(zoo, model), budget_bytes)` with a budget of "
+                f"{paged['budget_mb']:,} MB (the adapters held plus every copy the layers keep of them). A batch of "
+                f"{paged['batch']} sequences names {paged['hot']} of them ({paged['batch'] // paged['hot']} sequences "
+                f"each), timed after their first use "
+                f"(which loaded {paged['loads_for_hot']} from the zoo in {paged['first_use_s']:.1f} s), side by side "
+                f"with the bare base; a new mix of those {paged['hot']} every call "
+                f"({paged['distinct_per_mix']:.0f} distinct on average). Then a sweep naming every registered "
+                f"adapter, {paged['hot']} new ones a batch, each batch paging them in and evicting the least recently "
+                f"used: resident memory over the served model's is read after {2 * paged['hot']} adapters and after "
+                f"all {paged['registered']:,}. Targets: <= {PAGED_TARGET}x the base after first use; held within the "
+                f"budget; resident memory after all within {PAGED_RSS_SLACK:.0%} of the budget of what it was after "
+                f"{2 * paged['hot']}; outputs as with the same adapters held for good (1e-5). `factors / base` as "
+                "above, for the batch's own adapters.", "",
+                "| registered | named a batch | factors / base | bare base ms | ours / base | new mix / base "
+                "| first use s | a batch of new ones s | loads, evictions | held MB (budget) | RSS growth MB after "
+                f"{2 * paged['hot']} / all | vs held for good | verdicts |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+                f"| {paged['registered']:,} | {paged['hot']} | {_share(paged.get('factor_share'))} | "
+                f"{paged['base_ms']:.1f} | {paged['vs_base']:.2f}x | "
+                f"{paged['mixed_vs_base']:.2f}x | {paged['first_use_s']:.1f} | {paged['sweep_batch_s']:.2f} | "
+                f"{paged['loads']}, {paged['evictions']} | {paged['held_mb_after']:.0f} ({paged['budget_mb']:,}) | "
+                f"{first:.0f} / {every:.0f} | {paged['paged_vs_held_output']:.1e} | "
+                + ", ".join(f"{name} {_verdict(met)}" for name, met in ok.items()) + " |"]
     out += ["", f"Rows missed: {_listed(missed)}{' (where we lose: below)' if missed else ''}.", ""]
     return out
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+PAGED_TARGET = 1.25  # issue 33, item 3: routed / base after first use
+PAGED_RSS_SLACK = 0.05  # of the budget: how much resident memory may differ after every adapter vs the first few
+
+
+def paged_verdicts(p: dict[str, Any]) -> dict[str, bool]:
+    """Issue 33, item 3: served after first use within 1.25x the base (the fixed batch naming `hot` adapters);
+    the pager's held bytes within its budget; resident memory after the sweep of every registered adapter no
+    more than after the first two batches plus 5% of the budget (it does not grow with the number registered);
+    outputs those of the same adapters held for good."""
+    growth = p["rss_growth_mb"]
+    return {"vs base": p["vs_base"] <= PAGED_TARGET, "within budget": p["held_mb_after"] <= p["budget_mb"],
+            "memory flat": growth[str(p["registered"])] <= growth[str(2 * p["hot"])] + PAGED_RSS_SLACK * p["budget_mb"],
+            "same outputs": p["paged_vs_held_output"] <= 1e-5}
 
 
 if __name__ == "__main__":
