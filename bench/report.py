@@ -492,7 +492,8 @@ def routing_scale_section(data: dict[str, Any]) -> list[str]:
         ok = paged_verdicts(paged)
         missed += [f"paged x{paged['registered']} {name}" for name, met in ok.items() if not met]
         growth = paged["rss_growth_mb"]
-        first, every = growth[str(2 * paged["hot"])], growth[str(paged["registered"])]
+        used, first, every = (growth[str(paged["hot"])], growth[str(2 * paged["hot"])],
+                              growth[str(paged["registered"])])
         out += ["", f"### {paged['registered']:,} adapters in a zoo, paged in on demand (item 3)", "",
                 f"{paged['registered']:,} adapters for the decoder written to a zoo (the seven projections, rank "
                 f"{data['rank']}: {paged['adapter_mb']:.1f} MB each; written in {paged['zoo_write_s']:.0f} s) and "
@@ -504,20 +505,23 @@ def routing_scale_section(data: dict[str, Any]) -> list[str]:
                 f"with the bare base; a new mix of those {paged['hot']} every call "
                 f"({paged['distinct_per_mix']:.0f} distinct on average). Then a sweep naming every registered "
                 f"adapter, {paged['hot']} new ones a batch, each batch paging them in and evicting the least recently "
-                f"used: resident memory over the served model's is read after {2 * paged['hot']} adapters and after "
-                f"all {paged['registered']:,}. Targets: <= {PAGED_TARGET}x the base after first use; held within the "
+                f"used. The serving runs in a process of its own; its resident memory over the served model's "
+                f"({paged['rss_base_mb']:,.0f} MB: the base and its adapted copy) is read after the first use, after "
+                f"{2 * paged['hot']} adapters and after all {paged['registered']:,}, and its peak over the whole "
+                f"serving. Targets: <= {PAGED_TARGET}x the base after first use; held within the "
                 f"budget; resident memory after all within {PAGED_RSS_SLACK:.0%} of the budget of what it was after "
                 f"{2 * paged['hot']}; outputs as with the same adapters held for good (1e-5). `factors / base` as "
                 "above, for the batch's own adapters.", "",
                 "| registered | named a batch | factors / base | bare base ms | ours / base | new mix / base "
-                "| first use s | a batch of new ones s | loads, evictions | held MB (budget) | RSS growth MB after "
-                f"{2 * paged['hot']} / all | vs held for good | verdicts |",
+                "| first use s | a batch of new ones s | loads, evictions | held MB (budget) | RSS growth MB: first use "
+                f"/ {2 * paged['hot']} / all / peak | vs held for good | verdicts |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
                 f"| {paged['registered']:,} | {paged['hot']} | {_share(paged.get('factor_share'))} | "
                 f"{paged['base_ms']:.1f} | {paged['vs_base']:.2f}x | "
                 f"{paged['mixed_vs_base']:.2f}x | {paged['first_use_s']:.1f} | {paged['sweep_batch_s']:.2f} | "
                 f"{paged['loads']}, {paged['evictions']} | {paged['held_mb_after']:.0f} ({paged['budget_mb']:,}) | "
-                f"{first:.0f} / {every:.0f} | {paged['paged_vs_held_output']:.1e} | "
+                f"{used:.0f} / {first:.0f} / {every:.0f} / {paged['peak_growth_mb']:.0f} | "
+                f"{paged['paged_vs_held_output']:.1e} | "
                 + ", ".join(f"{name} {_verdict(met)}" for name, met in ok.items()) + " |"]
     out += ["", f"Rows missed: {_listed(missed)}{' (where we lose: below)' if missed else ''}.", ""]
     return out

@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -154,110 +155,123 @@ def row(case: dict[str, Any], n: int, repeats: int) -> dict[str, Any]:
     return result
 
 
-def rss_mb() -> float:
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+def rss_mb(field: str = "VmRSS") -> float:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
     return int(line.split()[1]) / 1024
 
 
-def paged_row(case: dict[str, Any], registered: int, hot: int, budget_mb: int, repeats: int) -> dict[str, Any]:
-    """Issue 33, item 3: `registered` adapters in a zoo for the decoder, served through an AdapterPager with a
-    byte budget. Timed: a batch naming `hot` of them (one each), after their first use, and a new random mix of
-    those `hot` every call, against the bare base in the same rounds; the first use (loading them from the zoo);
-    then a sweep naming every registered adapter, `hot` new ones a batch (each batch pages them in, evicting the
-    least recently used), with resident memory read after the first two batches and after the last."""
-    from adapterhub_lite import AdaptedModel, AdapterPager, LoraConfig, Zoo, state_fingerprint, zoo_adapters
+def write_paged_zoo(case: dict[str, Any], folder: Path, registered: int) -> dict[str, Any]:
+    """Issue 33, item 3's zoo: the decoder's base and `registered` rank-8 adapters on it (seeded random factors,
+    B nonzero), written through the zoo as any adapter is."""
+    from adapterhub_lite import AdaptedModel, LoraConfig, Zoo, state_fingerprint
     from safetensors.torch import save_file
 
-    model, step, cache = case["model"], case["step"], case["cache"]
+    model, started = case["model"], time.time()
     config = LoraConfig(targets=case["patterns"], rank=8, alpha=16)
-    with tempfile.TemporaryDirectory(prefix="paged-zoo-", dir=ROOT / "bench") as folder:
-        zoo, started = Zoo(Path(folder)), time.time()
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        fingerprint = state_fingerprint(state)
-        base = zoo.add_version("llama-bench", "base", lambda f: save_file(state, str(f / "model.safetensors")),
-                               {"kind": "base", "config": case["config"], "fingerprint": fingerprint, "task": None})
-        state = {}  # the base's tensors are the model's; the contiguous copies go
-        writer = AdaptedModel(model, base_id=base.ref)
-        writer.add_adapter("w", config)
-        factors = [p for _, p in writer.adapter_parameters("w")]
-        adapter_mb = sum(p.numel() * p.element_size() for p in factors) / 2**20
-        card = {"kind": "adapter", "family": "lora", "config": config.to_dict(),
-                "modules": writer.adapters["w"].modules,
-                "base": {"ref": base.ref, "version": base.version, "fingerprint": fingerprint},
-                "parents": [base.ref], "parameters": sum(p.numel() for p in factors)}
-        gen = torch.Generator().manual_seed(7)
-        with torch.no_grad():
-            for i in range(registered):
-                for p in factors:  # every adapter its own factors (B nonzero: a fresh LoRA's is zero)
-                    p.copy_(torch.randn(p.shape, generator=gen) * (0.01 if p.shape[0] > p.shape[1] else 0.05))
-                zoo.add_version("llama-bench", f"a{i}", lambda f: writer.save_adapter(  # the base read once
-                    "w", f / "adapter.safetensors", recheck_base=i == 0), card)
-        writer.unload()
-        factors = []
-        write_s = time.time() - started
-        print(f"paged: wrote {registered} adapters ({adapter_mb:.1f} MB each) to a zoo in {write_s:.0f} s",
-              file=sys.stderr, flush=True)
+    zoo = Zoo(folder)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    fingerprint = state_fingerprint(state)
+    base = zoo.add_version("llama-bench", "base", lambda f: save_file(state, str(f / "model.safetensors")),
+                           {"kind": "base", "config": case["config"], "fingerprint": fingerprint, "task": None})
+    state = {}  # the base's tensors are the model's; the contiguous copies go
+    writer = AdaptedModel(model, base_id=base.ref)
+    writer.add_adapter("w", config)
+    factors = [p for _, p in writer.adapter_parameters("w")]
+    adapter_mb = sum(p.numel() * p.element_size() for p in factors) / 2**20
+    card = {"kind": "adapter", "family": "lora", "config": config.to_dict(), "modules": writer.adapters["w"].modules,
+            "base": {"ref": base.ref, "version": base.version, "fingerprint": fingerprint},
+            "parents": [base.ref], "parameters": sum(p.numel() for p in factors)}
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for i in range(registered):
+            for p in factors:  # every adapter its own factors (B nonzero: a fresh LoRA's is zero)
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.01 if p.shape[0] > p.shape[1] else 0.05))
+            zoo.add_version("llama-bench", f"a{i}", lambda f: writer.save_adapter(  # the base read once
+                "w", f / "adapter.safetensors", recheck_base=i == 0), card)
+    writer.unload()
+    write_s = time.time() - started
+    print(f"paged: wrote {registered} adapters ({adapter_mb:.1f} MB each) to a zoo in {write_s:.0f} s",
+          file=sys.stderr, flush=True)
+    return {"adapter_mb": adapter_mb, "zoo_write_s": write_s, "base_ref": base.ref}
 
-        am = AdaptedModel(copy.deepcopy(model), base_id=base.ref)
-        pager = AdapterPager(am, zoo_adapters(zoo, "llama-bench"), budget_mb * 2**20)
-        draws = random.Random(registered)
-        chosen = [f"a{i}" for i in draws.sample(range(registered), hot)]
-        mixes = [[draws.choice(chosen) for _ in range(BATCH)] for _ in range(MIXES)]
-        names = (chosen * (BATCH // hot + 1))[:BATCH]
-        turn = [0]
-        base_call, ours_call = DecodeStep(model, step, cache), DecodeStep(am.model, step, cache)
-        rss_base = rss_mb()
 
-        def fixed() -> torch.Tensor:
-            with pager.routing(names):
-                return ours_call()
+def paged_row(case: dict[str, Any], folder: Path, registered: int, hot: int, budget_mb: int, repeats: int,
+              written: dict[str, Any]) -> dict[str, Any]:
+    """Issue 33, item 3: the zoo's `registered` adapters served through an AdapterPager with a byte budget, in a
+    process of its own (its resident memory is the served model's alone). Timed: a batch naming `hot` of them,
+    after their first use, and a new random mix of those `hot` every call, against the bare base in the same
+    rounds; the first use (loading them from the zoo); then a sweep naming every registered adapter, `hot` new
+    ones a batch (each batch pages them in, evicting the least recently used), with resident memory read after
+    the first use, after the first two batches and after the last."""
+    from adapterhub_lite import AdaptedModel, AdapterPager, Zoo, zoo_adapters
 
-        def mixed() -> torch.Tensor:
-            turn[0] += 1
-            with pager.routing(mixes[turn[0] % MIXES]):
-                return ours_call()
+    model, step, cache = case["model"], case["step"], case["cache"]
+    zoo, adapter_mb, write_s = Zoo(folder), written["adapter_mb"], written["zoo_write_s"]
+    base_ref = written["base_ref"]
+    am = AdaptedModel(copy.deepcopy(model), base_id=base_ref)
+    pager = AdapterPager(am, zoo_adapters(zoo, "llama-bench"), budget_mb * 2**20)
+    draws = random.Random(registered)
+    chosen = [f"a{i}" for i in draws.sample(range(registered), hot)]
+    mixes = [[draws.choice(chosen) for _ in range(BATCH)] for _ in range(MIXES)]
+    names = (chosen * (BATCH // hot + 1))[:BATCH]
+    turn = [0]
+    base_call, ours_call = DecodeStep(model, step, cache), DecodeStep(am.model, step, cache)
+    rss_base, rss_after = rss_mb(), {}
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here: the paged serving's peak alone
 
-        with torch.inference_mode():
+    def fixed() -> torch.Tensor:
+        with pager.routing(names):
+            return ours_call()
+
+    def mixed() -> torch.Tensor:
+        turn[0] += 1
+        with pager.routing(mixes[turn[0] % MIXES]):
+            return ours_call()
+
+    with torch.inference_mode():
+        start = time.perf_counter()
+        pager.hold(names)
+        first_use_s = time.perf_counter() - start
+        rss_after[hot] = rss_mb() - rss_base
+        bare = base_call()
+        times = interleaved([base_call, fixed, mixed], repeats)
+        loads_hot = pager.loads
+        got = fixed()
+        sweep, chunk_s = list(range(registered)), []
+        for k in range(0, registered, hot):
+            batch = [f"a{i}" for i in sweep[k:k + hot]]
+            batch = (batch * (BATCH // len(batch) + 1))[:BATCH]
             start = time.perf_counter()
-            pager.hold(names)
-            first_use_s = time.perf_counter() - start
-            bare = base_call()
-            times = interleaved([base_call, fixed, mixed], repeats)
-            loads_hot = pager.loads
-            got = fixed()
-            sweep, chunk_s, rss_after = list(range(registered)), [], {}
-            for k in range(0, registered, hot):
-                batch = [f"a{i}" for i in sweep[k:k + hot]]
-                batch = (batch * (BATCH // len(batch) + 1))[:BATCH]
-                start = time.perf_counter()
-                with pager.routing(batch):
-                    ours_call()
-                chunk_s.append(time.perf_counter() - start)
-                if k // hot == 1:
-                    rss_after[2 * hot] = rss_mb() - rss_base
-            rss_after[registered] = rss_mb() - rss_base
-            # the same batch with the adapters held for good (no pager): what paging must not change
-            held = AdaptedModel(copy.deepcopy(model))
-            for name in chosen:
-                held.load_adapter(zoo_adapters(zoo, "llama-bench")(name), name=name, activate=False)
-            with held.routing(names):
-                want = DecodeStep(held.model, step, cache)()
-            del held
-            difference = float((got - want).abs().max() / want.abs().max())
-        t = medians(times)
-        result = {"model": case["name"], "registered": registered, "hot": hot, "batch": BATCH,
-                  "budget_mb": budget_mb, "adapter_mb": adapter_mb, "zoo_write_s": write_s,
-                  "factor_share": hot * adapter_mb * 2**20 / sum(p.numel() * p.element_size()
-                                                               for p in model.parameters()),
-                  "first_use_s": first_use_s, "loads_for_hot": loads_hot,
-                  "base_ms": t[0] * 1e3, "routed_ms": t[1] * 1e3, "vs_base": paired_ratio(times[1], times[0]),
-                  "mixed_ms": t[2] * 1e3, "mixed_vs_base": paired_ratio(times[2], times[0]),
-                  "distinct_per_mix": sum(len(set(m)) for m in mixes) / MIXES,
-                  "paged_vs_held_output": difference, "bare_vs_routed": float((got - bare).abs().max()),
-                  "sweep_batches": len(chunk_s), "sweep_batch_s": sorted(chunk_s)[len(chunk_s) // 2],
-                  "loads": pager.loads, "evictions": pager.evictions, "held_after": len(pager.held),
-                  "held_mb_after": pager.held_bytes / 2**20,
-                  "rss_growth_mb": {str(k): v for k, v in rss_after.items()}}
+            with pager.routing(batch):
+                ours_call()
+            chunk_s.append(time.perf_counter() - start)
+            if k // hot == 1:
+                rss_after[2 * hot] = rss_mb() - rss_base
+        rss_after[registered] = rss_mb() - rss_base
+        peak_growth = rss_mb("VmHWM") - rss_base
+        # the same batch with the adapters held for good (no pager): what paging must not change
+        held = AdaptedModel(copy.deepcopy(model))
+        for name in chosen:
+            held.load_adapter(zoo_adapters(zoo, "llama-bench")(name), name=name, activate=False)
+        with held.routing(names):
+            want = DecodeStep(held.model, step, cache)()
+        del held
+        difference = float((got - want).abs().max() / want.abs().max())
+    t = medians(times)
+    result = {"model": case["name"], "registered": registered, "hot": hot, "batch": BATCH,
+              "budget_mb": budget_mb, "adapter_mb": adapter_mb, "zoo_write_s": write_s,
+              "factor_share": hot * adapter_mb * 2**20 / sum(p.numel() * p.element_size()
+                                                           for p in model.parameters()),
+              "first_use_s": first_use_s, "loads_for_hot": loads_hot,
+              "base_ms": t[0] * 1e3, "routed_ms": t[1] * 1e3, "vs_base": paired_ratio(times[1], times[0]),
+              "mixed_ms": t[2] * 1e3, "mixed_vs_base": paired_ratio(times[2], times[0]),
+              "distinct_per_mix": sum(len(set(m)) for m in mixes) / MIXES,
+              "paged_vs_held_output": difference, "bare_vs_routed": float((got - bare).abs().max()),
+              "sweep_batches": len(chunk_s), "sweep_batch_s": sorted(chunk_s)[len(chunk_s) // 2],
+              "loads": pager.loads, "evictions": pager.evictions, "held_after": len(pager.held),
+              "held_mb_after": pager.held_bytes / 2**20,
+              "rss_growth_mb": {str(k): v for k, v in rss_after.items()}, "rss_base_mb": rss_base,
+              "peak_growth_mb": peak_growth}
     print(f"paged {registered} registered, {hot} a batch: base {result['base_ms']:.1f} ms, ours "
           f"{result['routed_ms']:.1f} ({result['vs_base']:.2f}x; new mix {result['mixed_vs_base']:.2f}x), first use "
           f"{first_use_s:.1f} s, sweep {result['sweep_batch_s']:.2f} s a batch of new ones, held "
@@ -270,6 +284,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 2-layer decoder and 4 and 8 adapters: a smoke run")
     parser.add_argument("--paged-only", action="store_true", help="only the paged row (1,000 adapters in a zoo)")
+    parser.add_argument("--paged-child", type=Path, default=None, help=argparse.SUPPRESS)  # the paged row's process
     parser.add_argument("--json", type=Path, default=None,
                         help="results (default bench/routing-results.json; --quick: a temporary file)")
     args = parser.parse_args()
@@ -277,20 +292,34 @@ def main() -> None:
     torch.set_flush_denormal(True)
     warnings.simplefilter("ignore")
     counts = (4, 8) if args.quick else (8, 32, 128)
-    if args.paged_only:
+    if args.paged_only or args.paged_child:
         counts = ()
     started = time.time()
     rows = []
     paged = None
-    for name in (["llama-decoder"] if args.quick or args.paged_only else ["richboynet", "ddpm-unet", "llama-decoder"]):
+    for name in ([] if args.paged_only or args.paged_child else ["llama-decoder"] if args.quick
+                 else ["richboynet", "ddpm-unet", "llama-decoder"]):
         case = decoder_case(QUICK_DECODER if args.quick else DECODER) if name == "llama-decoder" else make_case(name)
         repeats = 3 if args.quick else (9 if name == "llama-decoder" else 30)
         for n in counts:
             rows.append(row(case, n, repeats))
-        if name == "llama-decoder":
-            paged = (paged_row(case, 24, 8, 16, 3) if args.quick
-                     else paged_row(case, PAGED["registered"], PAGED["hot"], PAGED["budget_mb"], repeats))
         del case
+    if args.paged_child:  # the paged row's own process, on the zoo the parent wrote
+        case = decoder_case(QUICK_DECODER if args.quick else DECODER)
+        task = json.loads(args.paged_child.read_text())
+        paged = paged_row(case, Path(task["zoo"]), task["registered"], task["hot"], task["budget_mb"],
+                          task["repeats"], task["written"])
+        args.paged_child.write_text(json.dumps(paged))
+        return
+    with tempfile.TemporaryDirectory(prefix="paged-zoo-", dir=ROOT / "bench") as folder:
+        shape = {"registered": 24, "hot": 8, "budget_mb": 16, "repeats": 3} if args.quick else {**PAGED, "repeats": 9}
+        case = decoder_case(QUICK_DECODER if args.quick else DECODER)
+        written = write_paged_zoo(case, Path(folder), shape["registered"])
+        del case
+        task = Path(folder) / "task.json"
+        task.write_text(json.dumps({**shape, "zoo": folder, "written": written}))
+        subprocess.run([sys.executable, __file__, "--paged-child", str(task), *(["--quick"] * args.quick)], check=True)
+        paged = json.loads(task.read_text())
     result = {"shape": "quick" if args.quick else "full", "decoder_config": QUICK_DECODER if args.quick else DECODER,
               "batch": BATCH, "prompt_tokens": PROMPT, "rank": 8, "threads": THREADS, "rows": rows, "paged": paged,
               "wall_s": time.time() - started, **machine()}
