@@ -237,7 +237,7 @@ def paged_row(case: dict[str, Any], folder: Path, registered: int, hot: int, bud
         times = interleaved([base_call, fixed, mixed], repeats)
         loads_hot = pager.loads
         got = fixed()
-        sweep, chunk_s = list(range(registered)), []
+        sweep, chunk_s, series, halfway = list(range(registered)), [], [], {}
         for k in range(0, registered, hot):
             batch = [f"a{i}" for i in sweep[k:k + hot]]
             batch = (batch * (BATCH // len(batch) + 1))[:BATCH]
@@ -245,8 +245,11 @@ def paged_row(case: dict[str, Any], folder: Path, registered: int, hot: int, bud
             with pager.routing(batch):
                 ours_call()
             chunk_s.append(time.perf_counter() - start)
+            series.append((k + hot, rss_mb() - rss_base, pager.held_bytes / 2**20))  # after each batch
             if k // hot == 1:
                 rss_after[2 * hot] = rss_mb() - rss_base
+            if k + hot >= registered // 2 and str(registered // 2) not in halfway:
+                halfway[str(registered // 2)] = rss_mb() - rss_base
         rss_after[registered] = rss_mb() - rss_base
         peak_growth = rss_mb("VmHWM") - rss_base
         # the same batch with the adapters held for good (no pager): what paging must not change
@@ -271,7 +274,8 @@ def paged_row(case: dict[str, Any], folder: Path, registered: int, hot: int, bud
               "loads": pager.loads, "evictions": pager.evictions, "held_after": len(pager.held),
               "held_mb_after": pager.held_bytes / 2**20,
               "rss_growth_mb": {str(k): v for k, v in rss_after.items()}, "rss_base_mb": rss_base,
-              "peak_growth_mb": peak_growth}
+              "peak_growth_mb": peak_growth, "rss_halfway_mb": halfway,
+              "sweep_series": series}  # (adapters swept, RSS growth MB, held MB) after each batch
     print(f"paged {registered} registered, {hot} a batch: base {result['base_ms']:.1f} ms, ours "
           f"{result['routed_ms']:.1f} ({result['vs_base']:.2f}x; new mix {result['mixed_vs_base']:.2f}x), first use "
           f"{first_use_s:.1f} s, sweep {result['sweep_batch_s']:.2f} s a batch of new ones, held "
