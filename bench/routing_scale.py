@@ -238,8 +238,8 @@ def paged_row(case: dict[str, Any], folder: Path, registered: int, hot: int, bud
         loads_hot = pager.loads
         got = fixed()
         sweep, chunk_s, series, halfway = list(range(registered)), [], [], {}
-        for k in range(0, registered, hot):
-            batch = [f"a{i}" for i in sweep[k:k + hot]]
+        for k in range(0, registered, hot):  # every batch `hot` new ones (the last wraps to the first few)
+            batch = [f"a{i % registered}" for i in sweep[k:k + hot] + list(range(registered, k + hot))]
             batch = (batch * (BATCH // len(batch) + 1))[:BATCH]
             start = time.perf_counter()
             with pager.routing(batch):
