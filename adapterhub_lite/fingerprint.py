@@ -57,7 +57,8 @@ class FingerprintCache:
 
     def get(self, name: str, state: Mapping[str, Tensor], full: bool = True) -> str:
         identity = (None if any(t.is_inference() for t in state.values())  # no version counter: never trusted
-                    else tuple((k, t.dtype, tuple(t.shape), t.data_ptr(), t._version) for k, t in sorted(state.items())))
+                    else tuple((k, t.dtype, tuple(t.shape), t.data_ptr(), t._version)
+                               for k, t in sorted(state.items())))
         cached = self._known.get(name)
         if not full and identity is not None and cached is not None and cached[2] == identity:
             return cached[1]

@@ -217,7 +217,7 @@ class Routed:
         self.route.check_batch(x, 0)
         covered = torch.zeros(len(self.route.index), dtype=torch.bool, device=x.device)
         out = None
-        for (name, _), weights in zip(routed, folded):  # a routed name always has samples: the route is built from them
+        for (name, _), weights in zip(routed, folded):  # a routed name always has samples (the route is made of them)
             rows = self.route.rows(name, x.device)
             part = layer.forward_with(weights, x.index_select(0, rows), *args, **kwargs)
             out = part.new_empty((len(covered), *part.shape[1:])) if out is None else out

@@ -85,7 +85,6 @@ def stack(registry: Registry, zoo: Zoo, refs: Sequence[str | AdapterRef] | Stack
     return am, resolved.base
 
 
-
 def zoo_adapters(zoo: Zoo, model: str) -> Callable[[str], Path]:
     """A pager's source (`paging.AdapterPager`): adapter name -> the file of the latest version of `model/name`
     in the zoo, looked up when a batch first names it (a version published later is read after an eviction).
