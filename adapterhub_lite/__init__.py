@@ -75,6 +75,11 @@ _LAZY = {
     "PluginOptionsCommand": ".cli.options",
     "Registry": ".registry",
     "Route": ".routing",
+    "Groups": ".routing",
+    "groupable": ".routing",
+    "grouped_conv_low_rank": ".routing",
+    "grouped_low_rank": ".routing",
+    "padded_width": ".routing",
     "Zoo": ".zoo",
     "ZooEntry": ".zoo",
     "add_adapter_version": ".zoo.versions",
@@ -111,7 +116,7 @@ if TYPE_CHECKING:
     from .paging import AdapterPager
     from .model import AdaptedModel
     from .registry import Registry, get_registry
-    from .routing import Route
+    from .routing import Groups, Route, groupable, grouped_conv_low_rank, grouped_low_rank, padded_width
     from .serialization import load_adapter, read_adapter_file, save_adapter
     from .tensorfile import load_tensors
     from .zoo.evaluation import DataOptions
@@ -143,6 +148,7 @@ __all__ = [
     "EvalContext",
     "ExportFn",
     "Format",
+    "Groups",
     "ImportFn",
     "HubError",
     "IncompatibleAdapterError",
@@ -177,6 +183,9 @@ __all__ = [
     "config_values",
     "first_positional",
     "get_registry",
+    "groupable",
+    "grouped_conv_low_rank",
+    "grouped_low_rank",
     "help_field",
     "hookimpl",
     "hub_snapshot",
@@ -186,6 +195,7 @@ __all__ = [
     "load_base",
     "load_plugins",
     "load_tensors",
+    "padded_width",
     "parse_json",
     "parse_ref",
     "read_adapter_file",

@@ -159,13 +159,32 @@ class AdapterLayer(nn.Module):
 
     def add_deltas_routed(self, live: list[tuple[str, float]], x: Tensor, route: Route, batch_dim: int = 0,
                        out: Tensor | None = None) -> Tensor:
-        """Like `add_deltas`, but each sample gets only its own adapter's delta (`route` says which); low-rank
-        kinds fuse this."""
+        """Like `add_deltas`, but each sample gets only its own adapter's delta (`route` says which): each
+        adapter's `delta` runs on its own samples alone (rows of axis `batch_dim`) and is added back at their
+        places, so the work is one delta per sample however many adapters the batch names. Right for any kind
+        whose delta treats samples independently; kinds with a grouped form override it (one product for all
+        groups, e.g. LoRA's), a kind whose delta mixes samples must."""
+        route.check_batch(x, batch_dim)
         total = out
         for name, weight in live:
-            term = self.delta(name, x) * (route.sample_mask(name, x, batch_dim) * weight)
-            total = term if total is None else total + term
-        assert total is not None
+            rows = route.rows(name, x.device)
+            if not len(rows):
+                continue
+            term = self.delta(name, x.index_select(batch_dim, rows)) * weight
+            if total is None:
+                shape = list(term.shape)
+                shape[batch_dim] = x.shape[batch_dim]
+                total = term.new_zeros(shape)
+            elif term.shape[:batch_dim] + term.shape[batch_dim + 1:] != total.shape[:batch_dim] + total.shape[
+                    batch_dim + 1:]:
+                self._refuse_shape(name, term, total)
+            # in place where autograd records nothing (no output-sized copy); a copy where it does, as the
+            # base op's backward may need its own output
+            total = (total.index_add(batch_dim, rows, term.to(total.dtype)) if torch.is_grad_enabled()
+                     else total.index_add_(batch_dim, rows, term.to(total.dtype)))
+        if total is None:  # no sample runs these adapters: their deltas, all masked out
+            name = live[0][0]
+            total = self.delta(name, x) * route.sample_mask(name, x, batch_dim)
         return total
 
     def forward_with(self, weights: dict[str, Tensor], *args: Any, **kwargs: Any) -> Any:

@@ -10,6 +10,8 @@ has no example of), through the same `AdaptedModel` users get, and checks the ru
 - only adapter parameters get gradients;
 - save and load keep every tensor the adapter needs (the reloaded adapter gives the same output, bit for bit);
 - combine methods of the family that report an exact result are exact on random inputs;
+- under per-sample routing each sample gets its own adapter's output alone (as that sample run by itself with
+  only that adapter on), and samples routed to none the base's, on the low-rank and the folded-weight paths;
 - float32, bfloat16 and float16 stay within `TOLERANCE` of a float64 run of the same adapters;
 - with `reference` (a function of the adapted module and an adapter name giving each changed base parameter's
   delta in float64, written from the family's definition), `delta_weights` matches it.
@@ -51,11 +53,13 @@ Reference = Callable[[AdaptedModule, str], Mapping[str, Tensor]]
 
 @dataclass
 class Case:
-    """A base module and inputs to run it on."""
+    """A base module and inputs to run it on; `batch_dim`: the samples' axis of the first input (what a route
+    names an adapter for)."""
 
     module: nn.Module
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    batch_dim: int = 0
 
 
 def _examples(gen: torch.Generator) -> dict[type[nn.Module] | str, Callable[[], Case]]:
@@ -69,10 +73,10 @@ def _examples(gen: torch.Generator) -> dict[type[nn.Module] | str, Callable[[], 
 
     return {
         nn.Linear: lambda: Case(nn.Linear(6, 5), (randn(3, 6),)),
-        nn.Conv1d: lambda: Case(nn.Conv1d(4, 6, 3), (randn(2, 4, 9),)),
-        nn.Conv2d: lambda: Case(nn.Conv2d(4, 6, 3, padding=1), (randn(2, 4, 7, 8),)),
-        nn.Embedding: lambda: Case(nn.Embedding(9, 5), (torch.randint(0, 9, (2, 4), generator=gen),)),
-        nn.MultiheadAttention: lambda: Case(nn.MultiheadAttention(8, 2), (randn(4, 2, 8),) * 3),
+        nn.Conv1d: lambda: Case(nn.Conv1d(4, 6, 3), (randn(3, 4, 9),)),
+        nn.Conv2d: lambda: Case(nn.Conv2d(4, 6, 3, padding=1), (randn(3, 4, 7, 8),)),
+        nn.Embedding: lambda: Case(nn.Embedding(9, 5), (torch.randint(0, 9, (3, 4), generator=gen),)),
+        nn.MultiheadAttention: lambda: Case(nn.MultiheadAttention(8, 2), (randn(4, 3, 8),) * 3, batch_dim=1),
         "transformers.pytorch_utils.Conv1D": conv1d_gpt2,
     }
 
@@ -149,7 +153,8 @@ class _KindChecker:
                   ("fold and unfold are exact", self.fold_and_unfold_are_exact),
                   ("only adapter parameters get gradients", self.only_adapters_get_gradients),
                   ("save and load keep every tensor", self.save_and_load_keep_every_tensor),
-                  ("exact combine methods are exact", self.exact_combine_methods_are_exact)]
+                  ("exact combine methods are exact", self.exact_combine_methods_are_exact),
+                  ("each routed sample gets its own adapter alone", self.routing_matches_each_sample_alone)]
         rules += [(f"{str(d).removeprefix('torch.')} within {TOLERANCE[d]:g} of float64",
                    lambda d=d: self.dtype_within_tolerance(d)) for d in dtypes]
         if self.reference is not None:
@@ -278,6 +283,32 @@ class _KindChecker:
                 raise AssertionError(f"combine method {method!r} reports an exact result, but deviates by "
                                      f"{report['exact_deviation']:.3g} (relative) from the weighted sum")
 
+    def routing_matches_each_sample_alone(self) -> None:
+        """A batch routed ["a", "b", None, ...] (cycled over its samples) against each sample run alone with its
+        own adapter only (at its weight), on the low-rank path and with folded weights cached per adapter."""
+        dim = self.case.batch_dim
+        count = self.case.args[0].shape[dim]
+        route = [("a", "b", None)[i % 3] for i in range(count)]
+        weights = {"a": 0.7, "b": -0.4}
+
+        def sample(case: Case, i: int) -> Case:
+            def pick(value: Any) -> Any:
+                return value.narrow(dim, i, 1) if isinstance(value, Tensor) and value.dim() > dim else value
+
+            return Case(case.module, tuple(pick(a) for a in case.args), dict(case.kwargs), dim)
+
+        for policy in (LayerPolicy(fold_limit=0), LayerPolicy(cache_budget=4.0)):
+            am = self.adapted(policy=policy)
+            with torch.no_grad():
+                with am.routing(route):
+                    routed = self.run(am)
+                alone = []
+                for i, name in enumerate(route):
+                    am.set_active([name] if name else [], [weights[name]] if name else None)
+                    alone.append(self.run(am, sample(self.case, i)))
+            _close(routed, torch.cat(alone, dim), torch.float32,
+                   f"routed batch vs each sample alone ({'low-rank' if policy.fold_limit == 0 else 'folded'} path)")
+
     def dtype_within_tolerance(self, dtype: torch.dtype) -> None:
         am, exact = self.adapted(), self.adapted()
         with torch.no_grad():
@@ -307,7 +338,8 @@ def _cast(case: Case, dtype: torch.dtype) -> Case:
     def cast(value: Any) -> Any:
         return value.to(dtype) if isinstance(value, Tensor) and value.is_floating_point() else value
 
-    return Case(case.module, tuple(cast(a) for a in case.args), {k: cast(v) for k, v in case.kwargs.items()})
+    return Case(case.module, tuple(cast(a) for a in case.args), {k: cast(v) for k, v in case.kwargs.items()},
+                case.batch_dim)
 
 
 def _close(got: Tensor, want: Tensor, dtype: torch.dtype, what: str) -> None:

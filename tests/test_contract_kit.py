@@ -15,8 +15,8 @@ import torch
 from adapterhub_lite_lora import LoraConfig, LoraLinear
 from conftest import reference_delta
 
-from adapterhub_lite import (AdapterKind, CombineMethod, CombineResult, PluginManager, Registry, get_registry,
-                             hookimpl)
+from adapterhub_lite import (AdapterKind, AdapterLayer, CombineMethod, CombineResult, LayerPolicy, PluginManager,
+                             Registry, get_registry, hookimpl)
 from adapterhub_lite.testing import ContractFailure, check_family
 
 FAMILIES = sorted(get_registry().families())
@@ -30,7 +30,7 @@ def test_every_installed_family_keeps_the_contract(family: str) -> None:
     rules = {line.split(": ", 1)[1] for line in passed}
     assert {"a fresh adapter is a no-op", "delta agrees with delta weight", "fold and unfold are exact",
             "save and load keep every tensor", "exact combine methods are exact", "bfloat16 within 0.06 of float64",
-            "delta weights match the reference"} <= rules, rules
+            "delta weights match the reference", "each routed sample gets its own adapter alone"} <= rules, rules
 
 
 @pytest.mark.parametrize("family, rank", [("loha", 2), ("lokr", 1)])
@@ -51,6 +51,8 @@ def test_the_third_party_scale_family_keeps_the_contract(monkeypatch) -> None:
     pm.check()
     passed = check_family("scale", registry=Registry(pm))
     assert "scale-linear: exact combine methods are exact" in passed
+    # it defines create, delta and delta_weights only: the core's routed fallback serves it, sample by sample
+    assert "scale-linear: each routed sample gets its own adapter alone" in passed
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,41 @@ def test_a_delta_weight_that_disagrees_with_the_delta_is_caught() -> None:
     assert "twice-linear: delta agrees with delta weight: W + weight * delta_weight vs the forward with the " \
            "delta: largest difference" in str(caught.value)
     assert check_family("twice", registry=_registry(TwiceLinear))  # the same family, honest: passes
+
+
+def test_a_routed_forward_that_ignores_the_route_is_caught() -> None:
+    class Unrouted(TwiceLinear):
+        def add_deltas_routed(self, live, x, route, batch_dim=0, out=None):
+            return self.add_deltas(live, x, out=out)  # every sample gets every adapter
+
+    with pytest.raises(ContractFailure, match="twice-linear: each routed sample gets its own adapter alone: routed "
+                                              "batch vs each sample alone .low-rank path.: largest difference"):
+        check_family("twice", registry=_registry(Unrouted))
+
+
+def test_the_routed_fallback_runs_each_delta_on_its_own_samples_only() -> None:
+    """The core's default `add_deltas_routed`: one delta per sample whatever the number of adapters (the masked
+    form it replaced ran every adapter's delta over the whole batch)."""
+    seen: list[int] = []
+
+    class Counted(TwiceLinear):
+        def delta(self, name, x):
+            seen.append(x.shape[0])
+            return super().delta(name, x)
+
+        add_deltas_routed = AdapterLayer.add_deltas_routed
+
+    from adapterhub_lite import AdaptedModel
+
+    am = AdaptedModel(torch.nn.Sequential(torch.nn.Linear(6, 5)), registry=_registry(Counted),
+                      policy=LayerPolicy(fold_limit=0)).eval()
+    names = [f"n{i}" for i in range(8)]
+    for name in names:
+        am.add_adapter(name, TwiceConfig(targets=["0"], rank=2))
+    route = [names[i % 8] for i in range(24)] + [None] * 4
+    with torch.no_grad(), am.routing(route):
+        am(torch.randn(28, 6))
+    assert sorted(seen) == [3] * 8  # each adapter once, on its own 3 samples: 24 rows in all, not 8 x 28
 
 
 def test_a_merge_method_that_claims_exact_but_is_not_is_caught() -> None:

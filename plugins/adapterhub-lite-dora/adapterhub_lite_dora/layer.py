@@ -16,12 +16,13 @@ of 0 / 0.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from adapterhub_lite import AdapterLayer
+from adapterhub_lite import AdapterLayer, Route
 from adapterhub_lite_lora import LoraConfig, LoraConv2d, LoraFactors, LoraLinear
 
 
@@ -29,7 +30,6 @@ class _Dora:
     """What both DoRA layers add to their LoRA layer: the magnitude, and the delta built on it."""
 
     fast_fold = False  # W' is not W + B' A: the generic sum of delta weights
-    add_deltas_routed = AdapterLayer.add_deltas_routed
 
     def create(self, name: str, config: LoraConfig) -> LoraFactors:
         factors = super().create(name, config)  # type: ignore[misc]
@@ -87,6 +87,55 @@ class _Dora:
         for name, weight in live:
             total = total + self._delta_on(name, x, base) * weight
         return total
+
+    def add_deltas_routed(self, live: list[tuple[str, float]], x: Tensor, route: Route, batch_dim: int = 0,
+                          out: Tensor | None = None) -> Tensor:
+        """Each sample through its own adapter, as LoRA routes (grouped products on a Linear, each group on its
+        own samples on a conv) for s B A x, then each sample's m / n and weight read off per-adapter tables:
+        delta = w ((m / n - 1) W x + (m / n) s B A x), with W x read off the base output. m / n (a norm of
+        W + s B A per channel: a weight-sized op) is kept per adapter until a factor or the base changes. The
+        core's sample-by-sample form where this cannot serve (no base output, a live dropout in training, a
+        batch axis other than the first, folded base weights)."""
+        dropping = self.training and any(not isinstance(self.factors(n).dropout, nn.Identity)  # type: ignore[attr-defined]
+                                         for n, _ in live)
+        if out is None or dropping or batch_dim != 0 or self.host.folded:
+            return AdapterLayer.add_deltas_routed(self, live, x, route, batch_dim, out)  # type: ignore[arg-type]
+        route.check_batch(x, batch_dim)
+        low_rank = self.low_rank(x, [(name, 1.0) for name, _ in live], route=route)  # type: ignore[attr-defined]
+        conv = isinstance(self.base, nn.Conv2d)
+        bias = self.base.bias  # type: ignore[attr-defined]
+        base = out if bias is None else out - (bias.view(-1, 1, 1) if conv else bias)
+        ratios = torch.stack([self._kept_ratio(name) for name, _ in live]).to(out.dtype)
+        ratios = torch.cat([ratios, ratios.new_ones(1, ratios.shape[1])])  # the last row: samples of no adapter
+        weights = torch.tensor([w for _, w in live] + [0.0], dtype=out.dtype, device=out.device)
+        at = route.positions([name for name, _ in live]).to(out.device)
+        at = at.where(at >= 0, len(live))
+        ratio = ratios.index_select(0, at)  # (N, C)
+        ratio = ratio.view(len(at), -1, 1, 1) if conv else ratio.view(len(at), *(1,) * (out.dim() - 2), -1)
+        scale = weights.index_select(0, at).view(-1, *(1,) * (out.dim() - 1))
+        return out + ((ratio - 1) * base + ratio * low_rank) * scale
+
+    def _kept_ratio(self, name: str) -> Tensor:
+        """`_ratio(name)`, kept while the adapter lives and no tensor it reads changed (identity and version
+        counter; the base weight included), fresh while autograd records through it."""
+        factors = self.factors(name)  # type: ignore[attr-defined]
+        tensors = (factors.lora_A, factors.lora_B, factors.lora_magnitude, self.host.base_state()["weight"])
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return self._ratio(name)
+        if any(t.is_inference() for t in tensors):  # no version counter to key on
+            with torch.no_grad():
+                return self._ratio(name)
+        key = (factors.scale, *((t.data_ptr(), t._version, t.dtype) for t in tensors))
+        kept = self.__dict__.setdefault("_ratios", weakref.WeakKeyDictionary())  # adapter module -> (key, m / n)
+        hit = kept.get(factors)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                kept[factors] = hit = (key, self._ratio(name))
+        return hit[1]
+
+    def kept_bytes(self) -> int:
+        kept = sum(r.numel() * r.element_size() for _, r in self.__dict__.get("_ratios", {}).values())
+        return super().kept_bytes() + kept  # type: ignore[misc]
 
     def delta_weight(self, name: str) -> Tensor:
         """(m / n) (W + s B A) - W, in float32 at least: a merge adds it to W and rounds once (in half precision,

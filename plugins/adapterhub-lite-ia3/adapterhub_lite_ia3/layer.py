@@ -9,7 +9,9 @@
   the base and the other adapters' deltas alike, W' = diag(out) (W + deltas) diag(in).
 
 Under per-sample routing each sample runs one adapter, whose additive effect is exact: base(x) (l - 1) on the
-output side, W ((l - 1) x) on the input side.
+output side, W ((l - 1) x) on the input side; a routed batch reads each sample's w (l - 1) off a table of the
+adapters' scales, so it costs one product with W (for input-side adapters) and two multiplies, however many
+adapters it names.
 """
 
 from __future__ import annotations
@@ -103,6 +105,34 @@ class IA3Layer(AdapterLayer):
             return self.forward_with({"weight": self.host.base_state()["weight"], "bias": None}, x * self._shaped(change, x))
         out = self.base(x)
         return out * self._shaped(change, out)
+
+    def add_deltas_routed(self, live: list[tuple[str, float]], x: Tensor, route: Route, batch_dim: int = 0,
+                          out: Tensor | None = None) -> Tensor:
+        """Each sample's additive effect at once: its w (l - 1) gathered from per-side tables (zero for the other
+        side and for samples of no adapter), out * table_out[sample] + W (x * table_in[sample])."""
+        if out is None or batch_dim != 0:
+            return super().add_deltas_routed(live, x, route, batch_dim, out)
+        route.check_batch(x, batch_dim)
+        at = route.positions([name for name, _ in live]).to(x.device)
+        at = at.where(at >= 0, len(live))  # the tables' last row: zeros
+        total = out
+        for side, like in ((False, out), (True, x)):
+            changes = [(self.adapters[name].ia3_l - 1) * weight if self.configs[name].feedforward is side else None
+                       for name, weight in live]
+            present = [c for c in changes if c is not None]
+            if not present:
+                continue
+            zero = present[0].new_zeros(present[0].shape)
+            table = torch.stack([zero if c is None else c for c in changes] + [zero]).to(like.dtype)
+            change = table.index_select(0, at)  # (N, features)
+            change = (change.view(len(at), -1, *(1,) * (like.dim() - 2)) if isinstance(self.base, nn.Conv2d)
+                      else change.view(len(at), *(1,) * (like.dim() - 2), -1))
+            if side:
+                weight = self.host.base_state()["weight"]
+                total = total + self.forward_with({"weight": weight, "bias": None}, x * change)
+            else:
+                total = total + out * change
+        return total
 
     def delta_weights(self, name: str) -> dict[str, Tensor]:
         original = self.host.base_state()

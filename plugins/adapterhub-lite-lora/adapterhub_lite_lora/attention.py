@@ -61,6 +61,7 @@ class LoraMultiheadAttention(LowRankLayer):
         return F.linear(h, b)
 
     up_add = staticmethod(addmm_up)
+    routed_grouped = LowRankLayer.grouped_products  # each projection: samples grouped by adapter
 
     def describe(self, name: str) -> dict[str, object]:
         return {**super().describe(name), "projections": list(self.adapters[name])}

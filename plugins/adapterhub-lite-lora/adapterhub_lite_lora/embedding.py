@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapterhub_lite import UnsupportedModuleError
+from adapterhub_lite import Route, UnsupportedModuleError
 
 from .config import LoraConfig
 from .lowrank import LoraFactors, LowRankLayer, addmm_up
@@ -48,3 +48,11 @@ class LoraEmbedding(LowRankLayer):
         return F.linear(h, b)
 
     up_add = staticmethod(addmm_up)
+
+    def routed_grouped(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
+                       route: Route, batch_dim: int, out: Tensor | None = None,
+                       slot: str | None = None) -> Tensor | None:
+        """Each adapter's rows looked up for its own samples only (a lookup reads what it needs: no stack of every
+        adapter's table), then added in."""
+        delta = self._routed_gather(x, live, pairs, route, batch_dim)
+        return delta if out is None else out + delta

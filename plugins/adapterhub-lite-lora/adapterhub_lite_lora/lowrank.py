@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapterhub_lite import AdapterLayer, AdapterStateError, Route, UnsupportedModuleError
+from adapterhub_lite import AdapterLayer, AdapterStateError, Route, UnsupportedModuleError, grouped_low_rank
+from adapterhub_lite import groupable, padded_width
 
 from .config import LoraConfig
+from .pool import FactorPool
 
 
 class LoraFactors(nn.Module):
@@ -87,7 +89,8 @@ class LowRankLayer(AdapterLayer):
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__(base)
-        self._stacks: dict[str | None, tuple[tuple, tuple]] = {}  # key, then the stack (or grouped factors)
+        self._stacks: dict[Any, tuple[tuple, tuple]] = {}  # key, then the stack (or grouped factors)
+        self._pools: dict[str | None, FactorPool] = {}  # per weight: routed factors (`grouped_products`)
 
     def down(self, x: Tensor, a: Tensor) -> Tensor:
         raise NotImplementedError
@@ -214,9 +217,11 @@ class LowRankLayer(AdapterLayer):
         self._stacks.clear()
 
     def kept_bytes(self) -> int:
-        """The kept stacks' copies (a single adapter's stack is its own parameters: not a copy)."""
-        return sum(t.numel() * t.element_size() for _, stacked in self._stacks.values() for t in stacked
+        """The kept stacks' copies (a single adapter's stack is its own parameters: not a copy) and the routed
+        factor pools."""
+        kept = sum(t.numel() * t.element_size() for _, stacked in self._stacks.values() for t in stacked
                    if isinstance(t, Tensor) and not isinstance(t, nn.Parameter))
+        return kept + sum(pool.nbytes for pool in self._pools.values())
 
     def low_rank(self, x: Tensor, live: list[tuple[str, float]], slot: str | None = None,
                  route: Route | None = None, batch_dim: int = 0, out: Tensor | None = None) -> Tensor:
@@ -236,7 +241,7 @@ class LowRankLayer(AdapterLayer):
             delta = self._routed_gather(x, live, pairs, route, batch_dim)
             return delta if out is None else out + delta
         if route is not None:
-            routed = self.routed_grouped(x, live, pairs, route, batch_dim, out)
+            routed = self.routed_grouped(x, live, pairs, route, batch_dim, out, slot)
             if routed is not None:
                 return routed
         a, b, alpha = self._stacked(pairs, slot)
@@ -246,11 +251,54 @@ class LowRankLayer(AdapterLayer):
         return self.up_add(out, h, b, alpha)
 
     def routed_grouped(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
-                       route: Route, batch_dim: int, out: Tensor | None = None) -> Tensor | None:
+                       route: Route, batch_dim: int, out: Tensor | None = None,
+                       slot: str | None = None) -> Tensor | None:
         """`out` plus the routed delta with each sample through its own adapter's factors only (added in place:
         it runs only where autograd records nothing), or None: the masked stack runs instead. Linear-like kinds
-        give it (LoraLinear: grouped GEMMs)."""
+        give it (`grouped_products`; the embedding: each adapter on its own samples)."""
         return None
+
+    def grouped_products(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
+                         route: Route, batch_dim: int, out: Tensor | None = None,
+                         slot: str | None = None) -> Tensor | None:
+        """`routed_grouped` for Linear-like products (x A^T B^T): samples grouped by adapter (the route's
+        grouping, shared by every layer), each through its own adapter's A and B only, at that adapter's rank
+        (`grouped_low_rank`), so the adapter cost does not grow with the number of adapters in the batch (the
+        masked stack runs every sample at the summed rank). A batch on the second axis (attention's (L, N, E))
+        is moved first for the products. None where they cannot serve (`groupable`: autograd recording)."""
+        if batch_dim not in (0, 1) or x.dim() < 2 + batch_dim or not groupable(
+                x, 0, (t for f, _ in pairs for t in (f.lora_A, f.lora_B))):
+            return None
+        route.check_batch(x, batch_dim)
+        plan = route.groups([name for name, _ in live])
+        a, b, weights = self._grouped_factors(pairs, x, slot)
+        out_features = pairs[0][0].lora_B.shape[0]
+        if batch_dim == 0:
+            return grouped_low_rank(x, plan, a, b, weights, out_features, out)
+        delta = grouped_low_rank(x.transpose(0, 1), plan, a, b, weights, out_features).transpose(0, 1)
+        return delta if out is None else out.add_(delta)
+
+    def _grouped_factors(self, pairs: list[tuple[LoraFactors, float]], x: Tensor,
+                         slot: str | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The live adapters' A^T (G, in, r), scaled B^T (G, r, out), zero-padded, and weights (None: all 1):
+        gathered from the layer's pool of routed factors (one per weight: attention has four), and kept until a
+        factor, a weight or the live set changes (the same key as the fused stack's)."""
+        key = ("grouped", x.dtype, x.device, stack_key(pairs))
+        hit = self._stacks.get(("grouped", slot))
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        pool = self._pools.get(slot)
+        if pool is None:
+            pool = self._pools[slot] = FactorPool()
+        gathered = pool.gather(pairs, x, lambda n: padded_width(n, x.dtype))
+        if not any(f.lora_A.is_inference() or f.lora_B.is_inference() for f, _ in pairs):
+            self._stacks[("grouped", slot)] = (key, gathered)  # made under inference_mode: no version counter
+        return gathered
+
+    @property
+    def _pool(self) -> FactorPool | None:
+        """The pool of a one-weight layer."""
+        return self._pools.get(None)
 
     def _routed_gather(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
                        route: Route, batch_dim: int) -> Tensor:

@@ -29,6 +29,16 @@ class LohaLayer(WeightDeltaLayer):
             delta = (f.hada_w1_a @ f.hada_w1_b) * (f.hada_w2_a @ f.hada_w2_b) * self.configs[name].scale
         return delta.reshape(self.base.weight.shape)
 
+    def low_rank_form(self, name: str) -> tuple[Tensor, Tensor] | None:
+        """On a Linear, (w1a w1b) * (w2a w2b) as one pair of rank r * r (the face-splitting product): up[:, (i,
+        j)] = w1a[:, i] w2a[:, j], down[(i, j)] = w1b[i] w2b[j], so up @ down is the Hadamard product, entry for
+        entry; routed batches run it as grouped products, each sample at r * r instead of a whole weight."""
+        f = self.adapters[name]
+        if not isinstance(self.base, nn.Linear):
+            return None
+        up = (f.hada_w1_a[:, :, None] * f.hada_w2_a[:, None, :]).flatten(1) * self.configs[name].scale
+        return (f.hada_w1_b[:, None, :] * f.hada_w2_b[None, :, :]).flatten(0, 1), up
+
     def describe(self, name: str) -> dict[str, Any]:
         config = self.configs[name]
         return {"rank": config.rank, "alpha": config.alpha, **({"tucker": True} if config.tucker else {})}
