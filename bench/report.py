@@ -524,8 +524,54 @@ def routing_scale_section(data: dict[str, Any]) -> list[str]:
                 f"{used:.0f} / {first:.0f} / {middle:.0f} / {every:.0f} / {paged['peak_growth_mb']:.0f} | "
                 f"{paged['paged_vs_held_output']:.1e} | "
                 + ", ".join(f"{name} {_verdict(met)}" for name, met in ok.items()) + " |"]
+    if data.get("families"):
+        section, family_missed = routing_families_section(data)
+        out += section
+        missed += family_missed
     out += ["", f"Rows missed: {_listed(missed)}{' (where we lose: below)' if missed else ''}.", ""]
     return out
+
+
+def routing_family_verdicts(r: dict[str, Any]) -> dict[str, bool]:
+    """Issue 33, item 1, per family: a new mix every call within the model's routed / base target; the
+    family's routed form gives the core's sample-by-sample outputs (1e-5 of the largest)."""
+    return {"vs base": r["mixed_vs_base"] <= ROUTING_TARGETS.get(r["model"], 1.15),
+            "same outputs": r["vs_core_output"] <= 1e-5}
+
+
+def routing_families_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Item 1's rows: every first-party family routed, a new mix each call, against the bare base and the core's
+    sample-by-sample form; and what PEFT does with `adapter_names` per family."""
+    rows = data["families"]
+    out = ["", "### Every family routed (item 1)", "",
+           "Each first-party family on RichBoyNet's three Linears and on the UNet's convs (its `.conv1` / `.conv2`), "
+           "rank 8 where the family has one ((IA)^3: output scales), every factor random; a new mix each call as "
+           "above. `own form`: the family's routed path (LoRA and DoRA: grouped products on Linears, one conv with "
+           "a kernel per sample on convs, DoRA's m / n from a kept table; LoHa: its Hadamard product as a rank "
+           "r * r pair through the grouped products on Linears; (IA)^3: gathered scales; LoKr and LoHa's convs: "
+           "the core's form). `core form`: the core's sample-by-sample fallback (each adapter's `delta` on its own "
+           "samples), what a family without a routed form of its own gets, timed in the same rounds. `outputs "
+           "differ by`: own form against core form, relative to the largest output.", "",
+           "| model | family | adapters | batch | distinct | bare base ms | own form / base | core form / base "
+           "| outputs differ by | verdicts |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    missed = []
+    for r in rows:
+        ok = routing_family_verdicts(r)
+        missed += [f"{r['family']} on {r['model']} x{r['adapters']} {name}" for name, met in ok.items() if not met]
+        out.append(f"| {r['model']} | {r['family']} | {r['adapters']} | {r['batch']} | {r['distinct_per_mix']:.0f} | "
+                   f"{r['base_ms']:.1f} | {r['mixed_vs_base']:.2f}x | {r['core_vs_base']:.2f}x | "
+                   f"{r['vs_core_output']:.1e} | " + ", ".join(f"{name} {_verdict(met)}" for name, met in ok.items())
+                   + " |")
+    peft = data.get("peft_families")
+    if peft:
+        said = [f"{family}: " + (f"raises ({v['error'][:90]})" if "error" in v else
+                                 f"accepted, differs from each sample alone by {v['max_difference_vs_alone']:.1e}")
+                for family, v in peft.items()]
+        out += ["", "PEFT's `model(x, adapter_names=names)` per family (two adapters on one Linear, two samples "
+                "naming one each, against each sample run alone with its adapter set; relative to the largest "
+                f"output): {'; '.join(said)}."]
+    return out, missed
 
 
 def _share(value: float | None) -> str:

@@ -5,6 +5,10 @@ against the bare base on the same batch. Its own command:
     python bench/routing_scale.py          # RichBoyNet, the DDPM UNet and a Llama-shaped decoder (374 M parameters)
     python bench/routing_scale.py --quick  # a 2-layer decoder, 4 and 8 adapters: a smoke run (CI)
 
+Then every first-party family routed (item 1): LoRA, DoRA, LoHa, LoKr and (IA)^3 on RichBoyNet's Linears and the
+UNet's convs, a new mix each call, against the bare base and against the core's sample-by-sample form (what a
+family without a routed form of its own gets), outputs compared.
+
 The decoder is built from its config with random weights (nothing is downloaded; the shape is written below):
 one decode step for 64 sequences, each with a 16-token prompt in the KV cache and its own adapter (LoRA rank 8 on
 q, k, v, o, gate, up and down of every layer). Every adapter's B is random (a fresh LoRA's is zero) and PEFT gets
@@ -47,6 +51,11 @@ MIXES = 16  # the random batches a "new mix each call" cycles through
 # the paged row: adapters registered in a zoo, how many one batch names (one per sequence), the pager's budget
 PAGED = {"registered": 1000, "hot": 64, "budget_mb": 4096}
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# item 1's rows: every first-party family routed on RichBoyNet's Linears and the UNet's convs, rank 8 where the
+# family has one; (IA)^3 scales the outputs
+FAMILY_OPTIONS: dict[str, dict[str, Any]] = {"lora": {"rank": 8, "alpha": 16.0}, "dora": {"rank": 8, "alpha": 16.0},
+                                             "loha": {"rank": 8, "alpha": 16.0}, "lokr": {"rank": 8, "alpha": 16.0},
+                                             "ia3": {}}
 
 
 class DecodeStep(nn.Module):
@@ -153,6 +162,105 @@ def row(case: dict[str, Any], n: int, repeats: int) -> dict[str, Any]:
              f"outputs differ by {difference:.1e}" if want is not None else f"fails: {peft_note[:80]}"),
           file=sys.stderr, flush=True)
     return result
+
+
+def family_row(case: dict[str, Any], family: str, n: int, repeats: int) -> dict[str, Any]:
+    """Item 1: one family's routed batch, a new mix of `n` adapters every call, against the bare base and
+    against the core's sample-by-sample form (each adapter's delta on its own samples: what a family without a
+    routed form of its own gets), on the same mixes in the same rounds; the two outputs compared."""
+    from adapterhub_lite import AdaptedModel, AdapterLayer, get_registry
+
+    registry = get_registry()
+    batch = BATCH if case["name"] != "ddpm-unet" else 16
+    targets = case["family_targets"]
+    am = AdaptedModel(copy.deepcopy(case["model"]))
+    config = registry.config_class(family)(targets=["re:" + "|".join(t.replace(".", r"\.") for t in targets)],
+                                           **FAMILY_OPTIONS[family])
+    for i in range(n):
+        am.add_adapter(f"a{i}", config, activate=False)
+    gen = torch.Generator().manual_seed(n)
+    with torch.no_grad():  # every factor away from its no-op start
+        for param in am.trainable_parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * 0.01)
+    draws = random.Random(n)
+    mixes = [[f"a{draws.randrange(n)}" for _ in range(batch)] for _ in range(MIXES)]
+    args = tuple(a[:batch] if a.shape[0] >= batch else a.repeat(batch // a.shape[0], *[1] * (a.dim() - 1))
+                 for a in case["args"])
+    kinds = {type(kind) for layer in am.layers().values() for kind in layer.kinds}
+    turn = {"own": 0, "core": 0}
+
+    def routed(mix: list[str]) -> torch.Tensor:
+        with am.routing(mix):
+            return am.model(*args)
+
+    def core_form(mix: list[str]) -> torch.Tensor:
+        kept = {kind: kind.__dict__.get("add_deltas_routed") for kind in kinds}
+        for kind in kinds:
+            kind.add_deltas_routed = AdapterLayer.add_deltas_routed
+        try:
+            return routed(mix)
+        finally:
+            for kind, own in kept.items():
+                delattr(kind, "add_deltas_routed") if own is None else setattr(kind, "add_deltas_routed", own)
+
+    def own_mixed() -> torch.Tensor:
+        turn["own"] += 1
+        return routed(mixes[turn["own"] % MIXES])
+
+    def core_mixed() -> torch.Tensor:
+        turn["core"] += 1
+        return core_form(mixes[turn["core"] % MIXES])
+
+    with torch.inference_mode():
+        got, want = routed(mixes[0]), core_form(mixes[0])
+        difference = float((got - want).abs().max() / want.abs().max())
+        times = interleaved([lambda: case["model"](*args), own_mixed, core_mixed], repeats)
+    t = medians(times)
+    result = {"model": case["name"], "family": family, "adapters": n, "batch": batch, "base_ms": t[0] * 1e3,
+              "mixed_ms": t[1] * 1e3, "mixed_vs_base": paired_ratio(times[1], times[0]),
+              "core_ms": t[2] * 1e3, "core_vs_base": paired_ratio(times[2], times[0]),
+              "distinct_per_mix": sum(len(set(m)) for m in mixes) / MIXES, "vs_core_output": difference,
+              "options": FAMILY_OPTIONS[family]}
+    print(f"routing {family} on {case['name']} x{n}: base {result['base_ms']:.1f} ms, a new mix each call "
+          f"{result['mixed_ms']:.1f} ({result['mixed_vs_base']:.2f}x), the core's sample-by-sample form "
+          f"{result['core_ms']:.1f} ({result['core_vs_base']:.2f}x), outputs differ by {difference:.1e}",
+          file=sys.stderr, flush=True)
+    return result
+
+
+def peft_routing() -> dict[str, dict[str, Any]]:
+    """What PEFT does with `adapter_names` for each family it has (two adapters on one Linear, random factors,
+    two samples naming one each): the largest difference from each sample run alone with its adapter set, or
+    the error it raises. Small enough to run in every form of this command."""
+    import peft
+
+    configs = {"lora": peft.LoraConfig(r=4, target_modules=["0"], init_lora_weights=False),
+               "dora": peft.LoraConfig(r=4, target_modules=["0"], use_dora=True, init_lora_weights=False),
+               "loha": peft.LoHaConfig(r=4, target_modules=["0"], init_weights=False),
+               "lokr": peft.LoKrConfig(r=4, target_modules=["0"], init_weights=False),
+               "ia3": peft.IA3Config(target_modules=["0"], feedforward_modules=[], init_ia3_weights=False)}
+    found: dict[str, dict[str, Any]] = {}
+    for family, config in configs.items():
+        torch.manual_seed(0)
+        pm = peft.get_peft_model(nn.Sequential(nn.Linear(8, 8)), config, adapter_name="a")
+        pm.add_adapter("b", config)
+        pm.eval()
+        x = torch.randn(2, 8)
+        with torch.no_grad():
+            try:
+                routed = pm(x, adapter_names=["a", "b"])
+            except (TypeError, ValueError) as exc:
+                found[family] = {"error": " ".join(str(exc).split())[:200]}
+                continue
+            alone = []
+            for i, name in enumerate(["a", "b"]):
+                pm.set_adapter(name)
+                alone.append(pm(x[i:i + 1]))
+        want = torch.cat(alone)
+        found[family] = {"max_difference_vs_alone": float((routed - want).abs().max() / want.abs().max())}
+        print(f"peft adapter_names with {family}: differs from each sample alone by "
+              f"{found[family]['max_difference_vs_alone']:.1e} (relative)", file=sys.stderr, flush=True)
+    return found
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -288,6 +396,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 2-layer decoder and 4 and 8 adapters: a smoke run")
     parser.add_argument("--paged-only", action="store_true", help="only the paged row (1,000 adapters in a zoo)")
+    parser.add_argument("--no-families", action="store_true", help="without the per-family rows (item 1)")
     parser.add_argument("--paged-child", type=Path, default=None, help=argparse.SUPPRESS)  # the paged row's process
     parser.add_argument("--json", type=Path, default=None,
                         help="results (default bench/routing-results.json; --quick: a temporary file)")
@@ -308,6 +417,16 @@ def main() -> None:
         for n in counts:
             rows.append(row(case, n, repeats))
         del case
+    families = []
+    peft_families = None if args.paged_only or args.paged_child else peft_routing()
+    for name in ([] if args.paged_only or args.paged_child or args.no_families
+                 else ["richboynet"] if args.quick else ["richboynet", "ddpm-unet"]):
+        case = make_case(name)
+        case["family_targets"] = (case["targets"] if name == "richboynet" else
+                                  [t for t in case["targets"] if t.endswith((".conv1", ".conv2"))])  # convs only
+        for family in FAMILY_OPTIONS:
+            for n in counts:
+                families.append(family_row(case, family, n, 3 if args.quick else 12))
     if args.paged_child:  # the paged row's own process, on the zoo the parent wrote
         case = decoder_case(QUICK_DECODER if args.quick else DECODER)
         task = json.loads(args.paged_child.read_text())
@@ -325,12 +444,13 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "--paged-child", str(task), *(["--quick"] * args.quick)], check=True)
         paged = json.loads(task.read_text())
     result = {"shape": "quick" if args.quick else "full", "decoder_config": QUICK_DECODER if args.quick else DECODER,
-              "batch": BATCH, "prompt_tokens": PROMPT, "rank": 8, "threads": THREADS, "rows": rows, "paged": paged,
+              "batch": BATCH, "prompt_tokens": PROMPT, "rank": 8, "threads": THREADS, "rows": rows, "families": families, "peft_families": peft_families,
+              "paged": paged,
               "wall_s": time.time() - started, **machine()}
     target = args.json or (Path(tempfile.gettempdir()) / "routing-quick.json" if args.quick
                            else ROOT / "bench" / "routing-results.json")
     target.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"routing scale: {len(rows)} rows in {result['wall_s']:.0f} s; wrote {target}", file=sys.stderr)
+    print(f"routing scale: {len(rows)} rows, {len(families)} family rows in {result['wall_s']:.0f} s; wrote {target}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -120,3 +120,28 @@ def test_the_scale_fuse_section_judges_memory_and_throughput_from_the_figures() 
     worse = {**data, "fuse_s": 10.0, "peak_mb": 1000.0}
     assert report.scale_fuse_verdicts(worse) == {"memory": False, "throughput": False}
     assert "| 10.0 | 2.0 | 0.20 **missed** | 1.5 | 500 | 418 **missed** |" in "\n".join(report.scale_fuse_section(worse))
+
+
+def test_the_routing_families_rows_judge_each_family_from_the_figures() -> None:
+    """bench/routing_scale.py's per-family rows (issue 33, item 1): routed / base within the model's target and
+    the family's own form equal to the core's sample-by-sample form, each verdict from its figures; PEFT's
+    behaviour per family as measured (an error, or its difference from each sample alone)."""
+    report = _report_module()
+
+    def family_row(family: str, model: str, ratio: float, difference: float) -> dict:
+        return {"model": model, "family": family, "adapters": 8, "batch": 64, "distinct_per_mix": 7.4,
+                "base_ms": 2.0, "mixed_vs_base": ratio, "core_vs_base": 3.0, "vs_core_output": difference}
+
+    rows = [family_row("ia3", "richboynet", 1.10, 1e-7), family_row("dora", "ddpm-unet", 1.31, 1e-7),
+            family_row("loha", "richboynet", 1.0, 1e-3)]
+    assert report.routing_family_verdicts(rows[0]) == {"vs base": True, "same outputs": True}
+    assert report.routing_family_verdicts(rows[1]) == {"vs base": False, "same outputs": True}  # the UNet: 1.3
+    assert report.routing_family_verdicts(rows[2]) == {"vs base": True, "same outputs": False}
+    data = {"families": rows, "peft_families": {"loha": {"max_difference_vs_alone": 0.25},
+                                                "dora": {"error": "Cannot pass `adapter_names` when DoRA is enabled."}}}
+    text, missed = report.routing_families_section(data)
+    text = "\n".join(text)
+    assert "| richboynet | ia3 | 8 | 64 | 7 | 2.0 | 1.10x | 3.00x | 1.0e-07 | vs base met, same outputs met |" in text
+    assert missed == ["dora on ddpm-unet x8 vs base", "loha on richboynet x8 same outputs"]
+    assert "loha: accepted, differs from each sample alone by 2.5e-01" in text
+    assert "dora: raises (Cannot pass `adapter_names` when DoRA is enabled.)" in text
