@@ -75,6 +75,7 @@ _LAZY = {
     "PluginOptionsCommand": ".cli.options",
     "Registry": ".registry",
     "Route": ".routing",
+    "RowPool": ".routing",
     "Groups": ".routing",
     "groupable": ".routing",
     "grouped_conv_low_rank": ".routing",
@@ -116,7 +117,7 @@ if TYPE_CHECKING:
     from .paging import AdapterPager
     from .model import AdaptedModel
     from .registry import Registry, get_registry
-    from .routing import Groups, Route, groupable, grouped_conv_low_rank, grouped_low_rank, padded_width
+    from .routing import Groups, Route, RowPool, groupable, grouped_conv_low_rank, grouped_low_rank, padded_width
     from .serialization import load_adapter, read_adapter_file, save_adapter
     from .tensorfile import load_tensors
     from .zoo.evaluation import DataOptions
@@ -168,6 +169,7 @@ __all__ = [
     "RefError",
     "Registry",
     "Route",
+    "RowPool",
     "Task",
     "TrainingError",
     "UnknownNameError",

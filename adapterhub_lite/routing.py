@@ -8,12 +8,15 @@ the layers' `run` and `add_deltas_routed`. Nothing here knows a layer.
 adapter's pair of matrices only (LoRA's A and B, or any family's low-rank form),
 one pair of batched products for all groups, so the adapter cost does not grow
 with the number of adapters a batch names; `grouped_conv_low_rank` is its form
-for convolutions (one conv with a kernel per sample, then one batched product).
+for convolutions (one conv with a kernel per sample, then one batched product);
+`RowPool` keeps one row per adapter (a scale, a magnitude ratio) for tables a
+routed batch reads by sample.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -176,3 +179,54 @@ def grouped_conv_low_rank(x: Tensor, plan: Groups, down: Tensor, up: Tensor, wei
         total = product.new_zeros(x.shape[0], *product.shape[1:])
     # in place where autograd records nothing; a copy where it does (the base op's backward may need its output)
     return total.index_add(0, order, product) if torch.is_grad_enabled() else total.index_add_(0, order, product)
+
+
+class RowPool:
+    """One row per adapter (a vector: a scale, a magnitude ratio), for per-sample tables under routing: each
+    adapter keeps a slot, rewritten only when its key changes (what the row depends on: identity and version
+    counter of the tensors it is computed from) and freed when the adapter is gone (slots are weakly keyed by
+    the adapter's module, so they follow the adapters held); a batch gathers its adapters' rows by index, one
+    copy, instead of computing and stacking them again for every new mix. Row 0 holds `rest`, the row of a
+    sample that runs none of them."""
+
+    def __init__(self, rest: float) -> None:
+        self.rest = rest
+        self.rows: Tensor | None = None  # (capacity, width); row 0: rest
+        self.slots: weakref.WeakKeyDictionary[object, tuple[int, Hashable]] = weakref.WeakKeyDictionary()
+
+    def table(self, entries: Sequence[tuple[object, Hashable, Callable[[], Tensor]] | None], like: Tensor) -> Tensor:
+        """(len(entries) + 1, width) in `like`'s dtype and device: the rows of `entries`, each (adapter module,
+        key, a function computing its row when the key changed) or None (`rest`), then `rest`."""
+        index = [0 if entry is None else self._slot(*entry, like) for entry in entries] + [0]
+        assert self.rows is not None
+        return self.rows.index_select(0, torch.tensor(index, device=like.device))
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.rows is None else self.rows.numel() * self.rows.element_size()
+
+    def _slot(self, owner: object, key: Hashable, compute: Callable[[], Tensor], like: Tensor) -> int:
+        held = self.slots.get(owner)
+        if held is not None and held[1] == key and self.rows is not None and self.rows.dtype == like.dtype:
+            return held[0]
+        with torch.inference_mode(False), torch.no_grad():  # kept rows outlive an inference_mode block
+            row = compute().detach().to(device=like.device, dtype=like.dtype)
+            if self.rows is None or self.rows.dtype != like.dtype or self.rows.shape[1] != row.shape[-1]:
+                self.rows = row.new_full((8, row.shape[-1]), self.rest)
+                self.slots = weakref.WeakKeyDictionary()
+                held = None
+            slot = held[0] if held is not None else self._free()
+            self.rows[slot] = row
+        self.slots[owner] = (slot, key)
+        return slot
+
+    def _free(self) -> int:
+        """A slot no living adapter holds (never 0); the pool grows by a quarter when all are held."""
+        assert self.rows is not None
+        used = {slot for slot, _ in self.slots.values()}
+        capacity = self.rows.shape[0]
+        if len(used) + 1 >= capacity:
+            more = self.rows.new_full((max(8, capacity // 4), self.rows.shape[1]), self.rest)
+            self.rows = torch.cat([self.rows, more])
+            return capacity
+        return next(i for i in range(1, capacity) if i not in used)

@@ -65,6 +65,26 @@ def each_alone(am: AdaptedModel, x: torch.Tensor, route: list[str | None], weigh
     return torch.cat(outs)
 
 
+def randomize_and_weigh(am: AdaptedModel, names: list[str], gen: torch.Generator, step: float) -> dict[str, float]:
+    """Every adapter tensor moved off its no-op start; adapter i at weight 1 - step * i (set, and returned)."""
+    with torch.no_grad():
+        for p in am.trainable_parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.4)
+    weights = {name: 1.0 - step * i for i, name in enumerate(names)}
+    for name, weight in weights.items():
+        am.set_weight(name, weight)
+    return weights
+
+
+def check_routed(am: AdaptedModel, x: torch.Tensor, route: list[str | None], weights: dict[str, float]) -> None:
+    """The routed batch against each sample run alone with its own adapter at its weight, to 1e-5."""
+    with torch.no_grad():
+        with am.routing(route):
+            routed = am(x)
+        want = each_alone(am, x, route, weights)
+    torch.testing.assert_close(routed, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
 @pytest.mark.parametrize("path", ["low-rank", "folded-per-group"])
 @pytest.mark.parametrize("key", sorted(FAMILIES))
 def test_every_family_routes_each_sample_through_its_own_adapter(key: str, path: str) -> None:
@@ -72,15 +92,11 @@ def test_every_family_routes_each_sample_through_its_own_adapter(key: str, path:
     am, names, weights = adapted(key, policy)
     draws = random.Random(5)
     x = torch.randn(12, 3, 5, 5, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        for _ in range(3):  # a new mix every call, some samples routed to no adapter
-            route = [draws.choice([*names, None]) for _ in range(len(x))]
-            for name, weight in weights.items():
-                am.set_weight(name, weight)
-            with am.routing(route):
-                routed = am(x)
-            want = each_alone(am, x, route, weights)
-            torch.testing.assert_close(routed, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    for _ in range(3):  # a new mix every call, some samples routed to no adapter
+        route = [draws.choice([*names, None]) for _ in range(len(x))]
+        for name, weight in weights.items():
+            am.set_weight(name, weight)
+        check_routed(am, x, route, weights)
 
 
 @pytest.mark.parametrize("key", ["dora", "loha", "lokr", "ia3-mixed"])
@@ -182,25 +198,16 @@ def test_grouped_convs_keep_the_base_geometry(family: str) -> None:
         am.add_adapter(name, config(targets=["0", "2"] if family == "lora" else ["0"], rank=1 + i, alpha=3.0),
                        activate=False)  # DoRA has no Conv1d kind
     gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in am.trainable_parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.3)
-    weights = {name: 1.0 - 0.4 * i for i, name in enumerate(names)}
-    for name, weight in weights.items():
-        am.set_weight(name, weight)
+    weights = randomize_and_weigh(am, names, gen, step=0.4)
     route = ["c2", None, "c0", "c3", "c2", "c1"]
-    x = torch.randn(len(route), 3, 9, 9, generator=gen)
-    with torch.no_grad():
-        with am.routing(route):
-            routed = am(x)
-        want = each_alone(am, x, route, weights)
-    torch.testing.assert_close(routed, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    check_routed(am, x=torch.randn(len(route), 3, 9, 9, generator=gen), route=route, weights=weights)
 
 
-@pytest.mark.parametrize("key", ["dora", "loha", "lora"])
+@pytest.mark.parametrize("key", ["dora", "loha", "lora", "ia3-mixed"])
 def test_kept_forms_follow_an_adapter_deleted_and_added_again_under_its_name(key: str) -> None:
-    """What routing keeps per adapter (DoRA's m / n, LoHa's rank r * r pair, LoRA's pool slot) belongs to the
-    adapter, not its name: one deleted and made again under the same name routes with its new values."""
+    """What routing keeps per adapter (DoRA's m / n, LoHa's rank r * r pair, LoRA's pool slot, (IA)^3's scale
+    rows) belongs to the adapter, not its name: one deleted and made again under the same name routes with its
+    new values; one changed in place routes with its changed values."""
     am, names, weights = adapted(key, LayerPolicy(fold_limit=0))
     route = [names[i % 3] for i in range(6)]
     x = torch.randn(len(route), 3, 4, 4, generator=torch.Generator().manual_seed(3))
@@ -216,10 +223,34 @@ def test_kept_forms_follow_an_adapter_deleted_and_added_again_under_its_name(key
             p.add_(torch.randn(p.shape, generator=gen) * 0.5)
         for name in names:
             am.set_weight(name, 1.0)
-        with am.routing(route):
-            routed = am(x)
-        want = each_alone(am, x, route, dict.fromkeys(names, 1.0))
-    torch.testing.assert_close(routed, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+        check_routed(am, x, route, dict.fromkeys(names, 1.0))
+        for _, p in am.adapter_parameters(names[2]):
+            p.mul_(-1.5)
+        check_routed(am, x, route, dict.fromkeys(names, 1.0))
+
+
+def test_a_row_pool_reuses_the_slots_of_adapters_gone() -> None:
+    """The pool behind DoRA's and (IA)^3's per-sample tables follows the adapters held at once (as a pager
+    bounds them), not every adapter it ever served; row 0 is the rest row, never given out."""
+    import gc
+
+    from adapterhub_lite import RowPool
+
+    pool = RowPool(rest=1.0)
+    like = torch.zeros(3)
+    owners = [nn.Linear(1, 1) for _ in range(6)]
+    table = pool.table([(o, 0, lambda i=i: torch.full((3,), float(i))) for i, o in enumerate(owners)], like)
+    assert table[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 1.0]
+    capacity = pool.rows.shape[0]
+    for round_ in range(5):  # six adapters gone, six new ones, again and again
+        del owners, table
+        gc.collect()
+        owners = [nn.Linear(1, 1) for _ in range(6)]
+        table = pool.table([(o, 0, lambda i=i: torch.full((3,), 10.0 * round_ + i)) for i, o in enumerate(owners)],
+                           like)
+        assert table[:-1, 0].tolist() == [10.0 * round_ + i for i in range(6)] and table[-1, 0] == 1.0
+    assert pool.rows.shape[0] == capacity
+    assert pool.table([(owners[0], 1, lambda: torch.full((3,), -7.0)), None], like)[:, 0].tolist() == [-7.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -248,19 +279,9 @@ def test_attention_and_embedding_route_each_sample_through_its_own_adapter(batch
         am.add_adapter(name, LoraConfig(targets=["embed", "attn"], rank=1 + i % 3, alpha=2.0,
                                         attention_projections="q,k,v,out"), activate=False)
     gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in am.trainable_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    weights = {name: 1.0 - 0.3 * i for i, name in enumerate(names)}
-    for name, weight in weights.items():
-        am.set_weight(name, weight)
+    weights = randomize_and_weigh(am, names, gen, step=0.3)
     route = ["t3", "t0", None, "t3", "t1", "t4", "t2", "t0"]
-    ids = torch.randint(0, 20, (len(route), 6), generator=gen)
-    with torch.no_grad():
-        with am.routing(route):
-            routed = am(ids)
-        want = each_alone(am, ids, route, weights)
-    torch.testing.assert_close(routed, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    check_routed(am, torch.randint(0, 20, (len(route), 6), generator=gen), route, weights)
     assert set(am.layers()["attn"].layer_of("t0")._pools) == {"q", "k", "v", "out"}
 
 

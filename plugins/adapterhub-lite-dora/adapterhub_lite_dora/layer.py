@@ -16,13 +16,12 @@ of 0 / 0.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from adapterhub_lite import AdapterLayer, Route
+from adapterhub_lite import AdapterLayer, Route, RowPool
 from adapterhub_lite_lora import LoraConfig, LoraConv2d, LoraFactors, LoraLinear
 
 
@@ -93,7 +92,8 @@ class _Dora:
         """Each sample through its own adapter, as LoRA routes (grouped products on a Linear, each group on its
         own samples on a conv) for s B A x, then each sample's m / n and weight read off per-adapter tables:
         delta = w ((m / n - 1) W x + (m / n) s B A x), with W x read off the base output. m / n (a norm of
-        W + s B A per channel: a weight-sized op) is kept per adapter until a factor or the base changes. The
+        W + s B A per channel: a weight-sized op) is kept per adapter, in a pool of rows, until a factor or the
+        base changes. The
         core's sample-by-sample form where this cannot serve (no base output, a live dropout in training, a
         batch axis other than the first, folded base weights)."""
         dropping = self.training and any(not isinstance(self.factors(n).dropout, nn.Identity)  # type: ignore[attr-defined]
@@ -105,8 +105,7 @@ class _Dora:
         conv = isinstance(self.base, nn.Conv2d)
         bias = self.base.bias  # type: ignore[attr-defined]
         base = out if bias is None else out - (bias.view(-1, 1, 1) if conv else bias)
-        ratios = torch.stack([self._kept_ratio(name) for name, _ in live]).to(out.dtype)
-        ratios = torch.cat([ratios, ratios.new_ones(1, ratios.shape[1])])  # the last row: samples of no adapter
+        ratios = self._ratio_table([name for name, _ in live], out)  # (G + 1, C): the last row all ones
         weights = torch.tensor([w for _, w in live] + [0.0], dtype=out.dtype, device=out.device)
         at = route.positions([name for name, _ in live]).to(out.device)
         at = at.where(at >= 0, len(live))
@@ -115,27 +114,29 @@ class _Dora:
         scale = weights.index_select(0, at).view(-1, *(1,) * (out.dim() - 1))
         return out + ((ratio - 1) * base + ratio * low_rank) * scale
 
-    def _kept_ratio(self, name: str) -> Tensor:
-        """`_ratio(name)`, kept while the adapter lives and no tensor it reads changed (identity and version
-        counter; the base weight included), fresh while autograd records through it."""
-        factors = self.factors(name)  # type: ignore[attr-defined]
-        tensors = (factors.lora_A, factors.lora_B, factors.lora_magnitude, self.host.base_state()["weight"])
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return self._ratio(name)
-        if any(t.is_inference() for t in tensors):  # no version counter to key on
-            with torch.no_grad():
-                return self._ratio(name)
-        key = (factors.scale, *((t.data_ptr(), t._version, t.dtype) for t in tensors))
-        kept = self.__dict__.setdefault("_ratios", weakref.WeakKeyDictionary())  # adapter module -> (key, m / n)
-        hit = kept.get(factors)
-        if hit is None or hit[0] != key:
-            with torch.no_grad():
-                kept[factors] = hit = (key, self._ratio(name))
-        return hit[1]
+    def _ratio_table(self, names: list[str], like: Tensor) -> Tensor:
+        """m / n of each adapter, a row each, then a row of ones (samples of none): from a pool of rows kept per
+        adapter while the adapter lives and no tensor its ratio reads changed (identity and version counter,
+        the base weight included); computed fresh while autograd records through it."""
+        weight = self.host.base_state()["weight"]
+        tensors = {name: (self.factors(name).lora_A, self.factors(name).lora_B,  # type: ignore[attr-defined]
+                          self.factors(name).lora_magnitude, weight) for name in names}  # type: ignore[attr-defined]
+        if torch.is_grad_enabled() and any(t.requires_grad for ts in tensors.values() for t in ts):
+            ratios = [self._ratio(name) for name in names]
+            return torch.stack([*ratios, torch.ones_like(ratios[0])]).to(like.dtype)
+        pool = self.__dict__.setdefault("_ratio_rows", RowPool(rest=1.0))
+
+        def key(name: str) -> object:
+            if any(t.is_inference() for t in tensors[name]):  # no version counter to key on: computed every call
+                return object()
+            return (self.factors(name).scale, *((t.data_ptr(), t._version) for t in tensors[name]))  # type: ignore[attr-defined]
+
+        return pool.table([(self.factors(name), key(name), lambda name=name: self._ratio(name))  # type: ignore[attr-defined]
+                           for name in names], like)
 
     def kept_bytes(self) -> int:
-        kept = sum(r.numel() * r.element_size() for _, r in self.__dict__.get("_ratios", {}).values())
-        return super().kept_bytes() + kept  # type: ignore[misc]
+        pool = self.__dict__.get("_ratio_rows")
+        return super().kept_bytes() + (pool.nbytes if pool is not None else 0)  # type: ignore[misc]
 
     def delta_weight(self, name: str) -> Tensor:
         """(m / n) (W + s B A) - W, in float32 at least: a merge adds it to W and rounds once (in half precision,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adapterhub_lite import AdapterLayer, Route
+from adapterhub_lite import AdapterLayer, Route, RowPool
 
 from .config import IA3Config
 
@@ -115,16 +115,14 @@ class IA3Layer(AdapterLayer):
         route.check_batch(x, batch_dim)
         at = route.positions([name for name, _ in live]).to(x.device)
         at = at.where(at >= 0, len(live))  # the tables' last row: zeros
+        weights = torch.tensor([w for _, w in live] + [0.0], dtype=out.dtype, device=out.device).index_select(0, at)
         total = out
         for side, like in ((False, out), (True, x)):
-            changes = [(self.adapters[name].ia3_l - 1) * weight if self.configs[name].feedforward is side else None
-                       for name, weight in live]
-            present = [c for c in changes if c is not None]
-            if not present:
+            mine = [self.configs[name].feedforward is side for name, _ in live]
+            if not any(mine):
                 continue
-            zero = present[0].new_zeros(present[0].shape)
-            table = torch.stack([zero if c is None else c for c in changes] + [zero]).to(like.dtype)
-            change = table.index_select(0, at)  # (N, features)
+            change = self._change_table(side, [name for name, _ in live], mine, like).index_select(0, at)  # (N, F)
+            change = change * weights.to(change.dtype)[:, None]
             change = (change.view(len(at), -1, *(1,) * (like.dim() - 2)) if isinstance(self.base, nn.Conv2d)
                       else change.view(len(at), *(1,) * (like.dim() - 2), -1))
             if side:
@@ -133,6 +131,24 @@ class IA3Layer(AdapterLayer):
             else:
                 total = total + out * change
         return total
+
+    def _change_table(self, side: bool, names: list[str], mine: list[bool], like: Tensor) -> Tensor:
+        """l - 1 of each adapter on this side (a row each; zeros for the other side's and for samples of none),
+        from a pool of rows kept per adapter until its scales change; fresh while autograd records."""
+        scales = {name: self.adapters[name].ia3_l for name, on in zip(names, mine) if on}
+        if torch.is_grad_enabled() and any(s.requires_grad for s in scales.values()):
+            zero = next(iter(scales.values())).new_zeros(next(iter(scales.values())).shape)
+            return torch.stack([scales[n] - 1 if n in scales else zero for n in names] + [zero]).to(like.dtype)
+        pool = self.__dict__.setdefault(f"_rows_{'in' if side else 'out'}", RowPool(rest=0.0))
+
+        def key(scale: Tensor) -> object:
+            return object() if scale.is_inference() else (scale.data_ptr(), scale._version)
+
+        return pool.table([(self.adapters[n], key(scales[n]), lambda n=n: scales[n] - 1) if n in scales else None
+                           for n in names], like)
+
+    def kept_bytes(self) -> int:
+        return sum(pool.nbytes for key, pool in self.__dict__.items() if key.startswith("_rows_"))
 
     def delta_weights(self, name: str) -> dict[str, Tensor]:
         original = self.host.base_state()
