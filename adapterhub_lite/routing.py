@@ -87,12 +87,19 @@ class Route:
 
     def positions(self, live: Sequence[str]) -> Tensor:
         """(N,) long: for each sample, the place of its adapter in `live`, or -1 (no adapter, or one not in
-        `live`): what per-sample tables (a scale, a magnitude per adapter) are indexed by."""
-        position = torch.full((len(self.names) + 1,), -1, dtype=torch.long)  # route index -1 reads the last
+        `live`): what per-sample tables (a scale, a magnitude per adapter) are indexed by. Kept per live set,
+        as the grouping is (every layer with those adapters asks)."""
+        key = ("positions", *live)
+        hit = self._groups.get(key)
+        if hit is not None:
+            return hit
+        where = {name: i for i, name in enumerate(self.names)}
+        position = [-1] * (len(self.names) + 1)  # route index -1 reads the last
         for i, name in enumerate(live):
-            if name in self.names:
-                position[self.names.index(name)] = i
-        return position[self.index]
+            if name in where:
+                position[where[name]] = i
+        self._groups[key] = found = torch.tensor(position, dtype=torch.long)[self.index]
+        return found
 
     def check_batch(self, like: Tensor, batch_dim: int) -> None:
         if like.dim() <= batch_dim or like.shape[batch_dim] != len(self.index):

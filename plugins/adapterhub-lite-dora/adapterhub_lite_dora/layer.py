@@ -119,20 +119,20 @@ class _Dora:
         adapter while the adapter lives and no tensor its ratio reads changed (identity and version counter,
         the base weight included); computed fresh while autograd records through it."""
         weight = self.host.base_state()["weight"]
-        tensors = {name: (self.factors(name).lora_A, self.factors(name).lora_B,  # type: ignore[attr-defined]
-                          self.factors(name).lora_magnitude, weight) for name in names}  # type: ignore[attr-defined]
-        if torch.is_grad_enabled() and any(t.requires_grad for ts in tensors.values() for t in ts):
+        factors = [self.factors(name) for name in names]  # type: ignore[attr-defined]
+        tensors = [(f.lora_A, f.lora_B, f.lora_magnitude, weight) for f in factors]
+        if torch.is_grad_enabled() and any(t.requires_grad for ts in tensors for t in ts):
             ratios = [self._ratio(name) for name in names]
             return torch.stack([*ratios, torch.ones_like(ratios[0])]).to(like.dtype)
         pool = self.__dict__.setdefault("_ratio_rows", RowPool(rest=1.0))
 
-        def key(name: str) -> object:
-            if any(t.is_inference() for t in tensors[name]):  # no version counter to key on: computed every call
+        def key(f: nn.Module, ts: tuple[Tensor, ...]) -> object:
+            if any(t.is_inference() for t in ts):  # no version counter to key on: computed every call
                 return object()
-            return (self.factors(name).scale, *((t.data_ptr(), t._version) for t in tensors[name]))  # type: ignore[attr-defined]
+            return (f.scale, *((t.data_ptr(), t._version) for t in ts))
 
-        return pool.table([(self.factors(name), key(name), lambda name=name: self._ratio(name))  # type: ignore[attr-defined]
-                           for name in names], like)
+        return pool.table([(f, key(f, ts), lambda name=name: self._ratio(name))
+                           for name, f, ts in zip(names, factors, tensors)], like)
 
     def kept_bytes(self) -> int:
         pool = self.__dict__.get("_ratio_rows")
