@@ -85,16 +85,16 @@ class Route:
         self._groups[key] = plan = Groups(order, counts, slot, widest)
         return plan
 
-    def positions(self, live: Sequence[str]) -> Tensor:
-        """(N,) long: for each sample, the place of its adapter in `live`, or -1 (no adapter, or one not in
-        `live`): what per-sample tables (a scale, a magnitude per adapter) are indexed by. Kept per live set,
-        as the grouping is (every layer with those adapters asks)."""
-        key = ("positions", *live)
+    def positions(self, live: Sequence[str], none: int = -1) -> Tensor:
+        """(N,) long: for each sample, the place of its adapter in `live`, or `none` (no adapter, or one not in
+        `live`; a table with a row for those puts it last: none=len(live)): what per-sample tables (a scale, a
+        magnitude per adapter) are indexed by. Kept per live set, as the grouping is (every layer asks)."""
+        key = ("positions", none, *live)
         hit = self._groups.get(key)
         if hit is not None:
             return hit
         where = {name: i for i, name in enumerate(self.names)}
-        position = [-1] * (len(self.names) + 1)  # route index -1 reads the last
+        position = [none] * (len(self.names) + 1)  # route index -1 reads the last
         for i, name in enumerate(live):
             if name in where:
                 position[where[name]] = i

@@ -511,7 +511,8 @@ def routing_scale_section(data: dict[str, Any]) -> list[str]:
                 f"{2 * paged['hot']} adapters, after half ({half:,}) and after all {paged['registered']:,}, and its "
                 f"peak over the whole serving. Targets: <= {PAGED_TARGET}x the base after first use; held within the "
                 f"budget; resident memory after all within {PAGED_RSS_SLACK:.0%} of the budget of what it was after "
-                f"half (it does not grow with the number of adapters served); outputs as with the same adapters held for good (1e-5). `factors / base` as "
+                f"half (it does not grow with the number of adapters served); outputs as with the same adapters "
+                "held for good (1e-5). `factors / base` as "
                 "above, for the batch's own adapters.", "",
                 "| registered | named a batch | factors / base | bare base ms | ours / base | new mix / base "
                 "| first use s | a batch of new ones s | loads, evictions | held MB (budget) | RSS growth MB: first use "

@@ -444,13 +444,14 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "--paged-child", str(task), *(["--quick"] * args.quick)], check=True)
         paged = json.loads(task.read_text())
     result = {"shape": "quick" if args.quick else "full", "decoder_config": QUICK_DECODER if args.quick else DECODER,
-              "batch": BATCH, "prompt_tokens": PROMPT, "rank": 8, "threads": THREADS, "rows": rows, "families": families, "peft_families": peft_families,
-              "paged": paged,
+              "batch": BATCH, "prompt_tokens": PROMPT, "rank": 8, "threads": THREADS, "rows": rows,
+              "families": families, "peft_families": peft_families, "paged": paged,
               "wall_s": time.time() - started, **machine()}
     target = args.json or (Path(tempfile.gettempdir()) / "routing-quick.json" if args.quick
                            else ROOT / "bench" / "routing-results.json")
     target.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"routing scale: {len(rows)} rows, {len(families)} family rows in {result['wall_s']:.0f} s; wrote {target}", file=sys.stderr)
+    print(f"routing scale: {len(rows)} rows, {len(families)} family rows in {result['wall_s']:.0f} s; wrote {target}",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

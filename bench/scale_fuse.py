@@ -277,7 +277,7 @@ def machine() -> dict[str, Any]:
                 if line.startswith("model name")), "unknown")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     return {"cpu": cpu, "avx512": " avx512f" in Path("/proc/cpuinfo").read_text(), "torch": torch.__version__,
-            "commit": commit.strip()}
+            "commit": commit.strip() or "unknown (not run from a git checkout: use `git worktree add`)"}
 
 
 if __name__ == "__main__":

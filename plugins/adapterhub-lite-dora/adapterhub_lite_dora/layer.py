@@ -93,9 +93,8 @@ class _Dora:
         own samples on a conv) for s B A x, then each sample's m / n and weight read off per-adapter tables:
         delta = w ((m / n - 1) W x + (m / n) s B A x), with W x read off the base output. m / n (a norm of
         W + s B A per channel: a weight-sized op) is kept per adapter, in a pool of rows, until a factor or the
-        base changes. The
-        core's sample-by-sample form where this cannot serve (no base output, a live dropout in training, a
-        batch axis other than the first, folded base weights)."""
+        base changes. The core's sample-by-sample form where this cannot serve (no base output, a live dropout
+        in training, a batch axis other than the first, folded base weights)."""
         dropping = self.training and any(not isinstance(self.factors(n).dropout, nn.Identity)  # type: ignore[attr-defined]
                                          for n, _ in live)
         if out is None or dropping or batch_dim != 0 or self.host.folded:
@@ -107,8 +106,7 @@ class _Dora:
         base = out if bias is None else out - (bias.view(-1, 1, 1) if conv else bias)
         ratios = self._ratio_table([name for name, _ in live], out)  # (G + 1, C): the last row all ones
         weights = torch.tensor([w for _, w in live] + [0.0], dtype=out.dtype, device=out.device)
-        at = route.positions([name for name, _ in live]).to(out.device)
-        at = at.where(at >= 0, len(live))
+        at = route.positions([name for name, _ in live], none=len(live)).to(out.device)
         ratio = ratios.index_select(0, at)  # (N, C)
         ratio = ratio.view(len(at), -1, 1, 1) if conv else ratio.view(len(at), *(1,) * (out.dim() - 2), -1)
         scale = weights.index_select(0, at).view(-1, *(1,) * (out.dim() - 1))

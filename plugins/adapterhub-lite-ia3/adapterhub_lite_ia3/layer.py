@@ -102,7 +102,8 @@ class IA3Layer(AdapterLayer):
     def delta(self, name: str, x: Tensor) -> Tensor:
         change = self.adapters[name].ia3_l - 1
         if self.configs[name].feedforward:
-            return self.forward_with({"weight": self.host.base_state()["weight"], "bias": None}, x * self._shaped(change, x))
+            weight = self.host.base_state()["weight"]
+            return self.forward_with({"weight": weight, "bias": None}, x * self._shaped(change, x))
         out = self.base(x)
         return out * self._shaped(change, out)
 
@@ -113,8 +114,7 @@ class IA3Layer(AdapterLayer):
         if out is None or batch_dim != 0:
             return super().add_deltas_routed(live, x, route, batch_dim, out)
         route.check_batch(x, batch_dim)
-        at = route.positions([name for name, _ in live]).to(x.device)
-        at = at.where(at >= 0, len(live))  # the tables' last row: zeros
+        at = route.positions([name for name, _ in live], none=len(live)).to(x.device)  # the last row: zeros
         weights = torch.tensor([w for _, w in live] + [0.0], dtype=out.dtype, device=out.device).index_select(0, at)
         total = out
         for side, like in ((False, out), (True, x)):

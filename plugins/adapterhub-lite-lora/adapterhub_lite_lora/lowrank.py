@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapterhub_lite import AdapterLayer, AdapterStateError, Route, UnsupportedModuleError, grouped_low_rank
-from adapterhub_lite import groupable, padded_width
+from adapterhub_lite import (AdapterLayer, AdapterStateError, Route, UnsupportedModuleError, groupable,
+                             grouped_low_rank, padded_width)
 
 from .config import LoraConfig
 from .pool import FactorPool
@@ -302,20 +302,10 @@ class LowRankLayer(AdapterLayer):
 
     def _routed_gather(self, x: Tensor, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]],
                        route: Route, batch_dim: int) -> Tensor:
-        """Each adapter on its own samples only, scattered back: for convs, where a down-projection over
-        every sample at the summed rank would cost more than the base layer itself."""
-        route.check_batch(x, batch_dim)
-        total = None
-        for (name, _), (f, w) in zip(live, pairs):  # a routed name always has samples: the route is built from them
-            rows = route.rows(name, x.device)
-            part = self.factor_delta(f, x.index_select(batch_dim, rows)) * w
-            if total is None:
-                shape = list(part.shape)
-                shape[batch_dim] = x.shape[batch_dim]
-                total = part.new_zeros(shape)
-            total.index_add_(batch_dim, rows, part)
-        assert total is not None  # called with at least one routed adapter
-        return total
+        """Each adapter on its own samples only, scattered back (the core's routed form): for convs and
+        embeddings, where a product over every sample at the summed rank would cost more than the base layer
+        itself. LoraConv overrides it with one conv for all groups."""
+        return AdapterLayer.add_deltas_routed(self, live, x, route, batch_dim)
 
     def _rank_mask(self, live: list[tuple[str, float]], pairs: list[tuple[LoraFactors, float]], h: Tensor,
                    route: Route, batch_dim: int) -> Tensor:

@@ -34,7 +34,7 @@ class LokrLayer(WeightDeltaLayer):
         f = self.adapters[name]
         if not isinstance(self.base, nn.Linear):
             return super().delta(name, x)
-        w1 = f.lokr_w1 if hasattr(f, "lokr_w1") else f.lokr_w1_a @ f.lokr_w1_b  # (a, c)
+        w1 = self._w1(f)  # (a, c)
         rows = x.unflatten(-1, (w1.shape[1], -1))  # (..., c, d)
         h = rows @ f.lokr_w2.t() if hasattr(f, "lokr_w2") else (rows @ f.lokr_w2_b.t()) @ f.lokr_w2_a.t()
         return (w1 @ h).flatten(-2) * self.configs[name].scale  # (..., a, b) -> (..., a * b)
@@ -54,11 +54,15 @@ class LokrLayer(WeightDeltaLayer):
                 return self._grouped_kron(x, plan, live, factors, out)
         return super().add_deltas_routed(live, x, route, batch_dim, out)
 
+    @staticmethod
+    def _w1(f: nn.Module) -> Tensor:
+        """The small factor (a, c), the product of its pair where it is decomposed."""
+        return f.lokr_w1 if hasattr(f, "lokr_w1") else f.lokr_w1_a @ f.lokr_w1_b
+
     def _kron_factors(self, name: str) -> tuple[Tensor, Tensor]:
         """w1 (a, c) and w2 (b, d) of a Linear's adapter, products of decomposed factors taken."""
         f = self.adapters[name]
-        w1 = f.lokr_w1 if hasattr(f, "lokr_w1") else f.lokr_w1_a @ f.lokr_w1_b
-        return w1, (f.lokr_w2 if hasattr(f, "lokr_w2") else f.lokr_w2_a @ f.lokr_w2_b)
+        return self._w1(f), (f.lokr_w2 if hasattr(f, "lokr_w2") else f.lokr_w2_a @ f.lokr_w2_b)
 
     def _grouped_kron(self, x: Tensor, plan: Groups, live: list[tuple[str, float]],
                       factors: list[tuple[Tensor, Tensor]], out: Tensor | None) -> Tensor:
@@ -78,7 +82,7 @@ class LokrLayer(WeightDeltaLayer):
 
     def delta_weight(self, name: str) -> Tensor:
         f = self.adapters[name]
-        w1 = f.lokr_w1 if hasattr(f, "lokr_w1") else f.lokr_w1_a @ f.lokr_w1_b
+        w1 = self._w1(f)
         if hasattr(f, "lokr_w2"):
             w2 = f.lokr_w2
         elif hasattr(f, "lokr_t2"):  # a Tucker kernel: (b, d, kh, kw) from its core

@@ -4,8 +4,9 @@ Neither is a low-rank product of the base's rank r (a Hadamard or Kronecker prod
 larger rank), so the delta is built as a weight and run through the base module's own op: a Linear's
 `F.linear`, a Conv2d's conv with its stride, padding, dilation and groups. Under per-sample routing a kind
 that can write its delta as one pair of matrices (`low_rank_form`: LoHa's is of rank r * r) runs grouped
-products, like LoRA; otherwise each adapter's delta runs on its own samples (the core's form). A Conv2d's kernel is handled flattened (out, in/groups*kh*kw),
-as PEFT's and LyCORIS's default layout is, or as a Tucker core (`tucker_rebuild`) where the config says so.
+products, like LoRA; otherwise each adapter's delta runs on its own samples (the core's form). A Conv2d's
+kernel is handled flattened (out, in/groups*kh*kw), as PEFT's and LyCORIS's default layout is, or as a Tucker
+core (`tucker_rebuild`) where the config says so.
 """
 
 from __future__ import annotations
